@@ -1,0 +1,62 @@
+"""The exception hierarchy shared by fleetd, fleetctl and the registry.
+
+Every error a user can cause carries a message that names the unit, file,
+option or key concerned, so that the CLI can print it on one line.
+"""
+
+
+class FleetError(Exception):
+    """Base of every error raised on purpose by this project."""
+
+
+class ConfigError(FleetError):
+    """A bad configuration value (file, environment variable or flag)."""
+
+
+# --- unit files -------------------------------------------------------------
+
+
+class UnitError(FleetError):
+    """Something wrong with a unit: its name, its file or its options."""
+
+
+class InvalidUnitName(UnitError):
+    """A unit name that fleet (or systemd) would not accept."""
+
+
+class UnitFileError(UnitError):
+    """A unit file that cannot be parsed (syntax, line length, encoding)."""
+
+
+class InvalidUnitOptions(UnitError):
+    """A syntactically valid unit whose [X-Fleet] options are invalid or forbidden together."""
+
+
+# --- registry (etcd) ----------------------------------------------------------
+
+
+class RegistryError(FleetError):
+    """A failure talking to, or a conflict inside, the etcd registry."""
+
+
+class RegistryUnavailable(RegistryError):
+    """etcd could not be reached within the request timeout."""
+
+
+class UnitNotFound(RegistryError):
+    """The named unit does not exist in the registry."""
+
+
+class UnitConflict(RegistryError):
+    """A write lost a compare-and-swap race or contradicts what is stored."""
+
+
+class DuplicateMachine(RegistryError):
+    """Another live fleetd already holds this machine ID."""
+
+
+# --- systemd ------------------------------------------------------------------
+
+
+class SystemdError(FleetError):
+    """A D-Bus call to systemd failed."""
