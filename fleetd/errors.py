@@ -60,3 +60,44 @@ class DuplicateMachine(RegistryError):
 
 class SystemdError(FleetError):
     """A D-Bus call to systemd failed."""
+
+
+class SystemdUnitError(SystemdError):
+    """An operation on named units failed for some of them (a job result other than 'done',
+    or a refused D-Bus call). `failures` maps each failed unit to its job result or error."""
+
+    def __init__(self, operation: str, failures: "dict[str, str]") -> None:
+        self.operation = operation
+        self.failures = dict(failures)
+        detail = ", ".join(f"{name} ({why})" for name, why in sorted(self.failures.items()))
+        super().__init__(f"systemd {operation} failed for {detail}")
+
+
+# --- images and containers ----------------------------------------------------
+
+
+class ImageError(FleetError):
+    """A failure in the local image store (import, lookup, removal, export)."""
+
+
+class ImageNotFound(ImageError):
+    """No image with that name or digest in the store."""
+
+
+class UnsafeArchive(ImageError):
+    """An archive member that would escape the image root (traversal, bad link, bad digest)."""
+
+
+class LaunchError(FleetError):
+    """fleet-run could not start the container; ``exit_code`` follows docker (125/126/127)."""
+
+    def __init__(self, message: str, exit_code: int = 125) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --- local lab (fleetlab) -----------------------------------------------------
+
+
+class LabError(FleetError):
+    """The local test lab (fleetlab) could not build, run or tear down a node or network."""
