@@ -1,0 +1,90 @@
+"""JSON encodings of registry values (the wire format stored in etcd; see docs/registry.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from fleetd.model import DesiredState, Machine, Placement, Resources, UnitState
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def loads(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+def encode_job(name: str, unit_hash: str, desired: DesiredState) -> bytes:
+    return dumps({"name": name, "hash": unit_hash, "desiredState": desired.value})
+
+
+def decode_job(raw: bytes) -> tuple[str, str, DesiredState]:
+    data = loads(raw)
+    return data["name"], data["hash"], DesiredState(data["desiredState"])
+
+
+def encode_target(unit_hash: str, desired: DesiredState) -> bytes:
+    return dumps({"hash": unit_hash, "desiredState": desired.value})
+
+
+def decode_placement(name: str, machine_id: str, raw: bytes) -> Placement:
+    data = loads(raw)
+    return Placement(name, machine_id, data["hash"], DesiredState(data["desiredState"]))
+
+
+def encode_machine(machine: Machine) -> bytes:
+    return dumps(
+        {
+            "id": machine.id,
+            "publicIP": machine.public_ip,
+            "metadata": dict(machine.metadata),
+            "version": machine.version,
+            "cpus": machine.capacity.cpu,
+            "memory": machine.capacity.memory,
+        }
+    )
+
+
+def decode_machine(raw: bytes, dynamic_metadata: Mapping[str, str], draining: bool) -> Machine:
+    data = loads(raw)
+    metadata = dict(data.get("metadata") or {})
+    for key, value in dynamic_metadata.items():
+        if value == "":
+            metadata.pop(key, None)  # "" records a deletion, as in fleet
+        else:
+            metadata[key] = value
+    return Machine(
+        id=data["id"],
+        public_ip=data.get("publicIP", ""),
+        metadata=metadata,
+        version=data.get("version", ""),
+        capacity=Resources(float(data.get("cpus") or 0), int(data.get("memory") or 0)),
+        draining=draining,
+    )
+
+
+def encode_state(state: UnitState) -> bytes:
+    return dumps(
+        {
+            "name": state.name,
+            "machineID": state.machine_id,
+            "hash": state.hash,
+            "loadState": state.load_state,
+            "activeState": state.active_state,
+            "subState": state.sub_state,
+        }
+    )
+
+
+def decode_state(raw: bytes) -> UnitState:
+    data = loads(raw)
+    return UnitState(
+        name=data["name"],
+        machine_id=data["machineID"],
+        hash=data.get("hash", ""),
+        load_state=data.get("loadState", ""),
+        active_state=data.get("activeState", ""),
+        sub_state=data.get("subState", ""),
+    )

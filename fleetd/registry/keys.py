@@ -1,0 +1,79 @@
+"""The etcd key layout (documented in docs/registry.md). Every key is below one prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    prefix: str  # always ends with "/"
+
+    # unit bodies, content-addressed: value = canonical unit text
+    def body(self, unit_hash: str) -> str:
+        return f"{self.prefix}unit/{unit_hash}"
+
+    # one key per unit: value = {"name","hash","desiredState"}
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}job/"
+
+    def job(self, name: str) -> str:
+        return f"{self.jobs}{name}"
+
+    # the schedule, keyed per machine (owned by the engine leader): value = {"hash","desiredState"}
+    @property
+    def schedule(self) -> str:
+        return f"{self.prefix}schedule/"
+
+    def machine_schedule(self, machine_id: str) -> str:
+        return f"{self.schedule}{machine_id}/"
+
+    def placement(self, machine_id: str, name: str) -> str:
+        return f"{self.schedule}{machine_id}/{name}"
+
+    # global units mirrored by the engine for agents: value = {"hash","desiredState"}
+    @property
+    def globals(self) -> str:
+        return f"{self.prefix}global/"
+
+    def global_unit(self, name: str) -> str:
+        return f"{self.globals}{name}"
+
+    # machines: presence record under the machine's lease, plus lease-less dynamic state
+    @property
+    def machines(self) -> str:
+        return f"{self.prefix}machines/"
+
+    def machine_dir(self, machine_id: str) -> str:
+        return f"{self.machines}{machine_id}/"
+
+    def machine_object(self, machine_id: str) -> str:
+        return f"{self.machines}{machine_id}/object"
+
+    def machine_metadata(self, machine_id: str, key: str = "") -> str:
+        return f"{self.machines}{machine_id}/metadata/{key}"
+
+    def machine_draining(self, machine_id: str) -> str:
+        return f"{self.machines}{machine_id}/draining"
+
+    # unit states published by agents, under the publishing machine's lease
+    @property
+    def states(self) -> str:
+        return f"{self.prefix}states/"
+
+    def unit_states(self, name: str) -> str:
+        return f"{self.states}{name}/"
+
+    def state(self, name: str, machine_id: str) -> str:
+        return f"{self.states}{name}/{machine_id}"
+
+    # the engine leader's lease
+    @property
+    def engine_leader(self) -> str:
+        return f"{self.prefix}lease/engine-leader"
+
+    def strip(self, key: str, base: str) -> str:
+        if not key.startswith(base):
+            raise ValueError(f"key {key!r} is not below {base!r}")
+        return key[len(base):]

@@ -1,0 +1,516 @@
+"""The registry: the cluster's state in etcd v3. The only module that issues etcd requests.
+
+Layout: see fleetd/registry/keys.py and docs/registry.md. Writes that can race go through
+transactions with compare-and-swap; batches are split to stay under etcd's 128 ops per txn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterable, Sequence
+
+import aetcd.exceptions
+
+from fleetd.config import EtcdSettings
+from fleetd.errors import (
+    DuplicateMachine,
+    RegistryError,
+    UnitConflict,
+    UnitError,
+    UnitNotFound,
+)
+from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement, Unit, UnitState
+from fleetd.registry import codec
+from fleetd.registry.connection import Connection, enc, prefix_end, translate
+from fleetd.registry.keys import KeyLayout
+from fleetd.unit.file import UnitFile
+
+log = logging.getLogger(__name__)
+
+MAX_TXN_OPS = 120  # etcd's default --max-txn-ops is 128; keep room for compares
+
+
+class WatchCompacted(RegistryError):
+    """The requested start revision was compacted: the watcher must resync from a snapshot."""
+
+    def __init__(self, compact_revision: int):
+        super().__init__(f"etcd revision compacted (oldest available {compact_revision}); resync needed")
+        self.compact_revision = compact_revision
+
+
+class NotLeader(RegistryError):
+    """A schedule write was fenced off because this engine no longer holds the leader lease."""
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    key: str
+    value: bytes | None  # None for a deletion
+    revision: int
+
+
+@dataclass(frozen=True)
+class MachineEntry:
+    """A machine as the API lists it; `alive` is False for dynamic metadata of a dead machine."""
+
+    machine: Machine
+
+
+def _chunks(items: Sequence, size: int = MAX_TXN_OPS) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Registry:
+    def __init__(self, connection: Connection):
+        self._conn = connection
+        self.keys = KeyLayout(connection.settings.key_prefix)
+        self._bodies: dict[str, UnitFile] = {}
+
+    @classmethod
+    async def connect(cls, settings: EtcdSettings) -> "Registry":
+        return cls(await Connection(settings).open())
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def __aenter__(self) -> "Registry":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def settings(self) -> EtcdSettings:
+        return self._conn.settings
+
+    # ------------------------------------------------------------------ low level
+
+    async def _get(self, key: str):
+        return await self._conn.call(self._conn.client.get, enc(key))
+
+    async def _range(self, prefix: str):
+        return await self._conn.call(self._conn.client.get_prefix, enc(prefix))
+
+    async def _txn(self, compare: list, success: list, failure: list | None = None):
+        succeeded, responses, _ = await self._conn.call(self._conn.txn, compare, success, failure or [])
+        return succeeded, responses
+
+    async def _txn_at(self, compare: list, success: list):
+        """Like _txn, also returning the revision the transaction was served at."""
+        return await self._conn.call(self._conn.txn, compare, success, [])
+
+    async def current_revision(self) -> int:
+        _, _, revision = await self._txn_at([], [])
+        return revision
+
+    # ------------------------------------------------------------------ unit bodies
+
+    async def _bodies_for(self, hashes: Iterable[str]) -> dict[str, UnitFile]:
+        hashes = list(hashes)
+        missing = sorted({h for h in hashes if h not in self._bodies})
+        tx = self._conn.tx
+        for chunk in _chunks(missing):
+            ok, responses = await self._txn([], [tx.get(enc(self.keys.body(h))) for h in chunk])
+            for unit_hash, response in zip(chunk, responses):
+                if response:
+                    self._bodies[unit_hash] = UnitFile.parse(response[0][0], source=f"unit body {unit_hash}")
+        return {h: self._bodies[h] for h in hashes if h in self._bodies}
+
+    def _remember_body(self, unit: UnitFile) -> None:
+        self._bodies[unit.hash] = unit
+
+    def _units_from_jobs(self, kvs, bodies: dict[str, UnitFile]) -> dict[str, Unit]:
+        units: dict[str, Unit] = {}
+        for kv in kvs:
+            name, unit_hash, desired = codec.decode_job(kv.value)
+            body = bodies.get(unit_hash)
+            if body is None:
+                log.warning("unit %s refers to missing body %s; ignored", name, unit_hash)
+                continue
+            units[name] = Unit(name, body, desired)
+        return units
+
+    # ------------------------------------------------------------------ units
+
+    async def get_unit(self, name: str) -> Unit | None:
+        kv = await self._get(self.keys.job(name))
+        if kv is None:
+            return None
+        _, unit_hash, desired = codec.decode_job(kv.value)
+        bodies = await self._bodies_for([unit_hash])
+        if unit_hash not in bodies:
+            raise RegistryError(f"unit {name}: body {unit_hash} missing from the registry")
+        return Unit(name, bodies[unit_hash], desired)
+
+    async def list_units(self) -> list[Unit]:
+        jobs = await self._range(self.keys.jobs)
+        hashes = [codec.decode_job(kv.value)[1] for kv in jobs]
+        bodies = await self._bodies_for(hashes)
+        units = self._units_from_jobs(jobs, bodies)
+        return [units[name] for name in sorted(units)]
+
+    async def create_unit(self, unit: Unit) -> bool:
+        """Create the unit if absent. Returns False if it already exists (idempotent, unchanged)."""
+        created = await self.create_units([unit])
+        return bool(created)
+
+    async def create_units(self, units: Sequence[Unit]) -> list[str]:
+        """Create the units that do not exist yet, in batched transactions; returns the created names.
+
+        Each creation is conditional on the job key being absent, so a concurrent creator
+        never has its unit overwritten.
+        """
+        tx = self._conn.tx
+        created: list[str] = []
+        for chunk in _chunks(list(units), MAX_TXN_OPS // 2):
+            compare = [tx.create(enc(self.keys.job(u.name))) == 0 for u in chunk]
+            bodies = {u.hash: u.file for u in chunk}  # etcd refuses a key twice in one txn
+            success = [tx.put(enc(self.keys.body(h)), enc(f.serialize())) for h, f in bodies.items()]
+            success += [tx.put(enc(self.keys.job(u.name)), codec.encode_job(u.name, u.hash, u.desired_state)) for u in chunk]
+            ok, _ = await self._txn(compare, success)
+            if ok:
+                created.extend(u.name for u in chunk)
+                for u in chunk:
+                    self._remember_body(u.file)
+                continue
+            for u in chunk:  # slow path: someone else created some of them
+                ok, _ = await self._txn(
+                    [tx.create(enc(self.keys.job(u.name))) == 0],
+                    [
+                        tx.put(enc(self.keys.body(u.hash)), enc(u.file.serialize())),
+                        tx.put(enc(self.keys.job(u.name)), codec.encode_job(u.name, u.hash, u.desired_state)),
+                    ],
+                )
+                if ok:
+                    created.append(u.name)
+                    self._remember_body(u.file)
+        return created
+
+    async def replace_unit(self, unit: Unit, *, expected_hash: str | None = None) -> None:
+        """Store a new body (and desired state) for a unit, whether or not it existed."""
+        tx = self._conn.tx
+        key = enc(self.keys.job(unit.name))
+        for _ in range(10):
+            current = await self._get(self.keys.job(unit.name))
+            if expected_hash is not None:
+                if current is None or codec.decode_job(current.value)[1] != expected_hash:
+                    raise UnitConflict(f"unit {unit.name} changed concurrently; try again")
+            compare = [tx.mod(key) == current.mod_revision] if current else [tx.create(key) == 0]
+            ok, _ = await self._txn(
+                compare,
+                [
+                    tx.put(enc(self.keys.body(unit.hash)), enc(unit.file.serialize())),
+                    tx.put(key, codec.encode_job(unit.name, unit.hash, unit.desired_state)),
+                ],
+            )
+            if ok:
+                self._remember_body(unit.file)
+                return
+        raise UnitConflict(f"unit {unit.name}: too many concurrent updates")
+
+    async def set_desired_state(self, names: Sequence[str], state: DesiredState) -> None:
+        """Set the desired state of existing units (compare-and-swap per unit, batched)."""
+        tx = self._conn.tx
+        pending = list(dict.fromkeys(names))
+        for _ in range(10):
+            if not pending:
+                return
+            ops = [tx.get(enc(self.keys.job(n))) for n in pending]
+            current: dict[str, object] = {}
+            for chunk_names, chunk_ops in zip(_chunks(pending), _chunks(ops)):
+                _, responses = await self._txn([], list(chunk_ops))
+                for name, response in zip(chunk_names, responses):
+                    if not response:
+                        raise UnitNotFound(f"unit {name} not found")
+                    current[name] = response[0][1]
+            retry: list[str] = []
+            for chunk_names in _chunks(pending, MAX_TXN_OPS // 2):
+                compare, success = [], []
+                for name in chunk_names:
+                    kv = current[name]
+                    job_name, unit_hash, old = codec.decode_job(kv.value)
+                    if old is state:
+                        continue
+                    if unit_hash and state is not DesiredState.INACTIVE and "@." in name:
+                        raise UnitError(f"unit {name}: cannot activate a template")
+                    compare.append(tx.mod(enc(self.keys.job(name))) == kv.mod_revision)
+                    success.append(tx.put(enc(self.keys.job(name)), codec.encode_job(job_name, unit_hash, state)))
+                if not success:
+                    continue
+                ok, _ = await self._txn(compare, success)
+                if not ok:
+                    retry.extend(chunk_names)
+            pending = retry
+        raise UnitConflict(f"units {', '.join(pending)}: too many concurrent updates")
+
+    async def destroy_units(self, names: Sequence[str]) -> list[str]:
+        """Delete units; returns the names that existed. Bodies are kept (content-addressed)."""
+        tx = self._conn.tx
+        destroyed: list[str] = []
+        for chunk in _chunks(list(dict.fromkeys(names))):
+            _, responses = await self._txn([], [tx.delete(enc(self.keys.job(n))) for n in chunk])
+            for name, response in zip(chunk, responses):
+                if response.response_delete_range.deleted:
+                    destroyed.append(name)
+        return destroyed
+
+    # ------------------------------------------------------------------ machines
+
+    def _machines_from(self, kvs) -> dict[str, Machine]:
+        objects: dict[str, bytes] = {}
+        dynamic: dict[str, dict[str, str]] = defaultdict(dict)
+        draining: set[str] = set()
+        base = self.keys.machines
+        for kv in kvs:
+            rest = kv.key.decode()[len(base):]
+            machine_id, _, tail = rest.partition("/")
+            if tail == "object":
+                objects[machine_id] = kv.value
+            elif tail.startswith("metadata/"):
+                dynamic[machine_id][tail[len("metadata/"):]] = kv.value.decode()
+            elif tail == "draining":
+                draining.add(machine_id)
+        return {
+            mid: codec.decode_machine(raw, dynamic.get(mid, {}), mid in draining)
+            for mid, raw in sorted(objects.items())
+        }
+
+    async def list_machines(self) -> list[Machine]:
+        machines = self._machines_from(await self._range(self.keys.machines))
+        return list(machines.values())
+
+    async def get_machine(self, machine_id: str) -> Machine | None:
+        kvs = await self._range(self.keys.machine_dir(machine_id))
+        return self._machines_from(kvs).get(machine_id)
+
+    async def set_machine_metadata(self, machine_id: str, key: str, value: str | None) -> None:
+        """Dynamic metadata; None deletes (stored as "" so that it masks a static value)."""
+        await self._conn.call(
+            self._conn.client.put, enc(self.keys.machine_metadata(machine_id, key)), enc(value or "")
+        )
+
+    async def set_draining(self, machine_id: str, draining: bool) -> None:
+        key = enc(self.keys.machine_draining(machine_id))
+        if draining:
+            await self._conn.call(self._conn.client.put, key, b"1")
+        else:
+            await self._conn.call(self._conn.client.delete, key)
+
+    async def register_machine(self, machine: Machine, lease_id: int, *, adopt_lease: int | None = None) -> int:
+        """Publish the machine record under a lease, refusing a machine ID held by another fleetd.
+
+        `adopt_lease` is the lease this fleetd held before a restart: if the record still
+        belongs to it and it is alive, it is reused (no duplicate error, no gap in presence).
+        Returns the lease ID in use.
+        """
+        tx = self._conn.tx
+        key = enc(self.keys.machine_object(machine.id))
+        ok, _ = await self._txn([tx.create(key) == 0], [tx.put(key, codec.encode_machine(machine), lease=lease_id)])
+        if ok:
+            return lease_id
+        existing = await self._get(self.keys.machine_object(machine.id))
+        if existing is not None and adopt_lease and existing.lease == adopt_lease:
+            if await self.keepalive(adopt_lease) > 0:
+                ok, _ = await self._txn(
+                    [tx.mod(key) == existing.mod_revision],
+                    [tx.put(key, codec.encode_machine(machine), lease=adopt_lease)],
+                )
+                if ok:
+                    return adopt_lease
+        if existing is None:  # expired in between: try once more
+            return await self.register_machine(machine, lease_id)
+        raise DuplicateMachine(
+            f"machine ID {machine.id} is already registered by another fleetd "
+            f"(lease {existing.lease:x}); refusing to start a second one"
+        )
+
+    async def update_machine(self, machine: Machine, lease_id: int) -> None:
+        await self._conn.call(
+            self._conn.client.put, enc(self.keys.machine_object(machine.id)), codec.encode_machine(machine), lease=lease_id
+        )
+
+    # ------------------------------------------------------------------ leases
+
+    async def grant_lease(self, ttl: float) -> int:
+        lease = await self._conn.call(self._conn.client.lease, max(2, int(round(ttl))))
+        return lease.id
+
+    async def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease; returns its remaining TTL in seconds, 0 if it has expired."""
+        reply = await self._conn.call(self._conn.client.refresh_lease, lease_id)
+        return int(reply.TTL) if reply is not None else 0
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        try:
+            await self._conn.call(self._conn.client.revoke_lease, lease_id)
+        except RegistryError as exc:
+            if "not found" not in str(exc):
+                raise
+
+    # ------------------------------------------------------------------ schedule
+
+    def _placements_from(self, kvs) -> dict[str, Placement]:
+        placements: dict[str, Placement] = {}
+        base = self.keys.schedule
+        for kv in kvs:
+            machine_id, _, name = kv.key.decode()[len(base):].partition("/")
+            placements[name] = codec.decode_placement(name, machine_id, kv.value)
+        return placements
+
+    async def placements(self) -> dict[str, Placement]:
+        return self._placements_from(await self._range(self.keys.schedule))
+
+    async def machine_targets(self, machine_id: str) -> tuple[dict[str, Placement], dict[str, tuple[str, DesiredState]], int]:
+        """What one agent needs, at one revision: its placements and the global units."""
+        tx = self._conn.tx
+        sched = enc(self.keys.machine_schedule(machine_id))
+        glob = enc(self.keys.globals)
+        ok, (sched_kvs, glob_kvs), revision = await self._txn_at(
+            [], [tx.get(sched, prefix_end(sched)), tx.get(glob, prefix_end(glob))]
+        )
+        placements = self._placements_from([kv for _, kv in sched_kvs])
+        globals_ = {}
+        for raw, kv in glob_kvs:
+            name = kv.key.decode()[len(self.keys.globals):]
+            data = codec.loads(raw)
+            globals_[name] = (data["hash"], DesiredState(data["desiredState"]))
+        return placements, globals_, revision
+
+    async def apply_schedule(
+        self,
+        *,
+        fence_machine_id: str,
+        place: Sequence[Placement] = (),
+        unplace: Sequence[tuple[str, str]] = (),
+        publish_globals: Sequence[tuple[str, str, DesiredState]] = (),
+        retract_globals: Sequence[str] = (),
+    ) -> int:
+        """Write engine decisions, fenced on this machine still holding the leader key.
+
+        Returns the number of transactions used. Raises NotLeader if the fence fails.
+        """
+        tx = self._conn.tx
+        ops = [tx.delete(enc(self.keys.placement(mid, name))) for name, mid in unplace]
+        ops += [tx.put(enc(self.keys.placement(p.machine_id, p.name)), codec.encode_target(p.hash, p.desired_state)) for p in place]
+        ops += [tx.delete(enc(self.keys.global_unit(name))) for name in retract_globals]
+        ops += [tx.put(enc(self.keys.global_unit(n)), codec.encode_target(h, s)) for n, h, s in publish_globals]
+        fence = tx.value(enc(self.keys.engine_leader)) == enc(fence_machine_id)
+        count = 0
+        for chunk in _chunks(ops):
+            ok, _ = await self._txn([fence], list(chunk))
+            if not ok:
+                raise NotLeader(f"machine {fence_machine_id} is no longer the engine leader")
+            count += 1
+        return count
+
+    # ------------------------------------------------------------------ leadership
+
+    async def campaign(self, machine_id: str, lease_id: int) -> bool:
+        tx = self._conn.tx
+        key = enc(self.keys.engine_leader)
+        ok, _ = await self._txn([tx.create(key) == 0], [tx.put(key, enc(machine_id), lease=lease_id)])
+        if ok:
+            return True
+        current = await self._get(self.keys.engine_leader)
+        return current is not None and current.value.decode() == machine_id and current.lease == lease_id
+
+    async def leader(self) -> tuple[str | None, int]:
+        kv = await self._get(self.keys.engine_leader)
+        if kv is None:
+            return None, 0
+        return kv.value.decode(), kv.mod_revision
+
+    async def resign(self, machine_id: str) -> None:
+        tx = self._conn.tx
+        key = enc(self.keys.engine_leader)
+        await self._txn([tx.value(key) == enc(machine_id)], [tx.delete(key)])
+
+    # ------------------------------------------------------------------ unit states
+
+    async def publish_states(self, states: Sequence[UnitState], lease_id: int) -> None:
+        tx = self._conn.tx
+        ops = [tx.put(enc(self.keys.state(s.name, s.machine_id)), codec.encode_state(s), lease=lease_id) for s in states]
+        for chunk in _chunks(ops):
+            await self._txn([], list(chunk))
+
+    async def delete_states(self, names: Sequence[str], machine_id: str) -> None:
+        tx = self._conn.tx
+        ops = [tx.delete(enc(self.keys.state(n, machine_id))) for n in names]
+        for chunk in _chunks(ops):
+            await self._txn([], list(chunk))
+
+    async def unit_states(self, name: str | None = None, machine_id: str | None = None) -> list[UnitState]:
+        prefix = self.keys.unit_states(name) if name else self.keys.states
+        states = [codec.decode_state(kv.value) for kv in await self._range(prefix)]
+        if machine_id:
+            states = [s for s in states if s.machine_id == machine_id]
+        return sorted(states, key=lambda s: (s.name, s.machine_id))
+
+    # ------------------------------------------------------------------ snapshot
+
+    async def snapshot(self) -> ClusterSnapshot:
+        """Units, machines and placements read in one transaction, i.e. at one revision."""
+        tx = self._conn.tx
+        prefixes = [enc(self.keys.jobs), enc(self.keys.machines), enc(self.keys.schedule)]
+        ok, responses, revision = await self._txn_at([], [tx.get(p, prefix_end(p)) for p in prefixes])
+        jobs, machines, schedule = ([kv for _, kv in r] for r in responses)
+        bodies = await self._bodies_for(codec.decode_job(kv.value)[1] for kv in jobs)
+        return ClusterSnapshot(
+            revision=revision,
+            units=self._units_from_jobs(jobs, bodies),
+            machines=self._machines_from(machines),
+            placements=self._placements_from(schedule),
+        )
+
+    # ------------------------------------------------------------------ watches
+
+    async def watch(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Events below any of the prefixes from start_revision on (inclusive), until cancelled.
+
+        Raises WatchCompacted if start_revision is gone, RegistryUnavailable if etcd is lost.
+        """
+        queue: asyncio.Queue = asyncio.Queue()
+        watches = []
+        try:
+            for prefix in prefixes:
+                raw = enc(prefix)
+                try:
+                    watch = await self._conn.call(
+                        self._conn.client.watch, raw, range_end=prefix_end(raw), start_revision=start_revision
+                    )
+                except aetcd.exceptions.RevisionCompactedError as exc:
+                    raise WatchCompacted(exc.compacted_revision) from None
+                watches.append(watch)
+
+            async def pump(watch) -> None:
+                try:
+                    async for event in watch:
+                        await queue.put(event)
+                except aetcd.exceptions.RevisionCompactedError as exc:
+                    await queue.put(WatchCompacted(exc.compacted_revision))
+                except Exception as exc:  # delivered to the consumer below
+                    await queue.put(translate(exc, self.settings.endpoints))
+                else:
+                    await queue.put(translate(TimeoutError("watch stream ended"), self.settings.endpoints))
+
+            pumps = [asyncio.create_task(pump(w)) for w in watches]
+            try:
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, Exception):
+                        raise item
+                    value = item.kv.value if item.kind == "PUT" else None
+                    yield WatchEvent(item.kv.key.decode(), value, item.kv.mod_revision)
+            finally:
+                for task in pumps:
+                    task.cancel()
+        finally:
+            for watch in watches:
+                try:
+                    await watch.cancel()
+                except Exception:
+                    pass

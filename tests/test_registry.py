@@ -1,0 +1,207 @@
+"""The registry against a real etcd server (started by the session fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fleetd.config import EtcdSettings
+from fleetd.errors import DuplicateMachine, RegistryUnavailable, UnitError, UnitNotFound
+from fleetd.model import DesiredState, Machine, Placement, Resources, Unit, UnitState
+from fleetd.registry import NotLeader, Registry, WatchCompacted
+from fleetd.unit.file import UnitFile
+
+HELLO = '[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/sh -c "sleep 1000"\n'
+MID_A = "a" * 32
+MID_B = "b" * 32
+
+
+def unit(name: str, text: str = HELLO, state: DesiredState = DesiredState.INACTIVE) -> Unit:
+    return Unit(name, UnitFile.parse(text), state)
+
+
+async def test_create_is_idempotent_and_conditional(registry: Registry):
+    assert await registry.create_unit(unit("hello.service")) is True
+    # creating again, even with another body, does not overwrite
+    other = unit("hello.service", HELLO.replace("1000", "2000"))
+    assert await registry.create_unit(other) is False
+    stored = await registry.get_unit("hello.service")
+    assert stored.file.serialize() == HELLO
+    assert stored.desired_state is DesiredState.INACTIVE
+
+
+async def test_body_is_content_addressed(registry: Registry, etcd_settings):
+    u = unit("hello.service")
+    await registry.create_unit(u)
+    raw = await registry._get(registry.keys.body(u.hash))
+    assert raw.value.decode() == HELLO
+    # a second registry instance (no cache) reads the same unit
+    async with await Registry.connect(etcd_settings) as fresh:
+        assert (await fresh.get_unit("hello.service")).hash == u.hash
+
+
+async def test_batch_create_list_sorted(registry: Registry):
+    units = [unit(f"u{i:03d}.service") for i in range(250)]  # > one transaction
+    created = await registry.create_units(units)
+    assert len(created) == 250
+    listed = await registry.list_units()
+    assert [u.name for u in listed] == sorted(u.name for u in units)
+    # partly existing batch: only the new ones are created
+    created = await registry.create_units([unit("u000.service"), unit("new.service")])
+    assert created == ["new.service"]
+
+
+async def test_desired_state_changes(registry: Registry):
+    await registry.create_units([unit("a.service"), unit("b.service")])
+    await registry.set_desired_state(["a.service", "b.service"], DesiredState.LAUNCHED)
+    assert {u.desired_state for u in await registry.list_units()} == {DesiredState.LAUNCHED}
+    with pytest.raises(UnitNotFound, match="nope.service"):
+        await registry.set_desired_state(["nope.service"], DesiredState.LOADED)
+
+
+async def test_template_cannot_be_activated(registry: Registry):
+    await registry.create_unit(unit("web@.service"))
+    with pytest.raises(UnitError, match="template"):
+        await registry.set_desired_state(["web@.service"], DesiredState.LAUNCHED)
+
+
+async def test_replace_changes_hash_keeps_name(registry: Registry):
+    await registry.create_unit(unit("hello.service", state=DesiredState.LAUNCHED))
+    new = unit("hello.service", HELLO.replace("1000", "2000"), DesiredState.LAUNCHED)
+    await registry.replace_unit(new)
+    stored = await registry.get_unit("hello.service")
+    assert stored.hash == new.hash and stored.desired_state is DesiredState.LAUNCHED
+
+
+async def test_destroy(registry: Registry):
+    await registry.create_units([unit("a.service"), unit("b.service")])
+    assert await registry.destroy_units(["a.service", "zzz.service"]) == ["a.service"]
+    assert [u.name for u in await registry.list_units()] == ["b.service"]
+    assert await registry.get_unit("a.service") is None
+
+
+async def test_machine_presence_lease_and_duplicate(registry: Registry):
+    m = Machine(MID_A, "10.0.0.1", {"region": "us"}, "0.1.0", Resources(2, 1 << 30))
+    lease = await registry.grant_lease(2)
+    assert await registry.register_machine(m, lease) == lease
+    machines = await registry.list_machines()
+    assert machines == [m]
+    other = await registry.grant_lease(2)
+    with pytest.raises(DuplicateMachine, match=MID_A):
+        await registry.register_machine(m, other)
+    # a restarted fleetd that knows its previous lease adopts it
+    assert await registry.register_machine(m, other, adopt_lease=lease) == lease
+    await registry.revoke_lease(lease)
+    assert await registry.list_machines() == []
+
+
+async def test_machine_expires_with_lease(registry: Registry):
+    lease = await registry.grant_lease(2)
+    await registry.register_machine(Machine(MID_A), lease)
+    assert len(await registry.list_machines()) == 1
+    await asyncio.sleep(3.2)
+    assert await registry.list_machines() == []
+    assert await registry.keepalive(lease) == 0
+
+
+async def test_dynamic_metadata_and_drain(registry: Registry):
+    lease = await registry.grant_lease(5)
+    await registry.register_machine(Machine(MID_A, metadata={"region": "us", "disk": "ssd"}), lease)
+    await registry.set_machine_metadata(MID_A, "region", "eu")
+    await registry.set_machine_metadata(MID_A, "disk", None)
+    await registry.set_machine_metadata(MID_A, "rack", "r1")
+    await registry.set_draining(MID_A, True)
+    (m,) = await registry.list_machines()
+    assert dict(m.metadata) == {"region": "eu", "rack": "r1"}
+    assert m.draining
+    await registry.set_draining(MID_A, False)
+    assert not (await registry.get_machine(MID_A)).draining
+    await registry.revoke_lease(lease)
+
+
+async def test_leader_fencing(registry: Registry):
+    lease_a = await registry.grant_lease(5)
+    lease_b = await registry.grant_lease(5)
+    assert await registry.campaign(MID_A, lease_a)
+    assert not await registry.campaign(MID_B, lease_b)
+    assert (await registry.leader())[0] == MID_A
+    p = Placement("a.service", MID_A, "h", DesiredState.LAUNCHED)
+    await registry.apply_schedule(fence_machine_id=MID_A, place=[p])
+    assert await registry.placements() == {"a.service": p}
+    with pytest.raises(NotLeader):
+        await registry.apply_schedule(fence_machine_id=MID_B, unplace=[("a.service", MID_A)])
+    await registry.revoke_lease(lease_a)
+    assert await registry.campaign(MID_B, lease_b)
+    await registry.apply_schedule(fence_machine_id=MID_B, unplace=[("a.service", MID_A)])
+    assert await registry.placements() == {}
+
+
+async def test_many_decisions_batched(registry: Registry):
+    lease = await registry.grant_lease(5)
+    await registry.campaign(MID_A, lease)
+    places = [Placement(f"u{i}.service", MID_A if i % 2 else MID_B, "h", DesiredState.LOADED) for i in range(300)]
+    txns = await registry.apply_schedule(fence_machine_id=MID_A, place=places)
+    assert txns == 3
+    assert len(await registry.placements()) == 300
+    mine, globals_, rev = await registry.machine_targets(MID_A)
+    assert len(mine) == 150 and all(p.machine_id == MID_A for p in mine.values())
+    assert globals_ == {} and rev > 0
+
+
+async def test_snapshot_is_consistent(registry: Registry):
+    await registry.create_units([unit("a.service", state=DesiredState.LAUNCHED), unit("b.service")])
+    lease = await registry.grant_lease(5)
+    await registry.register_machine(Machine(MID_A), lease)
+    snap = await registry.snapshot()
+    assert set(snap.units) == {"a.service", "b.service"}
+    assert set(snap.machines) == {MID_A}
+    assert snap.revision == await registry.current_revision()
+
+
+async def test_states_published_under_lease(registry: Registry):
+    lease = await registry.grant_lease(2)
+    s = UnitState("a.service", MID_A, "h", "loaded", "active", "running")
+    await registry.publish_states([s], lease)
+    assert await registry.unit_states() == [s]
+    assert await registry.unit_states(name="a.service", machine_id=MID_B) == []
+    await registry.delete_states(["a.service"], MID_A)
+    assert await registry.unit_states() == []
+
+
+async def test_watch_from_revision_sees_every_event(registry: Registry):
+    rev = await registry.current_revision()
+    await registry.create_unit(unit("a.service"))
+    await registry.set_desired_state(["a.service"], DesiredState.LOADED)
+    await registry.destroy_units(["a.service"])
+    events = []
+    stream = registry.watch([registry.keys.jobs], rev + 1)
+    async for event in stream:
+        events.append(event)
+        if len(events) == 3:
+            break
+    await stream.aclose()
+    assert [e.value is None for e in events] == [False, False, True]
+    assert all(e.key == registry.keys.job("a.service") for e in events)
+
+
+async def test_watch_compacted(registry: Registry):
+    rev = await registry.current_revision()
+    for i in range(3):
+        await registry.create_unit(unit(f"c{i}.service"))
+    await registry._conn.client.compact(await registry.current_revision())
+    with pytest.raises(WatchCompacted):
+        async for _ in registry.watch([registry.keys.jobs], rev):
+            break
+
+
+async def test_unreachable_etcd_is_a_clear_error(etcd_prefix):
+    from fleetd.testing.etcd import free_port
+
+    settings = EtcdSettings(endpoints=(f"http://127.0.0.1:{free_port()}",), key_prefix=etcd_prefix, request_timeout=0.5)
+    reg = await Registry.connect(settings)
+    try:
+        with pytest.raises(RegistryUnavailable, match="etcd unreachable at http://127.0.0.1"):
+            await reg.list_units()
+    finally:
+        await reg.close()
