@@ -106,18 +106,17 @@ class UnitFile:
                     raise UnitFileError(
                         f"{source}: option {opt!r}: section, name and value must be strings")
             opts.append(opt)
+        for opt in opts:
+            single = cls((opt,))
+            try:
+                again = cls.parse(single.serialize(), source=source)
+            except UnitFileError:
+                again = None
+            if again != single:
+                raise UnitFileError(
+                    f"{source}: option [{opt.section}] {_short(opt.name)}={_short(opt.value)} "
+                    "cannot be represented in a unit file")
         unit = cls(_group(opts))
-        try:
-            again = cls.parse(unit.serialize(), source=source)
-        except UnitFileError as exc:
-            raise UnitFileError(f"{source}: options cannot be written as a unit file: {exc}") from None
-        if again != unit:
-            for i, bad in enumerate(unit.options):
-                if i >= len(again.options) or again.options[i] != bad:
-                    break
-            raise UnitFileError(
-                f"{source}: option [{bad.section}] {_short(bad.name)}={_short(bad.value)} "
-                "cannot be represented in a unit file")
         return unit
 
     # -- output -----------------------------------------------------------------------
