@@ -1,0 +1,189 @@
+"""The agent's reconciliation plan: a pure function from desired and observed state to tasks.
+
+No I/O here. Input:
+- `desired`: the units this machine should have, by name (`DesiredUnit`; only `loaded` and
+  `launched` count, an `inactive` entry is the same as no entry);
+- `observed`: the unit files found in the units directory with their systemd state
+  (`ObservedUnit`; `hash` is the fleet hash of the file on disk, None if unreadable);
+- `launched`: the agent's memory, name -> hash of the incarnation it has already started
+  (or adopted) while the unit was desired `launched`. Empty after a fleetd restart.
+
+Output: a `Plan` whose tasks are ordered like fleet's agent (reference §3.3):
+UNLOAD < LOAD < STOP < START, by name within a kind. A daemon-reload is implied once per
+LOAD or UNLOAD batch (the executor loads and unloads in batches).
+
+Rules, per unit name in desired ∪ observed:
+- observed but not desired -> UNLOAD (stops it first if needed).
+- desired, no file on disk -> LOAD (+ START if launched).
+- desired, file with another hash (e.g. after `--replace`) -> UNLOAD, LOAD (+ START if launched).
+- desired, file with the desired hash but systemd does not know the unit (`not-found`,
+  e.g. a crash between writing and reloading) -> LOAD again (+ START if launched).
+- desired `loaded`, unit active/activating/reloading -> STOP.
+- desired `launched`, unit active/activating/reloading -> nothing: this ADOPTS a unit that was
+  running before fleetd restarted (same file hash) without stopping or restarting it.
+- desired `launched`, unit not active (inactive, failed, deactivating, ...) -> START, unless
+  `launched[name]` already records this hash.
+
+Decision on failed units: like fleet, the agent starts a unit once per transition to
+`launched`, not once per pass. A transition is a new desired state (the unit left `launched`
+and came back: its memory entry is dropped while it is not `launched`), a new hash, or a new
+file on disk. A launched unit that later fails or exits is left to systemd (`Restart=`); it
+is not restarted every reconcile pass, which would turn a broken unit into a start loop.
+An adopted unit counts as started. After a fleetd restart the memory is empty, so a unit
+that is `failed` at that moment gets one more start attempt (fleet, whose cache is empty after
+a restart, starts every launched unit again).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Iterable, Mapping, Protocol
+
+from fleetd.errors import UnitFileError
+from fleetd.model import DesiredState
+from fleetd.unit.file import UnitFile
+
+#: active states in which a unit counts as running (it needs no start, or needs a stop).
+RUNNING_STATES = frozenset({"active", "activating", "reloading"})
+
+
+class TaskKind(enum.IntEnum):
+    """Task kinds in execution order (fleet: Unload < Load < ReloadUnitFiles < Stop < Start)."""
+
+    UNLOAD = 0
+    LOAD = 1
+    STOP = 2
+    START = 3
+
+
+@dataclass(frozen=True)
+class DesiredUnit:
+    name: str
+    hash: str
+    text: str
+    desired: DesiredState
+
+
+@dataclass(frozen=True)
+class ObservedUnit:
+    """A unit file found in the units directory, and what systemd says about the unit."""
+
+    name: str
+    hash: str | None
+    active_state: str
+    sub_state: str
+    load_state: str
+
+
+@dataclass(frozen=True, order=True)
+class Task:
+    kind: TaskKind
+    name: str
+    unit: DesiredUnit | None = field(default=None, compare=False)  # LOAD: what to write
+    reason: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.kind.name.lower()} {self.name}" + (f" ({self.reason})" if self.reason else "")
+
+
+@dataclass(frozen=True)
+class Plan:
+    tasks: tuple[Task, ...]
+    #: the `launched` memory once every task has run: name -> hash
+    launched: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "launched", MappingProxyType(dict(self.launched)))
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks)
+
+    def of_kind(self, kind: TaskKind) -> tuple[Task, ...]:
+        return tuple(t for t in self.tasks if t.kind == kind)
+
+    def launched_after(self, attempted: Iterable[Task]) -> dict[str, str]:
+        """The memory after a partial run: a START that was never attempted is not recorded.
+
+        `attempted` holds the tasks that ran, successfully or not: a failed start counts as
+        an attempt, so that it is not retried every pass.
+        """
+        attempted_starts = {t.name for t in attempted if t.kind == TaskKind.START}
+        memory = dict(self.launched)
+        for task in self.tasks:
+            if task.kind == TaskKind.START and task.name not in attempted_starts:
+                memory.pop(task.name, None)
+        return memory
+
+
+def plan(desired: Mapping[str, DesiredUnit], observed: Mapping[str, ObservedUnit],
+         launched: Mapping[str, str] | None = None) -> Plan:
+    """The tasks that take `observed` to `desired` (see the module docstring)."""
+    launched = launched or {}
+    tasks: list[Task] = []
+    memory: dict[str, str] = {}
+    wanted = {n: d for n, d in desired.items() if d.desired != DesiredState.INACTIVE}
+    for name in sorted(set(wanted) | set(observed)):
+        d = wanted.get(name)
+        o = observed.get(name)
+        if d is None:
+            tasks.append(Task(TaskKind.UNLOAD, name, reason="not desired on this machine"))
+            continue
+        if d.name != name:
+            raise ValueError(f"desired unit {d.name!r} filed under the name {name!r}")
+        unloading = o is not None and o.hash != d.hash
+        if unloading:
+            tasks.append(Task(TaskKind.UNLOAD, name, reason="unit file changed"))
+        loading = o is None or unloading or o.load_state == "not-found"
+        if loading:
+            why = ("unit file changed" if unloading else
+                   "not loaded" if o is None else "systemd does not know it")
+            tasks.append(Task(TaskKind.LOAD, name, unit=d, reason=why))
+        running = o is not None and not unloading and o.active_state in RUNNING_STATES
+        if d.desired == DesiredState.LAUNCHED:
+            if loading:
+                tasks.append(Task(TaskKind.START, name, reason="launched, newly loaded"))
+            elif running:
+                pass  # adopted or already started
+            elif launched.get(name) != d.hash:
+                tasks.append(Task(TaskKind.START, name, reason=f"launched but {o.active_state}"))
+            memory[name] = d.hash
+        elif running:  # desired loaded
+            tasks.append(Task(TaskKind.STOP, name, reason=f"loaded but {o.active_state}"))
+    return Plan(tuple(sorted(tasks)), memory)
+
+
+class _State(Protocol):
+    load_state: str
+    active_state: str
+    sub_state: str
+
+
+def observe(installed: Mapping[str, str], states: Mapping[str, _State],
+            hash_of: Callable[[str, str], str | None] | None = None) -> dict[str, ObservedUnit]:
+    """Observed units from the files on disk (name -> text) and systemd's states.
+
+    `hash_of(name, text)` defaults to the fleet hash of the parsed file; a file that does not
+    parse gets hash None, so that the plan replaces it.
+    """
+    hash_of = hash_of or file_hash
+    out: dict[str, ObservedUnit] = {}
+    for name, text in installed.items():
+        st = states.get(name)
+        out[name] = ObservedUnit(
+            name=name,
+            hash=hash_of(name, text),
+            active_state=st.active_state if st else "inactive",
+            sub_state=st.sub_state if st else "dead",
+            load_state=st.load_state if st else "not-found",
+        )
+    return out
+
+
+def file_hash(name: str, text: str) -> str | None:
+    """fleet's hash of a unit file's text (None when it does not parse)."""
+    try:
+        return UnitFile.parse(text, source=name).hash
+    except UnitFileError:
+        return None
