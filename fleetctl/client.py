@@ -1,0 +1,212 @@
+"""The client library under fleetctl: one interface, two drivers (etcd now, the HTTP API later)."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from fleetd.config import EtcdSettings
+from fleetd.model import DesiredState, Machine, Placement, Unit, UnitState
+from fleetd.unit.file import UnitFile
+
+ACTIVE_STATES = frozenset({"active", "reloading", "activating", "deactivating"})
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    """A unit as fleet's API shows it (schema.Unit): desired and current state, target machine."""
+
+    name: str
+    file: UnitFile
+    desired_state: DesiredState
+    current_state: str  # inactive / loaded / launched; "" for global units
+    machine_id: str  # target machine, "" if unscheduled or global
+    is_global: bool
+
+    @property
+    def hash(self) -> str:
+        return self.file.hash
+
+
+def current_state_of(unit: Unit, placement: Placement | None, states: Sequence[UnitState]) -> tuple[str, str]:
+    """fleet's determineJobState: (current state, target machine) from the registry's records."""
+    if unit.is_global:
+        return "", ""
+    if placement is None:
+        return DesiredState.INACTIVE.value, ""
+    reported = next((s for s in states if s.machine_id == placement.machine_id and s.hash == unit.hash), None)
+    if reported is None:
+        return DesiredState.INACTIVE.value, placement.machine_id
+    if reported.active_state in ACTIVE_STATES and placement.desired_state is DesiredState.LAUNCHED:
+        return DesiredState.LAUNCHED.value, placement.machine_id
+    return DesiredState.LOADED.value, placement.machine_id
+
+
+class FleetClient(abc.ABC):
+    """What fleetctl needs from a cluster. All methods raise fleetd.errors.FleetError subclasses."""
+
+    @abc.abstractmethod
+    async def units(self) -> list[UnitInfo]: ...
+
+    @abc.abstractmethod
+    async def unit(self, name: str) -> UnitInfo | None: ...
+
+    @abc.abstractmethod
+    async def create_units(self, units: Sequence[Unit]) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def replace_unit(self, unit: Unit) -> None: ...
+
+    @abc.abstractmethod
+    async def set_desired_state(self, names: Sequence[str], state: DesiredState) -> None: ...
+
+    @abc.abstractmethod
+    async def destroy_units(self, names: Sequence[str]) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def unit_states(self) -> list[UnitState]: ...
+
+    @abc.abstractmethod
+    async def machines(self) -> list[Machine]: ...
+
+    async def set_machine_metadata(self, machine_id: str, key: str, value: str | None) -> None:
+        raise NotImplementedError
+
+    async def set_draining(self, machine_id: str, draining: bool) -> None:
+        raise NotImplementedError
+
+    async def wait(
+        self, check: Callable[[], "asyncio.Future[bool]"], timeout: float | None, poll: float = 0.25
+    ) -> bool:
+        """Re-evaluate `check` until it is true or the timeout passes. Drivers with a change
+        feed override `changes()` so that waiting is woken by events instead of the poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with self.changes() as changed:
+            while True:
+                if await check():
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                wait_for = poll if remaining is None else min(poll, remaining)
+                try:
+                    await asyncio.wait_for(changed.wait(), wait_for)
+                except asyncio.TimeoutError:
+                    pass
+                changed.clear()
+
+    def changes(self) -> "_NoChangeFeed":
+        return _NoChangeFeed()
+
+    async def close(self) -> None:
+        return None
+
+
+class _NoChangeFeed:
+    async def __aenter__(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class EtcdFleetClient(FleetClient):
+    """Talks to the registry in etcd directly (fleetctl --driver=etcd)."""
+
+    def __init__(self, settings: EtcdSettings):
+        self._settings = settings
+        self._registry = None
+
+    async def _reg(self):
+        if self._registry is None:
+            from fleetd.registry import Registry
+
+            self._registry = await Registry.connect(self._settings)
+        return self._registry
+
+    async def units(self) -> list[UnitInfo]:
+        reg = await self._reg()
+        units, placements, states = await asyncio.gather(reg.list_units(), reg.placements(), reg.unit_states())
+        by_name: dict[str, list[UnitState]] = {}
+        for s in states:
+            by_name.setdefault(s.name, []).append(s)
+        return [self._info(u, placements.get(u.name), by_name.get(u.name, [])) for u in units]
+
+    @staticmethod
+    def _info(unit: Unit, placement: Placement | None, states: Sequence[UnitState]) -> UnitInfo:
+        current, machine = current_state_of(unit, placement, states)
+        return UnitInfo(unit.name, unit.file, unit.desired_state, current, machine, unit.is_global)
+
+    async def unit(self, name: str) -> UnitInfo | None:
+        reg = await self._reg()
+        unit = await reg.get_unit(name)
+        if unit is None:
+            return None
+        placements, states = await asyncio.gather(reg.placements(), reg.unit_states(name=name))
+        return self._info(unit, placements.get(name), states)
+
+    async def create_units(self, units: Sequence[Unit]) -> list[str]:
+        return await (await self._reg()).create_units(units)
+
+    async def replace_unit(self, unit: Unit) -> None:
+        await (await self._reg()).replace_unit(unit)
+
+    async def set_desired_state(self, names: Sequence[str], state: DesiredState) -> None:
+        await (await self._reg()).set_desired_state(names, state)
+
+    async def destroy_units(self, names: Sequence[str]) -> list[str]:
+        return await (await self._reg()).destroy_units(names)
+
+    async def unit_states(self) -> list[UnitState]:
+        return await (await self._reg()).unit_states()
+
+    async def machines(self) -> list[Machine]:
+        return await (await self._reg()).list_machines()
+
+    async def set_machine_metadata(self, machine_id: str, key: str, value: str | None) -> None:
+        await (await self._reg()).set_machine_metadata(machine_id, key, value)
+
+    async def set_draining(self, machine_id: str, draining: bool) -> None:
+        await (await self._reg()).set_draining(machine_id, draining)
+
+    def changes(self) -> "_EtcdChangeFeed":
+        return _EtcdChangeFeed(self)
+
+    async def close(self) -> None:
+        if self._registry is not None:
+            await self._registry.close()
+
+
+class _EtcdChangeFeed:
+    """Sets an event whenever units, the schedule or unit states change (an etcd watch)."""
+
+    def __init__(self, client: EtcdFleetClient):
+        self._client = client
+        self._task: asyncio.Task | None = None
+        self._event = asyncio.Event()
+
+    async def __aenter__(self) -> asyncio.Event:
+        reg = await self._client._reg()
+        revision = await reg.current_revision()
+        prefixes = [reg.keys.jobs, reg.keys.schedule, reg.keys.states]
+
+        async def run() -> None:
+            try:
+                async for _ in reg.watch(prefixes, revision + 1):
+                    self._event.set()
+            except Exception:  # the waiter falls back to polling
+                pass
+
+        self._task = asyncio.create_task(run())
+        return self._event
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
