@@ -120,6 +120,10 @@ class Registry:
                     self._bodies[unit_hash] = UnitFile.parse(response[0][0], source=f"unit body {unit_hash}")
         return {h: self._bodies[h] for h in hashes if h in self._bodies}
 
+    async def bodies(self, hashes: Iterable[str]) -> dict[str, UnitFile]:
+        """Unit bodies by hash (immutable, so cached for the life of this registry)."""
+        return await self._bodies_for(hashes)
+
     def _remember_body(self, unit: UnitFile) -> None:
         self._bodies[unit.hash] = unit
 
@@ -373,12 +377,18 @@ class Registry:
             [], [tx.get(sched, prefix_end(sched)), tx.get(glob, prefix_end(glob))]
         )
         placements = self._placements_from([kv for _, kv in sched_kvs])
-        globals_ = {}
-        for raw, kv in glob_kvs:
-            name = kv.key.decode()[len(self.keys.globals):]
-            data = codec.loads(raw)
-            globals_[name] = (data["hash"], DesiredState(data["desiredState"]))
-        return placements, globals_, revision
+        return placements, self._globals_from([kv for _, kv in glob_kvs]), revision
+
+    def _globals_from(self, kvs) -> dict[str, tuple[str, DesiredState]]:
+        result = {}
+        for kv in kvs:
+            data = codec.loads(kv.value)
+            result[kv.key.decode()[len(self.keys.globals):]] = (data["hash"], DesiredState(data["desiredState"]))
+        return result
+
+    async def global_targets(self) -> dict[str, tuple[str, DesiredState]]:
+        """The global/ mirror: global units that agents run, with hash and desired state."""
+        return self._globals_from(await self._range(self.keys.globals))
 
     async def apply_schedule(
         self,
@@ -423,6 +433,11 @@ class Registry:
         if kv is None:
             return None, 0
         return kv.value.decode(), kv.mod_revision
+
+    async def leader_lease(self) -> tuple[str | None, int]:
+        """The leader's machine ID and the lease that holds the key (None, 0 if vacant)."""
+        kv = await self._get(self.keys.engine_leader)
+        return (kv.value.decode(), kv.lease) if kv is not None else (None, 0)
 
     async def resign(self, machine_id: str) -> None:
         tx = self._conn.tx
