@@ -1,0 +1,178 @@
+"""The engine's imperative shell: leader election, watches, and applying the pure decisions.
+
+Event-driven: a watch on units (job/) and machines (machines/) from the snapshot's revision wakes
+the loop; a periodic resync (engine_reconcile_interval) is the safety net. Every schedule write
+is fenced on this machine still holding the leader key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from fleetd.engine.constraints import RequirementsCache
+from fleetd.engine.scheduler import reconcile
+from fleetd.errors import RegistryError
+from fleetd.model import ClusterSnapshot, DesiredState
+from fleetd.registry import NotLeader, Registry, WatchCompacted
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    passes: int = 0
+    placements: int = 0
+    unplacements: int = 0
+    last_pass_seconds: float = 0.0
+
+
+def global_targets(snapshot: ClusterSnapshot) -> dict[str, tuple[str, DesiredState]]:
+    """The global/ mirror agents read: every global unit that is not inactive."""
+    return {
+        name: (unit.hash, unit.desired_state)
+        for name, unit in snapshot.units.items()
+        if unit.is_global and unit.desired_state is not DesiredState.INACTIVE
+    }
+
+
+class Engine:
+    def __init__(self, registry: Registry, machine_id: str, interval: float, lease_ttl: float | None = None):
+        self.registry = registry
+        self.machine_id = machine_id
+        self.interval = interval
+        self.lease_ttl = lease_ttl or max(2.0, 5 * interval)
+        self.is_leader = False
+        self.stats = EngineStats()
+        self._globals_written: dict[str, tuple[str, DesiredState]] | None = None
+        self._lease: int | None = None
+        self._cache = RequirementsCache()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if await self._campaign():
+                    await self._lead()
+                else:
+                    await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except NotLeader:
+                log.warning("lost engine leadership")
+            except RegistryError as exc:
+                log.warning("engine: %s; retrying", exc)
+                await asyncio.sleep(min(1.0, self.interval))
+            finally:
+                self.is_leader = False
+
+    async def _campaign(self) -> bool:
+        reg = self.registry
+        self._lease = await reg.grant_lease(self.lease_ttl)
+        if await reg.campaign(self.machine_id, self._lease):
+            return True
+        holder, lease = await reg.leader_lease()
+        if holder == self.machine_id and lease != self._lease:
+            # our own stale leadership from before a restart: no other fleetd has this ID
+            await reg.revoke_lease(lease)
+            if await reg.campaign(self.machine_id, self._lease):
+                return True
+        await reg.revoke_lease(self._lease)
+        self._lease = None
+        return False
+
+    async def _follow(self) -> None:
+        """Wait until the leader key disappears (watch), with the interval as a safety net."""
+        reg = self.registry
+        revision = await reg.current_revision()
+        holder, _ = await reg.leader()
+        if holder is None:
+            return
+        try:
+            async with asyncio.timeout(max(self.lease_ttl, self.interval * 5)):
+                async for event in reg.watch([reg.keys.engine_leader], revision + 1):
+                    if event.value is None:
+                        return
+        except TimeoutError:
+            return
+
+    async def _lead(self) -> None:
+        reg = self.registry
+        self.is_leader = True
+        self._globals_written = None
+        log.info("machine %s is the engine leader (lease ttl %ss)", self.machine_id, self.lease_ttl)
+        keepalive = asyncio.create_task(self._keep_lease())
+        dirty = asyncio.Event()
+        watcher: asyncio.Task | None = None
+        try:
+            while True:
+                if keepalive.done():
+                    keepalive.result()  # raises NotLeader / RegistryError
+                started = time.monotonic()
+                snapshot = await reg.snapshot()
+                await self.reconcile(snapshot)
+                self.stats.last_pass_seconds = time.monotonic() - started
+                if watcher is None or watcher.done():
+                    if watcher is not None and watcher.done() and not watcher.cancelled():
+                        exc = watcher.exception()
+                        if exc is not None and not isinstance(exc, WatchCompacted):
+                            log.warning("engine watch ended: %s", exc)
+                    watcher = asyncio.create_task(self._watch(snapshot.revision + 1, dirty))
+                try:
+                    await asyncio.wait_for(dirty.wait(), self.interval)
+                except asyncio.TimeoutError:
+                    pass
+                dirty.clear()
+        finally:
+            keepalive.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            await asyncio.gather(keepalive, *( [watcher] if watcher else []), return_exceptions=True)
+
+    async def _watch(self, revision: int, dirty: asyncio.Event) -> None:
+        reg = self.registry
+        async for _ in reg.watch([reg.keys.jobs, reg.keys.machines], revision):
+            dirty.set()
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            remaining = await self.registry.keepalive(self._lease)
+            if remaining <= 0:
+                raise NotLeader("engine leader lease expired")
+
+    async def reconcile(self, snapshot: ClusterSnapshot) -> None:
+        decisions = reconcile(snapshot, cache=self._cache)
+        self._cache.prune(snapshot.units)
+        self.stats.passes += 1
+        wanted_globals = global_targets(snapshot)
+        if self._globals_written is None:
+            self._globals_written = await self.registry.global_targets()
+        publish = [(n, h, s) for n, (h, s) in sorted(wanted_globals.items()) if self._globals_written.get(n) != (h, s)]
+        retract = sorted(set(self._globals_written) - set(wanted_globals))
+        if decisions.empty and not publish and not retract:
+            return
+        for unplace in decisions.unplaces:
+            log.info("unscheduling %s from %s: %s", unplace.name, unplace.machine_id[:8], unplace.reason)
+        for place in decisions.places:
+            p = place.placement
+            log.info("scheduling %s (%s) to %s%s", p.name, p.desired_state.value, p.machine_id[:8],
+                     f": {place.reason}" if place.reason else "")
+        await self.registry.apply_schedule(
+            fence_machine_id=self.machine_id,
+            unplace=[(u.name, u.machine_id) for u in decisions.unplaces],
+            place=[p.placement for p in decisions.places],
+            publish_globals=publish,
+            retract_globals=retract,
+        )
+        self._globals_written = wanted_globals
+        self.stats.placements += len(decisions.places)
+        self.stats.unplacements += len(decisions.unplaces)
+
+    async def resign(self) -> None:
+        if self.is_leader:
+            try:
+                await self.registry.resign(self.machine_id)
+            except RegistryError:
+                pass

@@ -1,0 +1,91 @@
+"""A simulated agent: a real machine record, real watches and state publishing through the real
+registry code, but an in-memory "systemd". For engine tests and the scale benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from fleetd.engine.constraints import global_units_for
+from fleetd.model import DesiredState, Machine, Unit, UnitState
+from fleetd.registry import Registry
+
+
+@dataclass
+class SimulatedAgent:
+    registry: Registry
+    machine: Machine
+    ttl: float = 5.0
+    running: dict[str, UnitState] = field(default_factory=dict)  # the in-memory "systemd"
+    lease_id: int | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self.lease_id = await self.registry.grant_lease(self.ttl)
+        await self.registry.register_machine(self.machine, self.lease_id)
+        self._tasks = [asyncio.create_task(self._keepalive()), asyncio.create_task(self._loop())]
+
+    async def crash(self) -> None:
+        """Stop without a trace of goodbye: the lease runs out on its own."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def stop(self) -> None:
+        await self.crash()
+        if self.lease_id is not None:
+            await self.registry.revoke_lease(self.lease_id)
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            await self.registry.keepalive(self.lease_id)
+
+    async def sync(self) -> int:
+        reg = self.registry
+        placements, globals_, revision = await reg.machine_targets(self.machine.id)
+        bodies = await reg.bodies([p.hash for p in placements.values()] + [h for h, _ in globals_.values()])
+        units = [Unit(n, bodies[p.hash], p.desired_state) for n, p in placements.items()]
+        glob = [Unit(n, bodies[h], s) for n, (h, s) in globals_.items()]
+        wanted = {u.name: u for u in units if u.desired_state is not DesiredState.INACTIVE}
+        machine = await reg.get_machine(self.machine.id) or self.machine  # dynamic metadata
+        for name in global_units_for(machine, units + glob, placements):
+            wanted[name] = next(u for u in glob if u.name == name)
+        new_states = {}
+        for name, unit in wanted.items():
+            active = unit.desired_state is DesiredState.LAUNCHED
+            new_states[name] = UnitState(name, self.machine.id, unit.hash, "loaded",
+                                         "active" if active else "inactive", "running" if active else "dead")
+        publish = [s for n, s in new_states.items() if self.running.get(n) != s]
+        gone = [n for n in self.running if n not in new_states]
+        if publish:
+            await reg.publish_states(publish, self.lease_id)
+        if gone:
+            await reg.delete_states(gone, self.machine.id)
+        self.running = new_states
+        if publish or gone:
+            self.changed.set()
+        return revision
+
+    async def _loop(self) -> None:
+        reg = self.registry
+        prefixes = [reg.keys.machine_schedule(self.machine.id), reg.keys.globals,
+                    reg.keys.machine_metadata(self.machine.id)]
+        dirty = asyncio.Event()
+        revision = await self.sync()
+
+        async def watch() -> None:
+            async for _ in reg.watch(prefixes, revision + 1):
+                dirty.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            while True:
+                await dirty.wait()
+                dirty.clear()
+                await self.sync()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
