@@ -1,0 +1,713 @@
+"""The engine's functional core: one reconcile pass over a cluster snapshot, no I/O.
+
+`reconcile(snapshot)` returns the schedule changes fleet's engine would make
+(engine/reconciler.go, engine/scheduler.go, agent/state.go AbleToRun), in fleet's order:
+
+Pass 1, over the existing placements (peers before the units that follow them):
+  unplace when the unit is gone, is global, is desired inactive, when its machine went away,
+  when the machine no longer satisfies MachineID or MachineMetadata (metadata may change at
+  runtime), when a MachineOf peer is no longer on that machine, when it conflicts with a unit
+  kept earlier or with a global unit running there, when the machine is over capacity, and
+  when a unit on the same machine replaces it. A kept placement whose hash or desired state
+  differs from the unit is re-written in place.
+
+Pass 2, over the units without a machine whose desired state is loaded or launched, in name
+  order except that MachineOf peers come before the units that follow them: each goes to the
+  least-loaded feasible machine (load = placed units + global units running there; ties go to
+  the lower machine ID). Feasible, in fleet's order of checks: MachineID (full ID or a unique
+  8-character short ID), MachineMetadata, MachineOf (every peer on that machine), Conflicts
+  (symmetric globs, global units included), Replaces, then our extensions: the unit's
+  cpu/memory reservation must fit in the machine's capacity (when known), and a draining
+  machine takes no new units. Placing a unit on a machine holding a unit it replaces moves
+  that unit (and whatever follows it by MachineOf) to its own feasible machine, if any. The
+  in-memory load is updated after every decision so that later ones see it.
+
+Drain: after pass 2, at most one unit (with the units that follow it by MachineOf) leaves a
+  draining machine per call, and only if a feasible machine takes all of them.
+
+Differences from fleet, on purpose: a displaced (replaced) unit keeps its constraints; a unit
+whose MachineID prefix matches several machines waits instead of picking one; a unit is
+displaced at most once per pass (so Replaces cycles longer than two terminate); every waiting
+unit gets a reason.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterable, Sequence
+
+from fleetd.engine.constraints import (
+    GlobMatcher,
+    RequirementsCache,
+    UnitInfo,
+    active_globals,
+    format_metadata,
+    format_resources,
+    globals_matching,
+    global_units_for,
+    is_template,
+    metadata_matches,
+)
+from fleetd.engine.decisions import Decisions, Place, Unplace
+from fleetd.engine.pool import LoadOrder
+from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement
+from fleetd.unit.requirements import MetadataConstraint, Requirements
+
+__all__ = [
+    "Decisions",
+    "Place",
+    "RequirementsCache",
+    "Unplace",
+    "global_units_for",
+    "reconcile",
+]
+
+_EPSILON = 1e-9
+#: Metadata-constrained candidate sets up to this size are sorted on demand instead of
+#: being kept in a LoadOrder of their own.
+_SMALL_SET = 48
+_EQ_OPS = frozenset({"=", "=="})
+
+# Failure categories, in the order fleet checks them (for explanations).
+_CATEGORY_ORDER = ("machine_id", "metadata", "draining", "peer", "conflict", "replace", "resources")
+_CATEGORY_TEXT = {
+    "machine_id": "do not match its MachineID",
+    "metadata": "do not satisfy its MachineMetadata",
+    "draining": "are draining",
+    "peer": "do not hold its MachineOf peers",
+    "conflict": "hold a conflicting unit",
+    "replace": "hold a unit that replaces it",
+    "resources": "lack free cpu/memory",
+}
+
+
+def reconcile(snapshot: ClusterSnapshot, *, cache: RequirementsCache | None = None) -> Decisions:
+    """Decide the schedule changes for `snapshot`. Pure and deterministic.
+
+    Pass the same `cache` on every call to avoid re-deriving requirements and hashes of
+    unchanged units.
+    """
+    cache = cache if cache is not None else RequirementsCache()
+    decisions = _Reconciler(snapshot, cache).run()
+    cache.prune(snapshot.units)
+    return decisions
+
+
+class _MachineState:
+    """The engine's in-memory view of one machine during a pass."""
+
+    __slots__ = ("machine", "id", "short", "draining", "cap_cpu", "cap_memory", "units",
+                 "globals", "conflictors", "replacers", "cpu", "memory", "load", "orders")
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.id = machine.id
+        self.short = machine.short_id
+        self.draining = machine.draining
+        self.cap_cpu = machine.capacity.cpu
+        self.cap_memory = machine.capacity.memory
+        self.units: dict[str, Requirements] = {}        # scheduled units placed here
+        self.globals: dict[str, Requirements] = {}      # global units running here
+        self.conflictors: dict[str, tuple[str, ...]] = {}  # units here with Conflicts=
+        self.replacers: dict[str, tuple[str, ...]] = {}    # scheduled units here with Replaces=
+        self.cpu = 0.0
+        self.memory = 0
+        self.load = 0
+        self.orders: list[LoadOrder] = []               # the load orders this machine is in
+
+    def holds(self, name: str) -> bool:
+        return name in self.units or name in self.globals
+
+
+class _Reconciler:
+    def __init__(self, snapshot: ClusterSnapshot, cache: RequirementsCache) -> None:
+        self.units = snapshot.units
+        self.original = snapshot.placements
+        self.match = cache.globs
+        self.info: dict[str, UnitInfo] = {name: cache.info(unit) for name, unit in self.units.items()}
+
+        globals_sorted = active_globals(self.units.values(), cache)
+        self.global_names = {name for name, _ in globals_sorted}
+        # Requirements of the units the engine schedules (valid, non-global).
+        self.reqs: dict[str, Requirements] = {
+            name: info.requirements for name, info in self.info.items()
+            if info.requirements is not None and not info.requirements.is_global
+        }
+        self.dependents: dict[str, list[str]] = {}
+        for name in sorted(self.reqs):
+            for peer in self.reqs[name].machine_of:
+                self.dependents.setdefault(peer, []).append(name)
+
+        # Conflict index: for every Conflicts= glob in use, the machines holding a unit whose
+        # name matches it ("targets") and the machines holding a unit that declares it
+        # ("declarers"), with counts. A search then skips conflicting machines in O(1).
+        patterns = {p for reqs in self.reqs.values() for p in reqs.conflicts}
+        patterns.update(p for _, reqs in globals_sorted for p in reqs.conflicts)
+        self.patterns = sorted(patterns)
+        self.targets: dict[str, dict[str, int]] = {p: {} for p in self.patterns}
+        self.declarers: dict[str, dict[str, int]] = {p: {} for p in self.patterns}
+        self.matched: dict[str, tuple[str, ...]] = {}
+
+        self.ms: dict[str, _MachineState] = {}
+        self.short_index: dict[str, list[str]] = {}
+        self.meta_index: dict[tuple[str, str], list[str]] = {}
+        per_metadata: dict[tuple, list[tuple[str, Requirements]]] = {}
+        globals_use_id = any(reqs.machine_id for _, reqs in globals_sorted)
+        for machine_id in sorted(snapshot.machines):
+            machine = snapshot.machines[machine_id]
+            st = _MachineState(machine)
+            self.ms[machine_id] = st
+            self.short_index.setdefault(st.short, []).append(machine_id)
+            for item in machine.metadata.items():
+                self.meta_index.setdefault(item, []).append(machine_id)
+            if globals_sorted:
+                key = (machine_id if globals_use_id else None, tuple(sorted(machine.metadata.items())))
+                running = per_metadata.get(key)
+                if running is None:
+                    running = per_metadata[key] = globals_matching(machine, globals_sorted, self.match)
+                for name, reqs in running:
+                    st.globals[name] = reqs
+                    if reqs.conflicts:
+                        st.conflictors[name] = reqs.conflicts
+                    self._index(name, reqs, machine_id, 1)
+                    st.cpu += reqs.cpu
+                    st.memory += reqs.memory
+                st.load = len(running)
+
+        self.where: dict[str, str] = {}                  # unit -> machine, as decided so far
+        self.orders: dict[tuple[MetadataConstraint, ...], LoadOrder | tuple[str, ...]] = {}
+        self.unplace_log: dict[str, str] = {}            # original placements left, with reason
+        self.place_log: dict[str, None] = {}             # units (re)placed, in decision order
+        self.displaced: set[str] = set()
+        self.evicted = False
+        self.journal: list[tuple] | None = None
+        self.unschedulable: dict[str, str] = {}
+
+    # -- entry point ----------------------------------------------------------------------
+
+    def run(self) -> Decisions:
+        self._pass1()
+        self._pass2()
+        self._drain()
+        return self._decisions()
+
+    # -- state changes --------------------------------------------------------------------
+
+    def _matching_patterns(self, name: str) -> tuple[str, ...]:
+        """The Conflicts= globs in use that match `name` (cached for the pass)."""
+        found = self.matched.get(name)
+        if found is None:
+            match = self.match
+            found = self.matched[name] = tuple(p for p in self.patterns if match(p, name))
+        return found
+
+    def _index(self, name: str, reqs: Requirements, machine_id: str, delta: int) -> None:
+        for table, keys in ((self.targets, self._matching_patterns(name)), (self.declarers, reqs.conflicts)):
+            for pattern in keys:
+                counts = table[pattern]
+                count = counts.get(machine_id, 0) + delta
+                if count:
+                    counts[machine_id] = count
+                else:
+                    del counts[machine_id]
+
+    def _conflicting_machines(self, name: str, reqs: Requirements) -> list[dict[str, int]]:
+        """Tables whose keys are the machines holding a unit that conflicts with `name`."""
+        tables = [self.targets[p] for p in reqs.conflicts]
+        tables += [self.declarers[p] for p in self._matching_patterns(name)]
+        return [t for t in tables if t]
+
+    def _set_load(self, st: _MachineState, load: int) -> None:
+        for order in st.orders:
+            order.move(st.id, st.load, load)
+        st.load = load
+
+    def _attach(self, name: str, reqs: Requirements, st: _MachineState) -> None:
+        st.units[name] = reqs
+        if reqs.conflicts:
+            st.conflictors[name] = reqs.conflicts
+        if reqs.replaces:
+            st.replacers[name] = reqs.replaces
+        st.cpu += reqs.cpu
+        st.memory += reqs.memory
+        self._set_load(st, st.load + 1)
+        self._index(name, reqs, st.id, 1)
+        self.where[name] = st.id
+        if self.journal is not None:
+            self.journal.append((True, name, st, reqs))
+
+    def _detach(self, name: str) -> _MachineState:
+        st = self.ms[self.where.pop(name)]
+        reqs = st.units.pop(name)
+        st.conflictors.pop(name, None)
+        st.replacers.pop(name, None)
+        st.cpu -= reqs.cpu
+        st.memory -= reqs.memory
+        self._set_load(st, st.load - 1)
+        self._index(name, reqs, st.id, -1)
+        if self.journal is not None:
+            self.journal.append((False, name, st, reqs))
+        return st
+
+    def _rollback(self) -> None:
+        journal, self.journal = self.journal or [], None
+        for attached, name, st, reqs in reversed(journal):
+            if attached:
+                self._detach(name)
+            else:
+                self._attach(name, reqs, st)
+
+    def _note_placed(self, name: str) -> None:
+        self.place_log.pop(name, None)
+        self.place_log[name] = None
+
+    def _note_unplaced(self, name: str, machine_id: str, reason: str) -> None:
+        original = self.original.get(name)
+        if original is not None and original.machine_id == machine_id and name not in self.unplace_log:
+            self.unplace_log[name] = reason
+
+    def _evict(self, name: str, reason: str, queue: deque[str] | None) -> None:
+        """Take `name` off its machine, with every unit that follows it there by MachineOf."""
+        st = self._detach(name)
+        self.evicted = True
+        self._note_unplaced(name, st.id, reason)
+        self.place_log.pop(name, None)
+        if queue is not None:
+            queue.append(name)
+        for dependent in self.dependents.get(name, ()):
+            if self.where.get(dependent) == st.id:
+                self._evict(dependent, f"MachineOf peer {name} left machine {st.short}", queue)
+
+    # -- ordering -------------------------------------------------------------------------
+
+    def _peer_order(self, names: Sequence[str]) -> list[str]:
+        """`names` in the given order, except that MachineOf peers come first (cycles: as found)."""
+        members = set(names)
+        state: dict[str, bool] = {}  # False: on the stack, True: done
+        out: list[str] = []
+        for root in names:
+            if root in state:
+                continue
+            state[root] = False
+            stack = [(root, iter(self.reqs[root].machine_of))]
+            while stack:
+                node, peers = stack[-1]
+                for peer in peers:
+                    if peer in members and peer not in state:
+                        state[peer] = False
+                        stack.append((peer, iter(self.reqs[peer].machine_of)))
+                        break
+                else:
+                    stack.pop()
+                    state[node] = True
+                    out.append(node)
+        return out
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _conflict_on(self, name: str, reqs: Requirements, st: _MachineState,
+                     skip: Iterable[str] = ()) -> str | None:
+        """The first unit on `st` that conflicts with `name` (either direction), if any."""
+        match = self.match
+        for pattern in reqs.conflicts:
+            if match.is_literal(pattern):
+                if pattern != name and st.holds(pattern) and pattern not in skip:
+                    return pattern
+                continue
+            for other in st.units:
+                if other != name and other not in skip and match(pattern, other):
+                    return other
+            for other in st.globals:
+                if other != name and match(pattern, other):
+                    return other
+        for other, patterns in st.conflictors.items():
+            if other != name and other not in skip and match.any(patterns, name):
+                return other
+        return None
+
+    def _fits(self, reqs: Requirements, st: _MachineState, freed_cpu: float = 0.0,
+              freed_memory: int = 0) -> str | None:
+        """None when the reservation fits in what is free on `st`, else why not."""
+        if reqs.cpu > 0 and st.cap_cpu > 0:
+            free = st.cap_cpu - st.cpu + freed_cpu
+            if reqs.cpu > free + _EPSILON:
+                return f"machine {st.short} has {max(free, 0.0):g} of {st.cap_cpu:g} cpu free, needs {reqs.cpu:g}"
+        if reqs.memory > 0 and st.cap_memory > 0:
+            free_memory = st.cap_memory - st.memory + freed_memory
+            if reqs.memory > free_memory:
+                return (f"machine {st.short} has {max(free_memory, 0)} of {st.cap_memory} bytes of memory free, "
+                        f"needs {reqs.memory}")
+        return None
+
+    def _check(self, name: str, reqs: Requirements, st: _MachineState, *, full: bool,
+               allow_displace: bool = True,
+               conflicts_checked: bool = False) -> tuple[tuple[str, str] | None, list[str]]:
+        """Can `name` be placed on `st` now? (failure (category, detail) or None, units to displace).
+
+        `full=False` skips MachineID/MachineMetadata when the candidates already satisfy them;
+        `conflicts_checked=True` skips Conflicts when the caller used the conflict index.
+        """
+        if st.draining:
+            return ("draining", f"machine {st.short} is draining"), []
+        if full:
+            if reqs.machine_id and not st.machine.matches_id(reqs.machine_id):
+                return ("machine_id", f"machine {st.short} does not match MachineID={reqs.machine_id}"), []
+            if reqs.metadata and not metadata_matches(st.machine.metadata, reqs.metadata):
+                return ("metadata", f"machine {st.short} does not satisfy {format_metadata(reqs.metadata)}"), []
+        for peer in reqs.machine_of:
+            if not st.holds(peer):
+                return ("peer", f"MachineOf peer {peer} is not on machine {st.short}"), []
+        match = self.match
+        for other, patterns in st.replacers.items():
+            if other != name and match.any(patterns, name):
+                if match.any(reqs.replaces, other):
+                    return ("replace", f"{other} on {st.short} and it replace each other"), []
+                return ("replace", f"{other} on {st.short} replaces it"), []
+        displaced: list[str] = []
+        if reqs.replaces:
+            for other in st.units:
+                if other != name and match.any(reqs.replaces, other):
+                    if not allow_displace or other in self.displaced or other in reqs.machine_of:
+                        return ("replace", f"it cannot displace {other} on {st.short}"), []
+                    displaced.append(other)
+        if not conflicts_checked:
+            conflict = self._conflict_on(name, reqs, st, displaced)
+            if conflict is not None:
+                return ("conflict", f"conflicts with {conflict} on {st.short}"), []
+        if reqs.cpu > 0 or reqs.memory > 0:
+            freed_cpu = sum(st.units[d].cpu for d in displaced)
+            freed_memory = sum(st.units[d].memory for d in displaced)
+            why = self._fits(reqs, st, freed_cpu, freed_memory)
+            if why is not None:
+                return ("resources", why), []
+        return None, displaced
+
+    # -- candidates -----------------------------------------------------------------------
+
+    def _machines_with_id(self, wanted: str) -> list[str]:
+        if wanted in self.ms:
+            return [wanted]
+        if len(wanted) == 8:
+            return list(self.short_index.get(wanted, ()))
+        return []
+
+    def _narrow(self, constraints: tuple[MetadataConstraint, ...]) -> set[str] | None:
+        """Machines that can satisfy the "=" terms (via the metadata index), or None: all."""
+        wanted: dict[str, set[str]] = {}
+        for c in constraints:
+            if c.op in _EQ_OPS:
+                wanted.setdefault(c.key, set()).add(c.value)
+        result: set[str] | None = None
+        for key, values in wanted.items():
+            found: set[str] = set()
+            for value in values:
+                found.update(self.meta_index.get((key, value), ()))
+            result = found if result is None else result & found
+        return result
+
+    def _ordered(self, constraints: tuple[MetadataConstraint, ...]) -> Iterable[str]:
+        """Non-draining machines satisfying `constraints`, least loaded first."""
+        key = tuple(sorted(set(constraints), key=lambda c: (c.key, c.op, c.value)))
+        entry = self.orders.get(key)
+        if entry is None:
+            narrowed = self._narrow(key)
+            pool = sorted(narrowed) if narrowed is not None else list(self.ms)
+            members = [
+                mid for mid in pool
+                if not self.ms[mid].draining and metadata_matches(self.ms[mid].machine.metadata, key)
+            ]
+            if narrowed is not None and len(members) <= _SMALL_SET:
+                entry = tuple(members)
+            else:
+                entry = LoadOrder()
+                for mid in members:
+                    st = self.ms[mid]
+                    entry.add(mid, st.load)
+                    st.orders.append(entry)
+            self.orders[key] = entry
+        if isinstance(entry, LoadOrder):
+            return entry
+        ms = self.ms
+        return sorted(entry, key=lambda mid: (ms[mid].load, mid))
+
+    def _candidates(self, name: str, reqs: Requirements) -> tuple[Iterable[str] | None, bool, str]:
+        """(candidate machine IDs in preference order, whether they need the full check, why none)."""
+        if reqs.machine_id:
+            found = self._machines_with_id(reqs.machine_id)
+            if not found:
+                return None, True, f"no machine matches MachineID={reqs.machine_id}"
+            if len(found) > 1:
+                return None, True, f"MachineID={reqs.machine_id} is ambiguous: it matches {', '.join(found)}"
+            return found, True, ""
+        hosts: dict[str, str] = {}
+        for peer in reqs.machine_of:
+            if peer in self.global_names:
+                continue
+            host = self.where.get(peer)
+            if host is None:
+                return None, True, f"MachineOf peer {peer} is not scheduled"
+            hosts.setdefault(host, peer)
+        if len(hosts) > 1:
+            placed = ", ".join(f"{peer} on {self.ms[host].short}" for host, peer in hosts.items())
+            return None, True, f"MachineOf peers are on different machines ({placed})"
+        if hosts:
+            return list(hosts), True, ""
+        return self._ordered(reqs.metadata), False, ""
+
+    def _search(self, name: str, reqs: Requirements, *,
+                allow_displace: bool = True) -> tuple[str | None, list[str], str]:
+        """The machine for `name` (least loaded feasible), the units it displaces, or why none."""
+        candidates, full, why = self._candidates(name, reqs)
+        if candidates is None:
+            return None, [], why
+        # Without Replaces (which may displace a conflicting unit) the conflict index is exact.
+        indexed = not reqs.replaces
+        tables = self._conflicting_machines(name, reqs) if indexed else []
+        ms = self.ms
+        for mid in candidates:
+            if tables and any(mid in table for table in tables):
+                continue
+            failure, displaced = self._check(name, reqs, ms[mid], full=full, allow_displace=allow_displace,
+                                             conflicts_checked=indexed)
+            if failure is None:
+                return mid, displaced, ""
+        return None, [], self._explain(name, reqs, allow_displace)
+
+    def _explain(self, name: str, reqs: Requirements, allow_displace: bool) -> str:
+        if not self.ms:
+            return "no machines in the cluster"
+        candidates, full, why = self._candidates(name, reqs)
+        if candidates is None:
+            return why
+        if full:  # a single machine, named by MachineID or by the peers
+            (mid,) = candidates
+            failure, _ = self._check(name, reqs, self.ms[mid], full=True, allow_displace=allow_displace)
+            return f"cannot run on machine {self.ms[mid].short}: {failure[1] if failure else 'unknown'}"
+        eligible = [st for st in self.ms.values() if metadata_matches(st.machine.metadata, reqs.metadata)]
+        if not eligible:
+            return f"no machine satisfies {format_metadata(reqs.metadata)}"
+        found: dict[str, list] = {}
+        for st in eligible:
+            failure, _ = self._check(name, reqs, st, full=False, allow_displace=allow_displace)
+            category, detail = failure or ("unknown", "feasible")
+            entry = found.setdefault(category, [0, detail])
+            entry[0] += 1
+        if len(eligible) == 1:
+            return f"cannot run on machine {eligible[0].short}: {next(iter(found.values()))[1]}"
+        parts = []
+        for category in sorted(found, key=lambda c: _CATEGORY_ORDER.index(c) if c in _CATEGORY_ORDER else 99):
+            count, example = found[category]
+            text = _CATEGORY_TEXT.get(category, "cannot run it")
+            parts.append(f"{count} {'machine' if count == 1 else 'machines'} {text} (e.g. {example})")
+        return "no machine can run it: " + "; ".join(parts)
+
+    # -- pass 1: existing placements ------------------------------------------------------
+
+    def _basic_reason(self, name: str, placement: Placement) -> str | None:
+        unit = self.units.get(name)
+        if unit is None:
+            return "unit no longer exists"
+        info = self.info[name]
+        if info.requirements is None:
+            return info.error or "invalid unit"
+        if info.is_global:
+            return "global units are not scheduled"
+        if unit.desired_state is DesiredState.INACTIVE:
+            return "desired state inactive"
+        if is_template(name):
+            return "a template cannot run"
+        st = self.ms.get(placement.machine_id)
+        if st is None:
+            return f"machine {placement.machine_id} went away"
+        reqs = info.requirements
+        if reqs.machine_id and not st.machine.matches_id(reqs.machine_id):
+            return f"machine {st.short} does not match MachineID={reqs.machine_id}"
+        if reqs.metadata and not metadata_matches(st.machine.metadata, reqs.metadata):
+            return f"machine {st.short} no longer satisfies {format_metadata(reqs.metadata)}"
+        return None
+
+    def _kept_reason(self, name: str, reqs: Requirements, st: _MachineState) -> str | None:
+        """Checks against the units already kept on `st` (peers come first in the order)."""
+        for peer in reqs.machine_of:
+            if not st.holds(peer):
+                return f"MachineOf peer {peer} is no longer on machine {st.short}"
+        conflict = self._conflict_on(name, reqs, st)
+        if conflict is not None:
+            return f"conflicts with {conflict} on {st.short}"
+        match = self.match
+        for other, patterns in st.replacers.items():
+            if other != name and match.any(patterns, name) and match.any(reqs.replaces, other):
+                return f"{other} on {st.short} and it replace each other"
+        why = self._fits(reqs, st)
+        if why is not None:
+            return f"over capacity: {why}"
+        return None
+
+    def _pass1(self) -> None:
+        survivors = []
+        for name in sorted(self.original):
+            reason = self._basic_reason(name, self.original[name])
+            if reason is None:
+                survivors.append(name)
+            else:
+                self.unplace_log[name] = reason
+        for name in self._peer_order(survivors):
+            placement = self.original[name]
+            st = self.ms[placement.machine_id]
+            reqs = self.reqs[name]
+            reason = self._kept_reason(name, reqs, st)
+            if reason is not None:
+                self.unplace_log[name] = reason
+                continue
+            self._attach(name, reqs, st)
+            unit = self.units[name]
+            if placement.hash != self.info[name].hash or placement.desired_state != unit.desired_state:
+                self._note_placed(name)
+        # Replaces: a unit on the same machine as one replacing it moves (pass 2 re-places it).
+        match = self.match
+        for st in self.ms.values():
+            if not st.replacers:
+                continue
+            for victim in list(st.units):
+                if victim not in st.units:
+                    continue  # already left with its peer
+                for other, patterns in st.replacers.items():
+                    if other != victim and match.any(patterns, victim):
+                        self._evict(victim, f"replaced by {other}", None)
+                        break
+        self.evicted = False
+
+    # -- pass 2: units without a machine --------------------------------------------------
+
+    def _pass2(self) -> None:
+        todo = []
+        for name in sorted(self.units):
+            unit = self.units[name]
+            if name in self.where or unit.desired_state is DesiredState.INACTIVE:
+                continue
+            info = self.info[name]
+            if info.requirements is None:
+                self.unschedulable[name] = info.error or "invalid unit"
+            elif info.is_global:
+                continue
+            elif is_template(name):
+                self.unschedulable[name] = "a template cannot run; start an instance of it"
+            else:
+                todo.append(name)
+        failed: dict[str, str] = {}
+        self._place_all(self._peer_order(todo), failed)
+        # Units displaced during the pass may have freed room for units that failed earlier.
+        while failed and self.evicted:
+            self.evicted = False
+            self._place_all(self._peer_order(sorted(failed)), failed)
+        self.unschedulable.update(failed)
+
+    def _place_all(self, names: Iterable[str], failed: dict[str, str]) -> None:
+        pending: deque[str] = deque()
+        source = iter(names)
+        while True:
+            if pending:
+                name = pending.popleft()
+            else:
+                name = next(source, None)
+                if name is None:
+                    return
+            if name in self.where:
+                continue
+            reqs = self.reqs[name]
+            mid, displaced, why = self._search(name, reqs)
+            if mid is None:
+                failed[name] = why
+                continue
+            failed.pop(name, None)
+            st = self.ms[mid]
+            for victim in displaced:
+                if victim in st.units:
+                    self.displaced.add(victim)
+                    self._evict(victim, f"replaced by {name}", pending)
+            self._attach(name, reqs, st)
+            self._note_placed(name)
+
+    # -- drain ----------------------------------------------------------------------------
+
+    def _group(self, name: str, st: _MachineState) -> list[str]:
+        """`name` and the units tied to it on `st` by MachineOf (either way), peers first."""
+        seen = {name}
+        todo = [name]
+        while todo:
+            current = todo.pop()
+            linked = list(self.reqs[current].machine_of) + self.dependents.get(current, [])
+            for other in linked:
+                if other not in seen and other in st.units:
+                    seen.add(other)
+                    todo.append(other)
+        return self._peer_order(sorted(seen))
+
+    def _drain(self) -> None:
+        tried: set[str] = set()
+        for st in self.ms.values():
+            if not st.draining or not st.units:
+                continue
+            for name in sorted(st.units):
+                if name in tried:
+                    continue
+                group = self._group(name, st)
+                tried.update(group)
+                if self._move_group(group, st):
+                    return
+
+    def _move_group(self, group: list[str], src: _MachineState) -> bool:
+        self.journal = []
+        for name in reversed(group):
+            self._detach(name)
+        first = group[0]
+        target, _, _ = self._search(first, self.reqs[first], allow_displace=False)
+        if target is None:
+            self._rollback()
+            return False
+        st = self.ms[target]
+        self._attach(first, self.reqs[first], st)
+        for name in group[1:]:
+            failure, _ = self._check(name, self.reqs[name], st, full=True, allow_displace=False)
+            if failure is not None:
+                self._rollback()
+                return False
+            self._attach(name, self.reqs[name], st)
+        self.journal = None
+        for name in group:
+            self._note_unplaced(name, src.id, f"machine {src.short} is draining")
+            self._note_placed(name)
+        return True
+
+    # -- result ---------------------------------------------------------------------------
+
+    def _decisions(self) -> Decisions:
+        unplaces = []
+        for name, reason in self.unplace_log.items():
+            old = self.original[name]
+            if self.where.get(name) != old.machine_id:
+                unplaces.append(Unplace(name, old.machine_id, reason))
+        places = []
+        for name in self.place_log:
+            mid = self.where.get(name)
+            if mid is None:
+                continue
+            unit = self.units[name]
+            digest = self.info[name].hash
+            old = self.original.get(name)
+            if old is None:
+                reason = f"desired state {unit.desired_state.value} and unit not scheduled"
+            elif old.machine_id != mid:
+                reason = f"moved from {old.machine_id[:8]}: {self.unplace_log.get(name, 'rescheduled')}"
+            elif old.hash != digest:
+                reason = "unit file changed"
+            elif old.desired_state != unit.desired_state:
+                reason = f"desired state changed to {unit.desired_state.value}"
+            else:
+                continue
+            places.append(Place(Placement(name, mid, digest, unit.desired_state), reason))
+        return Decisions(
+            unplaces=tuple(unplaces),
+            places=tuple(places),
+            unschedulable={name: self.unschedulable[name] for name in sorted(self.unschedulable)},
+        )
