@@ -1,0 +1,611 @@
+"""asyncio adapter over dbus-next to the systemd manager (org.freedesktop.systemd1).
+
+This is the only module of fleetd that speaks D-Bus. It loads unit files the way fleet's agent
+does (a file in a runtime units directory, `LinkUnitFiles(runtime=True)`, `EnableUnitFiles` for
+units with an [Install] section, one `Reload` per batch), starts and stops units and waits for
+their jobs, reads unit states, and turns systemd's signals into a stream of unit states.
+
+Facts it relies on (verified on systemd 252, see the lab notes):
+- the system bus refuses more than 128 pending replies per connection, so every call goes
+  through a semaphore of `MAX_PENDING_CALLS` (64);
+- signals (`JobRemoved`, `UnitNew`, `UnitRemoved`, `PropertiesChanged`) are only emitted after
+  `Subscribe`; a unit's `PropertiesChanged` for `org.freedesktop.systemd1.Unit` always carries
+  LoadState, ActiveState and SubState together (they are all "emits-change" properties);
+- `JobRemoved` may be read in the same socket batch as the reply that names the job, i.e.
+  before the caller knows the job path: results of such jobs are kept briefly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Iterable, Mapping
+
+from dbus_next import BusType, Message, MessageType
+from dbus_next.aio import MessageBus
+
+from fleetd.errors import InvalidUnitName, SystemdError, SystemdUnitError
+
+SYSTEMD_BUS_NAME = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
+UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
+UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
+NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
+
+MAX_PENDING_CALLS = 64
+"""Concurrent D-Bus calls per connection; the bus refuses more than 128 pending replies."""
+
+_EARLY_JOB_RESULTS_MAX = 4096
+_INSTALL_SECTION = re.compile(r"^[ \t]*\[Install\][ \t]*$", re.MULTILINE)
+
+# active states in which a unit must be stopped before it is unloaded
+_STOPPED_STATES = frozenset({"inactive", "failed"})
+
+
+@dataclass(frozen=True)
+class UnitSystemdState:
+    """One unit as systemd reports it. `main_pid` is only filled in on request (0: none)."""
+
+    name: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    main_pid: int | None = None
+
+
+class SystemdCallError(SystemdError):
+    """systemd answered a D-Bus call with an error."""
+
+    def __init__(self, member: str, error_name: str, text: str) -> None:
+        self.member = member
+        self.error_name = error_name
+        self.text = text
+        super().__init__(f"systemd {member}: {text or error_name} ({error_name})")
+
+
+def check_unit_name(name: str) -> str:
+    """The last line of defence: the caller validates names, we still refuse paths."""
+    if not isinstance(name, str) or not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise InvalidUnitName(f"refusing unit name {name!r}: not a plain file name")
+    return name
+
+
+def unit_object_path(name: str) -> str:
+    """systemd's object path of a unit (bus_label_escape of the unit name)."""
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isascii() and (ch.isalpha() or (ch.isdigit() and i > 0)):
+            out.append(ch)
+        else:
+            out.extend(f"_{b:02x}" for b in ch.encode())
+    return UNIT_PATH_PREFIX + ("".join(out) or "_")
+
+
+def unit_name_from_path(path: str) -> str | None:
+    """Inverse of `unit_object_path`; None for paths that are not unit objects."""
+    if not path.startswith(UNIT_PATH_PREFIX):
+        return None
+    label = path[len(UNIT_PATH_PREFIX):]
+    if label == "_":
+        return ""
+    raw = bytearray()
+    i = 0
+    while i < len(label):
+        if label[i] == "_" and _is_hex(label[i + 1:i + 3]):
+            raw.append(int(label[i + 1:i + 3], 16))
+            i += 3
+        else:
+            raw.extend(label[i].encode())
+            i += 1
+    return raw.decode(errors="replace")
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def has_install_section(text: str) -> bool:
+    return _INSTALL_SECTION.search(text) is not None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class SystemdManager:
+    """One connection to a systemd manager, plus the units directory fleetd owns."""
+
+    def __init__(self, bus: MessageBus, units_dir: Path) -> None:
+        self._bus = bus
+        self.units_dir = Path(units_dir)
+        self._sem = asyncio.Semaphore(MAX_PENDING_CALLS)
+        self._job_waiters: dict[str, asyncio.Future[str]] = {}
+        self._early_results: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._calls_in_flight = 0
+        self._watches: set[UnitWatch] = set()
+        self._closed = False
+        self._reloading = False
+        self._disconnect_task: asyncio.Task | None = None
+
+    # --- connection -------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, units_dir: Path, *, bus_address: str | None = None) -> "SystemdManager":
+        """Connect to the system bus (or `bus_address`), subscribe to systemd's signals.
+
+        `units_dir` must name the same directory for this process and for systemd (its
+        paths are passed to LinkUnitFiles). The tests drive a node's systemd from the host
+        with `bus_address="unix:path=/proc/<init>/root/run/dbus/system_bus_socket"` and the
+        units directory bind-mounted into the node at the same path.
+        """
+        bus = MessageBus(bus_address=bus_address, bus_type=BusType.SYSTEM)
+        where = bus_address or "the system bus"
+        try:
+            await bus.connect()
+        except Exception as exc:  # dbus-next raises plain OSError/Exception subclasses
+            raise SystemdError(f"cannot connect to {where}: {exc}") from exc
+        self = cls(bus, units_dir)
+        bus.add_message_handler(self._on_message)
+        try:
+            for rule in (
+                f"type='signal',sender='{SYSTEMD_BUS_NAME}',path='{MANAGER_PATH}',"
+                f"interface='{MANAGER_IFACE}'",
+                f"type='signal',sender='{SYSTEMD_BUS_NAME}',interface='{PROPERTIES_IFACE}',"
+                f"member='PropertiesChanged',path_namespace='{UNIT_PATH_PREFIX.rstrip('/')}'",
+            ):
+                await self._call("AddMatch", "s", [rule], destination="org.freedesktop.DBus",
+                                 path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
+            await self._call("Subscribe")
+        except BaseException:
+            bus.disconnect()
+            raise
+        self._disconnect_task = asyncio.get_running_loop().create_task(self._watch_disconnect())
+        return self
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_all(SystemdError("systemd manager connection closed"))
+        self._bus.disconnect()
+        if self._disconnect_task is not None:
+            # not cancelled: that would cancel dbus-next's own disconnect future
+            await asyncio.wait({self._disconnect_task}, timeout=5)
+
+    async def __aenter__(self) -> "SystemdManager":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _watch_disconnect(self) -> None:
+        try:
+            await self._bus.wait_for_disconnect()
+            error = SystemdError("lost the D-Bus connection to systemd")
+        except Exception as exc:
+            error = SystemdError(f"lost the D-Bus connection to systemd: {exc}")
+        self._fail_all(error)
+
+    def _fail_all(self, error: SystemdError) -> None:
+        for fut in self._job_waiters.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self._job_waiters.clear()
+        for watch in list(self._watches):
+            watch._fail(error)
+
+    # --- low level ----------------------------------------------------------------------------
+
+    async def _call(self, member: str, signature: str = "", body: Iterable = (), *,
+                    path: str = MANAGER_PATH, interface: str = MANAGER_IFACE,
+                    destination: str = SYSTEMD_BUS_NAME) -> list:
+        if self._closed:
+            raise SystemdError(f"systemd {member}: connection closed")
+        msg = Message(destination=destination, path=path, interface=interface, member=member,
+                      signature=signature, body=list(body))
+        async with self._sem:
+            self._calls_in_flight += 1
+            try:
+                reply = await self._bus.call(msg)
+            except Exception as exc:
+                raise SystemdError(f"systemd {member}: D-Bus call failed: {exc}") from exc
+            finally:
+                self._calls_in_flight -= 1
+        if reply is None:
+            raise SystemdError(f"systemd {member}: no reply (D-Bus connection closed)")
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+            raise SystemdCallError(member, reply.error_name or "unknown error", text)
+        return reply.body
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type != MessageType.SIGNAL:
+            return None
+        if msg.interface == MANAGER_IFACE and msg.path == MANAGER_PATH:
+            if msg.member == "JobRemoved":
+                _job_id, job_path, unit, result = msg.body
+                self._job_removed(job_path, result)
+            elif msg.member == "Reloading":
+                (self._reloading,) = msg.body
+                if not self._reloading:
+                    for watch in list(self._watches):
+                        watch._reloaded()
+            elif msg.member == "UnitRemoved" and self._watches and not self._reloading:
+                # during a daemon-reload systemd removes and re-creates every unit: those
+                # signals say nothing; watches refresh their units once the reload is over
+                name, _path = msg.body
+                for watch in list(self._watches):
+                    watch._unit_removed(name)
+        elif (msg.interface == PROPERTIES_IFACE and msg.member == "PropertiesChanged"
+              and self._watches):
+            iface, changed, _invalidated = msg.body
+            if iface != UNIT_IFACE:
+                return None
+            name = unit_name_from_path(msg.path or "")
+            if not name:
+                return None
+            values = {k: v.value for k, v in changed.items()
+                      if k in ("LoadState", "ActiveState", "SubState")}
+            for watch in list(self._watches):
+                watch._properties_changed(name, values)
+        return None
+
+    def _job_removed(self, job_path: str, result: str) -> None:
+        fut = self._job_waiters.pop(job_path, None)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(result)
+        elif self._calls_in_flight:
+            # the reply naming this job may already be read but not yet seen by its caller
+            self._early_results[job_path] = result
+            while len(self._early_results) > _EARLY_JOB_RESULTS_MAX:
+                self._early_results.popitem(last=False)
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    async def _run_job(self, method: str, name: str, timeout: float | None) -> str:
+        """Queue a job with mode 'replace' and return its result ('done' is success)."""
+        try:
+            (job_path,) = await self._call(method, "ss", [name, "replace"])
+        except SystemdCallError as exc:
+            if method == "StopUnit" and exc.error_name == NO_SUCH_UNIT:
+                return "done"  # not loaded at all: nothing runs
+            return f"refused: {exc.text or exc.error_name}"
+        result = self._early_results.pop(job_path, None)
+        if result is not None:
+            return result
+        fut = asyncio.get_running_loop().create_future()
+        self._job_waiters[job_path] = fut
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            return f"no JobRemoved within {timeout:g}s"
+        finally:
+            self._job_waiters.pop(job_path, None)
+
+    async def _run_jobs(self, method: str, names: Iterable[str],
+                        timeout: float | None) -> dict[str, str]:
+        """Run one job per unit concurrently (bounded by the call semaphore); the failures."""
+        names = list(dict.fromkeys(check_unit_name(n) for n in names))
+        results = await asyncio.gather(*(self._run_job(method, n, timeout) for n in names))
+        return {n: _describe_result(r) for n, r in zip(names, results) if r != "done"}
+
+    async def start(self, names: Iterable[str], *, timeout: float | None = None) -> None:
+        """StartUnit(mode='replace') for each unit and wait for its job; raise on failures."""
+        failures = await self._run_jobs("StartUnit", names, timeout)
+        if failures:
+            raise SystemdUnitError("start", failures)
+
+    async def stop(self, names: Iterable[str], *, timeout: float | None = None) -> None:
+        """StopUnit(mode='replace') for each unit and wait for its job; raise on failures."""
+        failures = await self._run_jobs("StopUnit", names, timeout)
+        if failures:
+            raise SystemdUnitError("stop", failures)
+
+    async def restart(self, names: Iterable[str], *, timeout: float | None = None) -> None:
+        """RestartUnit(mode='replace') for each unit and wait for its job; raise on failures."""
+        failures = await self._run_jobs("RestartUnit", names, timeout)
+        if failures:
+            raise SystemdUnitError("restart", failures)
+
+    # --- unit files -----------------------------------------------------------------------------
+
+    def unit_path(self, name: str) -> Path:
+        return self.units_dir / check_unit_name(name)
+
+    def installed_units(self) -> dict[str, str]:
+        """The unit files in units_dir with their content (to adopt units after a restart)."""
+        out: dict[str, str] = {}
+        try:
+            entries = sorted(os.scandir(self.units_dir), key=lambda e: e.name)
+        except FileNotFoundError:
+            return out
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                out[entry.name] = Path(entry.path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue  # unreadable: the caller sees it as absent and loads it again
+        return out
+
+    async def reload(self) -> None:
+        """daemon-reload; the reply comes once systemd has reloaded."""
+        await self._call("Reload")
+
+    async def load(self, units: Mapping[str, str]) -> None:
+        """Write, link (and enable) the units, then reload systemd once.
+
+        A unit whose enabling fails is removed again; the others stay loaded, and
+        SystemdUnitError names the failed ones after the reload.
+        """
+        units = {check_unit_name(n): text for n, text in units.items()}
+        if not units:
+            return
+        try:
+            self.units_dir.mkdir(parents=True, exist_ok=True)
+            for name, text in units.items():
+                _write_atomic(self.unit_path(name), text)
+        except OSError as exc:
+            raise SystemdError(f"cannot write unit file {exc.filename}: {exc.strerror}") from exc
+        paths = [str(self.unit_path(n)) for n in units]
+        await self._call("LinkUnitFiles", "asbb", [paths, True, True])
+
+        to_enable = [n for n, text in units.items() if has_install_section(text)]
+        failures: dict[str, str] = {}
+        if to_enable:
+            outcomes = await asyncio.gather(
+                *(self._call("EnableUnitFiles", "asbb", [[n], True, True]) for n in to_enable),
+                return_exceptions=True)
+            for name, outcome in zip(to_enable, outcomes):
+                if isinstance(outcome, BaseException):
+                    if not isinstance(outcome, SystemdError):
+                        raise outcome
+                    failures[name] = f"enable: {outcome}"
+            for name in failures:
+                await self._forget_files([name])
+        await self.reload()
+        if failures:
+            raise SystemdUnitError("load", failures)
+
+    async def _forget_files(self, names: list[str]) -> dict[str, str]:
+        """Disable (removes the link and the [Install] links), reset-failed, remove the file."""
+        errors: dict[str, str] = {}
+
+        async def one(name: str) -> None:
+            try:
+                await self._call("DisableUnitFiles", "asb", [[name], True])
+            except SystemdCallError as exc:
+                if exc.error_name != NO_SUCH_UNIT:
+                    errors[name] = f"disable: {exc.text or exc.error_name}"
+            try:
+                await self._call("ResetFailedUnit", "s", [name])
+            except SystemdCallError as exc:
+                if exc.error_name != NO_SUCH_UNIT:
+                    errors.setdefault(name, f"reset-failed: {exc.text or exc.error_name}")
+            try:
+                self.unit_path(name).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                errors[name] = f"remove {exc.filename}: {exc.strerror}"
+
+        await asyncio.gather(*(one(n) for n in names))
+        return errors
+
+    async def unload(self, names: Iterable[str], *, timeout: float | None = None) -> None:
+        """Stop (if active), disable, reset-failed and remove the units; one reload.
+
+        Only units that stopped are unloaded; SystemdUnitError names the others.
+        """
+        names = list(dict.fromkeys(check_unit_name(n) for n in names))
+        if not names:
+            return
+        states = await self.states(names)
+        running = [n for n in names if states[n].active_state not in _STOPPED_STATES]
+        failures = await self._run_jobs("StopUnit", running, timeout) if running else {}
+        stopped = [n for n in names if n not in failures]
+        if stopped:
+            errors = await self._forget_files(stopped)
+            await self.reload()
+            failures.update(errors)
+        if failures:
+            raise SystemdUnitError("unload", failures)
+
+    # --- states -----------------------------------------------------------------------------------
+
+    async def states(self, names: Iterable[str], *,
+                     main_pid: bool = False) -> dict[str, UnitSystemdState]:
+        """ListUnitsByNames for the units (unknown ones come back as not-found)."""
+        names = list(dict.fromkeys(check_unit_name(n) for n in names))
+        if not names:
+            return {}
+        (rows,) = await self._call("ListUnitsByNames", "as", [names])
+        out: dict[str, UnitSystemdState] = {}
+        paths: dict[str, str] = {}
+        for row in rows:
+            name, _desc, load, active, sub, _followed, path = row[:7]
+            out[name] = UnitSystemdState(name, load, active, sub)
+            paths[name] = path
+        for name in names:  # systemd answers for every name, but never trust a peer blindly
+            out.setdefault(name, UnitSystemdState(name, "not-found", "inactive", "dead"))
+        if main_pid:
+            async def pid_of(name: str) -> int:
+                if not name.endswith(".service") or out[name].load_state != "loaded":
+                    return 0
+                try:
+                    (value,) = await self._call("Get", "ss", [SERVICE_IFACE, "MainPID"],
+                                                path=paths[name], interface=PROPERTIES_IFACE)
+                except SystemdCallError:
+                    return 0
+                return int(value.value)
+
+            pids = await asyncio.gather(*(pid_of(n) for n in names))
+            for name, pid in zip(names, pids):
+                st = out[name]
+                out[name] = UnitSystemdState(st.name, st.load_state, st.active_state,
+                                             st.sub_state, pid)
+        return {n: out[n] for n in names}
+
+    async def watch(self, names: Iterable[str] = ()) -> "UnitWatch":
+        """A stream of unit states from systemd's signals, for the given units.
+
+        The current state of each unit is delivered first; then a state each time one of
+        LoadState/ActiveState/SubState changes. Change the set with `UnitWatch.set_units`.
+        """
+        watch = UnitWatch(self)
+        self._watches.add(watch)
+        await watch.set_units(names)
+        return watch
+
+
+def _describe_result(result: str) -> str:
+    if result.startswith(("refused:", "no JobRemoved")):
+        return result
+    return f"job result: {result}"
+
+
+class UnitWatch:
+    """Async iterator of `UnitSystemdState`, the latest per unit, from systemd's signals.
+
+    States of a unit that change faster than the consumer reads are coalesced: the consumer
+    always gets the newest one. Iteration ends after `close()`, or raises SystemdError if the
+    connection to systemd is lost.
+
+    Sources: `PropertiesChanged` of the unit object (carries LoadState/ActiveState/SubState);
+    `UnitRemoved` outside a reload (the unit left systemd's memory); and, after each
+    daemon-reload (`Reloading(false)`), one `ListUnitsByNames` for the watched units, because
+    a reload removes and re-creates every unit without reporting states that did not change.
+    """
+
+    def __init__(self, manager: SystemdManager) -> None:
+        self._manager = manager
+        self._names: set[str] = set()
+        self._known: dict[str, UnitSystemdState] = {}
+        self._pending: collections.OrderedDict[str, UnitSystemdState] = collections.OrderedDict()
+        self._wakeup = asyncio.Event()
+        self._signal_gen: dict[str, int] = collections.defaultdict(int)
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+        self._error: SystemdError | None = None
+
+    @property
+    def units(self) -> frozenset[str]:
+        return frozenset(self._names)
+
+    async def set_units(self, names: Iterable[str]) -> None:
+        """Replace the set of watched units; new ones get their current state delivered."""
+        names = {check_unit_name(n) for n in names}
+        added = names - self._names
+        for gone in self._names - names:
+            self._known.pop(gone, None)
+            self._pending.pop(gone, None)
+            self._signal_gen.pop(gone, None)
+        self._names = names
+        if added:
+            await self._fetch(added)
+
+    async def _fetch(self, names: Iterable[str]) -> None:
+        """Ask systemd for the units' states; a signal that arrives meanwhile wins."""
+        names = sorted(names)
+        gen = {n: self._signal_gen[n] for n in names}
+        current = await self._manager.states(names)
+        for name, state in current.items():
+            if self._signal_gen.get(name, 0) == gen[name]:
+                self._offer(state)
+
+    def _reloaded(self) -> None:
+        if not self._names or self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._refresh(set(self._names)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh(self, names: set[str]) -> None:
+        try:
+            await self._fetch(names & self._names)
+        except SystemdError as exc:
+            self._fail(exc)
+
+    def _offer(self, state: UnitSystemdState) -> None:
+        if state.name not in self._names or self._known.get(state.name) == state:
+            return
+        self._known[state.name] = state
+        self._pending[state.name] = state
+        self._wakeup.set()
+
+    def _properties_changed(self, name: str, values: dict[str, str]) -> None:
+        if name not in self._names or not values:
+            return
+        self._signal_gen[name] += 1
+        old = self._known.get(name) or UnitSystemdState(name, "not-found", "inactive", "dead")
+        self._offer(UnitSystemdState(
+            name,
+            values.get("LoadState", old.load_state),
+            values.get("ActiveState", old.active_state),
+            values.get("SubState", old.sub_state),
+        ))
+
+    def _unit_removed(self, name: str) -> None:
+        # The unit left systemd's memory (garbage-collected, e.g. once its file is gone).
+        # Asking systemd would load it again (and remove it again: a loop), so derive the
+        # state: inactive, and not-found unless its file is still in the units directory.
+        if name not in self._names:
+            return
+        self._signal_gen[name] += 1
+        old = self._known.get(name)
+        present = (self._manager.units_dir / name).exists()
+        load = (old.load_state if old else "loaded") if present else "not-found"
+        self._offer(UnitSystemdState(name, load, "inactive", "dead"))
+
+    def _fail(self, error: SystemdError) -> None:
+        if self._error is None and not self._closed:
+            self._error = error
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._manager._watches.discard(self)
+        for task in self._tasks:
+            task.cancel()
+        self._wakeup.set()
+
+    def __aiter__(self) -> AsyncIterator[UnitSystemdState]:
+        return self
+
+    async def __anext__(self) -> UnitSystemdState:
+        while True:
+            if self._pending:
+                _name, state = self._pending.popitem(last=False)
+                return state
+            if self._closed:
+                raise StopAsyncIteration
+            if self._error is not None:
+                raise self._error
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def next(self, timeout: float | None = None) -> UnitSystemdState:
+        """The next state, or asyncio.TimeoutError after `timeout` seconds."""
+        return await asyncio.wait_for(self.__anext__(), timeout)
