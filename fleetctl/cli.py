@@ -361,8 +361,12 @@ async def _load_or_start(g: Globals, units, replace, no_block, block_attempts, s
     to_change = [n for n in dict.fromkeys(names) if infos[n].desired_state is not state]
     if to_change:
         await client.set_desired_state(to_change, state)
+    # a replaced body must come up again too: wait for it even if the state did not change
+    replaced = {r.name for r in resolved if r.file is not None and r.existing is not None}
     waiting = []
-    for name in to_change:
+    for name in dict.fromkeys(names):
+        if name not in to_change and name not in replaced:
+            continue
         if infos[name].is_global:
             click.echo(f"Triggered global unit {name} {action}")
         else:
@@ -433,7 +437,7 @@ async def stop(g: Globals, no_block, block_attempts, units) -> int:
         click.echo(f"Triggered global unit {name} stop")
     code = await wait_for_states(client, stopping, DesiredState.LOADED, "stop", no_block, block_attempts)
     if code == 0 and stopping and not no_block:
-        click.echo(f"Successfully stopped units {stopping}.", err=True)
+        click.echo(f"Successfully stopped units [{' '.join(stopping)}].", err=True)
     return code
 
 

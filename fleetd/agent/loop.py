@@ -1,0 +1,236 @@
+"""The agent's imperative shell: watch this machine's keys, make local systemd match, publish states.
+
+- Level-triggered: each pass reads this machine's placements and the global units at one
+  revision, computes the pure plan against what is on disk and in systemd, and executes it.
+- Woken by a watch on `schedule/<me>/`, `global/` and `machines/<me>/` only (no watch storm),
+  with a periodic resync as a safety net.
+- Unit states are published from systemd's D-Bus signals, under the machine's lease.
+- Cut off from etcd for longer than the TTL (the lease must have expired and the engine may have
+  moved our units), non-global units are stopped so that no unit runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from fleetd.agent.executor import execute
+from fleetd.agent.plan import DesiredUnit, observe, plan
+from fleetd.agent.systemd import SystemdManager, UnitSystemdState
+from fleetd.engine.constraints import global_units_for
+from fleetd.errors import FleetError, RegistryError
+from fleetd.model import DesiredState, Unit, UnitState
+from fleetd.presence import Presence
+from fleetd.registry import Registry, WatchCompacted
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentStats:
+    passes: int = 0
+    tasks: int = 0
+    failures: int = 0
+    states_published: int = 0
+    last_error: str = ""
+    desired: dict[str, DesiredUnit] = field(default_factory=dict)
+
+
+def unit_text(unit_file_text: str) -> str:
+    """What is written to disk for a unit (container units are rendered here later)."""
+    return unit_file_text
+
+
+class Agent:
+    def __init__(self, registry: Registry, systemd: SystemdManager, presence: Presence,
+                 resync_interval: float = 30.0):
+        self.registry = registry
+        self.systemd = systemd
+        self.presence = presence
+        self.resync_interval = resync_interval
+        self.stats = AgentStats()
+        self._launched: dict[str, str] = {}
+        self._global_names: set[str] = set()
+        self._published: dict[str, UnitState] = {}
+        self._dirty = asyncio.Event()
+        self._watch = None
+
+    @property
+    def machine_id(self) -> str:
+        return self.presence.machine.id
+
+    # ------------------------------------------------------------------ desired state
+
+    async def desired_units(self) -> tuple[dict[str, DesiredUnit], int]:
+        reg = self.registry
+        placements, globals_, revision = await reg.machine_targets(self.machine_id)
+        bodies = await reg.bodies([p.hash for p in placements.values()] + [h for h, _ in globals_.values()])
+        machine = await reg.get_machine(self.machine_id) or self.presence.machine
+        placed_units = [Unit(n, bodies[p.hash], p.desired_state) for n, p in placements.items() if p.hash in bodies]
+        global_units = [Unit(n, bodies[h], s) for n, (h, s) in globals_.items() if h in bodies]
+        running_globals = global_units_for(machine, placed_units + global_units, placements)
+        desired: dict[str, DesiredUnit] = {}
+        for u in placed_units:
+            if u.desired_state is not DesiredState.INACTIVE:
+                desired[u.name] = DesiredUnit(u.name, u.hash, unit_text(u.file.serialize()), u.desired_state)
+        for u in global_units:
+            if u.name in running_globals:
+                desired[u.name] = DesiredUnit(u.name, u.hash, unit_text(u.file.serialize()), u.desired_state)
+        self._global_names = {u.name for u in global_units if u.name in running_globals}
+        return desired, revision
+
+    # ------------------------------------------------------------------ one pass
+
+    async def reconcile_once(self) -> int:
+        """One level-triggered pass. Returns the etcd revision it was based on."""
+        desired, revision = await self.desired_units()
+        installed = self.systemd.installed_units()
+        names = sorted(set(installed) | set(desired))
+        states = await self.systemd.states(names) if names else {}
+        observed = observe(installed, states)
+        the_plan = plan(desired, observed, self._launched)
+        self.stats.passes += 1
+        self.stats.desired = desired
+        if the_plan:
+            for task in the_plan.tasks:
+                log.info("agent: %s", task)
+            result = await execute(the_plan, self.systemd)
+            self._launched = the_plan.launched_after(result.attempted)
+            self.stats.tasks += len(result.completed)
+            if not result.ok:
+                self.stats.failures += 1
+                self.stats.last_error = str(result.error)
+                log.error("agent: %s", result.error)
+        else:
+            self._launched = dict(the_plan.launched)
+        await self._update_watch(set(desired))
+        return revision
+
+    # ------------------------------------------------------------------ states
+
+    async def _update_watch(self, names: set[str]) -> None:
+        if self._watch is not None:
+            await self._watch.set_units(names)
+        gone = [n for n in self._published if n not in names]
+        if gone:
+            await self.registry.delete_states(gone, self.machine_id)
+            for name in gone:
+                self._published.pop(name, None)
+
+    def _state_of(self, s: UnitSystemdState) -> UnitState | None:
+        desired = self.stats.desired.get(s.name)
+        if desired is None:
+            return None
+        return UnitState(s.name, self.machine_id, desired.hash, s.load_state, s.active_state, s.sub_state)
+
+    async def publish_states(self) -> None:
+        """Forward systemd's state changes to etcd, in batches, under the machine's lease."""
+        while True:
+            first = await self._watch.next()
+            batch = {first.name: first}
+            await asyncio.sleep(0.01)  # let a burst of signals collect into one transaction
+            while True:
+                try:
+                    nxt = await self._watch.next(timeout=0)
+                except asyncio.TimeoutError:
+                    break
+                batch[nxt.name] = nxt
+            states = [st for st in (self._state_of(s) for s in batch.values()) if st is not None]
+            states = [st for st in states if self._published.get(st.name) != st]
+            if not states or self.presence.lease_id is None:
+                continue
+            try:
+                await self.registry.publish_states(states, self.presence.lease_id)
+            except RegistryError as exc:
+                log.warning("publishing unit states failed: %s", exc)
+                self._dirty.set()  # republish on the next pass
+                continue
+            for st in states:
+                self._published[st.name] = st
+            self.stats.states_published += len(states)
+
+    async def republish_all(self) -> None:
+        """After a new lease (states expire with the old one), publish every known state again."""
+        names = sorted(self.stats.desired)
+        if not names or self.presence.lease_id is None:
+            return
+        current = await self.systemd.states(names)
+        states = [st for st in (self._state_of(s) for s in current.values()) if st is not None]
+        await self.registry.publish_states(states, self.presence.lease_id)
+        self._published = {st.name: st for st in states}
+
+    # ------------------------------------------------------------------ partition safety
+
+    async def stop_local_units(self) -> None:
+        """The lease must have expired: stop non-global units (the engine may run them elsewhere)."""
+        doomed = [n for n in self.systemd.installed_units() if n not in self._global_names]
+        if not doomed:
+            return
+        log.error("agent: lease lost; stopping %d non-global units: %s", len(doomed), ", ".join(sorted(doomed)))
+        try:
+            await self.systemd.unload(doomed)
+        except FleetError as exc:
+            log.error("agent: stopping units after lease loss failed: %s", exc)
+        self._launched = {n: h for n, h in self._launched.items() if n not in doomed}
+        self._published.clear()
+
+    # ------------------------------------------------------------------ main loop
+
+    async def _watch_keys(self, revision: int) -> None:
+        reg = self.registry
+        prefixes = [reg.keys.machine_schedule(self.machine_id), reg.keys.globals, reg.keys.machine_dir(self.machine_id)]
+        try:
+            async for event in reg.watch(prefixes, revision):
+                if event.key.startswith(reg.keys.machine_dir(self.machine_id)) and event.key.endswith("/object"):
+                    continue  # our own presence record
+                self._dirty.set()
+        finally:
+            self._dirty.set()  # a broken watch is re-established by the next pass
+
+    async def run(self) -> None:
+        self._watch = await self.systemd.watch(())
+        publisher = asyncio.create_task(self.publish_states())
+        watcher: asyncio.Task | None = None
+        lease_seen = self.presence.lease_id
+        try:
+            while True:
+                if self.presence.lost.is_set():
+                    await self.stop_local_units()
+                    await self.presence.registered.wait()
+                    lease_seen = None
+                try:
+                    revision = await self.reconcile_once()
+                    if lease_seen != self.presence.lease_id:
+                        await self.republish_all()
+                        lease_seen = self.presence.lease_id
+                except RegistryError as exc:
+                    log.warning("agent: %s", exc)
+                    await self._wait(1.0)
+                    continue
+                if watcher is None or watcher.done():
+                    if watcher is not None and not watcher.cancelled() and watcher.exception() is not None:
+                        exc = watcher.exception()
+                        if not isinstance(exc, WatchCompacted):
+                            log.warning("agent watch ended: %s", exc)
+                    watcher = asyncio.create_task(self._watch_keys(revision + 1))
+                await self._wait(self.resync_interval)
+        finally:
+            publisher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            await asyncio.gather(publisher, *([watcher] if watcher else []), return_exceptions=True)
+            if self._watch is not None:
+                self._watch.close()
+
+    async def _wait(self, timeout: float) -> None:
+        lost = asyncio.ensure_future(self.presence.lost.wait())
+        dirty = asyncio.ensure_future(self._dirty.wait())
+        try:
+            await asyncio.wait([lost, dirty], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            dirty.cancel()
+        self._dirty.clear()
+
+

@@ -1,0 +1,162 @@
+"""fleetd: the per-node daemon. Wires presence, the agent, the engine and the API together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from fleetd import __version__, sdnotify
+from fleetd.config import FleetConfig, load_config
+from fleetd.errors import FleetError
+
+log = logging.getLogger("fleetd")
+
+# every fleet.conf key can also be given as a flag (--agent-ttl=10s ...)
+FLAG_KEYS = (
+    "etcd_servers", "etcd_key_prefix", "etcd_cafile", "etcd_certfile", "etcd_keyfile", "etcd_username",
+    "etcd_password", "etcd_request_timeout", "public_ip", "metadata", "agent_ttl", "engine_reconcile_interval",
+    "disable_engine", "disable_watches", "units_directory", "verbosity", "machine_id_file", "state_directory",
+    "api_socket", "api_socket_group", "api_tcp", "api_insecure_tcp", "api_cafile", "api_certfile", "api_keyfile",
+)
+
+
+def setup_logging(verbosity: int) -> None:
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=logging.DEBUG if verbosity > 1 else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aetcd").setLevel(logging.WARNING)
+
+
+class Daemon:
+    def __init__(self, config: FleetConfig):
+        self.config = config
+        self.tasks: list[asyncio.Task] = []
+
+    async def run(self) -> None:
+        from fleetd.agent.loop import Agent
+        from fleetd.agent.systemd import SystemdManager
+        from fleetd.engine.leader import Engine
+        from fleetd.machine import this_machine
+        from fleetd.presence import Presence
+        from fleetd.registry import Registry
+
+        cfg = self.config
+        machine = this_machine(cfg)
+        registry = await Registry.connect(cfg.etcd)
+        presence = Presence(registry, machine, cfg.agent_ttl, Path(cfg.state_directory))
+        await self._retry("registering machine", lambda: presence.register(wait_duplicate=0))
+        systemd = await SystemdManager.connect(Path(cfg.units_directory))
+        agent = Agent(registry, systemd, presence)
+        engine = None if cfg.disable_engine else Engine(registry, machine.id, cfg.engine_reconcile_interval)
+        self.tasks = [asyncio.create_task(presence.run(), name="presence"),
+                      asyncio.create_task(agent.run(), name="agent")]
+        if engine is not None:
+            self.tasks.append(asyncio.create_task(engine.run(), name="engine"))
+        api = await self._start_api(registry, presence, agent, engine)
+        watchdog = sdnotify.watchdog_interval()
+        if watchdog:
+            self.tasks.append(asyncio.create_task(self._watchdog(watchdog), name="watchdog"))
+        sdnotify.notify(f"READY=1\nSTATUS=machine {machine.id[:8]} registered")
+        log.info("fleetd %s started on machine %s", __version__, machine.id)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            done_waiter = asyncio.ensure_future(asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION))
+            stop_waiter = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([done_waiter, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+            for task in self.tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()
+        finally:
+            sdnotify.notify("STOPPING=1")
+            log.info("fleetd stopping; units keep running")
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            if engine is not None:
+                await engine.resign()
+            if api is not None:
+                await api.stop()
+            await systemd.close()
+            await registry.close()
+
+    async def _start_api(self, registry, presence, agent, engine):
+        try:
+            from fleetd.api.server import ApiServer
+        except ImportError:
+            return None
+        server = ApiServer(self.config, registry, presence, agent, engine)
+        await server.start()
+        return server
+
+    async def _retry(self, what: str, action) -> None:
+        """fleet's start-up: retry with exponential backoff from 1 s up to 60 s."""
+        from fleetd.errors import DuplicateMachine, RegistryUnavailable
+
+        delay = 1.0
+        while True:
+            try:
+                await action()
+                return
+            except DuplicateMachine:
+                raise
+            except RegistryUnavailable as exc:
+                log.warning("%s: %s; retrying in %.0fs", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+
+def _flag_options(fn):
+    for key in reversed(FLAG_KEYS):
+        fn = click.option(f"--{key.replace('_', '-')}", key, default=None, help=f"fleet.conf key {key}.")(fn)
+    return fn
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", default="/etc/fleet/fleet.conf", show_default=True,
+              type=click.Path(dir_okay=False), help="Path to fleet.conf (top-level key=value lines).")
+@click.option("--version", "show_version", is_flag=True, help="Print the version and exit.")
+@_flag_options
+def cli(config_path: str, show_version: bool, **overrides: str | None) -> None:
+    """fleetd: the fleet daemon. Runs the agent (and, unless disabled, the engine) on this machine.
+
+    Settings come from the config file, then FLEET_<KEY> environment variables, then flags.
+    """
+    if show_version:
+        click.echo(f"fleetd version {__version__}")
+        return
+    try:
+        config = load_config(Path(config_path), overrides={k: v for k, v in overrides.items() if v is not None})
+    except FleetError as exc:
+        click.echo(f"fleetd: {exc}", err=True)
+        sys.exit(1)
+    setup_logging(config.verbosity)
+    try:
+        asyncio.run(Daemon(config).run())
+    except FleetError as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    cli(prog_name="fleetd")
+
+
+if __name__ == "__main__":
+    main()

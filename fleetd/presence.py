@@ -1,0 +1,102 @@
+"""Machine presence: the machine record under an etcd lease, kept alive at ttl/3.
+
+Tracks when the lease was last confirmed alive, so that the agent can tell when its lease must
+have expired while it was cut off from etcd (and stop its units: no unit runs twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from fleetd.errors import DuplicateMachine, RegistryError
+from fleetd.model import Machine
+from fleetd.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    def __init__(self, registry: Registry, machine: Machine, ttl: float, state_dir: Path):
+        self.registry = registry
+        self.machine = machine
+        self.ttl = max(2.0, ttl)
+        self.lease_id: int | None = None
+        self.last_alive = 0.0  # monotonic time the lease was last known alive
+        self.lost = asyncio.Event()  # set when the lease must have expired
+        self.registered = asyncio.Event()
+        self._lease_file = state_dir / "machine-lease"
+
+    def _saved_lease(self) -> int | None:
+        try:
+            return int(self._lease_file.read_text().strip(), 16)
+        except (OSError, ValueError):
+            return None
+
+    def _save_lease(self, lease_id: int) -> None:
+        try:
+            self._lease_file.parent.mkdir(parents=True, exist_ok=True)
+            self._lease_file.write_text(f"{lease_id:x}\n")
+        except OSError as exc:
+            log.warning("cannot save lease ID to %s: %s", self._lease_file, exc)
+
+    async def register(self, *, wait_duplicate: float = 0.0) -> None:
+        """Register, adopting this machine's previous lease after a fleetd restart.
+
+        A machine ID held by another live fleetd is refused; with wait_duplicate > 0 we wait up
+        to that long for the other record to expire before giving up.
+        """
+        deadline = time.monotonic() + wait_duplicate
+        while True:
+            lease = await self.registry.grant_lease(self.ttl)
+            try:
+                in_use = await self.registry.register_machine(self.machine, lease, adopt_lease=self._saved_lease())
+            except DuplicateMachine:
+                await self.registry.revoke_lease(lease)
+                if time.monotonic() >= deadline:
+                    raise
+                log.error("machine ID %s is registered by another fleetd; waiting for it to expire", self.machine.id)
+                await asyncio.sleep(1.0)
+                continue
+            if in_use != lease:
+                await self.registry.revoke_lease(lease)
+                log.info("adopted lease %x of the previous fleetd on this machine", in_use)
+            self.lease_id = in_use
+            self._save_lease(in_use)
+            self.last_alive = time.monotonic()
+            self.lost.clear()
+            self.registered.set()
+            log.info("machine %s registered (ip %s, lease %x, ttl %ss)", self.machine.id, self.machine.public_ip or "-", in_use, self.ttl)
+            return
+
+    def lease_expired_locally(self) -> bool:
+        return time.monotonic() - self.last_alive > self.ttl
+
+    async def run(self) -> None:
+        """Keep the lease alive; re-register when it was lost; flag `lost` past the TTL."""
+        interval = self.ttl / 3
+        while True:
+            await asyncio.sleep(interval if not self.lost.is_set() else 0.5)
+            try:
+                remaining = await asyncio.wait_for(self.registry.keepalive(self.lease_id), timeout=interval)
+                if remaining > 0:
+                    self.last_alive = time.monotonic()
+                    continue
+                log.warning("machine lease %x expired; registering again", self.lease_id)
+                self.lost.set()
+                self.registered.clear()
+                await self.register(wait_duplicate=self.ttl * 2)
+            except (RegistryError, asyncio.TimeoutError) as exc:
+                if self.lease_expired_locally() and not self.lost.is_set():
+                    log.error("cut off from etcd for longer than the TTL (%ss): %s", self.ttl, exc)
+                    self.lost.set()
+                    self.registered.clear()
+                else:
+                    log.warning("lease keepalive failed: %s", exc)
+
+    async def update_machine(self, machine: Machine) -> None:
+        self.machine = machine
+        if self.lease_id is not None:
+            await self.registry.update_machine(machine, self.lease_id)
