@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from fleetd.errors import InvalidUnitName
 from fleetd.unit import UnitName, mangle_unit_name, parse_unit_arg, parse_unit_name
@@ -121,6 +121,7 @@ def test_go_path_base(path, base):
     assert go_path_base(path) == base
 
 
+@settings(deadline=None)
 @given(st.text(max_size=300))
 def test_parse_unit_name_never_raises_anything_else(name):
     try:

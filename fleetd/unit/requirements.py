@@ -13,6 +13,7 @@ Semantics follow fleet's job/job.go:
   X-ConditionMachineBootID. MachineOf = X-ConditionMachineOf + MachineOf;
   Conflicts = X-Conflicts + Conflicts; MachineMetadata = X-ConditionMachineMetadata +
   MachineMetadata; Global: the last value, truthy if true/yes/1/on/t (any case).
+  As in fleet, ``MachineID=%i`` in a non-instance unit gives machine_id "" (matches no machine).
 * Resources (our extension): cpu from [Service] CPUQuota= (150% -> 1.5), memory from
   [Service] MemoryMax= (else MemoryLimit=; K/M/G/T/P/E base 1024, "infinity" -> 0), both
   overridden by [X-Fleet] ReserveCPU= (cores) / ReserveMemory= (bytes, suffixes allowed).
