@@ -133,6 +133,15 @@ async def test_load_start_watch_stop_unload(node, mgr):
 
     await mgr.stop([a, b])
     await collect_until(watch, all_in([a, b], "inactive", "dead"))
+    with pytest.raises(asyncio.TimeoutError):
+        await watch.next(timeout=0)  # nothing pending: no wait
+    await mgr.start([c])  # not watched any more
+    await mgr.start([b])
+    await asyncio.sleep(0.5)  # let the events arrive, then take them without waiting
+    got = await watch.next(timeout=0)
+    assert (got.name, got.active_state) == (b, "active")
+    await mgr.stop([b, c])
+    await collect_until(watch, all_in([b], "inactive", "dead"))
     assert {s.active_state for s in (await mgr.states(units)).values()} == {"inactive"}
 
     await mgr.unload([a, b, c])

@@ -607,5 +607,17 @@ class UnitWatch:
             await self._wakeup.wait()
 
     async def next(self, timeout: float | None = None) -> UnitSystemdState:
-        """The next state, or asyncio.TimeoutError after `timeout` seconds."""
+        """The next state, or asyncio.TimeoutError after `timeout` seconds.
+
+        `timeout=0` returns a state already received, without waiting. At the end of the
+        stream (closed) it raises StopAsyncIteration.
+        """
+        if self._pending:
+            return self._pending.popitem(last=False)[1]
+        if timeout is not None and timeout <= 0:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._error is not None:
+                raise self._error
+            raise asyncio.TimeoutError
         return await asyncio.wait_for(self.__anext__(), timeout)
