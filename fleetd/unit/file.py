@@ -34,6 +34,7 @@ A UTF-8 byte-order mark at the very start is skipped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -123,6 +124,10 @@ class UnitFile:
 
     def serialize(self) -> str:
         """go-systemd's unit.Serialize (the fleet-era version): the bytes fleet hashes."""
+        return self._serialized
+
+    @functools.cached_property
+    def _serialized(self) -> str:  # computed once per (immutable) unit
         if not self.options:
             return ""
         order: list[str] = []
@@ -144,7 +149,7 @@ class UnitFile:
     def __str__(self) -> str:
         return self.serialize()
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         """fleet's unit hash: SHA1 (hex) of the serialization."""
         return hashlib.sha1(self.serialize().encode("utf-8")).hexdigest()
