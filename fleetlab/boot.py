@@ -1,0 +1,212 @@
+"""Booting and halting one node: its overlay root, the systemd-nspawn process, its init.
+
+A node root is an overlay (lower = the host's /, upper/work on the lab's tmpfs); systemd is
+never started on anything else. Each nspawn runs in its own cgroup `fleetlab/<LAB>/<NODE>` so
+that nodes do not share a cgroup subtree and `down` can kill whatever is left in it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Mapping
+
+from fleetd.errors import LabError
+
+from .config import NODE_TARGET
+from .naming import LabNames
+from .state import NodeState
+from .sysutil import ProcRef, children, cgroup_roots, kill_cgroup, mount_at, ns_pids, remove_cgroup, run, wait_until
+
+NSPAWN = "/usr/bin/systemd-nspawn"
+# Runs as the nspawn process before exec: joins the node's cgroups, then becomes systemd-nspawn.
+_CGROUP_EXEC = 'for cg in $FLEETLAB_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 125; done; exec "$@"'
+
+
+def mount_tmpfs(names: LabNames) -> None:
+    names.tmpfs_dir.mkdir(parents=True, exist_ok=True)
+    if mount_at(names.tmpfs_dir) is None:
+        run(["mount", "-t", "tmpfs", "-o", "mode=0700", names.tmpfs_source, str(names.tmpfs_dir)])
+
+
+def mount_overlay(node: NodeState) -> None:
+    for path in (node.upper, node.work, node.root):
+        Path(path).mkdir(parents=True, exist_ok=True)
+    if mount_at(node.root) is None:
+        opts = f"lowerdir=/,upperdir={node.upper},workdir={node.work}"
+        run(["mount", "-t", "overlay", "overlay", "-o", opts, node.root])
+
+
+def assert_overlay_root(names: LabNames, node: NodeState) -> None:
+    """Refuse to boot unless the node root is the lab's own overlay mount (never the host's /)."""
+    root = Path(node.root)
+    mount = mount_at(root)
+    if root.resolve() == Path("/") or not str(root).startswith(str(names.tmpfs_dir) + "/"):
+        raise LabError(f"node {node.name}: root {root} is not inside the lab's tmpfs; refusing to boot")
+    if mount is None or mount.fstype != "overlay" or f"upperdir={node.upper}" not in mount.super_options.split(","):
+        raise LabError(f"node {node.name}: {root} is not the lab's overlay mount; refusing to boot")
+
+
+def write_files(root: Path, files: Mapping[str, str], links: Mapping[str, str]) -> None:
+    """Write `files` (path in node → text) and symlinks (path in node → target) into `root`."""
+    for rel, text in files.items():
+        path = root / rel.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            path.unlink()
+        path.write_text(text)
+    for rel, target in links.items():
+        path = root / rel.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        path.symlink_to(target)
+
+
+def node_cgroups(names: LabNames, node: str) -> list[Path]:
+    return [root / names.cgroup_rel / node for root in cgroup_roots()]
+
+
+def spawn(names: LabNames, node: NodeState) -> subprocess.Popen:
+    """Start systemd-nspawn for `node` (detached, logging to the lab dir); return its process."""
+    assert_overlay_root(names, node)
+    cgroups = node_cgroups(names, node.name)
+    for cg in cgroups:
+        kill_cgroup(cg)
+        remove_cgroup(cg)
+        cg.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        NSPAWN,
+        f"--directory={node.root}",
+        f"--machine={node.name}",
+        "--boot",
+        "--register=no",
+        "--keep-unit",
+        "--console=passive",
+        "--link-journal=no",
+        f"--network-namespace-path=/run/netns/{node.netns}",
+        "--",
+        f"systemd.unit={NODE_TARGET}",
+    ]
+    env = dict(os.environ, FLEETLAB_CGROUPS=" ".join(str(cg) for cg in cgroups))
+    with open(names.log_file(node.name), "ab") as log:
+        log.write(f"--- fleet-lab: booting {node.name} at {time.strftime('%F %T')}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            ["/bin/sh", "-c", _CGROUP_EXEC, "fleetlab-spawn", *cmd],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def find_init(nspawn: ProcRef, timeout: float = 10.0) -> ProcRef:
+    """The node's init: the child of nspawn that is PID 1 of its own pid namespace."""
+    found: list[ProcRef] = []
+
+    def look() -> bool:
+        if not nspawn.alive():
+            raise LabError(f"systemd-nspawn (pid {nspawn.pid}) exited before the node's init started")
+        for pid in children(nspawn.pid):
+            pids = ns_pids(pid)
+            ref = ProcRef.of(pid)
+            if len(pids) >= 2 and pids[-1] == 1 and ref is not None:
+                found.append(ref)
+                return True
+        return False
+
+    if not wait_until(look, timeout, interval=0.02):
+        raise LabError(f"systemd-nspawn (pid {nspawn.pid}): no container init after {timeout:g}s")
+    return found[0]
+
+
+def nsenter(init: ProcRef, cmd: list[str]) -> list[str]:
+    return ["nsenter", "-t", str(init.pid), "-a", *cmd]
+
+
+def system_state(init: ProcRef | None) -> str:
+    """`systemctl is-system-running` inside the node, or "offline" if its init is gone."""
+    if init is None or not init.alive():
+        return "offline"
+    proc = run(nsenter(init, ["systemctl", "is-system-running"]), check=False, timeout=10)
+    return proc.stdout.strip() or "unknown"
+
+
+def _unit_names(init: ProcRef, args: list[str]) -> set[str]:
+    proc = run(nsenter(init, ["systemctl", *args, "--plain", "--no-legend"]), check=False)
+    return {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+
+
+def booted(init: ProcRef, tolerated: frozenset[str]) -> tuple[bool, str]:
+    """Whether the node finished booting, and its `is-system-running` state.
+
+    A node is booted when its systemd reports `running`. Units in `tolerated` (fleetd, developed
+    apart from the lab) may not hold it back: it is also booted when they alone have failed
+    (`degraded`) or alone still have jobs queued (`starting`) while the node target is active.
+    """
+    state = system_state(init)
+    if state == "running":
+        return True, state
+    if state == "degraded":
+        failed = _unit_names(init, ["list-units", "--failed"])
+        if failed <= tolerated:
+            return True, state
+        raise LabError(f"boot degraded, failed units: {', '.join(sorted(failed))}")
+    if state == "starting" and tolerated:
+        listing = run(nsenter(init, ["systemctl", "list-jobs", "--no-legend"]), check=False).stdout
+        jobs = {fields[1] for fields in map(str.split, listing.splitlines()) if len(fields) > 1}
+        target = run(nsenter(init, ["systemctl", "is-active", NODE_TARGET]), check=False).stdout.strip()
+        if jobs <= tolerated and target == "active":
+            return True, state
+    return False, state
+
+
+def wait_running(node: NodeState, timeout: float, tolerate: frozenset[str] = frozenset()) -> str:
+    """Wait until the node has booted (see `booted`); return its system state."""
+    init = node.init
+    if init is None:
+        raise LabError(f"node {node.name}: not booted")
+    deadline = time.monotonic() + timeout
+    state = "unknown"
+    while time.monotonic() < deadline:
+        if not init.alive():
+            raise LabError(f"node {node.name}: init (pid {init.pid}) died during boot")
+        try:
+            done, state = booted(init, tolerate)
+        except LabError as exc:
+            raise LabError(f"node {node.name}: {exc}") from None
+        if done:
+            return state
+        time.sleep(0.1)
+    raise LabError(f"node {node.name}: systemd still {state!r} after {timeout:g}s")
+
+
+def halt(names: LabNames, node: NodeState, timeout: float) -> None:
+    """Stop a node: SIGTERM nspawn (clean halt) for up to `timeout`, then crash it (see `crash`)."""
+    if node.nspawn is not None and node.nspawn.signal(signal.SIGTERM):
+        wait_until(lambda: not node.nspawn.alive(), timeout, interval=0.05)
+    crash(names, node)
+
+
+def crash(names: LabNames, node: NodeState, timeout: float = 10.0) -> None:
+    """Hard-kill a node: SIGKILL its init (which kills its whole pid namespace) and any leftover
+    in its cgroups; wait until nspawn is gone too."""
+    if node.init is not None:
+        node.init.signal(signal.SIGKILL)
+    for cg in node_cgroups(names, node.name):
+        kill_cgroup(cg)
+    procs = [p for p in (node.init, node.nspawn) if p is not None]
+    if not wait_until(lambda: not any(p.alive() for p in procs), timeout, interval=0.02):
+        if node.nspawn is not None:
+            node.nspawn.signal(signal.SIGKILL)
+        if not wait_until(lambda: not any(p.alive() for p in procs), 5.0):
+            raise LabError(f"node {node.name}: processes {[p.pid for p in procs if p.alive()]} survive SIGKILL")
+    for cg in node_cgroups(names, node.name):
+        remove_cgroup(cg)
+    node.init = None
+    node.nspawn = None

@@ -1,0 +1,203 @@
+"""fleet-lab: boot, inspect, break and remove a local multi-node lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from typing import NoReturn
+
+import click
+
+from fleetd.errors import FleetError, LabError
+
+from .config import DEFAULT_AGENT_TTL, DEFAULT_KEY_PREFIX, parse_metadata_specs
+from .lab import Lab, list_labs
+from .node import Node
+
+DEFAULT_LAB = os.environ.get("FLEETLAB_NAME", "lab")
+
+name_option = click.option(
+    "--name", "-n", "name", default=None, help=f"Lab name (default: $FLEETLAB_NAME or {DEFAULT_LAB!r})."
+)
+
+
+def _lab_name(name: str | None, node: str | None = None) -> str:
+    """--name if given; else the lab a full node name (`<LAB>-nK`) belongs to; else the default."""
+    if name:
+        return name
+    if node and "-n" in node:
+        return node.rpartition("-n")[0]
+    return DEFAULT_LAB
+
+
+def _node(name: str | None, node: str) -> Node:
+    return Lab.attach(_lab_name(name, node)).node(node)
+
+
+def _raise_on_signal() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit so that a half-built lab is rolled back."""
+
+    def handler(signum, _frame) -> NoReturn:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+class _Group(click.Group):
+    """Reports the project's errors on one line (`Error: ...`, exit 1) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FleetError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """A local fleet lab: systemd-nspawn nodes on overlay roots, an etcd cluster and fleetd."""
+
+
+@main.command()
+@name_option
+@click.option("--nodes", "-N", default=3, show_default=True, help="Number of nodes.")
+@click.option("--agent-ttl", default=DEFAULT_AGENT_TTL, show_default=True, help="fleetd agent_ttl.")
+@click.option("--metadata", "-m", multiple=True, metavar="[N:]K=V[,K=V]",
+              help="fleetd metadata for every node, or for node N only (repeatable).")
+@click.option("--etcd-key-prefix", default=DEFAULT_KEY_PREFIX, show_default=True)
+@click.option("--fleetd/--no-fleetd", default=True, show_default=True, help="Install and start fleetd.")
+@click.option("--wait-fleetd", is_flag=True, help="Wait until every node's fleetd registered in etcd.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for boots (and fleetd).")
+def up(name, nodes, agent_ttl, metadata, etcd_key_prefix, fleetd, wait_fleetd, timeout) -> None:
+    """Boot a lab of N nodes and wait until its systemds and etcd are up."""
+    _raise_on_signal()
+    if wait_fleetd and not fleetd:
+        raise click.UsageError("--wait-fleetd needs fleetd (drop --no-fleetd)")
+    lab = Lab(
+        name or DEFAULT_LAB,
+        nodes=nodes,
+        agent_ttl=agent_ttl,
+        fleetd=fleetd,
+        metadata=parse_metadata_specs(metadata, nodes),
+        etcd_key_prefix=etcd_key_prefix,
+        boot_timeout=timeout,
+    )
+    lab.up(wait_fleetd=wait_fleetd, fleetd_timeout=timeout)
+    _print_status(lab)
+
+
+@main.command()
+@name_option
+def down(name) -> None:
+    """Halt the lab's nodes and remove its mounts, netns, links and state (idempotent)."""
+    lab_name = name or DEFAULT_LAB
+    try:
+        lab = Lab.attach(lab_name)
+    except LabError:
+        lab = Lab(lab_name)  # no state: remove whatever carries the lab's name
+    warnings = lab.down()
+    for warning in warnings:
+        click.echo(f"fleet-lab: {warning}", err=True)
+    if warnings:
+        sys.exit(1)
+    click.echo(f"lab {lab_name}: down")
+
+
+@main.command("list")
+def list_() -> None:
+    """Names of the labs that exist on this host."""
+    for name in list_labs():
+        click.echo(name)
+
+
+def _print_status(lab: Lab) -> None:
+    st = lab.status()
+    click.echo(f"lab {st['name']}: subnet {st['subnet']} bridge {st['bridge']} host {st['host_ip']}")
+    click.echo(f"{'NODE':<16}{'IP':<16}{'MACHINE-ID':<34}{'INIT':>8}  {'STATE':<24}ETCD")
+    for n in st["nodes"]:
+        etcd = {None: "-", True: "healthy", False: "UNHEALTHY"}[n["etcd"]]
+        state = n["state"] + (" (partitioned)" if n["partitioned"] else "")
+        click.echo(f"{n['name']:<16}{n['ip']:<16}{n['machine_id']:<34}{n['init_pid'] or '-':>8}  {state:<24}{etcd}")
+    click.echo(f"etcd: {'healthy' if st['etcd_healthy'] else 'NOT healthy'} ({','.join(st['etcd_endpoints'])})")
+
+
+@main.command()
+@name_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(name, as_json) -> None:
+    """Nodes, IPs, machine-ids, whether they run, and etcd health."""
+    lab = Lab.attach(name or DEFAULT_LAB)
+    if as_json:
+        click.echo(json.dumps(lab.status(), indent=2))
+    else:
+        _print_status(lab)
+
+
+@main.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@name_option
+@click.argument("node")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(name, node, cmd) -> None:
+    """Run CMD inside NODE (nsenter into all namespaces of its init)."""
+    argv = _node(name, node).command(list(cmd))
+    os.execvp(argv[0], argv)
+
+
+def _node_command(verb: str, help_text: str):
+    @main.command(verb, help=help_text)
+    @name_option
+    @click.argument("node")
+    def command(name, node) -> None:
+        target = _node(name, node)
+        getattr(target, verb.replace("-", "_"))()
+        click.echo(f"{target.name}: {verb} done")
+
+    return command
+
+
+_node_command("kill", "Crash NODE: SIGKILL its init (PID 1 of its pid namespace).")
+_node_command("start", "Boot a killed or stopped NODE again (same root and machine-id).")
+_node_command("stop", "Halt NODE cleanly.")
+_node_command("stop-fleetd", "Stop fleetd.service inside NODE.")
+_node_command("start-fleetd", "Start fleetd.service inside NODE.")
+_node_command("partition", "Cut NODE off from the other nodes and the host (it keeps running).")
+_node_command("heal", "Undo `partition NODE`.")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@name_option
+@click.argument("node")
+@click.argument("unit", required=False)
+@click.option("--lines", "-l", type=int, default=None, help="Only the last N lines.")
+@click.option("--follow", "-f", is_flag=True, help="Follow the journal.")
+def logs(name, node, unit, lines, follow) -> None:
+    """The journal of NODE (of UNIT only, if given)."""
+    target = _node(name, node)
+    if follow:
+        cmd = ["journalctl", "--no-pager", "-f"] + (["-u", unit] if unit else []) + (["-n", str(lines)] if lines else [])
+        argv = target.command(cmd)
+        os.execvp(argv[0], argv)
+    click.echo(target.logs(unit, lines), nl=False)
+
+
+@main.command()
+@name_option
+def env(name) -> None:
+    """Shell exports that point fleetctl at the lab: eval "$(fleet-lab env)"."""
+    for key, value in Lab.attach(name or DEFAULT_LAB).env().items():
+        click.echo(f"export {key}={shlex.quote(value)}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@name_option
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def ctl(name, args) -> None:
+    """Run the checkout's fleetctl against the lab."""
+    lab = Lab.attach(name or DEFAULT_LAB)
+    proc = subprocess.run([*lab.fleetctl_command(), *args], env={**os.environ, **lab.env()})
+    sys.exit(proc.returncode)
