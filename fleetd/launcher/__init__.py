@@ -1,0 +1,1 @@
+"""fleet-run: a container launcher without an external runtime (see supervisor.py)."""

@@ -1,0 +1,5 @@
+import sys
+
+from fleetd.launcher.cli import main
+
+sys.exit(main())

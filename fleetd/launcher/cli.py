@@ -1,0 +1,96 @@
+"""fleet-run: run a command in a container made from a fleet image (no external runtime).
+
+    fleet-run [--name N] --image NAME_OR_PATH [--images-dir DIR] [--hostname H]
+              [--env K=V]... [--bind SRC:DST[:ro]]... [--workdir D] [--user U]
+              [--net host|none|netns:PATH] [--keep-state] [--stop-timeout S]
+              [--privileged] -- CMD ARGS...
+
+Meant to be a unit's ExecStart: it stays the unit's main process (see
+:mod:`fleetd.launcher.supervisor` for signals, exit codes and cleanup).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from fleetd.errors import LaunchError
+from fleetd.images.store import DEFAULT_ROOT
+from fleetd.launcher import spec as specmod
+from fleetd.launcher.supervisor import run
+from fleetd.launcher.users import resolve_user
+
+PROG = "fleet-run"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise LaunchError(message, 125)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Run a command in a container made from a fleet image.")
+    p.add_argument("--name", help="container name (default: IMAGE-<random>)")
+    p.add_argument("--image", required=True, help="image name, digest or rootfs directory")
+    p.add_argument("--images-dir", type=Path, default=DEFAULT_ROOT,
+                   help=f"image store root (default {DEFAULT_ROOT})")
+    p.add_argument("--hostname", help="hostname inside (default: the container name)")
+    p.add_argument("--env", "-e", action="append", default=[], metavar="K=V",
+                   help="environment variable (the environment starts empty)")
+    p.add_argument("--bind", action="append", default=[], metavar="SRC:DST[:ro]",
+                   help="bind-mount a host path")
+    p.add_argument("--workdir", "-w", default="/", help="working directory inside")
+    p.add_argument("--user", "-u", help="uid[:gid] or name[:group] from the image")
+    p.add_argument("--net", default="host", help="host (default), none or netns:PATH")
+    p.add_argument("--keep-state", action="store_true",
+                   help="keep the overlay upper/work directories after exit")
+    p.add_argument("--stop-timeout", type=float, default=10.0,
+                   help="seconds between a forwarded SIGTERM and SIGKILL (default 10)")
+    p.add_argument("--privileged", action="store_true",
+                   help="keep all capabilities and leave /proc unmasked")
+    p.add_argument("--state-root", type=Path, default=specmod.DEFAULT_STATE_ROOT,
+                   help=argparse.SUPPRESS)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    return p
+
+
+def build_spec(argv: list[str], host_env: dict[str, str]) -> specmod.ContainerSpec:
+    args = _parser().parse_args(argv)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise LaunchError("no command given (fleet-run --image IMAGE -- CMD ARGS...)")
+    if not args.workdir.startswith("/"):
+        raise LaunchError(f'invalid --workdir "{args.workdir}": must be an absolute path')
+    if args.stop_timeout < 0:
+        raise LaunchError("invalid --stop-timeout: must not be negative")
+    rootfs = specmod.resolve_image(args.image, args.images_dir)
+    name = specmod.validate_name(args.name or specmod.default_name(args.image))
+    hostname = args.hostname or name
+    if len(hostname.encode()) > 64 or not hostname:
+        raise LaunchError(f'invalid --hostname "{hostname}" (1 to 64 bytes)')
+    net = specmod.NetMode.parse(args.net)
+    binds = tuple(specmod.BindMount.parse(b) for b in args.bind)
+    user = resolve_user(rootfs, args.user, args.image)
+    env = specmod.build_env(specmod.parse_env(args.env, host_env), hostname, user.home)
+    return specmod.ContainerSpec(
+        name=name, image_ref=args.image, rootfs=rootfs, command=tuple(command),
+        hostname=hostname, env=env, binds=binds, workdir=os.path.normpath(args.workdir),
+        user=user, net=net, state_root=args.state_root, keep_state=args.keep_state,
+        stop_timeout=args.stop_timeout, privileged=args.privileged)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        spec = build_spec(sys.argv[1:] if argv is None else argv, dict(os.environ))
+        return run(spec)
+    except LaunchError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The container side: runs in the forked child, which is PID 1 of a new PID namespace.
+
+:func:`enter_and_exec` sets up the remaining namespaces and the root filesystem, then
+execs the command (so the command itself is PID 1). It never returns: on failure it
+writes "<exit code>\\t<message>" to the error pipe and exits with that code.
+
+Filesystem, built in a private mount namespace (so nothing is ever visible on the host
+and everything disappears with the namespace):
+
+* overlay: lower = image rootfs (read-only), upper/work in the state dir; merged root
+  at ``<state>/rootfs``, which becomes "/" by pivot_root(".", ".") + detach of the old root;
+* /proc: a fresh proc for the new PID namespace; /proc/{sys,sysrq-trigger,irq,bus,fs}
+  read-only and /proc/{kcore,keys,timer_list,sched_debug} masked (unless privileged);
+* /dev: a tmpfs with null zero full random urandom tty bind-mounted from the host's
+  /dev, a new devpts instance (+ ptmx link), /dev/shm, /dev/mqueue, fd/stdin/... links;
+* /sys: sysfs mounted read-only (a read-only recursive bind of the host's as fallback);
+* --bind mounts last (recursive; ":ro" makes the whole subtree read-only).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import socket
+import struct
+from pathlib import Path
+
+from fleetd.errors import LaunchError
+from fleetd.images.rootpath import resolve_in_root
+from fleetd.launcher import libc
+from fleetd.launcher.spec import BindMount, ContainerSpec
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug")
+# docker's default capability set (capability numbers from <linux/capability.h>)
+DEFAULT_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})
+RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM)
+
+
+def _fail(err_fd: int, code: int, message: str) -> None:
+    try:
+        os.write(err_fd, f"{code}\t{message}".encode(errors="replace"))
+    finally:
+        os._exit(code)
+
+
+def enter_and_exec(spec: ContainerSpec, *, err_fd: int, alive_fd: int, netns_fd: int | None,
+                   parent_mask: set[signal.Signals]) -> None:
+    """Child entry point after fork(); never returns."""
+    try:
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _exit_if_parent_gone(alive_fd)
+        _setup(spec, netns_fd)
+        _exec(spec, err_fd, parent_mask)
+    except LaunchError as exc:
+        _fail(err_fd, exc.exit_code, str(exc))
+    except BaseException as exc:  # noqa: BLE001 - anything here must end the child
+        _fail(err_fd, 125, f"container setup failed: {exc}")
+    os._exit(125)
+
+
+def _exit_if_parent_gone(alive_fd: int) -> None:
+    """The supervisor holds the write end open; EOF means it died before PDEATHSIG was set."""
+    readable, _, _ = select.select([alive_fd], [], [], 0)
+    if readable:
+        os._exit(125)
+
+
+def _setup(spec: ContainerSpec, netns_fd: int | None) -> None:
+    if netns_fd is not None:
+        libc.setns(netns_fd, libc.CLONE_NEWNET)
+    flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
+    if spec.net.kind == "none":
+        flags |= libc.CLONE_NEWNET
+    libc.unshare(flags)
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    if spec.net.kind == "none":
+        _loopback_up()
+    state = spec.state_dir
+    root = state / "rootfs"
+    libc.mount("overlay", root, "overlay", 0,
+               f"lowerdir={spec.rootfs},upperdir={state / 'upper'},workdir={state / 'work'}")
+    cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    _mount_proc(root, spec.privileged)
+    _mount_dev(root)
+    _mount_sys(root)
+    for bind in spec.binds:
+        _bind(root, bind)
+    _pivot(root)
+    libc.sethostname(spec.hostname)
+    _chdir(spec.workdir)
+    if not spec.privileged:
+        for cap in range(cap_last + 1):
+            if cap not in DEFAULT_CAPS:
+                libc.prctl(libc.PR_CAPBSET_DROP, cap)
+    user = spec.user
+    os.setgroups(list(user.groups))
+    os.setgid(user.gid)
+    os.setuid(user.uid)
+    # a credential change clears the parent-death signal: set it again
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _loopback_up() -> None:
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sh14x", b"lo", 0)
+        flags = struct.unpack("16sh14x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
+
+
+def _mountpoint(root: Path, inside: str, *, directory: bool = True) -> Path:
+    path = resolve_in_root(root, inside, make_dirs=True)
+    if directory:
+        if not path.is_dir():
+            if os.path.lexists(path):
+                raise LaunchError(f'cannot mount on "{inside}": not a directory in the image')
+            path.mkdir(mode=0o755)
+    elif not os.path.lexists(path):
+        path.touch(mode=0o644)
+    elif path.is_dir():
+        raise LaunchError(f'cannot mount a file on "{inside}": it is a directory in the image')
+    return path
+
+
+def _mount_proc(root: Path, privileged: bool) -> None:
+    proc = _mountpoint(root, "/proc")
+    libc.mount("proc", proc, "proc", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+    if privileged:
+        return
+    for name in PROC_READONLY:
+        path = proc / name
+        if os.path.exists(path):
+            libc.mount(os.fspath(path), path, None, libc.MS_BIND | libc.MS_REC)
+            libc.make_readonly_recursive(path)
+    for name in PROC_MASKED:
+        path = proc / name
+        if os.path.isfile(path):
+            libc.mount("/dev/null", path, None, libc.MS_BIND)
+
+
+def _mount_dev(root: Path) -> None:
+    dev = _mountpoint(root, "/dev")
+    libc.mount("tmpfs", dev, "tmpfs", libc.MS_NOSUID | libc.MS_STRICTATIME,
+               "mode=755,size=65536k")
+    for name in DEVICES:
+        target = dev / name
+        target.touch(mode=0o666)
+        libc.mount(f"/dev/{name}", target, None, libc.MS_BIND)
+    (dev / "pts").mkdir(mode=0o755)
+    libc.mount("devpts", dev / "pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    os.symlink("pts/ptmx", dev / "ptmx")
+    (dev / "shm").mkdir(mode=0o1777)
+    libc.mount("shm", dev / "shm", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
+               "mode=1777,size=65536k")
+    (dev / "mqueue").mkdir(mode=0o755)
+    try:
+        libc.mount("mqueue", dev / "mqueue", "mqueue",
+                   libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+    except OSError:
+        os.rmdir(dev / "mqueue")  # no mqueue filesystem: leave it out
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, dev / name)
+    if os.isatty(0):
+        try:
+            (dev / "console").touch(mode=0o620)
+            libc.mount(os.ttyname(0), dev / "console", None, libc.MS_BIND)
+        except OSError:
+            pass
+
+
+def _mount_sys(root: Path) -> None:
+    sys_dir = _mountpoint(root, "/sys")
+    try:
+        libc.mount("sysfs", sys_dir, "sysfs",
+                   libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+    except PermissionError:
+        libc.mount("/sys", sys_dir, None, libc.MS_BIND | libc.MS_REC)
+        libc.make_readonly_recursive(sys_dir)
+
+
+def _bind(root: Path, bind: BindMount) -> None:
+    label = f'"{bind.source}:{bind.target}"'
+    try:
+        target = _mountpoint(root, bind.target, directory=bind.source.is_dir())
+        libc.mount(os.fspath(bind.source), target, None, libc.MS_BIND | libc.MS_REC)
+        if bind.readonly:
+            libc.make_readonly_recursive(target)
+    except LaunchError as exc:
+        raise LaunchError(f"bind mount {label} failed: {exc}") from None
+    except OSError as exc:
+        raise LaunchError(f"bind mount {label} failed: "
+                          f"{os.strerror(exc.errno) if exc.errno else exc}") from None
+
+
+def _pivot(root: Path) -> None:
+    os.chdir(root)
+    libc.pivot_root(".", ".")
+    libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+
+
+def _chdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, mode=0o755, exist_ok=True)
+        os.chdir(workdir)
+    except OSError as exc:
+        raise LaunchError(f'cannot use working directory "{workdir}": {exc.strerror}') from None
+
+
+def _exec(spec: ContainerSpec, err_fd: int, parent_mask: set[signal.Signals]) -> None:
+    for sig in RESET_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
+    env = {k: v for k, v in spec.env}
+    argv = list(spec.command)
+    cmd = argv[0]
+    if "/" in cmd:
+        candidates = [cmd]
+    else:
+        candidates = [os.path.join(d or ".", cmd) for d in spec.env_value("PATH").split(":")]
+    denied: OSError | None = None
+    exists = False
+    for path in candidates:
+        try:
+            os.execve(path, argv, env)
+        except OSError as exc:
+            if os.path.lexists(path):
+                exists = True
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue
+            if exc.errno == errno.EACCES:
+                denied = denied or exc
+                continue
+            denied = exc
+            break
+    where = f"image {spec.image_ref}"
+    if denied is not None:
+        _fail(err_fd, 126, f'command "{cmd}" cannot be executed in {where}: '
+                           f"{os.strerror(denied.errno or 0)}")
+    if exists:
+        _fail(err_fd, 127, f'command "{cmd}" cannot be executed in {where}: its interpreter '
+                           "(ELF loader or #! line) is missing")
+    _fail(err_fd, 127, f'command "{cmd}" not found in {where}')
