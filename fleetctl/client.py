@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from fleetd.config import EtcdSettings
+from fleetd.jobstate import ACTIVE_STATES, current_state_of  # noqa: F401 (re-exported)
 from fleetd.model import DesiredState, Machine, Placement, Unit, UnitState
 from fleetd.unit.file import UnitFile
-
-ACTIVE_STATES = frozenset({"active", "reloading", "activating", "deactivating"})
 
 
 @dataclass(frozen=True)
@@ -29,20 +28,6 @@ class UnitInfo:
     @property
     def hash(self) -> str:
         return self.file.hash
-
-
-def current_state_of(unit: Unit, placement: Placement | None, states: Sequence[UnitState]) -> tuple[str, str]:
-    """fleet's determineJobState: (current state, target machine) from the registry's records."""
-    if unit.is_global:
-        return "", ""
-    if placement is None:
-        return DesiredState.INACTIVE.value, ""
-    reported = next((s for s in states if s.machine_id == placement.machine_id and s.hash == unit.hash), None)
-    if reported is None:
-        return DesiredState.INACTIVE.value, placement.machine_id
-    if reported.active_state in ACTIVE_STATES and placement.desired_state is DesiredState.LAUNCHED:
-        return DesiredState.LAUNCHED.value, placement.machine_id
-    return DesiredState.LOADED.value, placement.machine_id
 
 
 class FleetClient(abc.ABC):

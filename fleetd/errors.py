@@ -55,6 +55,21 @@ class DuplicateMachine(RegistryError):
     """Another live fleetd already holds this machine ID."""
 
 
+# --- fleet HTTP API (client side) ---------------------------------------------
+
+
+class ApiUnavailable(RegistryUnavailable):
+    """The fleet API endpoint could not be reached (or answered 503: fleetd cut off from etcd)."""
+
+
+class ApiError(RegistryError):
+    """The fleet API answered with an error status; `code` is the HTTP status."""
+
+    def __init__(self, message: str, code: int = 500) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 # --- systemd ------------------------------------------------------------------
 
 

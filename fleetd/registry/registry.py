@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable, Sequence
+from typing import AsyncIterator, Callable, Iterable, Sequence
 
 import aetcd.exceptions
 
@@ -86,6 +87,28 @@ class Registry:
     @property
     def settings(self) -> EtcdSettings:
         return self._conn.settings
+
+    def set_call_observer(self, observer: Callable[[str, float, bool], None] | None) -> None:
+        """Report each etcd call as observer(operation, seconds, ok), e.g. for metrics; None stops.
+
+        Optional and cheap: without an observer, calls go straight to the connection."""
+        conn = self._conn
+        conn.__dict__.pop("call", None)  # back to the connection's own method
+        if observer is None:
+            return
+        inner = conn.call
+
+        async def timed(fn, *args, **kwargs):
+            started = time.perf_counter()
+            ok = False
+            try:
+                result = await inner(fn, *args, **kwargs)
+                ok = True
+                return result
+            finally:
+                observer(getattr(fn, "__name__", "call"), time.perf_counter() - started, ok)
+
+        conn.call = timed
 
     # ------------------------------------------------------------------ low level
 

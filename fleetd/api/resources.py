@@ -1,0 +1,303 @@
+"""fleet API v1 resources: /units, /state, /machines (handlers mirror fleet's api/*.go)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from fleetd.api.context import HttpError, ctx_of
+from fleetd.api.wire import (
+    PageToken,
+    WireError,
+    go_json,
+    machine_to_wire,
+    page_token_from_query,
+    parse_unit_request,
+    state_to_wire,
+    unit_to_wire,
+)
+from fleetd.errors import UnitError, UnitFileError, UnitNotFound
+from fleetd.jobstate import current_state_of
+from fleetd.model import DesiredState, Unit, UnitState
+from fleetd.unit.file import UnitFile
+from fleetd.unit.name import parse_unit_name
+from fleetd.unit.requirements import validate_unit
+
+METADATA_PATH = re.compile(r"^/([^/]+)/metadata/([A-Za-z0-9_.-]+)$")
+DRAINING_PATH = re.compile(r"^/([^/]+)/draining$")  # beyond fleet
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=go_json(data), content_type="application/json")
+
+
+def no_content(status: int = 204, *, json_type: bool = False) -> web.Response:
+    response = web.Response(status=status)
+    if json_type:  # fleet's PATCH /machines answers 204 with a JSON content type
+        response.headers["Content-Type"] = "application/json"
+    return response
+
+
+def _token(request: web.Request) -> PageToken:
+    try:
+        return page_token_from_query(request.query.getall("nextPageToken", []), ctx_of(request).token_limit)
+    except WireError as exc:
+        raise HttpError(400, str(exc)) from None
+
+
+def _page(key: str, items: list, token: PageToken) -> dict[str, Any]:
+    """A page in fleet's field order: MachinePage is {machines, nextPageToken}, the others
+    {nextPageToken, <items>}; both fields are left out when empty."""
+    chosen, nxt = token.slice(items)
+    page: dict[str, Any] = {}
+    if key == "machines" and chosen:
+        page[key] = chosen
+    if nxt is not None:
+        page["nextPageToken"] = nxt.encode()
+    if key != "machines" and chosen:
+        page[key] = chosen
+    return page
+
+
+def go_quote(text: str) -> str:
+    """Go's %q for the ASCII-printable texts we quote in messages."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------- /units
+
+
+async def _unit_entities(request: web.Request) -> list[dict[str, Any]]:
+    reg = ctx_of(request).registry
+    units, placements, states = await asyncio.gather(reg.list_units(), reg.placements(), reg.unit_states())
+    by_name: dict[str, list[UnitState]] = {}
+    for s in states:
+        by_name.setdefault(s.name, []).append(s)
+    entities = []
+    for unit in units:
+        current, machine = current_state_of(unit, placements.get(unit.name), by_name.get(unit.name, []))
+        entities.append(unit_to_wire(unit, current, machine))
+    return entities
+
+
+async def unit_entity(request: web.Request, name: str) -> dict[str, Any] | None:
+    reg = ctx_of(request).registry
+    unit = await reg.get_unit(name)
+    if unit is None:
+        return None
+    placements, states = await asyncio.gather(reg.placements(), reg.unit_states(name=name))
+    current, machine = current_state_of(unit, placements.get(name), states)
+    return unit_to_wire(unit, current, machine)
+
+
+async def units_collection(request: web.Request) -> web.Response:
+    if request.method != "GET":
+        raise HttpError(405, "only GET supported against this resource")
+    token = _token(request)
+    return json_response(_page("units", await _unit_entities(request), token))
+
+
+async def unit_item(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if request.method == "GET":
+        entity = await unit_entity(request, name)
+        if entity is None:
+            raise HttpError(404, "unit does not exist")
+        return json_response(entity)
+    if request.method == "DELETE":
+        return await _destroy(request, name)
+    if request.method == "PUT":
+        return await _set(request, name)
+    raise HttpError(405, "only GET, PUT and DELETE supported against this resource")
+
+
+def check_content_type(request: web.Request) -> None:
+    values = request.headers.getall("Content-Type", [])
+    if len(values) != 1:
+        raise HttpError(415, f"expected 1 Content-Type, got {len(values)}")
+    if values[0].split(";", 1)[0].strip() != "application/json":
+        raise HttpError(415, "only acceptable Content-Type is application/json")
+
+
+async def read_json(request: web.Request, what: str = "unable to decode body") -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HttpError(400, f"{what}: body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise HttpError(400, f"{what}: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+def _desired(text: str) -> DesiredState:
+    try:
+        return DesiredState.parse(text)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+
+
+def _refuse_template(name: str, state: DesiredState) -> None:
+    if state is not DesiredState.INACTIVE and parse_unit_name(name).is_template:
+        raise HttpError(400, f"cannot activate template {go_quote(name)}")
+
+
+def _unit_file(name: str, options) -> UnitFile:
+    try:
+        file = UnitFile.from_options(options, source=f"unit {name}")
+        validate_unit(file, name)
+    except UnitError as exc:
+        raise HttpError(400, str(exc)) from None
+    return file
+
+
+async def _set(request: web.Request, item: str) -> web.Response:
+    """fleet's unitsResource.set: create (201), replace with a different body (201), change the
+    desired state (204); 409 for an unknown unit without options or a known one without
+    desiredState; 400 for anything invalid; 415 without an application/json body."""
+    check_content_type(request)
+    try:
+        req = parse_unit_request(await read_json(request))
+    except WireError as exc:
+        raise HttpError(400, str(exc)) from None
+    name = req.name or item
+    if name != item:
+        raise HttpError(400, f"name in URL {go_quote(item)} differs from unit name in request body {go_quote(name)}")
+    try:
+        parse_unit_name(name)
+    except UnitError as exc:
+        raise HttpError(400, str(exc)) from None
+    reg = ctx_of(request).registry
+    existing = await reg.get_unit(name)
+    create_only = request.headers.get("If-None-Match", "").strip() == "*"  # beyond fleet
+    if existing is not None and create_only:
+        raise HttpError(412, f"unit {name} already exists")
+
+    if existing is None:
+        if not req.options:
+            raise HttpError(409, "unit does not exist and options field empty")
+        file = _unit_file(name, req.options)
+        state = _desired(req.desired_state) if req.desired_state else DesiredState.INACTIVE
+        _refuse_template(name, state)
+        if not await reg.create_unit(Unit(name, file, state)):
+            if create_only:
+                raise HttpError(412, f"unit {name} already exists")
+            raise HttpError(409, f"unit {name} was created concurrently; try again")
+        return no_content(201)
+
+    if req.options:
+        file = _unit_file(name, req.options)
+        if file.hash != existing.hash:
+            state = _desired(req.desired_state) if req.desired_state else existing.desired_state
+            _refuse_template(name, state)
+            await reg.replace_unit(Unit(name, file, state))
+            return no_content(201)
+
+    if not req.desired_state:
+        raise HttpError(409, "must provide DesiredState to update existing unit")
+    state = _desired(req.desired_state)
+    _refuse_template(name, state)
+    try:
+        await reg.set_desired_state([name], state)
+    except UnitNotFound:
+        raise HttpError(404, "unit does not exist") from None
+    except UnitError as exc:
+        raise HttpError(400, str(exc)) from None
+    return no_content(204)
+
+
+async def _destroy(request: web.Request, name: str) -> web.Response:
+    reg = ctx_of(request).registry
+    if await reg.get_unit(name) is None:
+        raise HttpError(404, "unit does not exist")
+    if not await reg.destroy_units([name]):
+        raise HttpError(404, "unit does not exist")
+    return no_content(204)
+
+
+# ---------------------------------------------------------------------------- /state
+
+
+async def state_collection(request: web.Request) -> web.Response:
+    if request.method != "GET":
+        raise HttpError(405, "only GET supported against this resource")
+    token = _token(request)
+    machine_id = next(iter(request.query.getall("machineID", [])), "")
+    unit_name = next(iter(request.query.getall("unitName", [])), "")
+    states = await ctx_of(request).registry.unit_states(name=unit_name or None, machine_id=machine_id or None)
+    if unit_name:  # the registry reads by prefix; fleet compares names exactly
+        states = [s for s in states if s.name == unit_name]
+    return json_response(_page("states", [state_to_wire(s) for s in states], token))
+
+
+async def state_item(request: web.Request) -> web.Response:
+    if request.method != "GET":
+        raise HttpError(405, "only GET supported against this resource")
+    name = request.match_info["name"]
+    machine_id = request.query.get("machineID", "")  # beyond fleet: choose the machine
+    states = await ctx_of(request).registry.unit_states(name=name, machine_id=machine_id or None)
+    states = [s for s in states if s.name == name]
+    if not states:
+        raise HttpError(404, "unit state does not exist")
+    return json_response(state_to_wire(states[0]))
+
+
+# ---------------------------------------------------------------------------- /machines
+
+
+async def machines_collection(request: web.Request) -> web.Response:
+    if request.method == "GET":
+        token = _token(request)
+        machines = await ctx_of(request).registry.list_machines()
+        return json_response(_page("machines", [machine_to_wire(m) for m in machines], token))
+    if request.method == "PATCH":
+        return await _patch_machines(request)
+    raise HttpError(405, "only GET and PATCH supported against this resource")
+
+
+def _op_value(op: dict[str, Any]) -> str:
+    """fleet's code decodes `value` as {"value": "x"}; its documentation shows a bare string.
+    Both are accepted."""
+    value = op.get("value", op.get("Value"))
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        inner = value.get("value", value.get("Value", ""))
+        if isinstance(inner, str):
+            return inner
+    raise HttpError(400, 'invalid value: expected {"value": "<string>"}')
+
+
+async def _patch_machines(request: web.Request) -> web.Response:
+    ops = await read_json(request, "invalid JSON patch")
+    if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
+        raise HttpError(400, "invalid JSON patch: expected a list of operations")
+    planned: list[tuple[str, str, str | None, str]] = []  # (machine, key, value, kind)
+    for op in ops:
+        kind = op.get("op", op.get("Op"))
+        if kind not in ("add", "remove", "replace"):
+            raise HttpError(400, "invalid op: expect add, remove, or replace")
+        path = op.get("path", op.get("Path"))
+        path = path if isinstance(path, str) else ""
+        value = _op_value(op)
+        if (m := METADATA_PATH.match(path)) is not None:
+            if kind != "remove" and not value:
+                raise HttpError(400, "invalid value: add and replace require a value")
+            planned.append((m.group(1), m.group(2), None if kind == "remove" else value, "metadata"))
+        elif (m := DRAINING_PATH.match(path)) is not None:
+            drain = kind != "remove" and value.lower() not in ("false", "0", "no")
+            planned.append((m.group(1), "", "1" if drain else None, "draining"))
+        else:
+            raise HttpError(400, "machine metadata path invalid")
+    reg = ctx_of(request).registry
+    for machine_id, key, value, kind in planned:  # in order, after validating all of them
+        if kind == "metadata":
+            await reg.set_machine_metadata(machine_id, key, value)
+        else:
+            await reg.set_draining(machine_id, value is not None)
+    return no_content(204, json_type=True)

@@ -1,0 +1,27 @@
+"""fleet's current ("job") state of a unit, derived from the registry's records.
+
+Shared by the HTTP API (fleetd.api) and fleetctl's etcd driver so that both report the same
+`currentState` for a unit (fleet's registry/job_state.go determineJobState).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from fleetd.model import DesiredState, Placement, Unit, UnitState
+
+ACTIVE_STATES = frozenset({"active", "reloading", "activating", "deactivating"})
+
+
+def current_state_of(unit: Unit, placement: Placement | None, states: Sequence[UnitState]) -> tuple[str, str]:
+    """(current state, target machine) of a unit: "" for both if it is global."""
+    if unit.is_global:
+        return "", ""
+    if placement is None:
+        return DesiredState.INACTIVE.value, ""
+    reported = next((s for s in states if s.machine_id == placement.machine_id and s.hash == unit.hash), None)
+    if reported is None:
+        return DesiredState.INACTIVE.value, placement.machine_id
+    if reported.active_state in ACTIVE_STATES and placement.desired_state is DesiredState.LAUNCHED:
+        return DesiredState.LAUNCHED.value, placement.machine_id
+    return DesiredState.LOADED.value, placement.machine_id
