@@ -82,7 +82,6 @@ class ImageStore:
     def _ensure(self) -> None:
         for d in (self._images_dir(), self._names_dir(), self._tmp_dir()):
             d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

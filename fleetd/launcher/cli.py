@@ -31,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Run a command in a container made from a fleet image.")
+    p = _Parser(prog=PROG, allow_abbrev=False,
+                description="Run a command in a container made from a fleet image.")
     p.add_argument("--name", help="container name (default: IMAGE-<random>)")
     p.add_argument("--image", required=True, help="image name, digest or rootfs directory")
     p.add_argument("--images-dir", type=Path, default=DEFAULT_ROOT,
