@@ -67,15 +67,6 @@ def format_metadata(constraints: Iterable[MetadataConstraint]) -> str:
     return "MachineMetadata=" + " ".join(f"{c.key}{c.op}{c.value}" for c in constraints)
 
 
-def format_resources(cpu: float, memory: int) -> str:
-    parts = []
-    if cpu > 0:
-        parts.append(f"cpu={cpu:g}")
-    if memory > 0:
-        parts.append(f"memory={memory}")
-    return " ".join(parts) or "nothing"
-
-
 def is_template(name: str) -> bool:
     """`foo@.service` (a template, which cannot run) as opposed to `foo@1.service`."""
     at = name.find("@")

@@ -37,12 +37,10 @@ from collections import deque
 from typing import Iterable, Sequence
 
 from fleetd.engine.constraints import (
-    GlobMatcher,
     RequirementsCache,
     UnitInfo,
     active_globals,
     format_metadata,
-    format_resources,
     globals_matching,
     global_units_for,
     is_template,
@@ -147,6 +145,12 @@ class _Reconciler:
         self.targets: dict[str, dict[str, int]] = {p: {} for p in self.patterns}
         self.declarers: dict[str, dict[str, int]] = {p: {} for p in self.patterns}
         self.matched: dict[str, tuple[str, ...]] = {}
+        replace_patterns = {p for reqs in self.reqs.values() for p in reqs.replaces}
+        self.replace_patterns = sorted(replace_patterns)
+        self.replace_matched: dict[str, tuple[str, ...]] = {}
+        # Failed searches, by what the outcome depends on; valid until a unit leaves a machine.
+        self.failures: dict[tuple, tuple[int, str]] = {}
+        self.detaches = 0
 
         self.ms: dict[str, _MachineState] = {}
         self.short_index: dict[str, list[str]] = {}
@@ -201,6 +205,21 @@ class _Reconciler:
             found = self.matched[name] = tuple(p for p in self.patterns if match(p, name))
         return found
 
+    def _failure_key(self, name: str, reqs: Requirements, allow_displace: bool) -> tuple | None:
+        """What a failed search of `name` depends on besides the machines' state, or None.
+
+        Placements only take room away, so a unit that found no machine fails again until a
+        unit leaves a machine; units with the same key (e.g. instances of one template) share
+        the outcome. A placement can help a unit waiting for its MachineOf peers: no key.
+        """
+        if any(peer not in self.global_names for peer in reqs.machine_of):
+            return None
+        replaced_by = self.replace_matched.get(name)
+        if replaced_by is None:
+            match = self.match
+            replaced_by = self.replace_matched[name] = tuple(p for p in self.replace_patterns if match(p, name))
+        return reqs, self._matching_patterns(name), replaced_by, allow_displace
+
     def _index(self, name: str, reqs: Requirements, machine_id: str, delta: int) -> None:
         for table, keys in ((self.targets, self._matching_patterns(name)), (self.declarers, reqs.conflicts)):
             for pattern in keys:
@@ -245,6 +264,7 @@ class _Reconciler:
         st.memory -= reqs.memory
         self._set_load(st, st.load - 1)
         self._index(name, reqs, st.id, -1)
+        self.detaches += 1
         if self.journal is not None:
             self.journal.append((False, name, st, reqs))
         return st
@@ -454,9 +474,14 @@ class _Reconciler:
             return list(hosts), True, ""
         return self._ordered(reqs.metadata), False, ""
 
-    def _search(self, name: str, reqs: Requirements, *,
-                allow_displace: bool = True) -> tuple[str | None, list[str], str]:
+    def _search(self, name: str, reqs: Requirements, *, allow_displace: bool = True,
+                explain: bool = True) -> tuple[str | None, list[str], str]:
         """The machine for `name` (least loaded feasible), the units it displaces, or why none."""
+        key = self._failure_key(name, reqs, allow_displace)
+        if key is not None:
+            known = self.failures.get(key)
+            if known is not None and known[0] == self.detaches:
+                return None, [], known[1]
         candidates, full, why = self._candidates(name, reqs)
         if candidates is None:
             return None, [], why
@@ -471,7 +496,10 @@ class _Reconciler:
                                              conflicts_checked=indexed)
             if failure is None:
                 return mid, displaced, ""
-        return None, [], self._explain(name, reqs, allow_displace)
+        why = self._explain(name, reqs, allow_displace) if explain else "no feasible machine"
+        if key is not None and explain:
+            self.failures[key] = (self.detaches, why)
+        return None, [], why
 
     def _explain(self, name: str, reqs: Requirements, allow_displace: bool) -> str:
         if not self.ms:
@@ -487,8 +515,18 @@ class _Reconciler:
         if not eligible:
             return f"no machine satisfies {format_metadata(reqs.metadata)}"
         found: dict[str, list] = {}
+        indexed = not reqs.replaces
+        tables = self._conflicting_machines(name, reqs) if indexed else []
         for st in eligible:
-            failure, _ = self._check(name, reqs, st, full=False, allow_displace=allow_displace)
+            if not st.draining and tables and any(st.id in table for table in tables):
+                category = "conflict"
+                if category not in found:
+                    other = self._conflict_on(name, reqs, st)
+                    found[category] = [0, f"conflicts with {other} on {st.short}"]
+                found[category][0] += 1
+                continue
+            failure, _ = self._check(name, reqs, st, full=False, allow_displace=allow_displace,
+                                     conflicts_checked=indexed)
             category, detail = failure or ("unknown", "feasible")
             entry = found.setdefault(category, [0, detail])
             entry[0] += 1
@@ -661,7 +699,7 @@ class _Reconciler:
         for name in reversed(group):
             self._detach(name)
         first = group[0]
-        target, _, _ = self._search(first, self.reqs[first], allow_displace=False)
+        target, _, _ = self._search(first, self.reqs[first], allow_displace=False, explain=False)
         if target is None:
             self._rollback()
             return False
