@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ from fleetd.unit.name import mangle_unit_name, parse_unit_name
 from fleetd.unit.requirements import validate_unit
 from fleetctl import output
 from fleetctl.client import EtcdFleetClient, FleetClient, UnitInfo
+from fleetctl.progress import Progress
+from fleetctl.ssh import DEFAULT_KNOWN_HOSTS, SshOptions, SshTunnel, run_here_or_there, ssh_argv
+from fleetd.jobstate import ACTIVE_STATES
 
 DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
 DEFAULT_ETCD_ENDPOINT = "http://127.0.0.1:2379"
@@ -47,12 +51,23 @@ class Globals:
     cert_file: str | None
     key_file: str | None
     debug: bool
+    ssh: SshOptions = field(default_factory=SshOptions)
     _client: FleetClient | None = field(default=None, repr=False)
+    _tunnel: SshTunnel | None = field(default=None, repr=False)
 
     def client(self) -> FleetClient:
         if self._client is None:
             self._client = make_client(self)
         return self._client
+
+    @property
+    def driver_name(self) -> str:
+        return choose_driver(self.endpoint, self.driver)
+
+    def close_tunnel(self) -> None:
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
 
 
 def choose_driver(endpoint: str, driver: str) -> str:
@@ -67,10 +82,21 @@ def choose_driver(endpoint: str, driver: str) -> str:
     return "etcd" if port in (2379, 4001) else "api"
 
 
+def _tunnelled(g: Globals, target: tuple) -> str:
+    """Start the --tunnel SSH forward to `target`; returns the local address to use instead."""
+    g._tunnel = SshTunnel(g.ssh, target)
+    return g._tunnel.start()
+
+
 def make_client(g: Globals) -> FleetClient:
     driver = choose_driver(g.endpoint, g.driver)
     if driver == "etcd":
         endpoint = DEFAULT_ETCD_ENDPOINT if g.endpoint == DEFAULT_ENDPOINT else g.endpoint
+        if g.ssh.tunnel:
+            first = endpoint.split(",")[0].strip()
+            url = urlsplit(first if "://" in first else f"http://{first}")
+            local = _tunnelled(g, ("tcp", url.hostname or "127.0.0.1", url.port or 2379))
+            endpoint = f"{url.scheme}://{local}"
         settings = EtcdSettings(
             endpoints=tuple(e.strip() for e in endpoint.split(",") if e.strip()),
             key_prefix=g.etcd_key_prefix,
@@ -85,7 +111,20 @@ def make_client(g: Globals) -> FleetClient:
             from fleetctl.api_client import ApiFleetClient
         except ImportError:
             raise CommandFailed("the API driver is not available in this build; use --driver=etcd") from None
-        return ApiFleetClient(g.endpoint, timeout=g.request_timeout, cafile=g.ca_file, certfile=g.cert_file, keyfile=g.key_file)
+        if "," in g.endpoint.strip(","):
+            click.echo(f"WARNING: the API driver uses only the first endpoint of {g.endpoint}", err=True)
+        endpoint = g.endpoint
+        if g.ssh.tunnel:
+            from fleetctl.api_client import parse_endpoint
+
+            ep = parse_endpoint(endpoint)
+            if ep.unix_path is not None:
+                endpoint = "unix://" + _tunnelled(g, ("unix", ep.unix_path))
+            else:
+                url = urlsplit(ep.base_url)
+                local = _tunnelled(g, ("tcp", url.hostname, url.port or (443 if url.scheme == "https" else 80)))
+                endpoint = f"{url.scheme}://{local}"
+        return ApiFleetClient(endpoint, timeout=g.request_timeout, cafile=g.ca_file, certfile=g.cert_file, keyfile=g.key_file)
     raise CommandFailed(f"unknown driver {driver!r} (expected api or etcd)")
 
 
@@ -102,6 +141,7 @@ def run(coro_fn: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
             finally:
                 if g._client is not None:
                     await g._client.close()
+                g.close_tunnel()
 
         try:
             code = asyncio.run(main())
@@ -154,16 +194,34 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FLEETCT
 @click.option("--etcd-keyfile", "key_file_old", default=None, hidden=True)
 @click.option("--tunnel", default="", help="SSH bastion host[:port] to reach the endpoint through.")
 @click.option("--ssh-username", default="core", show_default=True, help="User for --tunnel and ssh.")
+@click.option("--ssh-timeout", default=10.0, show_default=True, type=float,
+              help="Seconds to wait for an SSH connection to come up.")
+@click.option("--strict-host-key-checking", type=click.BOOL, default=True, show_default=True,
+              help="Verify host keys of remote machines against --known-hosts-file.")
+@click.option("--known-hosts-file", default=DEFAULT_KNOWN_HOSTS, show_default=True,
+              help="File with the host keys of remote machines (with strict host key checking).")
 @click.option("--debug", is_flag=True, help="Print debug information on stderr.")
 @click.option("--version", "-v", "show_version", is_flag=True, help="Print the version and exit.")
 @click.pass_context
 def cli(ctx: click.Context, endpoint, driver, etcd_key_prefix, request_timeout, ca_file, cert_file, key_file,
-        ca_file_old, cert_file_old, key_file_old, tunnel, ssh_username, debug, show_version) -> None:
+        ca_file_old, cert_file_old, key_file_old, tunnel, ssh_username, ssh_timeout, strict_host_key_checking,
+        known_hosts_file, debug, show_version) -> None:
     """fleetctl: control a fleet cluster of systemd machines.
 
-    Every global flag can also come from the environment as FLEETCTL_<FLAG>
-    (e.g. FLEETCTL_ENDPOINT, FLEETCTL_DRIVER). Exit status: 0 on success,
-    1 on errors, 2 for deprecated commands and usage errors.
+    The default driver is the fleet API (--endpoint unix:///var/run/fleet.sock, or
+    http(s)://host:port of a fleetd's TCP API); --driver=etcd, or an endpoint on port
+    2379/4001, talks to etcd directly. Every global flag can also come from the
+    environment as FLEETCTL_<FLAG> (e.g. FLEETCTL_ENDPOINT, FLEETCTL_DRIVER).
+
+    \b
+    Exit status:
+      0    success
+      1    an error (one line on stderr), e.g. unknown unit, unreachable API
+      2    usage error, or a deprecated command/flag (verify, --sign)
+      N    ssh: the remote command's exit status
+      130  interrupted (Ctrl-C)
+
+    Shell completion: eval "$(fleetctl completion bash)" (or zsh, fish).
     """
     if show_version:
         click.echo(f"fleetctl version {__version__}")
@@ -180,6 +238,7 @@ def cli(ctx: click.Context, endpoint, driver, etcd_key_prefix, request_timeout, 
         cert_file=cert_file or cert_file_old,
         key_file=key_file or key_file_old,
         debug=debug,
+        ssh=SshOptions(ssh_username, ssh_timeout, strict_host_key_checking, known_hosts_file, tunnel),
     )
 
 
@@ -287,6 +346,7 @@ async def wait_for_states(client: FleetClient, names: Sequence[str], state: Desi
         return 0
     pending = list(names)
     machines: dict[str, Machine] = {}
+    progress = Progress(len(pending), state.value)
 
     async def check() -> bool:
         infos = {u.name: u for u in await client.units()}
@@ -304,10 +364,17 @@ async def wait_for_states(client: FleetClient, names: Sequence[str], state: Desi
                     m = machines.get(info.machine_id)
                     if m is not None:
                         message += f" on {output.machine_full_legend(m, False)}"
+                progress.clear()
                 click.echo(message)
+        if pending:
+            progress.update(len(names) - len(pending))
         return not pending
 
-    if await client.wait(check, block_timeout(no_block, block_attempts)):
+    try:
+        reached_all = await client.wait(check, block_timeout(no_block, block_attempts))
+    finally:
+        progress.clear()
+    if reached_all:
         return 0
     for name in pending:
         click.echo(f"Error waiting for units: timed out waiting for unit {name} to report state {state.value}", err=True)
@@ -621,6 +688,251 @@ async def set_metadata(g: Globals, machine: str, pairs: tuple[str, ...]) -> int:
             raise CommandFailed(f"invalid metadata {pair!r} (expected KEY=VALUE, or KEY= to delete)")
         await client.set_machine_metadata(m.id, key, value or None)
     return 0
+
+
+@cli.command()
+@blocking_options
+@click.argument("units", nargs=-1)
+@run
+async def restart(g: Globals, no_block, block_attempts, units) -> int:
+    """Restart one or more units in the cluster: stop them (to loaded), then start them again.
+
+    The stop phase is always waited for (otherwise the agents could miss it); --no-block only
+    skips waiting for the start. A global unit is stopped on every machine, then started again.
+    """
+    if not units:
+        click.echo("No units given", err=True)
+        return 0
+    client = g.client()
+    found = await _find(client, units)
+    plain = [u.name for u in found if not u.is_global]
+    globals_ = [u.name for u in found if u.is_global]
+    if not found:
+        return 0
+    await client.set_desired_state([u.name for u in found], DesiredState.LOADED)
+    code = await wait_for_states(client, plain, DesiredState.LOADED, "stop", False, block_attempts)
+    if code:
+        return code
+    if globals_:
+        async def globals_stopped() -> bool:
+            states = [s for s in await client.unit_states() if s.name in globals_]
+            return not any(s.active_state in ACTIVE_STATES for s in states)
+
+        if not await client.wait(globals_stopped, block_timeout(False, block_attempts)):
+            raise CommandFailed(f"Error waiting for units: timed out waiting for global units {', '.join(globals_)} to stop")
+    await client.set_desired_state([u.name for u in found], DesiredState.LAUNCHED)
+    for name in globals_:
+        click.echo(f"Triggered global unit {name} restart")
+    return await wait_for_states(client, plain, DesiredState.LAUNCHED, "start", no_block, block_attempts)
+
+
+def _remote_targets(infos: dict[str, UnitInfo], states, name: str, machine: str = "") -> list[tuple[str, str]]:
+    """(unit, machine) pairs to run a status/journal on: the target machine, or every machine
+    with a state for a global unit (narrowed to --machine if given)."""
+    info = infos[name]
+    if info.is_global:
+        machines = sorted({s.machine_id for s in states if s.name == name})
+        if machine:
+            machines = [m for m in machines if m.startswith(machine)]
+        return [(name, m) for m in machines]
+    return [(name, info.machine_id)]
+
+
+async def _machine_ips(client: FleetClient) -> dict[str, str]:
+    return {m.id: m.public_ip for m in await client.machines()}
+
+
+@cli.command()
+@click.option("--ssh-port", default=22, show_default=True, type=int, help="SSH port (etcd driver: status runs over SSH).")
+@click.option("--output", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one object per unit and machine with the output and exit status (beyond fleet).")
+@click.argument("units", nargs=-1)
+@run
+async def status(g: Globals, ssh_port: int, output_format: str, units: tuple[str, ...]) -> int:
+    """Output the status of one or more units in the cluster (systemctl status on their machine).
+
+    With the API driver the unit's machine runs `systemctl status` for us (relayed by the fleetd
+    we talk to); with the etcd driver it runs locally or over SSH, as fleet does. A global unit
+    is shown for every machine that runs it. Exits 0 once shown, 1 if a unit does not exist or
+    is not loaded.
+    """
+    client = g.client()
+    infos = {u.name: u for u in await client.units()}
+    names = unit_names(units)
+    states = await client.unit_states() if any(infos.get(n) and infos[n].is_global for n in names) else []
+    targets: list[tuple[str, str]] = []
+    for name in names:
+        info = infos.get(name)
+        if info is None:
+            raise CommandFailed(f"Unit {name} does not exist.")
+        if not info.is_global and info.current_state == DesiredState.INACTIVE.value:
+            raise CommandFailed(f"Unit {name} does not appear to be loaded.")
+        found = _remote_targets(infos, states, name)
+        if not found:
+            raise CommandFailed(f"Unit {name} does not appear to be loaded.")
+        targets += found
+    results = []
+    ips: dict[str, str] | None = None
+    for i, (name, machine_id) in enumerate(targets):
+        if getattr(client, "runs_remote_commands", False):
+            out = await client.unit_status(name, machine_id if infos[name].is_global else None)
+            code, text, machine_id = out.exit_status, out.output, out.machine_id or machine_id
+        else:
+            if ips is None:
+                ips = await _machine_ips(client)
+            if output_format == "text" and i:
+                click.echo("")
+            code, text = await asyncio.to_thread(
+                run_here_or_there, g.ssh, ["systemctl", "status", "-l", name], machine_id, ips.get(machine_id, ""),
+                port=ssh_port, capture=output_format == "json")
+            results.append({"name": name, "machineID": machine_id, "exitStatus": code, "output": text})
+            continue
+        results.append({"name": name, "machineID": machine_id, "exitStatus": code, "output": text})
+        if output_format == "text":
+            if i:
+                click.echo("")  # as fleet: a blank line between units, like systemctl status
+            click.echo(text, nl=False)
+    if output_format == "json":
+        click.echo(json.dumps(results, indent=2))
+    return 0
+
+
+@cli.command()
+@click.option("--lines", default=10, show_default=True, type=int, help="Number of recent log lines to return.")
+@click.option("-f", "--follow", is_flag=True, help="Continuously print new entries as they are appended to the journal.")
+@click.option("--output", "journal_output", default="short", show_default=True,
+              help="Output mode of journalctl (short, verbose, json, cat, ...).")
+@click.option("--ssh-port", default=22, show_default=True, type=int, help="SSH port (etcd driver).")
+@click.option("--sudo", is_flag=True, help="Run journalctl with sudo on the remote machine (etcd driver over SSH).")
+@click.option("--machine", default="", help="For a global unit: the machine (ID prefix) to read from (beyond fleet).")
+@click.argument("unit", nargs=-1)
+@run
+async def journal(g: Globals, lines: int, follow: bool, journal_output: str, ssh_port: int, sudo: bool,
+                  machine: str, unit: tuple[str, ...]) -> int:
+    """Print the journal of a unit in the cluster to stdout (journalctl on its machine)."""
+    if len(unit) != 1:
+        raise CommandFailed("One unit file must be provided.")
+    if lines < 0:
+        raise CommandFailed(f"--lines must not be negative, got {lines}")
+    name = mangle_unit_name(unit[0])
+    client = g.client()
+    info = await client.unit(name)
+    if info is None:
+        raise CommandFailed(f"Unit {name} does not exist.")
+    machine_id = info.machine_id
+    if info.is_global:
+        if not machine:
+            raise CommandFailed(f"Unable to retrieve journal of global unit {name}.")
+        targets = _remote_targets({name: info}, await client.unit_states(), name, machine)
+        if len(targets) != 1:
+            raise CommandFailed(f"Machine {machine} does not match exactly one machine running {name}")
+        machine_id = targets[0][1]
+    elif info.current_state == DesiredState.INACTIVE.value:
+        raise CommandFailed(f"Unit {name} does not appear to be running.")
+    if getattr(client, "runs_remote_commands", False):
+        out = getattr(sys.stdout, "buffer", None) or click.get_binary_stream("stdout")
+        async for chunk in client.journal(name, lines=lines, output=journal_output, follow=follow,
+                                          machine_id=machine_id if info.is_global else None):
+            out.write(chunk)
+            out.flush()
+        return 0
+    command = ["journalctl", "--unit", name, "--no-pager", "-n", str(lines), "--output", journal_output]
+    if follow:
+        command.append("-f")
+    ips = await _machine_ips(client)
+    code, _ = await asyncio.to_thread(run_here_or_there, g.ssh, command, machine_id, ips.get(machine_id, ""),
+                                      port=ssh_port, sudo=sudo)
+    return code
+
+
+async def _address_of_machine(client: FleetClient, lookup: str) -> tuple[str, str]:
+    """fleet's findAddressInMachineList: (address, error)."""
+    matches = [m for m in await client.machines() if m.id.startswith(lookup)]
+    if len(matches) > 1:
+        return "", "found more than one machine"
+    if not matches:
+        return "", "machine does not exist"
+    return matches[0].public_ip, ""
+
+
+async def _address_of_unit(client: FleetClient, lookup: str) -> tuple[str, str]:
+    """fleet's findAddressInRunningUnits: (address, error)."""
+    info = await client.unit(mangle_unit_name(lookup))
+    if info is None:
+        return "", "unit does not exist"
+    if info.is_global:
+        return "", "global units unsupported"
+    ips = await _machine_ips(client)
+    return ips.get(info.machine_id, ""), "" if ips.get(info.machine_id) else "unit is not running on a machine"
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--machine", "-m", "by_machine", default="", help="Open SSH connection to a specific machine.")
+@click.option("--unit", "-u", "by_unit", default="", help="Open SSH connection to machine running provided unit.")
+@click.option("-A", "--forward-agent", is_flag=True, help="Forward local ssh-agent to target machine.")
+@click.option("--ssh-port", default=22, show_default=True, type=int, help="SSH port of the machine.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@run
+async def ssh(g: Globals, by_machine: str, by_unit: str, forward_agent: bool, ssh_port: int,
+              args: tuple[str, ...]) -> int:
+    """Open an interactive shell (or run a command) on a machine in the cluster, or on the
+    machine where a unit runs: fleetctl ssh {MACHINE|UNIT} [COMMAND...]. Uses the system `ssh`
+    client; the exit status is the remote command's."""
+    if by_machine and by_unit:
+        raise CommandFailed("Both machine and unit flags provided, please specify only one.")
+    client = g.client()
+    rest = list(args)
+    if by_machine:
+        addr, err = await _address_of_machine(client, by_machine)
+    elif by_unit:
+        addr, err = await _address_of_unit(client, by_unit)
+    elif not rest:
+        addr, err = "", "one machine or unit must be provided"
+    else:
+        lookup = rest.pop(0)
+        (maddr, merr), (uaddr, uerr) = await asyncio.gather(_address_of_machine(client, lookup),
+                                                            _address_of_unit(client, lookup))
+        if not merr and not uerr:
+            addr, err = "", (f"ambiguous argument, both machine and unit found for `{lookup}`.\n"
+                             "Please use flag `-m` or `-u` to refine the search")
+        elif not merr:
+            addr, err = maddr, ""
+        elif not uerr:
+            addr, err = uaddr, ""
+        else:
+            addr, err = "", "could not find matching unit or machine"
+    if err:
+        raise CommandFailed(f"Unable to proceed: {err}")
+    if not addr:
+        raise CommandFailed("Could not determine address of machine.")
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    argv = ssh_argv(g.ssh, addr, port=ssh_port, command=rest or None, forward_agent=forward_agent)
+    return await asyncio.to_thread(subprocess.call, argv)
+
+
+@cli.command("fd-forward")
+@click.argument("socket_path")
+def fd_forward(socket_path: str) -> None:
+    """Copy stdin to a unix socket and the socket to stdout (used through --tunnel)."""
+    from fleetctl.fdforward import forward
+
+    try:
+        code = forward(socket_path)
+    except OSError as exc:
+        click.echo(f"Error: cannot connect to {socket_path}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(fleetctl completion bash)" (beyond fleet)."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    click.echo(cls(cli, {}, "fleetctl", "_FLEETCTL_COMPLETE").source())
 
 
 @cli.command()
