@@ -568,3 +568,23 @@ async def test_status_is_relayed_to_the_machine_running_the_unit(etcd_settings, 
         status, _, body = await a.call("GET", "/fleet/v1/units/remote.service/status")
         assert status == 502
         assert body["error"]["message"].startswith(f"cannot reach the fleet API of machine {MID_B[:8]} at http://127.0.0.2:{port}")
+
+
+def _journalctl_pids(unit: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-f", f"journalctl --unit {unit} "], capture_output=True, text=True).stdout
+    return out.split()
+
+
+async def test_journal_follow_streams_until_the_client_goes(api):
+    unit = f"follow-{os.getpid()}.service"
+    lease = await register_machine(api.registry, MID_A, "127.0.0.1")
+    await _place(api.registry, unit, MID_A, lease)
+    async with api.session.get(f"{api.base}/fleet/v1/units/{unit}/journal?follow=true&lines=1") as resp:
+        assert resp.status == 200 and resp.headers["X-Fleet-Machine-ID"] == MID_A
+        first = await asyncio.wait_for(resp.content.readline(), 10)
+        assert first  # journalctl's first line, streamed before the command ends
+        assert len(_journalctl_pids(unit)) == 1  # still following
+    deadline = time.monotonic() + 10
+    while _journalctl_pids(unit):  # the client left: fleetd kills journalctl
+        assert time.monotonic() < deadline, "journalctl -f outlived its client"
+        await asyncio.sleep(0.1)
