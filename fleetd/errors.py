@@ -116,3 +116,7 @@ class LaunchError(FleetError):
 
 class LabError(FleetError):
     """The local test lab (fleetlab) could not build, run or tear down a node or network."""
+
+
+class BenchmarkError(FleetError):
+    """A benchmark could not complete (timeout, inconsistent result, missing tool)."""

@@ -24,17 +24,26 @@ log = logging.getLogger(__name__)
 @dataclass
 class EngineStats:
     passes: int = 0
+    skipped_passes: int = 0  # inputs unchanged since a pass that decided nothing
     placements: int = 0
     unplacements: int = 0
     last_pass_seconds: float = 0.0
+    snapshot_seconds: float = 0.0  # total time reading snapshots
+    reconcile_seconds: float = 0.0  # total (wall) time in the pure reconcile()
+    reconcile_cpu_seconds: float = 0.0  # the same in CPU time of the engine's thread
+    apply_seconds: float = 0.0  # total time writing decisions
+    transactions: int = 0  # schedule-writing transactions
+    last_write_at: float = 0.0  # time.monotonic() when the last decisions were written
 
 
-def global_targets(snapshot: ClusterSnapshot) -> dict[str, tuple[str, DesiredState]]:
+def global_targets(snapshot: ClusterSnapshot,
+                   cache: RequirementsCache | None = None) -> dict[str, tuple[str, DesiredState]]:
     """The global/ mirror agents read: every global unit that is not inactive."""
+    cache = cache if cache is not None else RequirementsCache()
     return {
         name: (unit.hash, unit.desired_state)
         for name, unit in snapshot.units.items()
-        if unit.is_global and unit.desired_state is not DesiredState.INACTIVE
+        if unit.desired_state is not DesiredState.INACTIVE and cache.info(unit).is_global
     }
 
 
@@ -49,6 +58,7 @@ class Engine:
         self._globals_written: dict[str, tuple[str, DesiredState]] | None = None
         self._lease: int | None = None
         self._cache = RequirementsCache()
+        self._idle_inputs: tuple | None = None  # inputs of the last pass that wrote nothing
 
     async def run(self) -> None:
         while True:
@@ -101,6 +111,7 @@ class Engine:
         reg = self.registry
         self.is_leader = True
         self._globals_written = None
+        self._idle_inputs = None
         log.info("machine %s is the engine leader (lease ttl %ss)", self.machine_id, self.lease_ttl)
         keepalive = asyncio.create_task(self._keep_lease())
         dirty = asyncio.Event()
@@ -111,6 +122,7 @@ class Engine:
                     keepalive.result()  # raises NotLeader / RegistryError
                 started = time.monotonic()
                 snapshot = await reg.snapshot()
+                self.stats.snapshot_seconds += time.monotonic() - started
                 await self.reconcile(snapshot)
                 self.stats.last_pass_seconds = time.monotonic() - started
                 if watcher is None or watcher.done():
@@ -143,29 +155,42 @@ class Engine:
                 raise NotLeader("engine leader lease expired")
 
     async def reconcile(self, snapshot: ClusterSnapshot) -> None:
+        # reconcile() is pure: the same inputs as a pass that wrote nothing decide nothing again.
+        inputs = (snapshot.units, snapshot.machines, snapshot.placements)
+        if self._idle_inputs is not None and all(a == b for a, b in zip(inputs, self._idle_inputs)):
+            self.stats.skipped_passes += 1
+            return
+        self._idle_inputs = None
+        started, started_cpu = time.perf_counter(), time.thread_time()
         decisions = reconcile(snapshot, cache=self._cache)
-        self._cache.prune(snapshot.units)
+        self.stats.reconcile_seconds += time.perf_counter() - started
+        self.stats.reconcile_cpu_seconds += time.thread_time() - started_cpu
         self.stats.passes += 1
-        wanted_globals = global_targets(snapshot)
+        wanted_globals = global_targets(snapshot, self._cache)
         if self._globals_written is None:
             self._globals_written = await self.registry.global_targets()
         publish = [(n, h, s) for n, (h, s) in sorted(wanted_globals.items()) if self._globals_written.get(n) != (h, s)]
         retract = sorted(set(self._globals_written) - set(wanted_globals))
         if decisions.empty and not publish and not retract:
+            self._idle_inputs = inputs
             return
-        for unplace in decisions.unplaces:
-            log.info("unscheduling %s from %s: %s", unplace.name, unplace.machine_id[:8], unplace.reason)
-        for place in decisions.places:
-            p = place.placement
-            log.info("scheduling %s (%s) to %s%s", p.name, p.desired_state.value, p.machine_id[:8],
-                     f": {place.reason}" if place.reason else "")
-        await self.registry.apply_schedule(
+        if log.isEnabledFor(logging.INFO):
+            for unplace in decisions.unplaces:
+                log.info("unscheduling %s from %s: %s", unplace.name, unplace.machine_id[:8], unplace.reason)
+            for place in decisions.places:
+                p = place.placement
+                log.info("scheduling %s (%s) to %s%s", p.name, p.desired_state.value, p.machine_id[:8],
+                         f": {place.reason}" if place.reason else "")
+        started = time.monotonic()
+        self.stats.transactions += await self.registry.apply_schedule(
             fence_machine_id=self.machine_id,
             unplace=[(u.name, u.machine_id) for u in decisions.unplaces],
             place=[p.placement for p in decisions.places],
             publish_globals=publish,
             retract_globals=retract,
         )
+        self.stats.last_write_at = time.monotonic()
+        self.stats.apply_seconds += self.stats.last_write_at - started
         self._globals_written = wanted_globals
         self.stats.placements += len(decisions.places)
         self.stats.unplacements += len(decisions.unplaces)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import urlsplit
@@ -50,10 +51,192 @@ def grpc_target(endpoints: tuple[str, ...]) -> tuple[str, bool]:
     return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), tls
 
 
+@dataclass
+class RequestCounter:
+    """etcd traffic of the Connections it is attached to: RPCs, messages and protobuf bytes.
+
+    Attach one with `Connection(settings, counter=RequestCounter())`; without one, nothing is
+    counted and the gRPC stubs are aetcd's own (no cost). A unary call is one request; on a
+    stream (watch, lease keep-alive) every message sent is one request. Bytes are the
+    protobuf ByteSize() of each message (no gRPC/HTTP2 framing).
+    """
+
+    calls: dict[str, int] = field(default_factory=dict)  # per method (e.g. "KV/Txn")
+    sent: dict[str, int] = field(default_factory=dict)  # messages sent, per method
+    received: dict[str, int] = field(default_factory=dict)  # messages received, per method
+    sent_bytes: dict[str, int] = field(default_factory=dict)
+    received_bytes: dict[str, int] = field(default_factory=dict)
+
+    def _add(self, table: dict[str, int], method: str, amount: int) -> None:
+        table[method] = table.get(method, 0) + amount
+
+    def on_call(self, method: str) -> None:
+        self._add(self.calls, method, 1)
+
+    def on_send(self, method: str, message: Any) -> None:
+        self._add(self.sent, method, 1)
+        self._add(self.sent_bytes, method, message.ByteSize())
+
+    def on_receive(self, method: str, message: Any) -> None:
+        self._add(self.received, method, 1)
+        self._add(self.received_bytes, method, message.ByteSize())
+
+    @property
+    def requests(self) -> int:
+        """Unary calls plus messages sent on streams."""
+        return sum(self.sent.values())
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(self.sent_bytes.values())
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(self.received_bytes.values())
+
+    _TABLES = ("calls", "sent", "received", "sent_bytes", "received_bytes")
+
+    def _combine(self, other: "RequestCounter", sign: int) -> "RequestCounter":
+        total = RequestCounter()
+        for counter, factor in ((self, 1), (other, sign)):
+            for name in self._TABLES:
+                for method, amount in getattr(counter, name).items():
+                    total._add(getattr(total, name), method, factor * amount)
+        return total
+
+    def __add__(self, other: "RequestCounter") -> "RequestCounter":
+        return self._combine(other, 1)
+
+    def __sub__(self, other: "RequestCounter") -> "RequestCounter":
+        """What was counted since `other` (an earlier copy of this counter)."""
+        return self._combine(other, -1)
+
+    def copy(self) -> "RequestCounter":
+        return self._combine(RequestCounter(), 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "by_method": {
+                method: {
+                    "calls": self.calls.get(method, 0),
+                    "sent": self.sent.get(method, 0),
+                    "received": self.received.get(method, 0),
+                    "sent_bytes": self.sent_bytes.get(method, 0),
+                    "received_bytes": self.received_bytes.get(method, 0),
+                }
+                for method in sorted(self.calls)
+                if any(getattr(self, name).get(method) for name in self._TABLES)
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RequestCounter":
+        counter = cls()
+        for method, row in data.get("by_method", {}).items():
+            for name in cls._TABLES:
+                if row.get(name):
+                    getattr(counter, name)[method] = row[name]
+        return counter
+
+
+def _method_name(path: str) -> str:
+    """'/etcdserverpb.KV/Txn' -> 'KV/Txn'."""
+    service, _, method = path.lstrip("/").partition("/")
+    return f"{service.rpartition('.')[2]}/{method}"
+
+
+class _CountedUnary:
+    __slots__ = ("_inner", "_method", "_counter")
+
+    def __init__(self, inner: Any, method: str, counter: RequestCounter):
+        self._inner, self._method, self._counter = inner, method, counter
+
+    async def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        counter, method = self._counter, self._method
+        counter.on_call(method)
+        counter.on_send(method, request)
+        response = await self._inner(request, *args, **kwargs)
+        counter.on_receive(method, response)
+        return response
+
+
+class _CountedStreamCall:
+    """A streaming call whose received messages are counted; everything else is the call's."""
+
+    def __init__(self, call: Any, method: str, counter: RequestCounter):
+        self._call, self._method, self._counter = call, method, counter
+
+    def __aiter__(self) -> "_CountedStreamCall":
+        self._iter = self._call.__aiter__()
+        return self
+
+    async def __anext__(self) -> Any:
+        message = await self._iter.__anext__()
+        self._counter.on_receive(self._method, message)
+        return message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+class _CountedStream:
+    __slots__ = ("_inner", "_method", "_counter", "_request_stream")
+
+    def __init__(self, inner: Any, method: str, counter: RequestCounter, request_stream: bool):
+        self._inner, self._method, self._counter = inner, method, counter
+        self._request_stream = request_stream
+
+    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> _CountedStreamCall:
+        counter, method = self._counter, self._method
+        counter.on_call(method)
+        if not self._request_stream:
+            counter.on_send(method, request)
+        elif hasattr(request, "__aiter__"):
+            async def counted_async(source=request):
+                async for message in source:
+                    counter.on_send(method, message)
+                    yield message
+
+            request = counted_async()
+        else:
+            def counted(source=request):
+                for message in source:
+                    counter.on_send(method, message)
+                    yield message
+
+            request = counted()
+        return _CountedStreamCall(self._inner(request, *args, **kwargs), method, counter)
+
+
+class _CountingChannel:
+    """Builds stubs whose calls report to a RequestCounter (only used when one is attached)."""
+
+    def __init__(self, channel: Any, counter: RequestCounter):
+        self._channel, self._counter = channel, counter
+
+    def unary_unary(self, path: str, *args: Any, **kwargs: Any) -> _CountedUnary:
+        return _CountedUnary(self._channel.unary_unary(path, *args, **kwargs), _method_name(path), self._counter)
+
+    def unary_stream(self, path: str, *args: Any, **kwargs: Any) -> _CountedStream:
+        inner = self._channel.unary_stream(path, *args, **kwargs)
+        return _CountedStream(inner, _method_name(path), self._counter, request_stream=False)
+
+    def stream_unary(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_unary(path, *args, **kwargs)  # not used by etcd's client API
+
+    def stream_stream(self, path: str, *args: Any, **kwargs: Any) -> _CountedStream:
+        inner = self._channel.stream_stream(path, *args, **kwargs)
+        return _CountedStream(inner, _method_name(path), self._counter, request_stream=True)
+
+
 class _Client(aetcd.Client):
     """aetcd's client with a multi-endpoint target, TLS and client certificates."""
 
-    def __init__(self, settings: EtcdSettings):
+    def __init__(self, settings: EtcdSettings, counter: RequestCounter | None = None):
+        self._counter = counter
         self._target, tls = grpc_target(settings.endpoints)
         self._credentials = None
         if tls or settings.cafile or settings.certfile:
@@ -82,8 +265,9 @@ class _Client(aetcd.Client):
             self.channel = rpc.secure_channel(self._target, self._credentials, options=options)
         else:
             self.channel = rpc.insecure_channel(self._target, options=options)
+        stubs = self.channel if self._counter is None else _CountingChannel(self.channel, self._counter)
         if self._username:
-            auth = rpc.AuthStub(self.channel)
+            auth = rpc.AuthStub(stubs)
             try:
                 resp = await auth.Authenticate(
                     rpc.AuthenticateRequest(name=self._username, password=self._password),
@@ -92,13 +276,13 @@ class _Client(aetcd.Client):
             except rpc.AioRpcError as exc:
                 raise translate(exc) from None
             self.metadata = (("token", resp.token),)
-        self.kvstub = rpc.KVStub(self.channel)
-        self.clusterstub = rpc.ClusterStub(self.channel)
-        self.leasestub = rpc.LeaseStub(self.channel)
-        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self.kvstub = rpc.KVStub(stubs)
+        self.clusterstub = rpc.ClusterStub(stubs)
+        self.leasestub = rpc.LeaseStub(stubs)
+        self.maintenancestub = rpc.MaintenanceStub(stubs)
         from aetcd import watcher
 
-        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=None, metadata=self.metadata)
+        self._watcher = watcher.Watcher(rpc.WatchStub(stubs), timeout=None, metadata=self.metadata)
         self._connected.set()
 
 
@@ -131,11 +315,15 @@ _TRANSLATED = (rpc.AioRpcError, aetcd.exceptions.ClientError, TimeoutError)
 
 
 class Connection:
-    """An open etcd connection. Every call goes through `call`, which translates errors."""
+    """An open etcd connection. Every call goes through `call`, which translates errors.
 
-    def __init__(self, settings: EtcdSettings):
+    `counter` (optional) counts every request and its bytes; see RequestCounter.
+    """
+
+    def __init__(self, settings: EtcdSettings, counter: RequestCounter | None = None):
         self.settings = settings
-        self.client = _Client(settings)
+        self.counter = counter
+        self.client = _Client(settings, counter)
 
     async def open(self) -> "Connection":
         try:
@@ -157,7 +345,11 @@ class Connection:
             raise translate(exc, self.settings.endpoints) from None
 
     async def txn(self, compare: list, success: list, failure: list) -> tuple[bool, list, int]:
-        """A transaction that also returns the revision it was served at (aetcd drops it)."""
+        """A transaction that also returns the revision it was served at (aetcd drops it).
+
+        The result of a range operation is its sequence of KeyValue messages (not copied);
+        any other operation's result is its ResponseOp.
+        """
         client = self.client
         await client.connect()
         request = rpc.TxnRequest(
@@ -169,10 +361,7 @@ class Connection:
         results: list = []
         for item in response.responses:
             kind = item.WhichOneof("response")
-            if kind == "response_range":
-                results.append([(kv.value, kv) for kv in item.response_range.kvs])
-            else:
-                results.append(item)
+            results.append(item.response_range.kvs if kind == "response_range" else item)
         return response.succeeded, results, response.header.revision
 
     @property

@@ -10,8 +10,8 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 import aetcd.exceptions
 
@@ -25,11 +25,13 @@ from fleetd.errors import (
 )
 from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement, Unit, UnitState
 from fleetd.registry import codec
-from fleetd.registry.connection import Connection, enc, prefix_end, translate
+from fleetd.registry.connection import Connection, RequestCounter, enc, prefix_end, translate
 from fleetd.registry.keys import KeyLayout
 from fleetd.unit.file import UnitFile
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_TXN_OPS = 120  # etcd's default --max-txn-ops is 128; keep room for compares
 
@@ -60,9 +62,51 @@ class MachineEntry:
     machine: Machine
 
 
+@dataclass(frozen=True)
+class MachineView:
+    """One machine's share of the registry, read at one revision (see Registry.machine_view)."""
+
+    placements: dict[str, Placement]
+    globals: dict[str, tuple[str, DesiredState]]
+    machine: Machine | None  # None when its record is gone (lease expired)
+    revision: int
+
+
 def _chunks(items: Sequence, size: int = MAX_TXN_OPS) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+@dataclass
+class _DecodedCache:
+    """What snapshot() decoded last time, by key, with the mod revision it was decoded at."""
+
+    units: dict[bytes, tuple[int, Unit]] = field(default_factory=dict)
+    placements: dict[bytes, tuple[int, Placement]] = field(default_factory=dict)
+    machines: dict[str, tuple[tuple, Machine | None]] = field(default_factory=dict)
+
+
+#: Transactions in flight at once when a large read or write is split into many.
+PIPELINE_DEPTH = 8
+
+
+async def _pipelined(coroutines: Sequence[Awaitable[T]], depth: int = PIPELINE_DEPTH) -> list[T]:
+    """Await the coroutines with at most `depth` in flight; the first error cancels the rest."""
+    if len(coroutines) <= 1:
+        return [await c for c in coroutines]
+    semaphore = asyncio.Semaphore(depth)
+
+    async def limited(coroutine: Awaitable[T]) -> T:
+        async with semaphore:
+            return await coroutine
+
+    tasks = [asyncio.ensure_future(limited(c)) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Registry:
@@ -70,10 +114,12 @@ class Registry:
         self._conn = connection
         self.keys = KeyLayout(connection.settings.key_prefix)
         self._bodies: dict[str, UnitFile] = {}
+        self._decoded = _DecodedCache()
 
     @classmethod
-    async def connect(cls, settings: EtcdSettings) -> "Registry":
-        return cls(await Connection(settings).open())
+    async def connect(cls, settings: EtcdSettings, *, counter: RequestCounter | None = None) -> "Registry":
+        """Open a registry; `counter` (optional) counts its etcd requests and bytes."""
+        return cls(await Connection(settings, counter).open())
 
     async def close(self) -> None:
         await self._conn.close()
@@ -136,11 +182,14 @@ class Registry:
         hashes = list(hashes)
         missing = sorted({h for h in hashes if h not in self._bodies})
         tx = self._conn.tx
-        for chunk in _chunks(missing):
+
+        async def fetch(chunk: Sequence[str]) -> None:
             ok, responses = await self._txn([], [tx.get(enc(self.keys.body(h))) for h in chunk])
             for unit_hash, response in zip(chunk, responses):
                 if response:
-                    self._bodies[unit_hash] = UnitFile.parse(response[0][0], source=f"unit body {unit_hash}")
+                    self._bodies[unit_hash] = UnitFile.parse(response[0].value, source=f"unit body {unit_hash}")
+
+        await _pipelined([fetch(chunk) for chunk in _chunks(missing)])
         return {h: self._bodies[h] for h in hashes if h in self._bodies}
 
     async def bodies(self, hashes: Iterable[str]) -> dict[str, UnitFile]:
@@ -253,7 +302,7 @@ class Registry:
                 for name, response in zip(chunk_names, responses):
                     if not response:
                         raise UnitNotFound(f"unit {name} not found")
-                    current[name] = response[0][1]
+                    current[name] = response[0]
             retry: list[str] = []
             for chunk_names in _chunks(pending, MAX_TXN_OPS // 2):
                 compare, success = [], []
@@ -399,8 +448,23 @@ class Registry:
         ok, (sched_kvs, glob_kvs), revision = await self._txn_at(
             [], [tx.get(sched, prefix_end(sched)), tx.get(glob, prefix_end(glob))]
         )
-        placements = self._placements_from([kv for _, kv in sched_kvs])
-        return placements, self._globals_from([kv for _, kv in glob_kvs]), revision
+        return self._placements_from(sched_kvs), self._globals_from(glob_kvs), revision
+
+    async def machine_view(self, machine_id: str) -> "MachineView":
+        """Everything one agent reads, in one transaction: its placements, the global units
+        and its own machine record (with dynamic metadata)."""
+        tx = self._conn.tx
+        ranges = [enc(self.keys.machine_schedule(machine_id)), enc(self.keys.globals),
+                  enc(self.keys.machine_dir(machine_id))]
+        ok, (sched_kvs, glob_kvs, machine_kvs), revision = await self._txn_at(
+            [], [tx.get(r, prefix_end(r)) for r in ranges]
+        )
+        return MachineView(
+            placements=self._placements_from(sched_kvs),
+            globals=self._globals_from(glob_kvs),
+            machine=self._machines_from(machine_kvs).get(machine_id),
+            revision=revision,
+        )
 
     def _globals_from(self, kvs) -> dict[str, tuple[str, DesiredState]]:
         result = {}
@@ -427,17 +491,28 @@ class Registry:
         Returns the number of transactions used. Raises NotLeader if the fence fails.
         """
         tx = self._conn.tx
-        ops = [tx.delete(enc(self.keys.placement(mid, name))) for name, mid in unplace]
-        ops += [tx.put(enc(self.keys.placement(p.machine_id, p.name)), codec.encode_target(p.hash, p.desired_state)) for p in place]
-        ops += [tx.delete(enc(self.keys.global_unit(name))) for name in retract_globals]
-        ops += [tx.put(enc(self.keys.global_unit(n)), codec.encode_target(h, s)) for n, h, s in publish_globals]
+        removals = [tx.delete(enc(self.keys.placement(mid, name))) for name, mid in unplace]
+        removals += [tx.delete(enc(self.keys.global_unit(name))) for name in retract_globals]
+        # Placements grouped by machine (stable within one): an agent then gets its new units in
+        # one transaction, i.e. one watch response and one pass, instead of one per batch.
+        by_machine = sorted(place, key=lambda p: p.machine_id)
+        additions = [tx.put(enc(self.keys.placement(p.machine_id, p.name)), codec.encode_target(p.hash, p.desired_state))
+                     for p in by_machine]
+        additions += [tx.put(enc(self.keys.global_unit(n)), codec.encode_target(h, s)) for n, h, s in publish_globals]
         fence = tx.value(enc(self.keys.engine_leader)) == enc(fence_machine_id)
-        count = 0
-        for chunk in _chunks(ops):
+
+        async def write(chunk: Sequence) -> None:
             ok, _ = await self._txn([fence], list(chunk))
             if not ok:
                 raise NotLeader(f"machine {fence_machine_id} is no longer the engine leader")
-            count += 1
+
+        # Every removal lands before any addition (a moved unit never has two placements);
+        # within each phase the transactions touch distinct keys and are pipelined.
+        count = 0
+        for ops in (removals, additions):
+            chunks = list(_chunks(ops))
+            await _pipelined([write(chunk) for chunk in chunks])
+            count += len(chunks)
         return count
 
     # ------------------------------------------------------------------ leadership
@@ -491,18 +566,85 @@ class Registry:
     # ------------------------------------------------------------------ snapshot
 
     async def snapshot(self) -> ClusterSnapshot:
-        """Units, machines and placements read in one transaction, i.e. at one revision."""
+        """Units, machines and placements read in one transaction, i.e. at one revision.
+
+        Decoded values are cached by key and mod revision between calls, so a snapshot of a
+        large, mostly unchanged cluster decodes only what changed since the previous one.
+        """
         tx = self._conn.tx
         prefixes = [enc(self.keys.jobs), enc(self.keys.machines), enc(self.keys.schedule)]
-        ok, responses, revision = await self._txn_at([], [tx.get(p, prefix_end(p)) for p in prefixes])
-        jobs, machines, schedule = ([kv for _, kv in r] for r in responses)
-        bodies = await self._bodies_for(codec.decode_job(kv.value)[1] for kv in jobs)
+        ok, (jobs, machines, schedule), revision = await self._txn_at(
+            [], [tx.get(p, prefix_end(p)) for p in prefixes]
+        )
         return ClusterSnapshot(
             revision=revision,
-            units=self._units_from_jobs(jobs, bodies),
-            machines=self._machines_from(machines),
-            placements=self._placements_from(schedule),
+            units=await self._snapshot_units(jobs),
+            machines=self._snapshot_machines(machines),
+            placements=self._snapshot_placements(schedule),
         )
+
+    async def _snapshot_units(self, kvs) -> dict[str, Unit]:
+        cache = self._decoded.units
+        fresh: dict[bytes, tuple[int, Unit]] = {}
+        decoded: dict[bytes, tuple[str, str, DesiredState]] = {}
+        for kv in kvs:
+            hit = cache.get(kv.key)
+            if hit is not None and hit[0] == kv.mod_revision:
+                fresh[kv.key] = hit
+            else:
+                decoded[kv.key] = codec.decode_job(kv.value)
+        if decoded:
+            bodies = await self._bodies_for(h for _, h, _ in decoded.values())
+        units: dict[str, Unit] = {}
+        for kv in kvs:
+            entry = fresh.get(kv.key)
+            if entry is None:
+                name, unit_hash, desired = decoded[kv.key]
+                body = bodies.get(unit_hash)
+                if body is None:
+                    log.warning("unit %s refers to missing body %s; ignored", name, unit_hash)
+                    continue
+                entry = fresh[kv.key] = (kv.mod_revision, Unit(name, body, desired))
+            units[entry[1].name] = entry[1]
+        self._decoded.units = fresh
+        return units
+
+    def _snapshot_placements(self, kvs) -> dict[str, Placement]:
+        cache = self._decoded.placements
+        fresh: dict[bytes, tuple[int, Placement]] = {}
+        placements: dict[str, Placement] = {}
+        base = len(enc(self.keys.schedule))
+        for kv in kvs:
+            entry = cache.get(kv.key)
+            if entry is None or entry[0] != kv.mod_revision:
+                machine_id, _, name = kv.key[base:].decode().partition("/")
+                entry = (kv.mod_revision, codec.decode_placement(name, machine_id, kv.value))
+            fresh[kv.key] = entry
+            placements[entry[1].name] = entry[1]
+        self._decoded.placements = fresh
+        return placements
+
+    def _snapshot_machines(self, kvs) -> dict[str, Machine]:
+        """Machines, each re-decoded only when one of its keys changed."""
+        cache = self._decoded.machines
+        fresh: dict[str, tuple[tuple, Machine | None]] = {}
+        base = len(enc(self.keys.machines))
+        groups: dict[str, list] = {}
+        for kv in kvs:
+            machine_id = kv.key[base:].partition(b"/")[0].decode()
+            groups.setdefault(machine_id, []).append(kv)
+        machines: dict[str, Machine] = {}
+        for machine_id in sorted(groups):
+            group = groups[machine_id]
+            signature = tuple((kv.key, kv.mod_revision) for kv in group)
+            entry = cache.get(machine_id)
+            if entry is None or entry[0] != signature:
+                entry = (signature, self._machines_from(group).get(machine_id))
+            fresh[machine_id] = entry
+            if entry[1] is not None:
+                machines[machine_id] = entry[1]
+        self._decoded.machines = fresh
+        return machines
 
     # ------------------------------------------------------------------ watches
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from fleetd.engine.constraints import global_units_for
+from fleetd.engine.constraints import RequirementsCache, global_units_for
 from fleetd.model import DesiredState, Machine, Unit, UnitState
 from fleetd.registry import Registry
 
@@ -19,7 +19,10 @@ class SimulatedAgent:
     running: dict[str, UnitState] = field(default_factory=dict)  # the in-memory "systemd"
     lease_id: int | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    synced: asyncio.Event = field(default_factory=asyncio.Event)  # set after the first sync
+    passes: int = 0
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    _requirements: RequirementsCache = field(default_factory=RequirementsCache)
 
     async def start(self) -> None:
         self.lease_id = await self.registry.grant_lease(self.ttl)
@@ -44,15 +47,19 @@ class SimulatedAgent:
             await self.registry.keepalive(self.lease_id)
 
     async def sync(self) -> int:
+        """One level-triggered pass, like the real agent's: read this machine's share of the
+        registry at one revision, compute what should run, publish what changed."""
         reg = self.registry
-        placements, globals_, revision = await reg.machine_targets(self.machine.id)
+        view = await reg.machine_view(self.machine.id)
+        placements, globals_ = view.placements, view.globals
         bodies = await reg.bodies([p.hash for p in placements.values()] + [h for h, _ in globals_.values()])
         units = [Unit(n, bodies[p.hash], p.desired_state) for n, p in placements.items()]
-        glob = [Unit(n, bodies[h], s) for n, (h, s) in globals_.items()]
         wanted = {u.name: u for u in units if u.desired_state is not DesiredState.INACTIVE}
-        machine = await reg.get_machine(self.machine.id) or self.machine  # dynamic metadata
-        for name in global_units_for(machine, units + glob, placements):
-            wanted[name] = next(u for u in glob if u.name == name)
+        if globals_:
+            glob = {n: Unit(n, bodies[h], s) for n, (h, s) in globals_.items()}
+            machine = view.machine or self.machine  # with dynamic metadata
+            for name in global_units_for(machine, units + list(glob.values()), placements, cache=self._requirements):
+                wanted[name] = glob[name]
         new_states = {}
         for name, unit in wanted.items():
             active = unit.desired_state is DesiredState.LAUNCHED
@@ -65,9 +72,10 @@ class SimulatedAgent:
         if gone:
             await reg.delete_states(gone, self.machine.id)
         self.running = new_states
+        self.passes += 1
         if publish or gone:
             self.changed.set()
-        return revision
+        return view.revision
 
     async def _loop(self) -> None:
         reg = self.registry
@@ -75,6 +83,7 @@ class SimulatedAgent:
                     reg.keys.machine_metadata(self.machine.id)]
         dirty = asyncio.Event()
         revision = await self.sync()
+        self.synced.set()
 
         async def watch() -> None:
             async for _ in reg.watch(prefixes, revision + 1):
