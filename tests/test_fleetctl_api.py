@@ -8,9 +8,11 @@ import asyncio
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -414,3 +416,63 @@ def test_python_client_errors_map_to_fleet_errors(server):
             await bad.close()
 
     asyncio.run(go())
+
+
+# ---------------------------------------------------------------------------- fleet's Python client (PyPI "fleet")
+
+PYTHON_FLEET = r"""
+import json, sys
+from fleet import v1 as fleet
+client = fleet.Client(sys.argv[1])   # builds itself from our /fleet/v1/discovery document
+out = {}
+unit = client.create_unit("pyfleet.service", fleet.Unit(from_string="[Service]\nExecStart=/bin/sleep 100\n"))
+out["created"] = [unit.name, unit.desiredState, unit.currentState]
+client.set_unit_desired_state("pyfleet.service", "loaded")
+out["desired"] = client.get_unit("pyfleet.service").desiredState
+out["units"] = [u.name for u in client.list_units()]
+out["machines"] = [[m.id, m.primaryIP, m.metadata] for m in client.list_machines()]
+out["states"] = [[s.name, s.machineID, s.systemdSubState] for s in client.list_unit_states()]
+try:
+    client.get_unit("nope.service")
+except fleet.APIError as exc:
+    out["error"] = [exc.code, exc.message]
+client.destroy_unit("pyfleet.service")
+out["after"] = [u.name for u in client.list_units()]
+print(json.dumps(out))
+"""
+
+
+def _python_fleet_interpreter() -> str | None:
+    """An interpreter with cnelson's python-fleet (PyPI `fleet` 0.1.3, needs
+    google-api-python-client): $FLEET_PYCLIENT_PYTHON, else this one."""
+    for exe in (os.environ.get("FLEET_PYCLIENT_PYTHON"), sys.executable):
+        if exe and subprocess.run([exe, "-c", "import fleet.v1"], capture_output=True).returncode == 0:
+            return exe
+    return None
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_fleets_python_client(server, transport):
+    exe = _python_fleet_interpreter()
+    if exe is None:
+        pytest.skip("python-fleet (PyPI `fleet`) not installed; set FLEET_PYCLIENT_PYTHON to a venv that has it")
+    lease = server.run(register_machine(server.registry, MID_A, "10.1.2.3", {"role": "web"}))
+    server.run(publish_state(server.registry, lease, "other.service", MID_A, "f" * 40))
+    short = Path(tempfile.mkdtemp(prefix="pf"))
+    try:
+        if transport == "tcp":
+            endpoint = server.tcp_endpoint
+        else:  # python-fleet's scheme: the socket path, percent-encoded, as the host (<= 63 chars)
+            (short / "s").symlink_to(server.unix_endpoint[len("unix://"):])
+            endpoint = "http+unix://" + str(short / "s").replace("/", "%2F")
+        done = subprocess.run([exe, "-c", PYTHON_FLEET, endpoint], capture_output=True, text=True, timeout=60)
+    finally:
+        shutil.rmtree(short)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert out["created"] == ["pyfleet.service", "launched", "inactive"]
+    assert out["desired"] == "loaded" and out["units"] == ["pyfleet.service"]
+    assert out["machines"] == [[MID_A, "10.1.2.3", {"role": "web"}]]
+    assert out["states"] == [["other.service", MID_A, "running"]]
+    assert out["error"] == [404, "unit does not exist"]
+    assert out["after"] == []
