@@ -588,3 +588,19 @@ async def test_journal_follow_streams_until_the_client_goes(api):
     while _journalctl_pids(unit):  # the client left: fleetd kills journalctl
         assert time.monotonic() < deadline, "journalctl -f outlived its client"
         await asyncio.sleep(0.1)
+
+
+async def test_metrics_of_this_fleetds_engine(etcd_settings, tmp_path):
+    from fleetd.engine.leader import Engine
+
+    async with await Registry.connect(etcd_settings) as reg:
+        engine = Engine(reg, MID_A, 1.0)
+        cfg = FleetConfig(etcd=etcd_settings, api_socket="", api_tcp="127.0.0.1:0", api_insecure_tcp=True)
+        async with ApiServer(cfg, reg, None, None, engine, use_socket_activation=False) as server:
+            await engine.reconcile(await reg.snapshot())
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"http://{server.tcp_addresses[0]}/metrics") as resp:
+                    lines = (await resp.text()).splitlines()
+    assert "fleet_engine_leader 0.0" in lines
+    assert "fleet_engine_reconcile_passes_total 1.0" in lines
+    assert any(line.startswith("fleet_engine_last_reconcile_duration_seconds ") for line in lines)

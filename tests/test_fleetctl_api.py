@@ -476,3 +476,40 @@ def test_fleets_python_client(server, transport):
     assert out["states"] == [["other.service", MID_A, "running"]]
     assert out["error"] == [404, "unit does not exist"]
     assert out["after"] == []
+
+
+def test_https_endpoint_with_client_certificates(etcd_settings, tmp_path):
+    from test_api import make_pki
+
+    pki = make_pki(tmp_path)
+    tls = dict(api_cafile=pki["ca.pem"], api_certfile=pki["server.pem"], api_keyfile=pki["server.key"],
+               api_insecure_tcp=False)
+    (tmp_path / "srv").mkdir()
+    with ThreadedApiServer(etcd_settings, tmp_path / "srv", **tls) as srv:
+        srv.run(register_machine(srv.registry, MID_A, "10.1.2.3"))
+        endpoint = "https://" + srv.harness.server.tcp_addresses[0]
+        base = [f"--endpoint={endpoint}", f"--ca-file={pki['ca.pem']}"]
+        r = CliRunner().invoke(cli, base + [f"--cert-file={pki['client.pem']}", f"--key-file={pki['client.key']}",
+                                            "list-machines", "--no-legend"])
+        assert (r.exit_code, r.stdout) == (0, "01234567...\t10.1.2.3\t-\n"), r.stderr
+        r = CliRunner().invoke(cli, base + ["list-machines"])  # no client certificate: refused
+        assert r.exit_code == 1 and r.stderr.startswith(f"Error: fleet API unreachable at {endpoint}")
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_progress_line_only_when_enabled():
+    import io
+
+    from fleetctl.progress import Progress
+
+    quiet = io.StringIO()
+    p = Progress(3, "launched", stream=quiet, enabled=False)
+    p.update(1)
+    p.clear()
+    assert quiet.getvalue() == ""
+    shown = io.StringIO()
+    p = Progress(3, "launched", stream=shown, enabled=True)
+    p.update(1)
+    p.clear()
+    assert shown.getvalue() == "\r\x1b[KWaiting for units to be launched: 1/3\r\x1b[K"
+    assert Progress(3, "launched").enabled is False  # pytest's stdout is not a terminal
