@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -49,51 +50,57 @@ class Daemon:
 
         cfg = self.config
         machine = this_machine(cfg)
-        registry = await Registry.connect(cfg.etcd)
-        presence = Presence(registry, machine, cfg.agent_ttl, Path(cfg.state_directory))
-        await self._retry("registering machine", lambda: presence.register(wait_duplicate=0))
-        systemd = await SystemdManager.connect(Path(cfg.units_directory))
-        agent = Agent(registry, systemd, presence)
-        engine = None if cfg.disable_engine else Engine(registry, machine.id, cfg.engine_reconcile_interval)
-        self.tasks = [asyncio.create_task(presence.run(), name="presence"),
-                      asyncio.create_task(agent.run(), name="agent")]
-        if engine is not None:
-            self.tasks.append(asyncio.create_task(engine.run(), name="engine"))
-        api = await self._start_api(registry, presence, agent, engine)
-        watchdog = sdnotify.watchdog_interval()
-        if watchdog:
-            self.tasks.append(asyncio.create_task(self._watchdog(watchdog), name="watchdog"))
-        sdnotify.notify(f"READY=1\nSTATUS=machine {machine.id[:8]} registered")
-        log.info("fleetd %s started on machine %s", __version__, machine.id)
+        async with contextlib.AsyncExitStack() as stack:
+            registry = await Registry.connect(cfg.etcd)
+            stack.push_async_callback(registry.close)
+            presence = Presence(registry, machine, cfg.agent_ttl, Path(cfg.state_directory))
+            await self._retry("registering machine", lambda: presence.register(wait_duplicate=0))
+            systemd = await SystemdManager.connect(Path(cfg.units_directory))
+            stack.push_async_callback(systemd.close)
+            agent = Agent(registry, systemd, presence)
+            engine = None if cfg.disable_engine else Engine(registry, machine.id, cfg.engine_reconcile_interval)
+            if engine is not None:
+                stack.push_async_callback(engine.resign)
+            api = await self._start_api(registry, presence, agent, engine)
+            if api is not None:
+                stack.push_async_callback(api.stop)
+            stack.push_async_callback(self._cancel_tasks)
+            self.tasks = [asyncio.create_task(presence.run(), name="presence"),
+                          asyncio.create_task(agent.run(), name="agent")]
+            if engine is not None:
+                self.tasks.append(asyncio.create_task(engine.run(), name="engine"))
+            watchdog = sdnotify.watchdog_interval()
+            if watchdog:
+                self.tasks.append(asyncio.create_task(self._watchdog(watchdog), name="watchdog"))
+            sdnotify.notify(f"READY=1\nSTATUS=machine {machine.id[:8]} registered")
+            log.info("fleetd %s started on machine %s", __version__, machine.id)
+            await self._until_stopped()
+            sdnotify.notify("STOPPING=1")
+            log.info("fleetd stopping; units keep running")
+
+    async def _until_stopped(self) -> None:
+        """Return on SIGTERM/SIGINT; raise the error of a component that failed."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        stop_waiter = asyncio.ensure_future(stop.wait())
         try:
-            done_waiter = asyncio.ensure_future(asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION))
-            stop_waiter = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([done_waiter, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
-            for task in self.tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    raise task.exception()
+            await asyncio.wait([stop_waiter, *self.tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sdnotify.notify("STOPPING=1")
-            log.info("fleetd stopping; units keep running")
-            for task in self.tasks:
-                task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-            if engine is not None:
-                await engine.resign()
-            if api is not None:
-                await api.stop()
-            await systemd.close()
-            await registry.close()
+            stop_waiter.cancel()
+        for task in self.tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+
+    async def _cancel_tasks(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _start_api(self, registry, presence, agent, engine):
-        try:
-            from fleetd.api.server import ApiServer
-        except ImportError:
-            return None
+        from fleetd.api.server import ApiServer
+
         server = ApiServer(self.config, registry, presence, agent, engine)
         await server.start()
         return server
