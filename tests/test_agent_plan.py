@@ -49,7 +49,10 @@ CASES = [
     ("launched, failed, tried", [want("a")], [seen("a", active="failed")], {"a": "h1"}, []),
     ("launched, failed, tried old hash", [want("a", "h2")], [seen("a", "h2", active="failed")],
      {"a": "h1"}, [(T, "a")]),
-    ("loaded but running", [want("a", state=LOADED)], [seen("a")], {}, [(S, "a")]),
+    ("loaded but running, launched by us", [want("a", state=LOADED)], [seen("a")], {"a": "h1"},
+     [(S, "a")]),
+    ("loaded but running, started by systemd (WantedBy sidekick)", [want("a", state=LOADED)],
+     [seen("a")], {}, []),
     ("loaded, failed", [want("a", state=LOADED)], [seen("a", active="failed")], {}, []),
     ("loaded, deactivating", [want("a", state=LOADED)], [seen("a", active="deactivating")],
      {}, []),
@@ -60,7 +63,7 @@ CASES = [
     ("file but systemd lost it", [want("a")], [seen("a", active="inactive", load="not-found")],
      {"a": "h1"}, [(L, "a"), (T, "a")]),
     ("order", [want("b"), want("c", state=LOADED), want("d", "h2")],
-     [seen("a"), seen("c"), seen("d", "h1")], {},
+     [seen("a"), seen("c"), seen("d", "h1")], {"c": "h1"},
      [(U, "a"), (U, "d"), (L, "b"), (L, "d"), (S, "c"), (T, "b"), (T, "d")]),
 ]
 
@@ -94,6 +97,19 @@ def test_failed_start_is_not_retried_but_a_new_transition_is():
     assert kinds(off) == [] and "a" not in off.launched
     # ... and starting it again is a new transition
     assert kinds(plan(desired, failed, off.launched)) == [(T, "a")]
+
+
+def test_stop_once_per_transition_and_again_after_a_failed_stop():
+    desired = {"a": want("a", state=LOADED)}
+    running = {"a": seen("a")}
+    p = plan(desired, running, {"a": "h1"})  # launched by this agent, now desired loaded
+    assert kinds(p) == [(S, "a")]
+    failed = p.launched_after(p.tasks, completed=[])
+    assert failed == {"a": "h1"} and kinds(plan(desired, running, failed)) == [(S, "a")]
+    stopped = p.launched_after(p.tasks)
+    assert stopped == {}
+    # running again without this agent starting it (systemd pulled it in): left alone
+    assert kinds(plan(desired, running, stopped)) == []
 
 
 def test_launched_after_drops_starts_that_never_ran():
@@ -202,8 +218,10 @@ def test_one_pass_reaches_the_desired_state(world):
                 o = observed[n]
                 assert o.active_state in RUNNING_STATES or memory.get(n) == d.hash
         else:
-            assert sim.active[n] not in RUNNING_STATES
             assert n not in sim.started
+            # stopped, unless it runs without this agent having launched it (a sidekick)
+            left_alone = n in observed and observed[n].hash == d.hash and n not in memory
+            assert sim.active[n] not in RUNNING_STATES or left_alone
 
     # a second pass, with the memory the executor keeps, has nothing left to do
     again = plan(desired, sim.observed(), p.launched_after(p.tasks))
@@ -220,10 +238,12 @@ def test_partial_execution_converges_on_the_next_pass(world):
         return
     first_kind = p.tasks[0].kind  # pretend the first batch failed as a whole (not applied)
     ran = [t for t in p.tasks if t.kind == first_kind]
-    memory2 = p.launched_after(ran)
+    memory2 = p.launched_after(ran, completed=[])
     sim = SimSystemd(observed, failing)
     p2 = plan(desired, sim.observed(), memory2)
-    assert p2.tasks == p.tasks  # nothing changed on disk: the same work is planned again
+    # nothing changed on disk: the same work is planned again, except the starts that were
+    # attempted (a failed start is not retried before the next transition to launched)
+    assert p2.tasks == tuple(t for t in p.tasks if not (t.kind == T and t in ran))
 
 
 @settings(max_examples=300, deadline=None)
@@ -272,7 +292,7 @@ class RecordingManager:
 
 ORDER_PLAN = plan({"b": want("b"), "c": want("c", state=LOADED), "d": want("d", "h2"),
                    "e": want("e")},
-                  {"a": seen("a"), "c": seen("c"), "d": seen("d", "h1")}, {})
+                  {"a": seen("a"), "c": seen("c"), "d": seen("d", "h1")}, {"c": "h1"})
 
 
 async def test_executor_runs_one_batch_per_kind_in_order():
@@ -291,8 +311,9 @@ async def test_executor_stops_at_the_first_failing_batch():
     assert [t.name for t in result.failed] == ["d"]
     assert [t.kind for t in result.skipped] == [L, L, L, S, T, T, T]
     assert "d (job result: failed)" in str(result.error)
-    # the starts never ran: they are not remembered, the next pass tries again
-    assert ORDER_PLAN.launched_after(result.attempted) == {}
+    # the starts never ran: they are not remembered, the next pass tries again; the stop
+    # never ran either: c stays remembered as launched, so the next pass stops it
+    assert ORDER_PLAN.launched_after(result.attempted, result.completed) == {"c": "h1"}
 
 
 async def test_executor_failed_start_counts_as_attempted():

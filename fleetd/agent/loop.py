@@ -96,7 +96,7 @@ class Agent:
             for task in the_plan.tasks:
                 log.info("agent: %s", task)
             result = await execute(the_plan, self.systemd)
-            self._launched = the_plan.launched_after(result.attempted)
+            self._launched = the_plan.launched_after(result.attempted, result.completed)
             self.stats.tasks += len(result.completed)
             if not result.ok:
                 self.stats.failures += 1
@@ -105,6 +105,7 @@ class Agent:
         else:
             self._launched = dict(the_plan.launched)
         await self._update_watch(set(desired))
+        await self._publish_new_hashes(desired)
         return revision
 
     # ------------------------------------------------------------------ states
@@ -117,6 +118,21 @@ class Agent:
             await self.registry.delete_states(gone, self.machine_id)
             for name in gone:
                 self._published.pop(name, None)
+
+    async def _publish_new_hashes(self, desired: dict[str, DesiredUnit]) -> None:
+        """A replaced unit (new hash) may keep its systemd state, e.g. loaded and inactive: no
+        D-Bus signal comes then, so its state is published here under the new hash (without
+        it the unit's current state stays `inactive` and `fleetctl load --replace` waits)."""
+        stale = sorted(n for n, d in desired.items()
+                       if (p := self._published.get(n)) is not None and p.hash != d.hash)
+        if not stale or self.presence.lease_id is None:
+            return
+        current = await self.systemd.states(stale)
+        states = [st for st in (self._state_of(s) for s in current.values()) if st is not None]
+        await self.registry.publish_states(states, self.presence.lease_id)
+        for st in states:
+            self._published[st.name] = st
+        self.stats.states_published += len(states)
 
     def _state_of(self, s: UnitSystemdState) -> UnitState | None:
         desired = self.stats.desired.get(s.name)

@@ -18,20 +18,25 @@ Rules, per unit name in desired ∪ observed:
 - desired, file with another hash (e.g. after `--replace`) -> UNLOAD, LOAD (+ START if launched).
 - desired, file with the desired hash but systemd does not know the unit (`not-found`,
   e.g. a crash between writing and reloading) -> LOAD again (+ START if launched).
-- desired `loaded`, unit active/activating/reloading -> STOP.
+- desired `loaded`, unit active/activating/reloading, and `launched[name]` is set (this agent
+  started or adopted it while it was `launched`) -> STOP. Without a memory entry the unit was
+  started by someone else, typically systemd pulling in an `[Install] WantedBy=` sidekick of
+  a launched unit: it is left alone (fleet stops a unit only on the launched -> loaded
+  transition, and its functional TestInstallUnit needs the sidekick to keep running).
 - desired `launched`, unit active/activating/reloading -> nothing: this ADOPTS a unit that was
   running before fleetd restarted (same file hash) without stopping or restarting it.
 - desired `launched`, unit not active (inactive, failed, deactivating, ...) -> START, unless
   `launched[name]` already records this hash.
 
 Decision on failed units: like fleet, the agent starts a unit once per transition to
-`launched`, not once per pass. A transition is a new desired state (the unit left `launched`
+`launched`, not once per pass (and stops it once per transition back to `loaded`). A transition is a new desired state (the unit left `launched`
 and came back: its memory entry is dropped while it is not `launched`), a new hash, or a new
 file on disk. A launched unit that later fails or exits is left to systemd (`Restart=`); it
 is not restarted every reconcile pass, which would turn a broken unit into a start loop.
 An adopted unit counts as started. After a fleetd restart the memory is empty, so a unit
 that is `failed` at that moment gets one more start attempt (fleet, whose cache is empty after
-a restart, starts every launched unit again).
+a restart, starts every launched unit again); a unit that is running while desired `loaded`
+at that moment is left running, as fleet does.
 """
 
 from __future__ import annotations
@@ -93,9 +98,12 @@ class Plan:
     tasks: tuple[Task, ...]
     #: the `launched` memory once every task has run: name -> hash
     launched: Mapping[str, str] = field(default_factory=dict)
+    #: the memory entries of the units this plan STOPs, kept until the STOP is attempted
+    stopping: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "launched", MappingProxyType(dict(self.launched)))
+        object.__setattr__(self, "stopping", MappingProxyType(dict(self.stopping)))
 
     def __bool__(self) -> bool:
         return bool(self.tasks)
@@ -103,17 +111,22 @@ class Plan:
     def of_kind(self, kind: TaskKind) -> tuple[Task, ...]:
         return tuple(t for t in self.tasks if t.kind == kind)
 
-    def launched_after(self, attempted: Iterable[Task]) -> dict[str, str]:
-        """The memory after a partial run: a START that was never attempted is not recorded.
+    def launched_after(self, attempted: Iterable[Task], completed: Iterable[Task] | None = None) -> dict[str, str]:
+        """The memory after a partial run: a START that was never attempted is not recorded,
+        and a STOP that did not complete keeps its entry (so the next pass stops the unit).
 
         `attempted` holds the tasks that ran, successfully or not: a failed start counts as
-        an attempt, so that it is not retried every pass.
+        an attempt, so that it is not retried every pass. `completed` (default: `attempted`)
+        holds the tasks that succeeded.
         """
-        attempted_starts = {t.name for t in attempted if t.kind == TaskKind.START}
+        tried = {(t.kind, t.name) for t in attempted}
+        done = tried if completed is None else {(t.kind, t.name) for t in completed}
         memory = dict(self.launched)
         for task in self.tasks:
-            if task.kind == TaskKind.START and task.name not in attempted_starts:
+            if task.kind == TaskKind.START and (task.kind, task.name) not in tried:
                 memory.pop(task.name, None)
+            elif task.kind == TaskKind.STOP and (task.kind, task.name) not in done:
+                memory[task.name] = self.stopping[task.name]
         return memory
 
 
@@ -123,6 +136,7 @@ def plan(desired: Mapping[str, DesiredUnit], observed: Mapping[str, ObservedUnit
     launched = launched or {}
     tasks: list[Task] = []
     memory: dict[str, str] = {}
+    stopping: dict[str, str] = {}
     wanted = {n: d for n, d in desired.items() if d.desired != DesiredState.INACTIVE}
     for name in sorted(set(wanted) | set(observed)):
         d = wanted.get(name)
@@ -149,9 +163,10 @@ def plan(desired: Mapping[str, DesiredUnit], observed: Mapping[str, ObservedUnit
             elif launched.get(name) != d.hash:
                 tasks.append(Task(TaskKind.START, name, reason=f"launched but {o.active_state}"))
             memory[name] = d.hash
-        elif running:  # desired loaded
+        elif running and name in launched:  # desired loaded, and it was launched by us
             tasks.append(Task(TaskKind.STOP, name, reason=f"loaded but {o.active_state}"))
-    return Plan(tuple(sorted(tasks)), memory)
+            stopping[name] = launched[name]
+    return Plan(tuple(sorted(tasks)), memory, stopping)
 
 
 class _State(Protocol):
