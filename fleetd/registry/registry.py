@@ -241,18 +241,18 @@ class Registry:
         never has its unit overwritten.
         """
         tx = self._conn.tx
-        created: list[str] = []
-        for chunk in _chunks(list(units), MAX_TXN_OPS // 2):
+
+        async def create(chunk: Sequence[Unit]) -> list[str]:
             compare = [tx.create(enc(self.keys.job(u.name))) == 0 for u in chunk]
             bodies = {u.hash: u.file for u in chunk}  # etcd refuses a key twice in one txn
             success = [tx.put(enc(self.keys.body(h)), enc(f.serialize())) for h, f in bodies.items()]
             success += [tx.put(enc(self.keys.job(u.name)), codec.encode_job(u.name, u.hash, u.desired_state)) for u in chunk]
             ok, _ = await self._txn(compare, success)
             if ok:
-                created.extend(u.name for u in chunk)
                 for u in chunk:
                     self._remember_body(u.file)
-                continue
+                return [u.name for u in chunk]
+            created = []
             for u in chunk:  # slow path: someone else created some of them
                 ok, _ = await self._txn(
                     [tx.create(enc(self.keys.job(u.name))) == 0],
@@ -264,7 +264,11 @@ class Registry:
                 if ok:
                     created.append(u.name)
                     self._remember_body(u.file)
-        return created
+            return created
+
+        # Batches are independent (each unit is created only if absent): pipelined.
+        batches = await _pipelined([create(chunk) for chunk in _chunks(list(units), MAX_TXN_OPS // 2)])
+        return [name for batch in batches for name in batch]
 
     async def replace_unit(self, unit: Unit, *, expected_hash: str | None = None) -> None:
         """Store a new body (and desired state) for a unit, whether or not it existed."""

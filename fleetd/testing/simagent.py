@@ -20,7 +20,8 @@ class SimulatedAgent:
     lease_id: int | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # set after the first sync
-    passes: int = 0
+    passes: int = 0  # sync passes so far
+    active: int = 0  # units reported active after the last pass
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _requirements: RequirementsCache = field(default_factory=RequirementsCache)
 
@@ -72,6 +73,7 @@ class SimulatedAgent:
         if gone:
             await reg.delete_states(gone, self.machine.id)
         self.running = new_states
+        self.active = sum(1 for state in new_states.values() if state.active_state == "active")
         self.passes += 1
         if publish or gone:
             self.changed.set()
