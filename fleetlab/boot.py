@@ -50,18 +50,28 @@ def assert_overlay_root(names: LabNames, node: NodeState) -> None:
         raise LabError(f"node {node.name}: {root} is not the lab's overlay mount; refusing to boot")
 
 
+def _node_path(root: Path, rel: str) -> Path:
+    """`rel` inside the node root, its directory created; an existing symlink there is removed.
+
+    Refuses a directory that resolves outside the root: an absolute symlink in the host's tree
+    would otherwise lead a write onto the host itself.
+    """
+    path = root / rel.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.resolve().is_relative_to(root):
+        raise LabError(f"{rel}: its directory leads out of the node root {root}; not writing it")
+    if path.is_symlink():
+        path.unlink()
+    return path
+
+
 def write_files(root: Path, files: Mapping[str, str], links: Mapping[str, str]) -> None:
     """Write `files` (path in node → text) and symlinks (path in node → target) into `root`."""
     for rel, text in files.items():
-        path = root / rel.lstrip("/")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_symlink():
-            path.unlink()
-        path.write_text(text)
+        _node_path(root, rel).write_text(text)
     for rel, target in links.items():
-        path = root / rel.lstrip("/")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_symlink() or path.exists():
+        path = _node_path(root, rel)
+        if path.exists():
             path.unlink()
         path.symlink_to(target)
 
@@ -133,13 +143,21 @@ def system_state(init: ProcRef | None) -> str:
     """`systemctl is-system-running` inside the node, or "offline" if its init is gone."""
     if init is None or not init.alive():
         return "offline"
-    proc = run(nsenter(init, ["systemctl", "is-system-running"]), check=False, timeout=10)
+    try:
+        proc = run(nsenter(init, ["systemctl", "is-system-running"]), check=False, timeout=10)
+    except LabError:  # timed out: the node's systemd does not answer
+        return "unresponsive"
     return proc.stdout.strip() or "unknown"
 
 
-def _unit_names(init: ProcRef, args: list[str]) -> set[str]:
-    proc = run(nsenter(init, ["systemctl", *args, "--plain", "--no-legend"]), check=False)
-    return {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+def _systemctl(init: ProcRef, args: list[str]) -> list[list[str]] | None:
+    """Fields of each output line of `systemctl ARGS --no-legend` inside the node; None if the
+    node's systemd did not answer in time."""
+    try:
+        proc = run(nsenter(init, ["systemctl", *args, "--no-legend"]), check=False, timeout=10)
+    except LabError:
+        return None
+    return [line.split() for line in proc.stdout.splitlines() if line.strip()]
 
 
 def booted(init: ProcRef, tolerated: frozenset[str]) -> tuple[bool, str]:
@@ -153,15 +171,17 @@ def booted(init: ProcRef, tolerated: frozenset[str]) -> tuple[bool, str]:
     if state == "running":
         return True, state
     if state == "degraded":
-        failed = _unit_names(init, ["list-units", "--failed"])
+        listing = _systemctl(init, ["list-units", "--failed", "--plain"])
+        if listing is None:
+            return False, state
+        failed = {fields[0] for fields in listing}
         if failed <= tolerated:
             return True, state
         raise LabError(f"boot degraded, failed units: {', '.join(sorted(failed))}")
     if state == "starting" and tolerated:
-        listing = run(nsenter(init, ["systemctl", "list-jobs", "--no-legend"]), check=False).stdout
-        jobs = {fields[1] for fields in map(str.split, listing.splitlines()) if len(fields) > 1}
-        target = run(nsenter(init, ["systemctl", "is-active", NODE_TARGET]), check=False).stdout.strip()
-        if jobs <= tolerated and target == "active":
+        listing = _systemctl(init, ["list-jobs"])
+        jobs = {fields[1] for fields in listing or [] if len(fields) > 1}
+        if listing is not None and jobs <= tolerated and _systemctl(init, ["is-active", NODE_TARGET]) == [["active"]]:
             return True, state
     return False, state
 

@@ -10,14 +10,13 @@ from typing import Sequence
 
 from fleetd.errors import LabError
 
-from .config import EtcdMember
 from .sysutil import run
 
 
-def plan_members(nodes: Sequence[tuple[str, str]]) -> list[EtcdMember]:
-    """Members on the first three nodes; a lab of fewer than three nodes runs one, on node 1."""
-    count = 3 if len(nodes) >= 3 else 1
-    return [EtcdMember(name, ip) for name, ip in nodes[:count]]
+def member_count(nodes: int) -> int:
+    """How many etcd members a lab of `nodes` nodes runs, on its first nodes: three, or one on
+    node 1 when the lab has fewer than three nodes."""
+    return 3 if nodes >= 3 else 1
 
 
 def etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 20.0, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -39,11 +38,6 @@ def endpoint_health(endpoints: Sequence[str]) -> dict[str, bool]:
     except (ValueError, KeyError, TypeError):
         pass
     return health
-
-
-def member_count(endpoints: Sequence[str]) -> int:
-    proc = etcdctl(endpoints, "member", "list", "-w", "json")
-    return len(json.loads(proc.stdout).get("members", []))
 
 
 def registered_machines(endpoints: Sequence[str], key_prefix: str) -> set[str]:

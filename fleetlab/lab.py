@@ -18,7 +18,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network, ip_network
 from pathlib import Path
@@ -235,7 +234,7 @@ class Lab:
 
     def _plan(self, subnet: IPv4Network) -> LabState:
         nodes = []
-        members = {m.name for m in etcd.plan_members([(self.names.node(i), "") for i in range(1, self.size + 1)])}
+        members = etcd.member_count(self.size)
         for i in range(1, self.size + 1):
             name = self.names.node(i)
             ndir = self.names.node_dir(name)
@@ -251,7 +250,7 @@ class Lab:
                     root=str(ndir / "root"),
                     upper=str(ndir / "upper"),
                     work=str(ndir / "work"),
-                    etcd_member=name in members,
+                    etcd_member=i <= members,
                     metadata=meta,
                 )
             )
@@ -449,29 +448,16 @@ class Lab:
             if not self._umount(mount.mount_point):
                 warnings.append(f"could not unmount {mount.mount_point}")
         # 3. links and netns: those named in the state, or carrying the lab's ifalias
-        alias = names.link_alias
-        listed_links = {n.veth for n in node_states} | ({state.bridge} if state else set())
-        for link in sorted(listed_links | set(self._aliased_links())):
-            current = network.link_alias(link)
-            if current is None or (current != alias and not (current == "" and link in listed_links)):
-                continue
-            run(["ip", "link", "del", "dev", link], check=False)
-            if network.link_alias(link) is not None:
-                warnings.append(f"could not delete interface {link}")
-        listed_ns = {n.netns for n in node_states}
-        pattern = re.compile(rf"{re.escape(self.name)}-n\d+")
-        found_ns = {p.name for p in network.NETNS_DIR.glob("*") if pattern.fullmatch(p.name)} if network.NETNS_DIR.is_dir() else set()
-        for ns in sorted(listed_ns | found_ns):
-            owner = network.link_alias("eth0", netns=ns) if network.netns_exists(ns) else None
-            if owner == alias or (ns in listed_ns and owner in (None, "")):
-                if not network.delete_netns(ns, alias):
-                    warnings.append(f"could not delete network namespace {ns}")
+        listed_links = [n.veth for n in node_states] + ([state.bridge] if state else [])
+        for link in network.remove_links(names.link_alias, listed_links):
+            warnings.append(f"could not delete interface {link}")
+        own_netns = re.compile(rf"{re.escape(self.name)}-n\d+")
+        for ns in network.remove_netns(names.link_alias, [n.netns for n in node_states], own_netns):
+            warnings.append(f"could not delete network namespace {ns}")
         # 4. cgroups, nspawn's runtime dirs on the host, then the state dir
         for cg in lab_cgroups:
             if not remove_cgroup(cg):
                 warnings.append(f"could not remove cgroup {cg}")
-            with contextlib.suppress(OSError):
-                cg.parent.rmdir()
         # nspawn leaves propagate/<machine> behind when /run is not a tmpfs
         leftovers = [Path(NSPAWN_PROPAGATE, n.name) for n in node_states] + [names.state_dir]
         for path in leftovers:
@@ -482,10 +468,6 @@ class Lab:
             else:
                 _remove_tree_on_one_device(path)
         return warnings
-
-    def _aliased_links(self) -> list[str]:
-        links = json.loads(run(["ip", "-j", "link", "show"]).stdout or "[]")
-        return [link["ifname"] for link in links if link.get("ifalias") == self.names.link_alias]
 
     @staticmethod
     def _umount(path: str, timeout: float = 5.0) -> bool:

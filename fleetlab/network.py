@@ -7,6 +7,7 @@ and deletion functions refuse links that do not carry it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import zlib
 from ipaddress import IPv4Address, IPv4Network, ip_interface, ip_network
@@ -121,25 +122,36 @@ def create_node_links(bridge: str, alias: str, nodes: list[tuple[str, str, IPv4A
         )
 
 
-def delete_link(name: str, alias: str) -> bool:
-    """Delete link `name` if it carries `alias`; return whether it is gone."""
-    current = link_alias(name)
-    if current is None:
-        return True
-    if current != alias:
-        return False
-    run(["ip", "link", "del", "dev", name], check=False)
-    return link_alias(name) is None
+def remove_links(alias: str, listed: Iterable[str]) -> list[str]:
+    """Delete the host links carrying `alias`, and those in `listed` that carry no alias yet
+    (created, crash before the alias was set). Return the names that could not be deleted."""
+    listed = set(listed)
+    shown = json.loads(run(["ip", "-j", "link", "show"]).stdout or "[]")
+    candidates = listed | {link["ifname"] for link in shown if link.get("ifalias") == alias}
+    failed = []
+    for name in sorted(candidates):
+        current = link_alias(name)
+        if current is None or not (current == alias or (current == "" and name in listed)):
+            continue
+        run(["ip", "link", "del", "dev", name], check=False)
+        if link_alias(name) is not None:
+            failed.append(name)
+    return failed
 
 
-def delete_netns(name: str, alias: str) -> bool:
-    """Delete netns `name` unless its node link carries someone else's alias; return whether gone."""
-    if not netns_exists(name):
-        return True
-    if link_alias(NODE_IFNAME, netns=name) not in (None, "", alias):
-        return False
-    run(["ip", "netns", "del", name], check=False)
-    return not netns_exists(name)
+def remove_netns(alias: str, listed: Iterable[str], pattern: re.Pattern[str]) -> list[str]:
+    """Delete the netns in `listed` or matching `pattern` whose node link carries `alias` (or, if
+    listed, has no alias or no link yet). Return the names that could not be deleted."""
+    listed = set(listed)
+    present = {p.name for p in NETNS_DIR.glob("*")} if NETNS_DIR.is_dir() else set()
+    failed = []
+    for name in sorted((listed | {n for n in present if pattern.fullmatch(n)}) & present):
+        owner = link_alias(NODE_IFNAME, netns=name)
+        if owner == alias or (name in listed and owner in (None, "")):
+            run(["ip", "netns", "del", name], check=False)
+            if netns_exists(name):
+                failed.append(name)
+    return failed
 
 
 # --- partitions ---------------------------------------------------------------

@@ -143,11 +143,15 @@ def test_kill_crashes_the_node_and_start_boots_it_again(lab):
     node = lab.node(3)
     init, nspawn = node.state.init, node.state.nspawn
     node.kill()
-    assert not init.alive() and not nspawn.alive() and not node.running
-    assert node.system_state() == "offline"
-    # two of three etcd members keep the quorum
-    lab.node(1).exec("ETCDCTL_API=3 etcdctl --command-timeout=5s put /fleetlab-test/after-kill 1")
-    node.start()
+    try:
+        assert not init.alive() and not nspawn.alive() and not node.running
+        assert node.system_state() == "offline"
+        # two of three etcd members keep the quorum (once they elected a leader, if node 3 led)
+        put = "ETCDCTL_API=3 etcdctl --command-timeout=3s put /fleetlab-test/after-kill 1"
+        assert wait_until(lambda: lab.node(1).exec(put, check=False).returncode == 0, 30, interval=0.5)
+    finally:
+        if not node.running:
+            node.start()
     assert node.running and node.init_pid != init.pid
     assert node.exec("cat /etc/machine-id").stdout.strip() == node.machine_id
     assert node.exec("cat /root/fleetlab-probe").stdout == "x\n"  # same upper dir

@@ -17,7 +17,7 @@ from fleetlab.config import (
     render_fleetd_unit,
     render_target,
 )
-from fleetlab.etcd import plan_members
+from fleetlab.etcd import member_count
 from fleetlab.naming import LabNames, check_lab_name
 from fleetlab.network import POOL, choose_subnet, host_ip, node_ip
 from fleetlab.state import LabState, NodeState
@@ -70,10 +70,8 @@ def test_target_pulls_basic_system_and_dbus_only():
 
 
 def test_etcd_members_and_unit():
-    nodes = [(f"l-n{i}", f"10.1.1.{10 + i}") for i in range(1, 6)]
-    assert [m.name for m in plan_members(nodes)] == ["l-n1", "l-n2", "l-n3"]
-    assert [m.name for m in plan_members(nodes[:2])] == ["l-n1"]
-    assert [m.name for m in plan_members(nodes[:1])] == ["l-n1"]
+    assert [member_count(n) for n in (1, 2, 3, 5)] == [1, 1, 3, 3]
+    nodes = [(f"l-n{i}", f"10.1.1.{10 + i}") for i in range(1, 4)]
     cluster = [EtcdMember(n, ip) for n, ip in nodes[:3]]
     unit = render_etcd_unit(cluster[1], cluster, token="fleetlab-l")
     assert "ExecStart=/usr/bin/etcd " in unit and "Type=notify" in unit
