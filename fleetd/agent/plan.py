@@ -4,7 +4,9 @@ No I/O here. Input:
 - `desired`: the units this machine should have, by name (`DesiredUnit`; only `loaded` and
   `launched` count, an `inactive` entry is the same as no entry);
 - `observed`: the unit files found in the units directory with their systemd state
-  (`ObservedUnit`; `hash` is the fleet hash of the file on disk, None if unreadable);
+  (`ObservedUnit`; `hash` is the fleet hash of the file on disk, None if unreadable; for a
+  container unit rendered on the node, the hash of the *stored* unit recorded in its first
+  line `# fleet-hash: <sha1>`, see fleetd/container/marker.py);
 - `launched`: the agent's memory, name -> hash of the incarnation it has already started
   (or adopted) while the unit was desired `launched`. Empty after a fleetd restart.
 
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping, Protocol
 
+from fleetd.container.marker import stored_hash_of
 from fleetd.errors import UnitFileError
 from fleetd.model import DesiredState
 from fleetd.unit.file import UnitFile
@@ -196,8 +199,31 @@ def observe(installed: Mapping[str, str], states: Mapping[str, _State],
     return out
 
 
+def desired_aware_hash(desired: Mapping[str, DesiredUnit]) -> Callable[[str, str], str | None]:
+    """`hash_of` for observe(): a file whose text is exactly what the agent would write now
+    has the desired hash; a rendered container unit of the desired stored unit that was
+    rendered *differently* (its image arrived since it was rendered as failing, the image
+    store or a template changed) gets None, so that the plan writes it again and restarts it.
+    Everything else gets file_hash()."""
+
+    def hash_of(name: str, text: str) -> str | None:
+        wanted = desired.get(name)
+        if wanted is not None and text == wanted.text:
+            return wanted.hash
+        found = file_hash(name, text)
+        if wanted is not None and found == wanted.hash and stored_hash_of(text) is not None:
+            return None
+        return found
+
+    return hash_of
+
+
 def file_hash(name: str, text: str) -> str | None:
-    """fleet's hash of a unit file's text (None when it does not parse)."""
+    """fleet's hash of the unit a file on disk was written for (None when it does not parse):
+    the stored unit's hash recorded in a rendered container unit, else the file's own hash."""
+    stored = stored_hash_of(text)
+    if stored is not None:
+        return stored
     try:
         return UnitFile.parse(text, source=name).hash
     except UnitFileError:

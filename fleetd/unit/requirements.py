@@ -17,6 +17,8 @@ Semantics follow fleet's job/job.go:
 * Resources (our extension): cpu from [Service] CPUQuota= (150% -> 1.5), memory from
   [Service] MemoryMax= (else MemoryLimit=; K/M/G/T/P/E base 1024, "infinity" -> 0), both
   overridden by [X-Fleet] ReserveCPU= (cores) / ReserveMemory= (bytes, suffixes allowed).
+  A container unit without those [Service] settings reserves its [X-Container] CPUs= and
+  Memory= (which become its CPUQuota=/MemoryMax= on the node).
   requirements_of() ignores values it cannot read; validate_unit() rejects them.
 """
 
@@ -219,6 +221,12 @@ def _last_service_value(unit: UnitFile, key: str) -> str | None:
     return last or None
 
 
+def _last_container_value(unit: UnitFile, key: str) -> str | None:
+    """[X-Container] Memory=/CPUs= (a container unit's limits are also its reservation)."""
+    found = unit.values("X-Container", key)
+    return (go_trim_space(found[-1]) or None) if found else None
+
+
 @functools.lru_cache(maxsize=4096)
 def requirements_of(unit: UnitFile, name: str) -> Requirements:
     """The scheduling requirements of `unit` submitted as `name` (never raises)."""
@@ -244,6 +252,8 @@ def requirements_of(unit: UnitFile, name: str) -> Requirements:
     quota = _last_service_value(unit, "CPUQuota")
     if quota is not None:
         cpu = parse_cpu_quota(quota) or 0.0
+    elif (cores := _last_container_value(unit, "CPUs")) is not None:
+        cpu = parse_cores(cores) or 0.0
     reserve_cpu = _words(values, RESERVE_CPU_KEY)
     if reserve_cpu:
         parsed = parse_cores(reserve_cpu[-1])
@@ -254,6 +264,8 @@ def requirements_of(unit: UnitFile, name: str) -> Requirements:
     mem = _last_service_value(unit, "MemoryMax")
     if mem is None:
         mem = _last_service_value(unit, "MemoryLimit")
+    if mem is None:
+        mem = _last_container_value(unit, "Memory")
     if mem is not None:
         memory = parse_size(mem) or 0
     reserve_mem = _words(values, RESERVE_MEMORY_KEY)
@@ -325,6 +337,10 @@ def validate_unit(unit: UnitFile, name: str) -> Requirements:
         if constraint.op in ORDERING_OPS and not is_number(constraint.value):
             raise bad(f"MachineMetadata {constraint.key}{constraint.op}{constraint.value!r}: "
                       f"operator {constraint.op!r} needs a number")
+    # [X-Container] (container units rendered on the node): unknown keys and bad values are errors
+    from fleetd.container.spec import validate_container  # late: that module imports this one
+
+    validate_container(unit, name)
     return req
 
 
