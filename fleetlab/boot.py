@@ -139,14 +139,18 @@ def nsenter(init: ProcRef, cmd: list[str]) -> list[str]:
     return ["nsenter", "-t", str(init.pid), "-a", *cmd]
 
 
-def system_state(init: ProcRef | None) -> str:
-    """`systemctl is-system-running` inside the node, or "offline" if its init is gone."""
+def system_state(init: ProcRef | None, wait: float = 0.0) -> str:
+    """`systemctl is-system-running` inside the node, or "offline" if its init is gone.
+
+    With `wait`, block up to that many seconds for the boot to finish (`--wait`).
+    """
     if init is None or not init.alive():
         return "offline"
+    cmd = ["systemctl", "is-system-running"] + (["--wait"] if wait else [])
     try:
-        proc = run(nsenter(init, ["systemctl", "is-system-running"]), check=False, timeout=10)
-    except LabError:  # timed out: the node's systemd does not answer
-        return "unresponsive"
+        proc = run(nsenter(init, cmd), check=False, timeout=wait or 10)
+    except LabError:  # timed out: still booting (with `wait`), or the node's systemd does not answer
+        return "starting" if wait else "unresponsive"
     return proc.stdout.strip() or "unknown"
 
 
@@ -160,14 +164,15 @@ def _systemctl(init: ProcRef, args: list[str]) -> list[list[str]] | None:
     return [line.split() for line in proc.stdout.splitlines() if line.strip()]
 
 
-def booted(init: ProcRef, tolerated: frozenset[str]) -> tuple[bool, str]:
+def booted(init: ProcRef, tolerated: frozenset[str], wait: float = 0.0) -> tuple[bool, str]:
     """Whether the node finished booting, and its `is-system-running` state.
 
     A node is booted when its systemd reports `running`. Units in `tolerated` (fleetd, developed
     apart from the lab) may not hold it back: it is also booted when they alone have failed
     (`degraded`) or alone still have jobs queued (`starting`) while the node target is active.
+    `wait` is passed to `system_state`.
     """
-    state = system_state(init)
+    state = system_state(init, wait)
     if state == "running":
         return True, state
     if state == "degraded":
@@ -197,7 +202,9 @@ def wait_running(node: NodeState, timeout: float, tolerate: frozenset[str] = fro
         if not init.alive():
             raise LabError(f"node {node.name}: init (pid {init.pid}) died during boot")
         try:
-            done, state = booted(init, tolerate)
+            # blocks until the boot finished (checking tolerated units every 2 s); fails fast while
+            # the node's bus is not up yet
+            done, state = booted(init, tolerate, wait=max(0.1, min(2.0, deadline - time.monotonic())))
         except LabError as exc:
             raise LabError(f"node {node.name}: {exc}") from None
         if done:
