@@ -70,6 +70,8 @@ class FleetConfig:
     api_cafile: str = ""
     api_certfile: str = ""
     api_keyfile: str = ""
+    images_directory: str = "/var/lib/fleet/images"  # the node's image store
+    image_port: int = 7380        # image server on public_ip:image_port (0 or no public_ip: off)
 
 
 def parse_duration(text: str, key: str) -> float:

@@ -23,6 +23,7 @@ FLAG_KEYS = (
     "etcd_password", "etcd_request_timeout", "public_ip", "metadata", "agent_ttl", "engine_reconcile_interval",
     "disable_engine", "disable_watches", "units_directory", "verbosity", "machine_id_file", "state_directory",
     "api_socket", "api_socket_group", "api_tcp", "api_insecure_tcp", "api_cafile", "api_certfile", "api_keyfile",
+    "images_directory", "image_port",
 )
 
 
@@ -57,7 +58,8 @@ class Daemon:
             await self._retry("registering machine", lambda: presence.register(wait_duplicate=0))
             systemd = await SystemdManager.connect(Path(cfg.units_directory))
             stack.push_async_callback(systemd.close)
-            agent = Agent(registry, systemd, presence)
+            containers = await self._containers(registry, machine, stack)
+            agent = Agent(registry, systemd, presence, containers=containers)
             engine = None if cfg.disable_engine else Engine(registry, machine.id, cfg.engine_reconcile_interval)
             if engine is not None:
                 stack.push_async_callback(engine.resign)
@@ -97,6 +99,29 @@ class Daemon:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _containers(self, registry, machine, stack: contextlib.AsyncExitStack):
+        """Container support: the image store, its server on public_ip:image_port (when both
+        are set), and the agent's NodeContainers (rendering, image fetching, publication)."""
+        from fleetd.container.node import NodeContainers, local_facts
+        from fleetd.errors import ImageError
+        from fleetd.images.server import ImageServer
+        from fleetd.images.store import ImageStore
+        from fleetd.registry.images import ImageDirectory
+
+        cfg = self.config
+        store = ImageStore(cfg.images_directory)
+        server = None
+        if cfg.public_ip and cfg.image_port:
+            server = ImageServer(store, cfg.public_ip, cfg.image_port)
+            try:
+                await server.start()
+                stack.push_async_callback(server.stop)
+            except ImageError as exc:
+                log.error("%s; other machines cannot fetch images from this one", exc)
+                server = None
+        return NodeContainers(store, local_facts(cfg.images_directory), machine.id,
+                              directory=ImageDirectory(registry), server_url=server.url if server else "")
 
     async def _start_api(self, registry, presence, agent, engine):
         from fleetd.api.server import ApiServer

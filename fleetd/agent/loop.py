@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 
 from fleetd.agent.executor import execute
-from fleetd.agent.plan import DesiredUnit, observe, plan
+from fleetd.agent.plan import DesiredUnit, desired_aware_hash, observe, plan
 from fleetd.agent.systemd import SystemdManager, UnitSystemdState
 from fleetd.engine.constraints import global_units_for
 from fleetd.errors import FleetError, RegistryError
@@ -38,17 +38,19 @@ class AgentStats:
 
 
 def unit_text(unit_file_text: str) -> str:
-    """What is written to disk for a unit (container units are rendered here later)."""
+    """What is written to disk for a plain unit: its text. Container units are rendered by
+    `Agent.unit_texts` (fleetd/container/)."""
     return unit_file_text
 
 
 class Agent:
     def __init__(self, registry: Registry, systemd: SystemdManager, presence: Presence,
-                 resync_interval: float = 30.0):
+                 resync_interval: float = 30.0, containers=None):
         self.registry = registry
         self.systemd = systemd
         self.presence = presence
         self.resync_interval = resync_interval
+        self.containers = containers  # fleetd.container.node.NodeContainers, None: none here
         self.stats = AgentStats()
         self._launched: dict[str, str] = {}
         self._global_names: set[str] = set()
@@ -70,25 +72,41 @@ class Agent:
         placed_units = [Unit(n, bodies[p.hash], p.desired_state) for n, p in placements.items() if p.hash in bodies]
         global_units = [Unit(n, bodies[h], s) for n, (h, s) in globals_.items() if h in bodies]
         running_globals = global_units_for(machine, placed_units + global_units, placements)
-        desired: dict[str, DesiredUnit] = {}
-        for u in placed_units:
-            if u.desired_state is not DesiredState.INACTIVE:
-                desired[u.name] = DesiredUnit(u.name, u.hash, unit_text(u.file.serialize()), u.desired_state)
-        for u in global_units:
-            if u.name in running_globals:
-                desired[u.name] = DesiredUnit(u.name, u.hash, unit_text(u.file.serialize()), u.desired_state)
+        wanted = [u for u in placed_units if u.desired_state is not DesiredState.INACTIVE]
+        wanted += [u for u in global_units if u.name in running_globals]
+        texts = await self.unit_texts({u.name: u.file for u in wanted})
+        desired = {u.name: DesiredUnit(u.name, u.hash, texts[u.name], u.desired_state) for u in wanted}
         self._global_names = {u.name for u in global_units if u.name in running_globals}
         return desired, revision
+
+    async def unit_texts(self, units: dict) -> dict[str, str]:
+        """What to write to disk for each unit: plain units as they are, container units
+        rendered for this machine (their images fetched first, see fleetd/container/node.py)."""
+        from fleetd.container.spec import is_container_unit
+
+        if self.containers is not None:
+            return await self.containers.texts(units)
+        out = {name: unit_text(f.serialize()) for name, f in units.items()}
+        if any(is_container_unit(f) for f in units.values()):
+            from fleetd.container.render import CannotRun, NodeFacts, render_or_explain
+
+            for name, f in units.items():
+                if is_container_unit(f):
+                    out[name] = render_or_explain(name, f, NodeFacts(), CannotRun(
+                        "this fleetd runs without container support"))
+        return out
 
     # ------------------------------------------------------------------ one pass
 
     async def reconcile_once(self) -> int:
         """One level-triggered pass. Returns the etcd revision it was based on."""
+        if self.containers is not None:
+            await self.containers.process_imports()
         desired, revision = await self.desired_units()
         installed = self.systemd.installed_units()
         names = sorted(set(installed) | set(desired))
         states = await self.systemd.states(names) if names else {}
-        observed = observe(installed, states)
+        observed = observe(installed, states, desired_aware_hash(desired))
         the_plan = plan(desired, observed, self._launched)
         self.stats.passes += 1
         self.stats.desired = desired

@@ -185,15 +185,24 @@ class ImageStore:
             return self._import(name, plan.kind, plan.source_digest, plan.config, layers)
 
     def import_stream(self, fileobj: BinaryIO, name: str | None = None, *,
-                      expected_digest: str | None = None) -> Image:
+                      expected_digest: str | None = None,
+                      config: ImageConfig | None = None) -> Image:
         """Import a rootfs tar stream (e.g. another node's :meth:`export`).
 
         With `expected_digest` the content must hash to it, or nothing is stored.
+        `config` carries the runtime defaults of the exported image (they are not in the tar).
         """
         if name is not None:
             validate_name(name)
-        return self._import(name, "stream", None, ImageConfig(), [("<stream>", lambda: fileobj)],
+        return self._import(name, "stream", None, config or ImageConfig(), [("<stream>", lambda: fileobj)],
                             expected_digest=expected_digest)
+
+    def rootfs_path(self, digest: str) -> Path:
+        """Where the rootfs of image `digest` is (or would be, once imported) in this store."""
+        m = _FULL_DIGEST_RE.match(digest)
+        if not m:
+            raise ImageError(f"invalid image digest {digest!r} (expected sha256:<64 hex>)")
+        return self._images_dir() / m.group(1) / "rootfs"
 
     def _import(self, name: str | None, source: str, source_digest: str | None,
                 config: ImageConfig, layers: list, *, expected_digest: str | None = None) -> Image:

@@ -57,6 +57,21 @@ class KeyLayout:
     def machine_draining(self, machine_id: str) -> str:
         return f"{self.machines}{machine_id}/draining"
 
+    # images each machine holds (and its image server), under the machine's lease
+    @property
+    def images(self) -> str:
+        return f"{self.prefix}images/"
+
+    def machine_images(self, machine_id: str) -> str:
+        return f"{self.images}{machine_id}"
+
+    # image imports asked of a machine (fleetctl image import), answered by its agent
+    def image_imports(self, machine_id: str) -> str:
+        return f"{self.machines}{machine_id}/image-imports/"
+
+    def image_import(self, machine_id: str, request_id: str) -> str:
+        return f"{self.image_imports(machine_id)}{request_id}"
+
     # unit states published by agents, under the publishing machine's lease
     @property
     def states(self) -> str:
