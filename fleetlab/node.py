@@ -101,9 +101,15 @@ class Node:
         boot.crash(self._lab.names, self.state)  # leftovers of a crashed node
         proc = boot.spawn(self._lab.names, self.state)
         threading.Thread(target=proc.wait, name=f"reap-{self.name}", daemon=True).start()
+        log = self._lab.names.log_file(self.name)
         self.state.nspawn = ProcRef.of(proc.pid)
+        if self.state.nspawn is None:
+            raise LabError(f"node {self.name}: systemd-nspawn exited at once; see {log}")
         self._lab.save()
-        self.state.init = boot.find_init(self.state.nspawn)
+        try:
+            self.state.init = boot.find_init(self.state.nspawn)
+        except LabError as exc:
+            raise LabError(f"node {self.name}: {exc}; see {log}") from None
         self._lab.save()
 
     def wait_running(self, timeout: float | None = None) -> str:
