@@ -201,3 +201,15 @@ def ctl(name, args) -> None:
     lab = Lab.attach(name or DEFAULT_LAB)
     proc = subprocess.run([*lab.fleetctl_command(), *args], env={**os.environ, **lab.env()})
     sys.exit(proc.returncode)
+
+
+@main.command()
+@click.option("--name", "-n", "name", default="demo", show_default=True, help="Lab name.")
+@click.option("--nodes", "-N", default=3, show_default=True, help="Number of nodes (a new lab only).")
+@click.option("--down", "tear_down", is_flag=True, help="Remove the lab again at the end.")
+def demo(name: str, nodes: int, tear_down: bool) -> None:
+    """Boot (or reuse) a lab and run the example units from units/ on it."""
+    from .demo import run_demo
+
+    _raise_on_signal()
+    run_demo(name, nodes, echo=click.echo, keep=not tear_down)

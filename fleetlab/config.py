@@ -13,6 +13,7 @@ NODE_TARGET = "fleetlab-node.target"
 ETCD_UNIT = "fleetlab-etcd.service"
 FLEETD_UNIT = "fleetd.service"
 FLEET_CONF = "/etc/fleet/fleet.conf"
+LAB_API_PORT = 54728
 ETCD_DATA_DIR = "/var/lib/fleetlab/etcd"
 DEFAULT_KEY_PREFIX = "/_coreos.com/fleet/"
 DEFAULT_AGENT_TTL = "5s"
@@ -124,6 +125,7 @@ class FleetConf:
     agent_ttl: str = DEFAULT_AGENT_TTL
     engine_reconcile_interval: int = 1
     etcd_key_prefix: str = DEFAULT_KEY_PREFIX
+    api_port: int = LAB_API_PORT
 
     def render(self) -> str:
         meta = ",".join(f"{k}={v}" for k, v in self.metadata.items())
@@ -135,6 +137,10 @@ class FleetConf:
             f'metadata="{meta}"\n'
             f'agent_ttl="{self.agent_ttl}"\n'
             f"engine_reconcile_interval={self.engine_reconcile_interval}\n"
+            # the API on the lab's private bridge too (fleet's functional tests used 54728),
+            # without TLS: acceptable only on a lab subnet that nothing else can reach
+            f"api_tcp={self.public_ip}:{self.api_port}\n"
+            "api_insecure_tcp=true\n"
         )
 
 

@@ -1,7 +1,8 @@
 """The API across real nodes: status/journal of a unit on node 2, asked through node 1's fleetd.
 
-Boots a 2-node fleetlab (systemd-nspawn, etcd, fleetd); every fleetd also serves its API on TCP
-(api_tcp=<node ip>:49153, api_insecure_tcp for the lab), so node 1's fleetd relays to node 2's.
+Boots a 2-node fleetlab (systemd-nspawn, etcd, fleetd); the lab's fleet.conf makes every fleetd
+also serve its API on TCP (api_tcp=<node ip>:54728, api_insecure_tcp), so node 1's fleetd relays
+to node 2's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import pytest
 pytest_plugins = ["fleetlab.pytest_plugin"]
 pytestmark = pytest.mark.lab(nodes=2, wait_fleetd=True)
 
-API_PORT = 49153
 UNIT = """[Unit]
 Description=API lab test
 
@@ -40,10 +40,7 @@ def wait(predicate, timeout: float, what: str):
 def test_status_and_journal_of_a_remote_unit_via_node1(lab):
     n1, n2 = lab.node(1), lab.node(2)
     for node in (n1, n2):
-        ip = node.ip
-        node.exec(f"printf 'api_tcp={ip}:{API_PORT}\\napi_insecure_tcp=true\\n' >> /etc/fleet/fleet.conf")
-        node.exec("systemctl restart fleetd.service")
-    lab.wait_fleetd(timeout=60)
+        assert f"api_tcp={node.ip}:" in node.exec(["cat", "/etc/fleet/fleet.conf"]).stdout
     fleetctl = [*lab.fleetctl_command(), "--endpoint", "unix:///var/run/fleet.sock"]  # node 1's own API
     wait(lambda: n1.exec([*fleetctl, "list-machines", "--no-legend"], check=False).stdout.count("\n") == 2,
          60, "node 1's API to list both machines")
