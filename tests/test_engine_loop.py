@@ -124,6 +124,23 @@ async def test_leader_failover_without_duplicates(cluster):
     assert set(placements) == {"a.service", "b.service"}  # one placement per unit
 
 
+async def test_resign_after_cancel_hands_over_at_once(cluster):
+    """fleetd's shutdown cancels the engine task, then resigns: the leader key goes at once,
+    and another engine leads long before the old lease (10 s here) would have run out."""
+    reg, add_agent, add_engine = cluster
+    await add_agent(1)
+    e1, t1 = await add_engine(mid(1))
+    e1.lease_ttl = 10.0  # set before its task first runs (no await since it was created)
+    await until(lambda: _is(e1))
+    e2, _ = await add_engine(mid(2))
+    t1.cancel()
+    await asyncio.gather(t1, return_exceptions=True)
+    started = time.monotonic()
+    await e1.resign()
+    await until(lambda: _is(e2), timeout=15)
+    assert time.monotonic() - started < 3.0
+
+
 async def test_desired_state_changes_flow_to_the_schedule(cluster):
     reg, add_agent, add_engine = cluster
     await add_agent(1)

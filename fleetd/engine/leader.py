@@ -196,8 +196,10 @@ class Engine:
         self.stats.unplacements += len(decisions.unplaces)
 
     async def resign(self) -> None:
-        if self.is_leader:
-            try:
-                await self.registry.resign(self.machine_id)
-            except RegistryError:
-                pass
+        """Give up leadership at shutdown, so that another engine takes over at once instead of
+        after the lease TTL. fleetd calls this after cancelling `run()`, which has already
+        cleared `is_leader`: the leader key is deleted if (and only if) it names this machine."""
+        try:
+            await self.registry.resign(self.machine_id)
+        except RegistryError:
+            pass
