@@ -144,9 +144,9 @@ async def test_many_decisions_batched(registry: Registry):
     txns = await registry.apply_schedule(fence_machine_id=MID_A, place=places)
     assert txns == 3
     assert len(await registry.placements()) == 300
-    mine, globals_, rev = await registry.machine_targets(MID_A)
-    assert len(mine) == 150 and all(p.machine_id == MID_A for p in mine.values())
-    assert globals_ == {} and rev > 0
+    view = await registry.machine_view(MID_A)
+    assert len(view.placements) == 150 and all(p.machine_id == MID_A for p in view.placements.values())
+    assert view.globals == {} and view.revision > 0
 
 
 async def test_snapshot_is_consistent(registry: Registry):

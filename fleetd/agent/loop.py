@@ -66,9 +66,10 @@ class Agent:
 
     async def desired_units(self) -> tuple[dict[str, DesiredUnit], int]:
         reg = self.registry
-        placements, globals_, revision = await reg.machine_targets(self.machine_id)
+        view = await reg.machine_view(self.machine_id)
+        placements, globals_, revision = view.placements, view.globals, view.revision
         bodies = await reg.bodies([p.hash for p in placements.values()] + [h for h, _ in globals_.values()])
-        machine = await reg.get_machine(self.machine_id) or self.presence.machine
+        machine = view.machine or self.presence.machine
         placed_units = [Unit(n, bodies[p.hash], p.desired_state) for n, p in placements.items() if p.hash in bodies]
         global_units = [Unit(n, bodies[h], s) for n, (h, s) in globals_.items() if h in bodies]
         running_globals = global_units_for(machine, placed_units + global_units, placements)

@@ -444,16 +444,6 @@ class Registry:
     async def placements(self) -> dict[str, Placement]:
         return self._placements_from(await self._range(self.keys.schedule))
 
-    async def machine_targets(self, machine_id: str) -> tuple[dict[str, Placement], dict[str, tuple[str, DesiredState]], int]:
-        """What one agent needs, at one revision: its placements and the global units."""
-        tx = self._conn.tx
-        sched = enc(self.keys.machine_schedule(machine_id))
-        glob = enc(self.keys.globals)
-        ok, (sched_kvs, glob_kvs), revision = await self._txn_at(
-            [], [tx.get(sched, prefix_end(sched)), tx.get(glob, prefix_end(glob))]
-        )
-        return self._placements_from(sched_kvs), self._globals_from(glob_kvs), revision
-
     async def machine_view(self, machine_id: str) -> "MachineView":
         """Everything one agent reads, in one transaction: its placements, the global units
         and its own machine record (with dynamic metadata)."""
