@@ -60,7 +60,11 @@ class Daemon:
             stack.push_async_callback(systemd.close)
             containers = await self._containers(registry, machine, stack)
             agent = Agent(registry, systemd, presence, containers=containers)
-            engine = None if cfg.disable_engine else Engine(registry, machine.id, cfg.engine_reconcile_interval)
+            # the leader lease: fleet's 5 x interval, but never longer than a machine's TTL, so
+            # that leader failover is no slower than machine failover
+            leader_ttl = max(2.0, min(5 * cfg.engine_reconcile_interval, cfg.agent_ttl))
+            engine = None if cfg.disable_engine else Engine(
+                registry, machine.id, cfg.engine_reconcile_interval, lease_ttl=leader_ttl)
             if engine is not None:
                 stack.push_async_callback(engine.resign)
             api = await self._start_api(registry, presence, agent, engine)

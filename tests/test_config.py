@@ -10,7 +10,7 @@ def test_defaults(tmp_path: Path):
     cfg = load_config(tmp_path / "missing.conf", env={})
     assert cfg.etcd.endpoints == ("http://127.0.0.1:2379",)
     assert cfg.etcd.key_prefix == "/_coreos.com/fleet/"
-    assert cfg.agent_ttl == 30.0 and cfg.engine_reconcile_interval == 2.0
+    assert cfg.agent_ttl == 5.0 and cfg.engine_reconcile_interval == 2.0
     assert cfg.units_directory == "/run/fleet/units/"
 
 

@@ -36,7 +36,7 @@ def test_provisioned_config_is_what_fleetd_expects(tmp_path, count):
         assert cfg.etcd.endpoints == tuple(f"http://172.17.8.{100 + i}:2379" for i in range(1, members + 1))
         assert cfg.public_ip == f"172.17.8.{100 + index}"
         assert dict(cfg.metadata) == {"hostname": f"fleet-{index:02d}", "vm": "vagrant"}
-        assert cfg.agent_ttl == 30.0
+        assert cfg.agent_ttl == 5.0
         unit = UnitFile.parse((root / "etc/systemd/system/fleetd.service").read_bytes())
         assert unit.values("Service", "ExecStart") == ["/opt/fleet-py/.venv/bin/fleetd --config /etc/fleet/fleet.conf"]
         etcd_unit = root / "etc/systemd/system/fleet-etcd.service"

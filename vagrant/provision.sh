@@ -38,7 +38,7 @@ write_files() {
 etcd_servers=$(etcd_endpoints)
 public_ip=$IP
 metadata="hostname=$name,vm=vagrant"
-agent_ttl="30s"
+agent_ttl="5s"
 engine_reconcile_interval=2
 api_tcp=$IP:54728
 api_insecure_tcp=true
