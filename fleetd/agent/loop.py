@@ -125,6 +125,8 @@ class Agent:
             self._launched = dict(the_plan.launched)
         await self._update_watch(set(desired))
         await self._publish_new_hashes(desired)
+        if self.containers is not None:
+            await self.containers.publish(self.presence.lease_id)
         return revision
 
     # ------------------------------------------------------------------ states
