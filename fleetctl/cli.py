@@ -547,13 +547,21 @@ async def destroy(g: Globals, no_block, block_attempts, units) -> int:
 
 
 @cli.command()
+@click.option("--rendered", is_flag=True,
+              help="Print what the unit's machine writes to disk (container units are rendered there).")
+@click.option("--machine", default="", help="With --rendered: the machine (ID prefix), e.g. for a global unit.")
 @click.argument("unit", nargs=-1)
 @run
-async def cat(g: Globals, unit: tuple[str, ...]) -> int:
-    """Print the unit file of a unit as stored in the cluster."""
+async def cat(g: Globals, rendered: bool, machine: str, unit: tuple[str, ...]) -> int:
+    """Print the unit file of a unit as stored in the cluster (--rendered: as its machine writes it)."""
     if len(unit) != 1:
         raise CommandFailed("One unit file must be provided")
     name = mangle_unit_name(unit[0])
+    if rendered:
+        from fleetctl.containers import rendered_text
+
+        click.echo(await rendered_text(g, name, machine), nl=False)
+        return 0
     info = await g.client().unit(name)
     if info is None:
         raise CommandFailed(f"Unit {name} not found")
@@ -966,6 +974,10 @@ def help_command(ctx: click.Context, command: str | None) -> None:
         click.echo(cmd.get_help(click.Context(cmd, info_name=command, parent=parent)))
     else:
         click.echo(cli.get_help(parent))
+
+
+# container commands (run, run-pod, images, image import) live in their own module
+from fleetctl import containers as _containers  # noqa: E402,F401
 
 
 def main() -> None:

@@ -115,16 +115,17 @@ class Daemon:
 
         cfg = self.config
         store = ImageStore(cfg.images_directory)
+        facts = local_facts(cfg.images_directory)
         server = None
         if cfg.public_ip and cfg.image_port:
-            server = ImageServer(store, cfg.public_ip, cfg.image_port)
+            server = ImageServer(store, cfg.public_ip, cfg.image_port, machine_id=machine.id, facts=facts.to_json())
             try:
                 await server.start()
                 stack.push_async_callback(server.stop)
             except ImageError as exc:
                 log.error("%s; other machines cannot fetch images from this one", exc)
                 server = None
-        return NodeContainers(store, local_facts(cfg.images_directory), machine.id,
+        return NodeContainers(store, facts, machine.id,
                               directory=ImageDirectory(registry), server_url=server.url if server else "")
 
     async def _start_api(self, registry, presence, agent, engine):

@@ -1,6 +1,8 @@
 """fleetd's image server: other machines fetch images from here, by digest. Read-only.
 
-    GET /fleet/images/v1/images            {"images": [{"digest","names","size"}, ...]}
+    GET /fleet/images/v1/images            this machine's record as in P/images/<ID>:
+                                           {"machineID","url","facts","images":[{"digest",
+                                           "names","size","rootfs","config"}, ...]}
     GET /fleet/images/v1/images/<digest>   the image's rootfs as an uncompressed tar
                                            (ImageStore.export); headers X-Fleet-Image-Digest and
                                            X-Fleet-Image-Config (the OCI runtime defaults, JSON)
@@ -33,6 +35,7 @@ _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _BATCH = 1 << 20
 
 STORE: web.AppKey[ImageStore] = web.AppKey("fleet_image_store", ImageStore)
+INFO: web.AppKey[dict] = web.AppKey("fleet_image_server_info", dict)
 
 
 def _next_batch(chunks) -> bytes:
@@ -48,8 +51,12 @@ def _next_batch(chunks) -> bytes:
 async def list_images(request: web.Request) -> web.Response:
     store = request.app[STORE]
     images = await asyncio.to_thread(store.list)
-    return web.json_response({"images": [{"digest": i.digest, "names": list(i.names), "size": i.size}
-                                         for i in images]})
+    info = request.app[INFO]
+    return web.json_response({
+        "machineID": info.get("machineID", ""), "url": info.get("url", ""), "facts": info.get("facts", {}),
+        "images": [{"digest": i.digest, "names": sorted(i.names), "size": i.size, "rootfs": str(i.rootfs),
+                    "config": i.config.to_json()} for i in images],
+    })
 
 
 async def export_image(request: web.Request) -> web.StreamResponse:
@@ -79,21 +86,25 @@ async def export_image(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def build_app(store: ImageStore) -> web.Application:
+def build_app(store: ImageStore, info: dict | None = None) -> web.Application:
     app = web.Application()
     app[STORE] = store
+    app[INFO] = dict(info or {})
     app.router.add_get(API, list_images)
     app.router.add_get(API + "/{digest}", export_image)
     return app
 
 
 class ImageServer:
-    """`ImageServer(store, host, port)`; `await start()`, `url`, `await stop()`."""
+    """`ImageServer(store, host, port, machine_id=, facts=)`; `await start()`, `url`, `await stop()`."""
 
-    def __init__(self, store: ImageStore, host: str, port: int = DEFAULT_PORT):
+    def __init__(self, store: ImageStore, host: str, port: int = DEFAULT_PORT, *, machine_id: str = "",
+                 facts: dict | None = None):
         self.store = store
         self.host = host
         self.port = port
+        self.machine_id = machine_id
+        self.facts = dict(facts or {})
         self._runner: web.AppRunner | None = None
 
     @property
@@ -113,7 +124,8 @@ class ImageServer:
             sock.close()
             raise ImageError(f"image server: cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         self.port = sock.getsockname()[1]
-        self._runner = web.AppRunner(build_app(self.store), access_log=None, shutdown_timeout=2.0)
+        info = {"machineID": self.machine_id, "url": self.url, "facts": self.facts}
+        self._runner = web.AppRunner(build_app(self.store, info), access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         log.info("image server listening on %s", self.url)
