@@ -322,7 +322,7 @@ class Fleet:
         kvs = json.loads(proc.stdout).get("kvs") or []
         assert kvs, "no engine leader key"
         ttl = self.etcdctl("lease", "timetolive", f"{int(kvs[0]['lease']):x}", "-w", "json")
-        return float(json.loads(ttl.stdout)["grantedTTL"])
+        return float(json.loads(ttl.stdout)["granted-ttl"])
 
     # ---------------------------------------------------------------- dynamic metadata
 

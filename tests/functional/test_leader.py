@@ -21,7 +21,7 @@ from _functional import unit_body, wait_for
 pytest_plugins = ["fleetlab.pytest_plugin"]
 pytestmark = pytest.mark.lab(nodes=3, wait_fleetd=True, agent_ttl="3s")
 
-SLACK = 1.5  # polling, etcd request latency, the follower's watch and campaign
+SLACK = 2.0  # etcd expiry check, a follower reconnecting its watch, its campaign, polling
 
 
 def new_leader(fleet, old: str):
