@@ -117,6 +117,7 @@ def test_httpd_containers_answer_on_each_nodes_address_and_stop_clean(lab, busyb
         on_disk = node.exec(["cat", f"/run/fleet/units/{name}"]).stdout
         assert on_disk.startswith(f"# fleet-hash: ")
         assert lab.fleetctl("cat", "--rendered", name).stdout == on_disk  # rendered on the client alike
+        assert lab.fleetctl(*api(lab), "cat", "--rendered", name).stdout == on_disk  # API driver too
         assert "[X-Container]" in lab.fleetctl("cat", name).stdout  # the stored unit stays declarative
         argv = show(node, name, "ExecStart")
         if runtime == "launcher":
@@ -138,6 +139,19 @@ def test_httpd_containers_answer_on_each_nodes_address_and_stop_clean(lab, busyb
             assert http_get(node.ip, port, timeout=1) is None
     finally:
         destroy(lab, *names)
+
+
+def test_global_container_runs_on_every_node(lab, busybox):
+    try:
+        out = lab.fleetctl("run", "everywhere", "--image", "busybox", "--global", "--", "sleep", "100000").stdout
+        assert "Triggered global unit everywhere.service start" in out
+        for node in lab.nodes:
+            wait(lambda: show(node, "everywhere.service", "ActiveState") == "active", 60, f"the unit on {node.name}")
+            assert processes(node, r"\d+ sleep 100000$")
+        holders = {r[0].split("/")[0] for r in rows(lab, *api(lab), "images") if "busybox" in r}
+        assert holders == {n.machine_id for n in lab.nodes}  # listed by every machine's image server
+    finally:
+        destroy(lab, "everywhere.service")
 
 
 def test_memory_limit_reaches_systemd(lab, busybox):
