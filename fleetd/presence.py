@@ -74,15 +74,33 @@ class Presence:
     def lease_expired_locally(self) -> bool:
         return time.monotonic() - self.last_alive > self.ttl
 
+    def _until_expiry(self) -> float:
+        """Seconds until the lease must have expired in etcd (0 when it must have already)."""
+        return max(0.0, self.last_alive + self.ttl - time.monotonic())
+
     async def run(self) -> None:
-        """Keep the lease alive; re-register when it was lost; flag `lost` past the TTL."""
+        """Keep the lease alive; re-register when it was lost.
+
+        `lost` is set as soon as the lease must have expired: no sleep or keep-alive attempt
+        runs past that moment, so that the agent stops its units about when the engine may
+        start them elsewhere (not up to one more keep-alive round later). It is cleared again
+        if a later keep-alive finds the lease still alive after all (etcd renews every lease
+        when it elects a new raft leader, and a keep-alive whose answer was lost renews it too):
+        the machine never left, so the agent carries on with it and starts its units again.
+        """
         interval = self.ttl / 3
         while True:
-            await asyncio.sleep(interval if not self.lost.is_set() else 0.5)
+            lost = self.lost.is_set()
+            await asyncio.sleep(0.5 if lost else min(interval, self._until_expiry()))
             try:
-                remaining = await asyncio.wait_for(self.registry.keepalive(self.lease_id), timeout=interval)
+                timeout = interval if lost else min(interval, self._until_expiry())
+                remaining = await asyncio.wait_for(self.registry.keepalive(self.lease_id), timeout=timeout)
                 if remaining > 0:
                     self.last_alive = time.monotonic()
+                    if self.lost.is_set():
+                        log.warning("machine lease %x is alive after all; carrying on with it", self.lease_id)
+                        self.lost.clear()
+                        self.registered.set()
                     continue
                 log.warning("machine lease %x expired; registering again", self.lease_id)
                 self.lost.set()
@@ -90,11 +108,11 @@ class Presence:
                 await self.register(wait_duplicate=self.ttl * 2)
             except (RegistryError, asyncio.TimeoutError) as exc:
                 if self.lease_expired_locally() and not self.lost.is_set():
-                    log.error("cut off from etcd for longer than the TTL (%ss): %s", self.ttl, exc)
+                    log.error("cut off from etcd for longer than the TTL (%ss): %s", self.ttl, exc or "timed out")
                     self.lost.set()
                     self.registered.clear()
                 else:
-                    log.warning("lease keepalive failed: %s", exc)
+                    log.warning("lease keepalive failed: %s", exc or "timed out")
 
     async def update_machine(self, machine: Machine) -> None:
         self.machine = machine
