@@ -324,6 +324,13 @@ class Fleet:
         ttl = self.etcdctl("lease", "timetolive", f"{int(kvs[0]['lease']):x}", "-w", "json")
         return float(json.loads(ttl.stdout)["granted-ttl"])
 
+    def machine_lease(self, machine_id: str) -> int:
+        """The lease ID a machine's presence record hangs on."""
+        proc = self.etcdctl("get", f"{self.prefix}machines/{machine_id}/object", "-w", "json")
+        kvs = json.loads(proc.stdout).get("kvs") or []
+        assert kvs, f"machine {machine_id} has no presence record"
+        return int(kvs[0]["lease"])
+
     # ---------------------------------------------------------------- dynamic metadata
 
     def set_metadata(self, machine_id: str, key: str, value: str) -> None:

@@ -13,6 +13,8 @@ to be the engine leader (a leader partition is the leader tests' subject).
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 
 import pytest
@@ -113,5 +115,58 @@ def test_partition_longer_than_ttl_and_heal_runs_each_unit_once(fleet):
     assert {n: m for n, m in final.items() if n != moving} == {n: m for n, m in placed.items() if n != moving}
     fleet.barrier()
     fleet.assert_runs_once(names + ["part-pinned.service"])
+    # from the journals (one host clock): when the new copy started and the old one stopped
+    new_start = journal_time(fleet.node_of(elsewhere[0]), f"agent: start {moving}")
+    old_stop = journal_time(node, "lease lost; stopping")
     print(f"\nFIGURE partition of one node (agent_ttl={TTL:g}s): machine gone after {gone:.1f}s, unit active "
-          f"elsewhere after {failover:.1f}s, partitioned agent stopped its units after {stopped:.1f}s")
+          f"elsewhere after {failover:.1f}s, partitioned agent stopped its units after {stopped:.1f}s; "
+          f"old copy stopped {old_stop - new_start:+.2f}s relative to the new copy's start (journals)")
+
+
+def test_partition_while_etcd_keeps_the_lease_restarts_units_in_place(fleet):
+    """The partitioned agent stops its units when its lease must have expired, but etcd may
+    have kept the lease alive: it renews every lease when it elects a new raft leader, and a
+    keep-alive whose answer was lost renews it too. Then the machine never left and nothing was
+    moved, so after the heal the agent must carry on and start its units again (it used to wait
+    forever for a new registration). The lease is kept alive from the host to make this exact."""
+    node = cut_node(fleet)
+    names = [f"keep.{i}.service" for i in range(4)]
+    fleet.ctl("start", *[fleet.write(n, unit_body(n)) for n in names])
+    fleet.ctl("start", fleet.write("keep-pinned.service", unit_body(
+        "pinned", xfleet=[f"MachineMetadata=hostname={node.name}"])))
+    placed = fleet.single(fleet.wait_active(5))
+    local = sorted(n for n, m in placed.items() if m == node.machine_id)
+    assert "keep-pinned.service" in local and len(local) == 2, placed
+    since = fleet.revision()
+
+    keeper = subprocess.Popen(["etcdctl", "lease", "keep-alive", f"{fleet.machine_lease(node.machine_id):x}"],
+                              env={**os.environ, **fleet.lab.env()},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        node.partition()
+        try:
+            wait_for("the partitioned agent stopped its units",
+                     lambda: set(fleet.systemd(node, local).values()) <= {"inactive"}, timeout=TTL + 15)
+            assert len(fleet.machines()) == 4  # etcd kept the machine
+        finally:
+            node.heal()
+        wait_for("its units running again", lambda: set(fleet.systemd(node, local).values()) == {"active"},
+                 timeout=TTL + 15)
+    finally:
+        keeper.terminate()
+        keeper.wait(timeout=10)
+    fleet.barrier(machine_metadata=f"hostname={node.name}")
+    assert fleet.single(fleet.wait_active(5)) == placed
+    assert fleet.assert_runs_once(names + ["keep-pinned.service"]) == {
+        n: fleet.node_of(m).name for n, m in placed.items()}
+    moves = [e for e in fleet.history("schedule/", since) if "zz-barrier" not in e["key"]]
+    assert moves == [], f"the engine moved units although the machine never left: {moves}"
+    assert "alive after all" in node.exec(["journalctl", "--no-pager", "-u", "fleetd.service"]).stdout
+
+
+def journal_time(node, text: str) -> float:
+    """Host-clock time of the last fleetd log line on `node` containing `text`."""
+    log = node.exec(["journalctl", "--no-pager", "-o", "short-unix", "-u", "fleetd.service"]).stdout
+    lines = [line for line in log.splitlines() if text in line]
+    assert lines, f"{node.name}: no fleetd log line with {text!r}"
+    return float(lines[-1].split()[0])
