@@ -152,6 +152,8 @@ def test_submit_validation_hooks_into_validate_unit():
     with pytest.raises(InvalidUnitOptions, match=r"ExecStart= cannot be combined"):
         validate_unit(unit("Image=busybox\n", "[Service]\nExecStart=/bin/true\n\n"), "web.service")
     validate_unit(unit("Image=busybox\nCommand=httpd -f\n"), "web.service")  # valid: no error
+    with pytest.raises(InvalidUnitOptions, match=r"unit web.socket: \[X-Container\] is only for .service units"):
+        validate_unit(unit("Image=busybox\n"), "web.socket")
 
 
 def test_template_values_with_specifiers_are_checked_per_instance():
@@ -212,7 +214,7 @@ def test_launcher_rendering():
     text = render_unit("web@1.service", LAUNCHER, FACTS, IMAGE)
     assert stored_hash_of(text) == LAUNCHER.hash
     assert exec_start(text) == [
-        "/opt/fleet/bin/fleet-run", "--name=web-1", f"--image={DIGEST}",
+        "/opt/fleet/bin/fleet-run", f"--name={container_name('web@1.service')}", f"--image={DIGEST}",
         "--images-dir=/var/lib/fleet/images", "--hostname=web-1",
         "--env=A=1", "--env=B=two words", "--bind=/srv:/data:ro", "--workdir=/www",
         "--user=nobody", "--stop-timeout=2", "--",
@@ -301,8 +303,8 @@ def test_invalid_stored_container_unit_renders_as_cannot_run():
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("web.service", "web"), ("web@1.service", "web-1"), ("a.b.service", "a.b"),
-    ("web@x:y.service", None), ("x" * 70 + ".service", None),
+    ("web.service", "web"), ("web-1.service", "web-1"), ("a.b.service", "a.b"),
+    ("web@1.service", None), ("web@x:y.service", None), ("x" * 70 + ".service", None),
 ])
 def test_container_names(name, expected):
     got = container_name(name)
@@ -311,6 +313,11 @@ def test_container_names(name, expected):
         assert got == expected
     else:
         assert re.fullmatch(r".*-[0-9a-f]{6}", got)
+
+
+def test_container_names_are_distinct():
+    names = ["web@1.service", "web-1.service", "web:1.service", "web@1.socket", "a@b-c.service", "a-b@c.service"]
+    assert len({container_name(n) for n in names}) == len(names)
 
 
 def test_rendering_is_deterministic():

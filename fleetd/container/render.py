@@ -143,11 +143,13 @@ def sd_join(words) -> str:
 
 
 def container_name(unit_name: str) -> str:
-    """The container's name for a unit: its name without the suffix, '@' as '-'; other
-    characters fleet-run/nspawn refuse become '-' and a short hash keeps names distinct."""
+    """The container's name for a unit (fleet-run --name, nspawn --machine, its runtime
+    directory): the unit name without the suffix when that is a valid container name;
+    otherwise ('@', ':', too long) a cleaned form plus a short hash of the unit name, so
+    that two units never share a container name (web@1 and web-1 do not collide)."""
     base = unit_name.rsplit(".", 1)[0] if "." in unit_name else unit_name
-    clean = re.sub(r"[^A-Za-z0-9_.-]", "-", base.replace("@", "-")).lstrip("-_.") or "container"
-    if clean != base.replace("@", "-") or len(clean) > 56:
+    clean = re.sub(r"[^A-Za-z0-9_.-]", "-", base).lstrip("-_.") or "container"
+    if clean != base or len(clean) > 56:
         clean = f"{clean[:48].rstrip('-_.')}-{hashlib.sha1(unit_name.encode()).hexdigest()[:6]}"
     return clean
 

@@ -127,6 +127,8 @@ def _parse(unit: UnitFile, name: str, strict_specifiers: bool) -> ContainerSpec:
     def bad(key: str, problem: str) -> InvalidUnitOptions:
         return InvalidUnitOptions(f"unit {name}: [{SECTION}] {key}: {problem}")
 
+    if not name.endswith(".service"):
+        raise InvalidUnitOptions(f"unit {name}: [{SECTION}] is only for .service units")
     if unit.values("Service", "ExecStart"):
         raise InvalidUnitOptions(f"unit {name}: [Service] ExecStart= cannot be combined with "
                                  f"[{SECTION}] (the container is the unit's ExecStart)")
