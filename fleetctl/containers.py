@@ -197,7 +197,7 @@ async def submit_and_start(g: Globals, units: list[tuple[str, UnitFile]], replac
     waiting = []
     for name in names:
         if name not in to_start and name not in replaced:
-            click.echo(f"Unit {name} already running (unchanged)")
+            click.echo(f"Unit {name} already launched (unchanged)")
         elif infos[name].is_global:
             click.echo(f"Triggered global unit {name} start")
         else:
