@@ -89,14 +89,22 @@ class Presence:
         the machine never left, so the agent carries on with it and starts its units again.
         """
         interval = self.ttl / 3
+        # one attempt may take at most this long: a member that does not answer within the
+        # request timeout makes the connection move on to the next one, and we try again
+        attempt = min(interval, max(1.0, self.registry.settings.request_timeout or 1.0))
+        delay = interval
         while True:
             lost = self.lost.is_set()
-            await asyncio.sleep(0.5 if lost else min(interval, self._until_expiry()))
+            await asyncio.sleep(0.5 if lost else min(delay, self._until_expiry()))
             try:
-                timeout = interval if lost else min(interval, self._until_expiry())
-                remaining = await asyncio.wait_for(self.registry.keepalive(self.lease_id), timeout=timeout)
+                timeout = attempt if lost else min(attempt, self._until_expiry())
+                # the deadline goes to etcd's client (a timed-out call makes it try another
+                # member); wait_for is only the safety net
+                remaining = await asyncio.wait_for(self.registry.keepalive(self.lease_id, timeout=timeout),
+                                                   timeout=timeout + 0.25)
                 if remaining > 0:
                     self.last_alive = time.monotonic()
+                    delay = interval
                     if self.lost.is_set():
                         log.warning("machine lease %x is alive after all; carrying on with it", self.lease_id)
                         self.lost.clear()
@@ -107,6 +115,7 @@ class Presence:
                 self.registered.clear()
                 await self.register(wait_duplicate=self.ttl * 2)
             except (RegistryError, asyncio.TimeoutError) as exc:
+                delay = min(interval, 0.25)  # retry soon, most likely with another etcd member
                 if self.lease_expired_locally() and not self.lost.is_set():
                     log.error("cut off from etcd for longer than the TTL (%ss): %s", self.ttl, exc or "timed out")
                     self.lost.set()

@@ -20,7 +20,7 @@ async def test_lost_at_expiry_and_resumed_when_etcd_kept_the_lease(registry, tmp
     real_keepalive = registry.keepalive
     cut = asyncio.Event()
 
-    async def keepalive(lease_id: int) -> int:  # hangs while "partitioned"
+    async def keepalive(lease_id: int, timeout: float | None = None) -> int:  # hangs while "partitioned"
         if cut.is_set():
             await asyncio.sleep(3600)
         return await real_keepalive(lease_id)
@@ -75,4 +75,38 @@ async def test_expired_lease_registers_again(registry, tmp_path):
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+        await registry.revoke_lease(presence.lease_id)
+
+
+async def test_a_keepalive_that_got_no_answer_is_retried_soon(registry, tmp_path):
+    """One etcd member does not answer: the next attempt (on another member, see the
+    connection's failover) comes at once, not a whole keep-alive interval later."""
+    presence = Presence(registry, Machine("ef" * 16, "10.0.0.3"), TTL, tmp_path)
+    await presence.register()
+    real_keepalive = registry.keepalive
+    calls: list[float] = []
+    hang_next = asyncio.Event()
+
+    async def keepalive(lease_id: int, timeout: float | None = None) -> int:
+        calls.append(time.monotonic())
+        if hang_next.is_set():
+            hang_next.clear()
+            await asyncio.sleep(3600)
+        return await real_keepalive(lease_id)
+
+    registry.keepalive = keepalive
+    runner = asyncio.create_task(presence.run())
+    try:
+        while not calls:
+            await asyncio.sleep(0.05)
+        hang_next.set()
+        while len(calls) < 3:
+            await asyncio.sleep(0.05)
+        # the hung attempt gives up after min(TTL/3, request timeout) = 1 s, then a short pause
+        assert calls[2] - calls[1] < 1.75, f"retried after {calls[2] - calls[1]:.2f}s"
+        assert not presence.lost.is_set()
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        registry.keepalive = real_keepalive
         await registry.revoke_lease(presence.lease_id)

@@ -205,3 +205,73 @@ async def test_unreachable_etcd_is_a_clear_error(etcd_prefix):
             await reg.list_units()
     finally:
         await reg.close()
+
+
+class _CuttableProxy:
+    """A TCP proxy to etcd that can be cut: data is then silently dropped, sockets stay open
+    (what a partition looks like to a client that is already connected)."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.cut = False
+        self.server = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader, writer):
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pump(src, dst):
+            try:
+                while data := await src.read(65536):
+                    if not self.cut:
+                        dst.write(data)
+                        await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    async def close(self):
+        self.server.close()
+
+
+async def test_failover_to_the_next_member_when_one_does_not_answer(etcd_server, etcd_prefix):
+    """The member a client is connected to stops answering (partitioned): the first call times
+    out, and the connection moves on to the next endpoint for the following calls, watches
+    included (instead of waiting for gRPC keepalive, longer than a machine's lease)."""
+    from urllib.parse import urlsplit
+
+    from fleetd.config import EtcdSettings
+    from fleetd.errors import RegistryUnavailable
+
+    proxy = _CuttableProxy(urlsplit(etcd_server.endpoint).port)
+    port = await proxy.start()
+    settings = EtcdSettings(endpoints=(f"http://127.0.0.1:{port}", etcd_server.endpoint),
+                            key_prefix=etcd_prefix, request_timeout=1.0)
+    reg = await Registry.connect(settings)
+    try:
+        assert await reg.list_units() == []  # through the proxy
+        revision = await reg.current_revision()
+        lease = await reg.grant_lease(5)
+        events = reg.watch([reg.keys.machines], revision + 1)
+        first = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0.5)  # setup: let the watch be created before the cut
+        assert not first.done()
+        proxy.cut = True
+        with pytest.raises(RegistryUnavailable):
+            await reg.keepalive(lease)
+        assert await reg.keepalive(lease) > 0  # the next member
+        with pytest.raises(RegistryUnavailable):  # the old connection's watch ends ...
+            await asyncio.wait_for(first, 5)
+        events = reg.watch([reg.keys.machines], revision + 1)  # ... and watching again works
+        await reg.register_machine(Machine(MID_A), lease)
+        event = await asyncio.wait_for(events.__anext__(), 5)
+        assert event.key == reg.keys.machine_object(MID_A)
+        await events.aclose()
+        await reg.revoke_lease(lease)
+    finally:
+        await reg.close()
+        await proxy.close()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import ipaddress
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
@@ -16,6 +19,8 @@ from aetcd import rpc
 
 from fleetd.config import EtcdSettings
 from fleetd.errors import ConfigError, RegistryError, RegistryUnavailable
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -237,7 +242,9 @@ class _Client(aetcd.Client):
 
     def __init__(self, settings: EtcdSettings, counter: RequestCounter | None = None):
         self._counter = counter
-        self._target, tls = grpc_target(settings.endpoints)
+        self._endpoints = tuple(settings.endpoints)
+        self._connect_lock = asyncio.Lock()
+        self._target, tls = grpc_target(self._endpoints)
         self._credentials = None
         if tls or settings.cafile or settings.certfile:
             self._credentials = grpc.ssl_channel_credentials(
@@ -257,9 +264,23 @@ class _Client(aetcd.Client):
             },
         )
 
+    @property
+    def preferred_endpoint(self) -> str:
+        return self._endpoints[0]
+
+    def rotate(self) -> None:
+        """Put the preferred endpoint last: the next channel tries another etcd member first."""
+        self._endpoints = self._endpoints[1:] + self._endpoints[:1]
+        self._target, _ = grpc_target(self._endpoints)
+
     async def connect(self) -> None:
         if self._connected.is_set():
             return
+        async with self._connect_lock:  # concurrent callers after a failover: one channel
+            if not self._connected.is_set():
+                await self._open_channel()
+
+    async def _open_channel(self) -> None:
         options = list(self._options.items())
         if self._credentials is not None:
             self.channel = rpc.secure_channel(self._target, self._credentials, options=options)
@@ -324,6 +345,9 @@ class Connection:
         self.settings = settings
         self.counter = counter
         self.client = _Client(settings, counter)
+        self._generation = 0  # bumped by every failover
+        self._retiring: set[asyncio.Task] = set()
+        self._retired_channels: list[Any] = []
 
     async def open(self) -> "Connection":
         try:
@@ -333,16 +357,76 @@ class Connection:
         return self
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for channel in self._retired_channels:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        self._retired_channels.clear()
         try:
             await self.client.close()
         except Exception:  # closing a broken channel must not mask the original problem
             pass
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        generation = self._generation
         try:
             return await fn(*args, **kwargs)
         except _TRANSLATED as exc:
-            raise translate(exc, self.settings.endpoints) from None
+            error = translate(exc, self.settings.endpoints)
+        if isinstance(error, RegistryUnavailable):
+            self.failover(generation)
+        raise error
+
+    def failover(self, generation: int) -> None:
+        """The etcd member of this connection did not answer: connect to the next one.
+
+        gRPC keeps using a connection whose peer vanished (a partitioned member) until its
+        keepalive gives up (15 s here), longer than a machine's lease: every client of that
+        member would lose its lease although the other members are fine. So the first failure
+        of a connection (`generation` is the one the failed call used) moves on at once: new
+        calls open a channel preferring the next endpoint; the old channel's watches end now
+        (their readers watch again, on the new channel) and the channel itself is closed once
+        its last calls have timed out.
+        """
+        if generation != self._generation or len(self.settings.endpoints) < 2:
+            return
+        self._generation += 1
+        client = self.client
+        old_channel, old_watcher = client.channel, client._watcher
+        client.rotate()
+        client._init_channel_attrs()
+        client._connected.clear()
+        log.warning("etcd did not answer; reconnecting to %s first", client.preferred_endpoint)
+        if old_channel is not None:
+            self._retired_channels.append(old_channel)
+        task = asyncio.get_running_loop().create_task(self._retire(old_channel, old_watcher))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, channel: Any, watcher: Any) -> None:
+        if watcher is not None:
+            with contextlib.suppress(Exception):
+                await watcher.shutdown()
+        await asyncio.sleep((self.settings.request_timeout or 1.0) + 1.0)
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            with contextlib.suppress(ValueError):
+                self._retired_channels.remove(channel)
+
+    async def lease_keepalive(self, lease_id: int, timeout: float | None = None) -> Any:
+        """One LeaseKeepAlive round trip, within `timeout` seconds (default: the request timeout)."""
+        client = self.client
+        await client.connect()
+        async for reply in client.leasestub.LeaseKeepAlive(
+            [rpc.LeaseKeepAliveRequest(ID=lease_id)],
+            timeout=client._timeout if timeout is None else timeout,
+            metadata=client.metadata,
+        ):
+            return reply
+        return None
 
     async def txn(self, compare: list, success: list, failure: list) -> tuple[bool, list, int]:
         """A transaction that also returns the revision it was served at (aetcd drops it).

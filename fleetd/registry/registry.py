@@ -419,9 +419,10 @@ class Registry:
         lease = await self._conn.call(self._conn.client.lease, max(2, int(round(ttl))))
         return lease.id
 
-    async def keepalive(self, lease_id: int) -> int:
-        """Refresh a lease; returns its remaining TTL in seconds, 0 if it has expired."""
-        reply = await self._conn.call(self._conn.client.refresh_lease, lease_id)
+    async def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
+        """Refresh a lease within `timeout` seconds (default: the request timeout); returns its
+        remaining TTL in seconds, 0 if it has expired."""
+        reply = await self._conn.call(self._conn.lease_keepalive, lease_id, timeout)
         return int(reply.TTL) if reply is not None else 0
 
     async def revoke_lease(self, lease_id: int) -> None:
