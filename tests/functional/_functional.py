@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
+from fleetd.errors import LabError
+
 DEADLINE = 15.0  # fleet's functional tests poll for up to 15 s
 POLL = 0.25
 TRACE = bool(os.environ.get("FUNCTIONAL_TRACE"))  # print how long every wait took
@@ -29,18 +31,27 @@ T = TypeVar("T")
 
 
 def wait_for(what: str, probe: Callable[[], T], timeout: float = DEADLINE, interval: float = POLL) -> T:
-    """Poll `probe` until it returns a truthy value; fail naming `what` and the last value seen."""
+    """Poll `probe` until it returns a truthy value; fail naming `what` and the last value seen.
+
+    A probe that fails (e.g. fleetctl while etcd elects a new leader) counts as not yet."""
     started = time.monotonic()
     deadline = started + timeout
     last: object = None
     while True:
-        last = probe()
+        try:
+            last = probe()
+        except (AssertionError, LabError) as exc:
+            last = None
+            error = exc
+        else:
+            error = None
         if last:
             if TRACE:
                 print(f"[{time.monotonic() - started:5.2f}s] {what}")
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last seen: {last!r}")
+            seen = f"last error: {error}" if error is not None else f"last seen: {last!r}"
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; {seen}")
         time.sleep(interval)
 
 

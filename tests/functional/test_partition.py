@@ -1,8 +1,9 @@
 """Network partitions on a 4-node lab (fleet's TestSingleNodeConnectivityLoss, #1289, #1361).
 
-The partitioned node is node 4, which runs no etcd member (the lab's three members are on
-nodes 1-3), so the partition cuts one fleetd off a healthy etcd cluster; it is also made not
-to be the engine leader (a leader partition is the leader tests' subject).
+The partitioned node is mostly node 4, which runs no etcd member (the lab's three members are
+on nodes 1-3), so the partition cuts one fleetd off a healthy etcd cluster; it is also made
+not to be the engine leader (a leader partition is the leader tests' subject). One test cuts
+off node 1 instead, whose etcd member every fleetd is connected to at first.
 
 - Shorter than agent_ttl: nothing happens. systemd on the node keeps every unit exactly as it
   was (same main PIDs), nothing is rescheduled, the machine never leaves.
@@ -162,6 +163,40 @@ def test_partition_while_etcd_keeps_the_lease_restarts_units_in_place(fleet):
     moves = [e for e in fleet.history("schedule/", since) if "zz-barrier" not in e["key"]]
     assert moves == [], f"the engine moved units although the machine never left: {moves}"
     assert "alive after all" in node.exec(["journalctl", "--no-pager", "-u", "fleetd.service"]).stdout
+
+
+def test_partition_of_an_etcd_member_moves_only_its_own_units(fleet):
+    """Node 1 runs an etcd member, the first in every fleetd's endpoint list, so every fleetd
+    is connected to it: cutting node 1 off must not cost the others their leases (they go on
+    with the other members at once). Only node 1's unit moves; the others never stop."""
+    node = fleet.lab.node(1)
+    names = [f"member.{i}.service" for i in range(4)]
+    fleet.ctl("start", *[fleet.write(n, unit_body(n)) for n in names])
+    placed = fleet.single(fleet.wait_active(4))
+    assert len(set(placed.values())) == 4
+    (moving,) = [n for n, m in placed.items() if m == node.machine_id]
+    staying = {n: fleet.node_of(m) for n, m in placed.items() if n != moving}
+    pids = {n: fleet.systemd(host, [n], "MainPID")[n] for n, host in staying.items()}
+    since = fleet.revision()
+
+    node.partition()
+    try:
+        fleet.wait_machines(3, timeout=TTL + 15)
+        wait_for(f"{moving} active elsewhere", lambda: (lambda m: m if m and node.machine_id not in m else None)(
+            fleet.active().get(moving)), timeout=20)
+        wait_for("node 1's agent stopped its unit", lambda: fleet.systemd(node, [moving])[moving] == "inactive",
+                 timeout=TTL + 15)
+    finally:
+        node.heal()
+    fleet.wait_machines(4, timeout=TTL + 30)
+    where = fleet.wait_runs_once(names, timeout=20)
+    assert where[moving] != node.name
+    assert {n: fleet.systemd(host, [n], "MainPID")[n] for n, host in staying.items()} == pids, \
+        "units on the machines that kept their etcd connection were restarted"
+    others = {n.machine_id for n in fleet.lab.nodes if n.index != 1}
+    lost = [e for e in fleet.history("machines/", since)
+            if e["type"] == "DELETE" and e["key"].split("/")[1] in others]
+    assert lost == [], f"machines other than node 1 lost their presence: {lost}"
 
 
 def journal_time(node, text: str) -> float:
