@@ -3,6 +3,17 @@
 A node root is an overlay (lower = the host's /, upper/work on the lab's tmpfs); systemd is
 never started on anything else. Each nspawn runs in its own cgroup `fleetlab/<LAB>/<NODE>` so
 that nodes do not share a cgroup subtree and `down` can kill whatever is left in it.
+
+Memory limits: systemd-nspawn mounts the host's cgroup v1 controllers read-only in a node (with
+or without a cgroup namespace, unless it uses a user namespace), and on a hybrid host the
+node's cgroup2 has no controllers (they are bound to v1), so the node's systemd could not apply
+`MemoryMax=`. nspawn leaves alone a hierarchy that is already a mount point, though. So on a
+host with a v1 memory hierarchy the node also gets its own memory cgroup
+(`/sys/fs/cgroup/memory/fleetlab/<LAB>/<NODE>`), and nspawn is given `--tmpfs=/sys/fs/cgroup`
+plus a writable bind mount of that cgroup on the node's `/sys/fs/cgroup/memory`: the node sees
+its own subtree as the memory hierarchy's root (as nspawn's cgroup namespace shows it) and its
+systemd writes `memory.limit_in_bytes` for its units. Nothing above the node's cgroup is visible
+or writable from the node.
 """
 
 from __future__ import annotations
@@ -19,7 +30,19 @@ from fleetd.errors import LabError
 from .config import NODE_TARGET
 from .naming import LabNames
 from .state import NodeState
-from .sysutil import ProcRef, children, cgroup_roots, kill_cgroup, mount_at, ns_pids, remove_cgroup, run, wait_until
+from .sysutil import (
+    MEMORY_V1_MOUNT,
+    ProcRef,
+    cgroup_roots,
+    children,
+    kill_cgroup,
+    memory_v1_hierarchy,
+    mount_at,
+    ns_pids,
+    remove_cgroup,
+    run,
+    wait_until,
+)
 
 NSPAWN = "/usr/bin/systemd-nspawn"
 # Runs as the nspawn process before exec: joins the node's cgroups, then becomes systemd-nspawn.
@@ -76,8 +99,29 @@ def write_files(root: Path, files: Mapping[str, str], links: Mapping[str, str]) 
         path.symlink_to(target)
 
 
+def lab_hierarchies() -> list[Path]:
+    """Cgroup hierarchies a lab places its nodes in: the ones systemd uses (`cgroup_roots`) and the
+    v1 memory hierarchy if the host has one (see the module's doc)."""
+    memory = memory_v1_hierarchy()
+    return cgroup_roots() + ([memory] if memory is not None else [])
+
+
+def lab_cgroups(names: LabNames) -> list[Path]:
+    """The lab's own cgroup `fleetlab/<LAB>` in each hierarchy of `lab_hierarchies`."""
+    return [root / names.cgroup_rel for root in lab_hierarchies()]
+
+
 def node_cgroups(names: LabNames, node: str) -> list[Path]:
-    return [root / names.cgroup_rel / node for root in cgroup_roots()]
+    return [cg / node for cg in lab_cgroups(names)]
+
+
+def memory_mount_args(names: LabNames, node: str) -> list[str]:
+    """nspawn options that give the node its own memory cgroup as a writable memory hierarchy;
+    none on a host without a v1 memory hierarchy."""
+    memory = memory_v1_hierarchy()
+    if memory is None:
+        return []
+    return ["--tmpfs=/sys/fs/cgroup", f"--bind={memory / names.cgroup_rel / node}:{MEMORY_V1_MOUNT}"]
 
 
 def spawn(names: LabNames, node: NodeState) -> subprocess.Popen:
@@ -98,6 +142,7 @@ def spawn(names: LabNames, node: NodeState) -> subprocess.Popen:
         "--console=passive",
         "--link-journal=no",
         f"--network-namespace-path=/run/netns/{node.netns}",
+        *memory_mount_args(names, node.name),
         "--",
         f"systemd.unit={NODE_TARGET}",
     ]

@@ -45,7 +45,7 @@ from .config import (
 from .naming import RUN_DIR, LabNames, check_lab_name
 from .node import Node
 from .state import LabState, NodeState
-from .sysutil import cgroup_roots, kill_cgroup, mount_at, mounts_under, remove_cgroup, run, wait_until
+from .sysutil import kill_cgroup, mount_at, mounts_under, remove_cgroup, run, wait_until
 
 log = logging.getLogger("fleetlab")
 
@@ -440,7 +440,7 @@ class Lab:
                 boot.crash(names, n)
             except LabError as exc:
                 warnings.append(str(exc))
-        lab_cgroups = [root / names.cgroup_rel for root in cgroup_roots()]
+        lab_cgroups = boot.lab_cgroups(names)
         for cg in lab_cgroups:
             kill_cgroup(cg)
         # 2. mounts below the lab dir (overlay roots, then the tmpfs), innermost first

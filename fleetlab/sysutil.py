@@ -184,6 +184,19 @@ def cgroup_roots() -> list[Path]:
     return roots
 
 
+MEMORY_V1_MOUNT = "/sys/fs/cgroup/memory"
+
+
+def memory_v1_hierarchy() -> Path | None:
+    """The cgroup v1 hierarchy of the memory controller, if it is mounted on its own at
+    /sys/fs/cgroup/memory (hybrid and legacy hosts); None otherwise (cgroup2-only host, memory
+    co-mounted with another controller, or not mounted)."""
+    for m in mounts():
+        if m.mount_point == MEMORY_V1_MOUNT and m.fstype == "cgroup" and "memory" in m.super_options.split(","):
+            return Path(m.mount_point)
+    return None
+
+
 def cgroup_pids(path: Path) -> set[int]:
     """PIDs in the cgroup `path` and all its descendants."""
     pids: set[int] = set()

@@ -19,7 +19,7 @@ import pytest
 
 from fleetd.errors import LabError
 from fleetlab import Lab
-from fleetlab.sysutil import ProcRef, wait_until
+from fleetlab.sysutil import ProcRef, memory_v1_hierarchy, wait_until
 
 pytest_plugins = ["fleetlab.pytest_plugin"]
 pytestmark = pytest.mark.lab(nodes=3)
@@ -54,7 +54,8 @@ def leftovers(name: str, node_names: list[str], procs: list[ProcRef]) -> list[st
     found += [f"link {n}" for n in [f"fl-{name}", *node_names] if re.search(rf"^\d+: {re.escape(n)}[@:]", links, re.M)]
     found += [f"process {p.pid}" for p in procs if p.alive()]
     found += [str(p) for p in (Path("/run/fleetlab", name), Path("/sys/fs/cgroup/systemd/fleetlab", name),
-                               Path("/sys/fs/cgroup/unified/fleetlab", name)) if p.exists()]
+                               Path("/sys/fs/cgroup/unified/fleetlab", name),
+                               Path("/sys/fs/cgroup/memory/fleetlab", name)) if p.exists()]
     return found
 
 
@@ -137,6 +138,42 @@ def test_env_and_cli_reach_the_lab(lab):
     assert out.returncode == 0 and out.stdout.strip() == f"{lab.name}-n3"
     exports = subprocess.run([*cli, "env", "--name", lab.name], capture_output=True, text=True, check=True).stdout
     assert f"export FLEETCTL_ENDPOINT={env['FLEETCTL_ENDPOINT']}" in exports
+
+
+def unit_memory_limit(node, unit: str) -> str | None:
+    """The memory limit in the node's cgroup of `unit` (v1 memory.limit_in_bytes or cgroup2
+    memory.max), or None if the node has no such file."""
+    cgroup = node.exec(["systemctl", "show", "-p", "ControlGroup", "--value", unit]).stdout.strip()
+    assert cgroup, f"{unit}: no ControlGroup"
+    for path in (f"/sys/fs/cgroup/memory{cgroup}/memory.limit_in_bytes", f"/sys/fs/cgroup/unified{cgroup}/memory.max",
+                 f"/sys/fs/cgroup{cgroup}/memory.max"):
+        proc = node.exec(["cat", path], check=False)
+        if proc.returncode == 0:
+            return proc.stdout.strip()
+    return None
+
+
+def test_node_systemd_enforces_memory_max(lab):
+    """A unit's MemoryMax= is in its cgroup in the node, and a unit going over it is OOM-killed
+    by the kernel while the same program under a higher limit finishes."""
+    if memory_v1_hierarchy() is None:
+        pytest.skip("the host has no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory, the only "
+                    "memory controller fleetlab hands to its nodes")
+    node = lab.node(1)
+    hog = ["python3", "-c", "x = bytearray(64 << 20); import time; time.sleep(0.5)"]
+    try:
+        node.exec(["systemd-run", "--unit=fl-memtest", "-p", "MemoryMax=64M", "sleep", "300"])
+        assert unit_memory_limit(node, "fl-memtest.service") == str(64 << 20)
+        over = node.exec(["systemd-run", "--quiet", "--wait", "--unit=fl-memhog", "-p", "MemoryMax=16M", *hog],
+                         check=False, timeout=60)
+        assert over.returncode != 0
+        assert node.exec(["systemctl", "show", "-p", "Result,ExecMainStatus", "--value", "fl-memhog"]).stdout.split() \
+            == ["signal", "9"]
+        under = node.exec(["systemd-run", "--quiet", "--wait", "--unit=fl-memok", "-p", "MemoryMax=256M", *hog],
+                          check=False, timeout=60)
+        assert under.returncode == 0, under.stderr
+    finally:
+        node.exec("systemctl stop fl-memtest; systemctl reset-failed fl-memhog fl-memok", check=False)
 
 
 def test_kill_crashes_the_node_and_start_boots_it_again(lab):
