@@ -5,8 +5,8 @@ at once. Prints the leader failover time.
 The leader is read where the engines keep it, `<prefix>lease/engine-leader` (etcdctl). Every
 lab node runs an etcd member. Before the kill, etcd's raft leader is moved off the victim
 (`etcdctl move-leader`): when etcd's own leader dies too, etcd elects a new one and renews every
-lease, which adds an election timeout plus a full TTL to the takeover (7.6 s measured with a
-5 s engine lease). That case is etcd's semantics, not the engine's; the second kill test
+lease, which adds an election timeout plus a full TTL to the takeover (5.2-5.7 s measured
+with a 3 s engine lease). That case is etcd's semantics, not the engine's; the second kill test
 covers it with a bound of two leases plus an election.
 """
 
