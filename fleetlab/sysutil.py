@@ -131,6 +131,21 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
         time.sleep(interval)
 
 
+def eventually(predicate, timeout: float = 20.0, what: str = "condition", interval: float = 0.2):
+    """For lab tests: poll until `predicate()` is truthy and return that value; fail with an
+    AssertionError naming `what` once `timeout` seconds have passed."""
+    result = None
+
+    def probe() -> bool:
+        nonlocal result
+        result = predicate()
+        return bool(result)
+
+    if not wait_until(probe, timeout, interval):
+        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+    return result
+
+
 # --- mounts -------------------------------------------------------------------
 
 

@@ -8,9 +8,10 @@ to node 2's.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
+
+from fleetlab.sysutil import eventually
 
 pytest_plugins = ["fleetlab.pytest_plugin"]
 pytestmark = pytest.mark.lab(nodes=2, wait_fleetd=True)
@@ -26,23 +27,12 @@ MachineID={machine}
 """
 
 
-def wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.5)
-
-
 def test_status_and_journal_of_a_remote_unit_via_node1(lab):
     n1, n2 = lab.node(1), lab.node(2)
     for node in (n1, n2):
         assert f"api_tcp={node.ip}:" in node.exec(["cat", "/etc/fleet/fleet.conf"]).stdout
     fleetctl = [*lab.fleetctl_command(), "--endpoint", "unix:///var/run/fleet.sock"]  # node 1's own API
-    wait(lambda: n1.exec([*fleetctl, "list-machines", "--no-legend"], check=False).stdout.count("\n") == 2,
+    eventually(lambda: n1.exec([*fleetctl, "list-machines", "--no-legend"], check=False).stdout.count("\n") == 2,
          60, "node 1's API to list both machines")
 
     n1.exec(["mkdir", "-p", "/root/apilab"])
@@ -57,7 +47,7 @@ def test_status_and_journal_of_a_remote_unit_via_node1(lab):
     [entry] = json.loads(n1.exec([*fleetctl, "status", "--output", "json", "tick.service"]).stdout)
     assert entry["machineID"] == n2.machine_id and entry["exitStatus"] == 0
 
-    journal = wait(lambda: (j := n1.exec([*fleetctl, "journal", "--lines", "3", "tick.service"], check=False))
+    journal = eventually(lambda: (j := n1.exec([*fleetctl, "journal", "--lines", "3", "tick.service"], check=False))
                    .stdout.count("api-lab-tick") and j, 30, "ticks in node 2's journal")
     assert journal.returncode == 0 and journal.stdout.count("api-lab-tick") >= 1
     # node 1 itself does not run the unit: the output really came from node 2

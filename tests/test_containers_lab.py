@@ -26,21 +26,12 @@ from fleetd.images import build_busybox_image
 from fleetlab.config import LAB_API_PORT
 from fleetlab.sysutil import memory_v1_hierarchy
 
+from fleetlab.sysutil import eventually
+
 pytest_plugins = ["fleetlab.pytest_plugin"]
 pytestmark = pytest.mark.lab(nodes=3, wait_fleetd=True)
 
 PAGE = b"fleet busybox image"
-
-
-def wait(predicate, timeout: float, what: str, interval: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def http_get(ip: str, port: int, path: str = "/", timeout: float = 3.0) -> bytes | None:
@@ -88,7 +79,7 @@ def busybox(lab, tmp_path_factory):
     out = lab.fleetctl("image", "import", str(root), "--name", "busybox", "--machine", n1.machine_id, timeout=120)
     digest = re.search(r"sha256:[0-9a-f]{64}", out.stdout).group(0)
     assert f"on {n1.machine_id[:8]} as busybox: {digest}" in out.stdout
-    listing = wait(lambda: [r for r in rows(lab, "images") if "busybox" in r], 20, "node 1 to publish busybox")
+    listing = eventually(lambda: [r for r in rows(lab, "images") if "busybox" in r], 20, "node 1 to publish busybox")
     assert [r[0].split("/")[0] for r in listing] == [n1.machine_id]  # nobody else has it yet
     return digest
 
@@ -133,7 +124,7 @@ def test_httpd_containers_answer_on_each_nodes_address_and_stop_clean(lab, busyb
         lab.fleetctl("stop", *names)
         pattern = rf"httpd -f -p {port}|fleet-run --name={base}-|systemd-nspawn .*--machine={base}-"
         for node in nodes:
-            wait(lambda: not processes(node, pattern), 20, f"no container process of {base} on {node.name}")
+            eventually(lambda: not processes(node, pattern), 20, f"no container process of {base} on {node.name}")
             assert show(node, names[nodes.index(node)], "ActiveState") == "inactive"
             assert node.exec(["sh", "-c", f"ls -d /run/fleet/nspawn/{base}-* /run/fleet/containers/{base}-* "
                                           "2>/dev/null"], check=False).stdout == ""
@@ -147,8 +138,9 @@ def test_global_container_runs_on_every_node(lab, busybox):
         out = lab.fleetctl("run", "everywhere", "--image", "busybox", "--global", "--", "sleep", "100000").stdout
         assert "Triggered global unit everywhere.service start" in out
         for node in lab.nodes:
-            wait(lambda: show(node, "everywhere.service", "ActiveState") == "active", 60, f"the unit on {node.name}")
-            assert processes(node, r"\d+ sleep 100000$")
+            eventually(lambda: show(node, "everywhere.service", "ActiveState") == "active", 60, f"the unit on {node.name}")
+            # active means the launcher runs; its container's command follows a moment later
+            eventually(lambda: processes(node, r"\d+ sleep 100000$"), 10, f"the container's command on {node.name}")
         holders = {r[0].split("/")[0] for r in rows(lab, *api(lab), "images") if "busybox" in r}
         assert holders == {n.machine_id for n in lab.nodes}  # listed by every machine's image server
     finally:
@@ -259,7 +251,7 @@ def test_oci_archive_imports_and_runs_on_another_node(lab, busybox, tmp_path):
         lab.fleetctl("run", "oci", "--image", "web-oci:1", "--metadata", f"hostname={n3.name}", timeout=120)
         node, state = placement(lab, "oci.service")
         assert (node.name, state) == (n3.name, "active")
-        assert wait(lambda: http_get(n3.ip, port, "/two.html"), 10, "layer two's page") == b"<html>layer two</html>\n"
+        assert eventually(lambda: http_get(n3.ip, port, "/two.html"), 10, "layer two's page") == b"<html>layer two</html>\n"
         assert PAGE in http_get(n3.ip, port, "/index.html")
         for node in (n2, n3):  # the whiteout removed layer 1's file; same content, same digest on both
             rootfs = f"/var/lib/fleet/images/images/{digest[7:]}/rootfs"
@@ -286,13 +278,13 @@ def test_pod_helpers_follow_the_main_container_and_stop_with_it(lab, busybox):
         assert PAGE in http_get(main.ip, port)
         helper = lab.fleetctl("cat", "shop-tick.service").stdout
         assert "MachineOf=shop-web.service" in helper and "BindsTo=shop-web.service" in helper
-        wait(lambda: "tick" in main.exec(["journalctl", "-u", "shop-tick.service", "--no-pager", "-o", "cat"],
+        eventually(lambda: "tick" in main.exec(["journalctl", "-u", "shop-tick.service", "--no-pager", "-o", "cat"],
                                           check=False).stdout, 15, "the helper's output in the journal")
 
         lab.fleetctl("stop", "shop-web.service")
         for name in names:
-            wait(lambda: show(main, name, "ActiveState") == "inactive", 20, f"{name} to stop")
-        wait(lambda: not processes(main, rf"httpd -f -p {port}|sleep 100000|while true; do echo tick|--machine=shop-"),
+            eventually(lambda: show(main, name, "ActiveState") == "inactive", 20, f"{name} to stop")
+        eventually(lambda: not processes(main, rf"httpd -f -p {port}|sleep 100000|while true; do echo tick|--machine=shop-"),
              20, "no process of the pod left")
     finally:
         destroy(lab, *names)
@@ -333,7 +325,7 @@ def test_fleetd_restart_adopts_running_containers(lab, busybox):
         node, _ = placement(lab, "keep.service")
         pid = show(node, "keep.service", "MainPID")
         node.exec(["systemctl", "kill", "-s", "KILL", "fleetd.service"])
-        wait(lambda: show(node, "fleetd.service", "ActiveState") == "active", 30, "fleetd to come back")
+        eventually(lambda: show(node, "fleetd.service", "ActiveState") == "active", 30, "fleetd to come back")
         time.sleep(3)  # a few agent passes
         assert show(node, "keep.service", "MainPID") == pid  # adopted: not restarted
         assert PAGE in http_get(node.ip, port)

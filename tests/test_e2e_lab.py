@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from fleetlab.sysutil import eventually
+
 pytest_plugins = ["fleetlab.pytest_plugin"]
 pytestmark = pytest.mark.lab(nodes=3, wait_fleetd=True, agent_ttl="3s")
 
@@ -40,17 +42,6 @@ def node_by_ip(lab, ip: str):
 
 def systemctl(node, *args: str) -> str:
     return node.exec(["systemctl", *args], check=False).stdout.strip()
-
-
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
 
 
 def test_list_machines_shows_every_node(lab):
@@ -97,9 +88,9 @@ def test_six_units_spread_and_come_and_go(lab, tmp_path):
     destroyed = lab.fleetctl("destroy", *names).stdout
     assert destroyed.count("Destroyed ") == 6
     assert rows(lab, "list-unit-files") == []
-    wait_until(lambda: rows(lab, "list-units") == [])
+    eventually(lambda: rows(lab, "list-units") == [])
     for name, node in placed.items():
-        wait_until(lambda: systemctl(node, "show", "-p", "LoadState", "--value", name) == "not-found")
+        eventually(lambda: systemctl(node, "show", "-p", "LoadState", "--value", name) == "not-found")
 
 
 def test_replace_restarts_with_the_new_body(lab, tmp_path):
@@ -129,12 +120,12 @@ def test_fleetd_sigkill_keeps_units_running(lab, tmp_path):
     for node in lab.nodes:
         node.exec(["systemctl", "kill", "-s", "KILL", "fleetd.service"])
     for node in lab.nodes:  # Restart=always brings fleetd back; it adopts the running units
-        wait_until(lambda: systemctl(node, "is-active", "fleetd.service") == "active")
+        eventually(lambda: systemctl(node, "is-active", "fleetd.service") == "active")
     time.sleep(2)
     for name, (node, pid) in before.items():
         assert systemctl(node, "show", "-p", "MainPID", "--value", name) == pid, name
         assert systemctl(node, "is-active", name) == "active"
-    wait_until(lambda: len(rows(lab, "list-machines")) == 3)
+    eventually(lambda: len(rows(lab, "list-machines")) == 3)
     assert {u[2] for u in rows(lab, "list-units")} == {"active"}
     lab.fleetctl("destroy", *[Path(p).name for p in paths])
 
