@@ -213,3 +213,113 @@ def demo(name: str, nodes: int, tear_down: bool) -> None:
 
     _raise_on_signal()
     run_demo(name, nodes, echo=click.echo, keep=not tear_down)
+
+
+# ---------------------------------------------------------------------------- benchmarks
+
+
+def _bench_command(fn):
+    """Options every lab benchmark takes: --keep-lab, --json, --quiet."""
+    fn = click.option("--keep-lab", metavar="NAME", default=None,
+                      help="Use this running lab (left running) instead of booting a new one.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")(fn)
+    fn = click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")(fn)
+    return fn
+
+
+def _run_bench(fn, as_json: bool, quiet: bool, **options) -> None:
+    """Run a lab benchmark with progress on stderr, then print its figures (or JSON)."""
+    from .bench.common import report_lines
+
+    _raise_on_signal()  # SIGTERM/SIGHUP unwind too: the benchmark's lab is always torn down
+
+    def log(line: str) -> None:
+        if not quiet:
+            click.echo(f"fleet-lab bench: {line}", err=True)
+
+    result = fn(log=log, **options)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for line in report_lines(result):
+            click.echo(line)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (see docs/performance.md). start, burst, failover and footprint each boot a
+    lab of their own and always tear it down; scale and scheduler need no lab."""
+
+
+def _add_pure_benchmarks() -> None:
+    from fleetd.bench.__main__ import scale, scheduler
+
+    bench.add_command(scale, "scale")
+    bench.add_command(scheduler, "scheduler")
+
+
+_add_pure_benchmarks()
+
+
+@bench.command("start")
+@click.option("--runs", default=20, show_default=True, help="Timed starts per method.")
+@click.option("--warmup", default=1, show_default=True, help="Uncounted starts before each method's runs.")
+@click.option("--nodes", "-N", default=3, show_default=True, help="Nodes of the lab.")
+@click.option("--agent-ttl", default=DEFAULT_AGENT_TTL, show_default=True, help="fleetd agent_ttl of the lab.")
+@click.option("--api/--no-api", default=True, show_default=True, help="Also through fleetd's HTTP API.")
+@click.option("--api-poll", default=0.02, show_default=True, help="Poll interval of the API driver (it has no watch).")
+@_bench_command
+def bench_start(as_json, quiet, **options) -> None:
+    """Start one unit until active: fleetctl as a process, the client library, the API."""
+    from .bench import start
+
+    _run_bench(start, as_json, quiet, **options)
+
+
+@bench.command("burst")
+@click.option("--units", default=300, show_default=True, help="Units started at once.")
+@click.option("--runs", default=3, show_default=True, help="Runs per way of submitting.")
+@click.option("--via", type=click.Choice(["client", "fleetctl"]), multiple=True,
+              help="Submit with the client library in one batch, or `fleetctl start --no-block` (default: both).")
+@click.option("--nodes", "-N", default=3, show_default=True, help="Nodes of the lab.")
+@click.option("--agent-ttl", default=DEFAULT_AGENT_TTL, show_default=True, help="fleetd agent_ttl of the lab.")
+@click.option("--timeout", default=120.0, show_default=True, help="Give up a run after this many seconds.")
+@_bench_command
+def bench_burst(as_json, quiet, via, **options) -> None:
+    """Start many units without blocking until all are active."""
+    from .bench import burst
+    from .bench.burst import VIAS
+
+    _run_bench(burst, as_json, quiet, via=tuple(via) or VIAS, **options)
+
+
+@bench.command("failover")
+@click.option("--agent-ttl", "agent_ttls", multiple=True, metavar="TTL",
+              help="agent_ttl of a lab to measure (repeatable; default: 5s, fleetd's default, and 2s).")
+@click.option("--runs", default=3, show_default=True, help="Node kills per TTL.")
+@click.option("--units", default=6, show_default=True, help="Units running during each kill.")
+@click.option("--leader/--no-leader", default=True, show_default=True, help="Also kill the engine leader's node.")
+@click.option("--hiccups/--no-hiccups", default=True, show_default=True,
+              help="Also freeze an etcd member and cut a node off for less than the TTL: nothing may move.")
+@click.option("--hiccup-fraction", default=0.5, show_default=True, help="Length of a hiccup, as a share of the TTL.")
+@click.option("--nodes", "-N", default=3, show_default=True, help="Nodes of each lab.")
+@_bench_command
+def bench_failover(as_json, quiet, agent_ttls, **options) -> None:
+    """Node kill and leader kill until the units run elsewhere; no failover on hiccups."""
+    from .bench import failover
+
+    _run_bench(failover, as_json, quiet, agent_ttls=tuple(agent_ttls) or ("5s", "2s"), **options)
+
+
+@bench.command("footprint")
+@click.option("--units", default=100, show_default=True, help="Units running on the lab.")
+@click.option("--idle-seconds", default=30.0, show_default=True, help="Idle time CPU is measured over.")
+@click.option("--settle-seconds", default=10.0, show_default=True, help="Quiet time before each measurement.")
+@click.option("--nodes", "-N", default=1, show_default=True, help="Nodes of the lab (1: one fleetd runs everything).")
+@click.option("--agent-ttl", default=DEFAULT_AGENT_TTL, show_default=True, help="fleetd agent_ttl of the lab.")
+@_bench_command
+def bench_footprint(as_json, quiet, **options) -> None:
+    """fleetd's idle RSS and CPU, without units and with N units on the node."""
+    from .bench import footprint
+
+    _run_bench(footprint, as_json, quiet, **options)
