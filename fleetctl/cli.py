@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -229,6 +230,9 @@ def cli(ctx: click.Context, endpoint, driver, etcd_key_prefix, request_timeout, 
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
         ctx.exit(0)
+    # errors reach the user as one line through the command; library logs only with --debug
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if debug else logging.CRITICAL,
+                        format="fleetctl: %(name)s: %(message)s")
     ctx.obj = Globals(
         endpoint=endpoint,
         driver=driver,

@@ -229,3 +229,17 @@ def test_exit_codes_and_help_through_the_real_binary(etcd_settings, tmp_path):
     bad = dict(env, FLEETCTL_ENDPOINT="http://127.0.0.1:1", FLEETCTL_REQUEST_TIMEOUT="0.5")
     out = subprocess.run(exe + ["list-unit-files"], capture_output=True, text=True, env=bad)
     assert out.returncode == 1 and "etcd unreachable" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_second_etcd_endpoint_is_used_when_the_first_is_down(etcd_settings):
+    from fleetd.testing.etcd import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = dict(os.environ, FLEETCTL_DRIVER="etcd", FLEETCTL_ETCD_KEY_PREFIX=etcd_settings.key_prefix,
+               FLEETCTL_ENDPOINT=f"{dead},{etcd_settings.endpoints[0]}")
+    out = subprocess.run([sys.executable, "-m", "fleetctl", "list-machines"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.split() == ["MACHINE", "IP", "METADATA"] and out.stderr == ""
+    env["FLEETCTL_ENDPOINT"] = f"{dead},http://127.0.0.1:{free_port()}"
+    env["FLEETCTL_REQUEST_TIMEOUT"] = "1"
+    out = subprocess.run([sys.executable, "-m", "fleetctl", "list-machines"], capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "etcd unreachable" in out.stderr
