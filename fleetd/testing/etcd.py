@@ -25,6 +25,8 @@ class EtcdServer:
     binary: str = "etcd"
     host: str = "127.0.0.1"
     extra_args: tuple[str, ...] = ()
+    # (ca, cert, key) files: clients must use https and present a certificate signed by ca
+    tls: tuple[str, str, str] | None = None
     client_port: int = 0
     peer_port: int = 0
     data_dir: Path | None = None
@@ -33,7 +35,29 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.client_port}"
+
+    def _tls_args(self) -> list[str]:
+        if not self.tls:
+            return []
+        ca, cert, key = self.tls
+        return ["--trusted-ca-file", ca, "--cert-file", cert, "--key-file", key, "--client-cert-auth"]
+
+    def _healthy(self) -> bool:
+        if self.tls:
+            # a TLS member asks for client certificates: ask etcdctl, which has them
+            ca, cert, key = self.tls
+            probe = subprocess.run(
+                ["etcdctl", "--endpoints", self.endpoint, "--cacert", ca, "--cert", cert, "--key", key,
+                 "--command-timeout=1s", "endpoint", "health"],
+                env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+            return probe.returncode == 0
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as resp:
+                return b"true" in resp.read()
+        except OSError:
+            return False
 
     def start(self, timeout: float = 20.0) -> "EtcdServer":
         exe = shutil.which(self.binary) or (self.binary if Path(self.binary).exists() else None)
@@ -57,6 +81,7 @@ class EtcdServer:
                 "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"default={peer}",
                 "--log-level", "warn",
+                *self._tls_args(),
                 *self.extra_args,
             ],
             stdout=self._log,
@@ -67,12 +92,8 @@ class EtcdServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.process.returncode}: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as resp:
-                    if b"true" in resp.read():
-                        return self
-            except OSError:
-                pass
+            if self._healthy():
+                return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"etcd did not become healthy in {timeout}s: {self.log_tail()}")
