@@ -23,7 +23,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from fleetd.errors import LabError
 
@@ -124,8 +124,12 @@ def memory_mount_args(names: LabNames, node: str) -> list[str]:
     return ["--tmpfs=/sys/fs/cgroup", f"--bind={memory / names.cgroup_rel / node}:{MEMORY_V1_MOUNT}"]
 
 
-def spawn(names: LabNames, node: NodeState) -> subprocess.Popen:
-    """Start systemd-nspawn for `node` (detached, logging to the lab dir); return its process."""
+def spawn(names: LabNames, node: NodeState, read_only_binds: Sequence[str] = ()) -> subprocess.Popen:
+    """Start systemd-nspawn for `node` (detached, logging to the lab dir); return its process.
+
+    `read_only_binds` are host paths shown at the same path inside the node: the checkout must
+    be one, since nspawn mounts a fresh tmpfs on /tmp (a checkout below /tmp would vanish).
+    """
     assert_overlay_root(names, node)
     cgroups = node_cgroups(names, node.name)
     for cg in cgroups:
@@ -143,6 +147,7 @@ def spawn(names: LabNames, node: NodeState) -> subprocess.Popen:
         "--link-journal=no",
         f"--network-namespace-path=/run/netns/{node.netns}",
         *memory_mount_args(names, node.name),
+        *(f"--bind-ro={path}" for path in read_only_binds),
         "--",
         f"systemd.unit={NODE_TARGET}",
     ]

@@ -312,8 +312,6 @@ class Lab:
             )
             links[f"{wants}/{ETCD_UNIT}"] = f"../{ETCD_UNIT}"
         if self.fleetd:
-            if not (root / str(self.checkout).lstrip("/") / "pyproject.toml").is_file():
-                raise LabError(f"node {node.name}: checkout {self.checkout} is not visible in the node's root")
             files[f"{unit_dir}/{FLEETD_UNIT}"] = render_fleetd_unit(
                 self.checkout, self._fleetd_template(), etcd_local=node.etcd_member
             )

@@ -99,7 +99,7 @@ class Node:
         if self.running:
             raise LabError(f"node {self.name}: already running (init pid {self.init_pid})")
         boot.crash(self._lab.names, self.state)  # leftovers of a crashed node
-        proc = boot.spawn(self._lab.names, self.state)
+        proc = boot.spawn(self._lab.names, self.state, read_only_binds=[str(self._lab.checkout)])
         threading.Thread(target=proc.wait, name=f"reap-{self.name}", daemon=True).start()
         log = self._lab.names.log_file(self.name)
         self.state.nspawn = ProcRef.of(proc.pid)
