@@ -22,6 +22,13 @@ def current_state_of(unit: Unit, placement: Placement | None, states: Sequence[U
     reported = next((s for s in states if s.machine_id == placement.machine_id and s.hash == unit.hash), None)
     if reported is None:
         return DesiredState.INACTIVE.value, placement.machine_id
-    if reported.active_state in ACTIVE_STATES and placement.desired_state is DesiredState.LAUNCHED:
-        return DesiredState.LAUNCHED.value, placement.machine_id
-    return DesiredState.LOADED.value, placement.machine_id
+    active = reported.active_state in ACTIVE_STATES
+    if placement.desired_state is DesiredState.LAUNCHED:
+        current = DesiredState.LAUNCHED if active else DesiredState.LOADED
+    elif reported.applied:
+        # desired loaded: only once the agent has finished stopping it (a unit that systemd
+        # runs for another reason, e.g. an [Install] WantedBy= sidekick, is still "loaded")
+        current = DesiredState.LOADED if reported.applied == DesiredState.LOADED.value else DesiredState.LAUNCHED
+    else:  # a record without `applied` (older agent): judge by systemd alone
+        current = DesiredState.LAUNCHED if active else DesiredState.LOADED
+    return current.value, placement.machine_id

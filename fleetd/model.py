@@ -115,6 +115,9 @@ class UnitState:
     load_state: str
     active_state: str
     sub_state: str
+    # the desired state the agent has finished applying to this unit ("loaded"/"launched"),
+    # "" when unknown; lets clients tell "asked to stop" from "stopped" (fleet's job-state)
+    applied: str = ""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+
 NODE_TARGET = """\
 [Unit]
 Description=sdx test node
@@ -105,6 +107,8 @@ class SdxNode:
              f"--machine={self.name}", "--console=passive",
              f"--network-namespace-path=/run/netns/{self.netns}",
              f"--bind={self.units_dir}:{self.units_dir}",
+             # nspawn mounts a tmpfs on /tmp: a checkout below /tmp must be bound in explicitly
+             f"--bind-ro={REPO}",
              "--", "systemd.unit=sdx-node.target"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
 

@@ -53,6 +53,7 @@ class Agent:
         self.containers = containers  # fleetd.container.node.NodeContainers, None: none here
         self.stats = AgentStats()
         self._launched: dict[str, str] = {}
+        self._applied: dict[str, tuple[str, str]] = {}  # name -> (hash, desired state applied)
         self._global_names: set[str] = set()
         self._published: dict[str, UnitState] = {}
         self._dirty = asyncio.Event()
@@ -117,14 +118,20 @@ class Agent:
             result = await execute(the_plan, self.systemd)
             self._launched = the_plan.launched_after(result.attempted, result.completed)
             self.stats.tasks += len(result.completed)
+            unfinished = {t.name for t in result.failed + result.skipped}
             if not result.ok:
                 self.stats.failures += 1
                 self.stats.last_error = str(result.error)
                 log.error("agent: %s", result.error)
         else:
             self._launched = dict(the_plan.launched)
+            unfinished = set()
+        self._applied = {
+            name: (d.hash, d.desired.value) if name not in unfinished else self._applied.get(name, ("", ""))
+            for name, d in desired.items()
+        }
         await self._update_watch(set(desired))
-        await self._publish_new_hashes(desired)
+        await self._publish_changed(desired)
         if self.containers is not None:
             await self.containers.publish(self.presence.lease_id)
         return revision
@@ -140,12 +147,14 @@ class Agent:
             for name in gone:
                 self._published.pop(name, None)
 
-    async def _publish_new_hashes(self, desired: dict[str, DesiredUnit]) -> None:
-        """A replaced unit (new hash) may keep its systemd state, e.g. loaded and inactive: no
-        D-Bus signal comes then, so its state is published here under the new hash (without
-        it the unit's current state stays `inactive` and `fleetctl load --replace` waits)."""
+    async def _publish_changed(self, desired: dict[str, DesiredUnit]) -> None:
+        """Publish states that changed without a D-Bus signal: a replaced unit (new hash) that
+        kept its systemd state (without this `fleetctl load --replace` would wait forever), and
+        a unit whose applied desired state changed (a finished stop: `fleetctl stop` waits for
+        it, not for the request)."""
         stale = sorted(n for n, d in desired.items()
-                       if (p := self._published.get(n)) is not None and p.hash != d.hash)
+                       if (p := self._published.get(n)) is not None
+                       and (p.hash != d.hash or p.applied != self._applied_state(n, d.hash)))
         if not stale or self.presence.lease_id is None:
             return
         current = await self.systemd.states(stale)
@@ -155,11 +164,16 @@ class Agent:
             self._published[st.name] = st
         self.stats.states_published += len(states)
 
+    def _applied_state(self, name: str, unit_hash: str) -> str:
+        applied_hash, state = self._applied.get(name, ("", ""))
+        return state if applied_hash == unit_hash else ""
+
     def _state_of(self, s: UnitSystemdState) -> UnitState | None:
         desired = self.stats.desired.get(s.name)
         if desired is None:
             return None
-        return UnitState(s.name, self.machine_id, desired.hash, s.load_state, s.active_state, s.sub_state)
+        return UnitState(s.name, self.machine_id, desired.hash, s.load_state, s.active_state, s.sub_state,
+                         self._applied_state(s.name, desired.hash))
 
     async def publish_states(self) -> None:
         """Forward systemd's state changes to etcd, in batches, under the machine's lease."""

@@ -66,16 +66,17 @@ def decode_machine(raw: bytes, dynamic_metadata: Mapping[str, str], draining: bo
 
 
 def encode_state(state: UnitState) -> bytes:
-    return dumps(
-        {
-            "name": state.name,
-            "machineID": state.machine_id,
-            "hash": state.hash,
-            "loadState": state.load_state,
-            "activeState": state.active_state,
-            "subState": state.sub_state,
-        }
-    )
+    record = {
+        "name": state.name,
+        "machineID": state.machine_id,
+        "hash": state.hash,
+        "loadState": state.load_state,
+        "activeState": state.active_state,
+        "subState": state.sub_state,
+    }
+    if state.applied:
+        record["applied"] = state.applied
+    return dumps(record)
 
 
 def decode_state(raw: bytes) -> UnitState:
@@ -87,4 +88,5 @@ def decode_state(raw: bytes) -> UnitState:
         load_state=data.get("loadState", ""),
         active_state=data.get("activeState", ""),
         sub_state=data.get("subState", ""),
+        applied=data.get("applied", ""),
     )

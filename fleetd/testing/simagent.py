@@ -65,7 +65,8 @@ class SimulatedAgent:
         for name, unit in wanted.items():
             active = unit.desired_state is DesiredState.LAUNCHED
             new_states[name] = UnitState(name, self.machine.id, unit.hash, "loaded",
-                                         "active" if active else "inactive", "running" if active else "dead")
+                                         "active" if active else "inactive", "running" if active else "dead",
+                                         unit.desired_state.value)
         publish = [s for n, s in new_states.items() if self.running.get(n) != s]
         gone = [n for n in self.running if n not in new_states]
         if publish:
