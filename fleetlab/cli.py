@@ -245,20 +245,27 @@ def _run_bench(fn, as_json: bool, quiet: bool, **options) -> None:
             click.echo(line)
 
 
-@main.group()
+class _BenchGroup(click.Group):
+    """`scale` and `scheduler` are fleetd.bench's own commands, imported only when used (they
+    pull in grpc: every other fleet-lab command would start slower)."""
+
+    PURE = ("scale", "scheduler")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.PURE])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.PURE:
+            from fleetd.bench import __main__ as pure
+
+            return getattr(pure, name)
+        return super().get_command(ctx, name)
+
+
+@main.group(cls=_BenchGroup)
 def bench() -> None:
     """Benchmarks (see docs/performance.md). start, burst, failover and footprint each boot a
     lab of their own and always tear it down; scale and scheduler need no lab."""
-
-
-def _add_pure_benchmarks() -> None:
-    from fleetd.bench.__main__ import scale, scheduler
-
-    bench.add_command(scale, "scale")
-    bench.add_command(scheduler, "scheduler")
-
-
-_add_pure_benchmarks()
 
 
 @bench.command("start")
