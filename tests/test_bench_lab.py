@@ -68,7 +68,7 @@ def test_footprint_reads_every_fleetd(lab):
 
 
 def test_failover_moves_units_and_removes_its_lab():
-    result = failover(agent_ttls=("3s",), runs=1, units=3)
+    result = failover(agent_ttls=("3s",), runs=1, units=3, hiccup_fraction=0.4)
     row = result["by_agent_ttl"]["3s"]
     assert row["agent_ttl_seconds"] == 3.0 and row["engine_lease_ttl_seconds"] > 0
     (kill,) = row["node_kill"]["runs"]
@@ -81,12 +81,13 @@ def test_failover_moves_units_and_removes_its_lab():
     assert 0 < leader["kill_to_new_leader_seconds"] <= leader["kill_to_new_unit_launched_seconds"]
     hiccups = row["no_false_failover"]
     for case in ("etcd_member_frozen", "node_partitioned", "first_node_partitioned"):
-        assert 0 < hiccups[case]["held_seconds"] < 3.0
-        # no unit re-placed, no machine expired (restarts in place are reported, not asserted:
-        # an agent that cannot tell whether its lease survived stops its units, see
-        # docs/performance.md)
+        assert 0 < hiccups[case]["held_seconds"] < 5.0
+        # no unit re-placed, no machine expired, every unit running again (restarts in place
+        # are reported, not asserted: an agent that cannot confirm its lease in time stops its
+        # units, see docs/performance.md)
         assert hiccups[case]["no_unit_moved"], hiccups[case]
-        print(f"\n{case}: units restarted in place: {hiccups[case]['units_restarted']}")
+        assert hiccups[case]["not_running_again"] == [], hiccups[case]
+        print(f"\n{case}: units restarted in place on {hiccups[case]['restarted_on']}")
     name = row["lab"]["name"]
     assert name not in list_labs()
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
