@@ -28,6 +28,7 @@ from .common import (
     Log,
     bench_lab,
     blocking,
+    cleanup,
     conditions,
     first_times,
     load_average,
@@ -65,10 +66,8 @@ async def _burst(lab: Lab, count: int, runs: int, via: tuple[str, ...], timeout:
             rows = []
             for run in range(runs):
                 names = [f"{tag}-{way[0]}{run}-{i}.service" for i in range(count)]
-                try:
+                async with cleanup(lambda: client.destroy(names, timeout=timeout)):
                     row = await _one(lab, client, way, names, timeout)
-                finally:
-                    await client.destroy(names, timeout=timeout)
                 log(f"{way} run {run + 1}/{runs}: {count} units active after {row['submitted_to_all_launched_seconds']:.2f}s "
                     f"(load {row['load_average'][0]})")
                 rows.append(row)

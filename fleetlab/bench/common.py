@@ -16,7 +16,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 
 from fleetd.config import EtcdSettings
 from fleetd.errors import BenchmarkError, FleetError, LabError, RegistryError
@@ -133,6 +133,22 @@ def lab_ttl_seconds(lab: Lab) -> float:
     from fleetd.config import parse_duration
 
     return parse_duration(lab.agent_ttl, "agent_ttl")
+
+
+@contextlib.asynccontextmanager
+async def cleanup(*steps: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """Run `steps` (destroy the benchmark's units, boot a killed node again) when the block
+    ends. After an error, a cancellation or a signal they are best effort and bounded, so that
+    their own failure never hides the error being raised."""
+    try:
+        yield
+    except BaseException:
+        for step in steps:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(step(), 90)
+        raise
+    for step in steps:
+        await step()
 
 
 # ---------------------------------------------------------------------------- the client

@@ -24,7 +24,7 @@ import asyncio
 import time
 from typing import Any, Sequence
 
-from fleetd.errors import BenchmarkError
+from fleetd.errors import BenchmarkError, FleetError
 from fleetd.registry import WatchEvent
 
 from ..lab import Lab
@@ -35,6 +35,7 @@ from .common import (
     Log,
     bench_lab,
     blocking,
+    cleanup,
     conditions,
     etcd_leader_node,
     etcd_pid,
@@ -117,9 +118,8 @@ async def _node_kill(lab: Lab, prefix: str, count: int, run: int, ttl: float) ->
     victim = candidates[run % len(candidates)]
     moved_etcd_leader = await blocking(move_etcd_leader_off, lab, victim)
     names = [f"{prefix}-{i}.service" for i in range(count)]
-    restored = False
     async with Client(settings_for(lab, exclude=[victim])) as client:
-        try:
+        async with cleanup(_restorer(lab, victim), lambda: client.destroy(names)):
             placed = await client.start_units(names)
             on_victim = sorted(n for n, m in placed.items() if m == victim.machine_id)
             if not on_victim:
@@ -151,12 +151,6 @@ async def _node_kill(lab: Lab, prefix: str, count: int, run: int, ttl: float) ->
             wrong = {n: c for n, c in copies.items() if len(c) != 1}
             if wrong:
                 raise BenchmarkError(f"after the kill of {victim.name}, units not active exactly once: {wrong}")
-            await _restore(lab, victim)
-            restored = True
-        finally:
-            if not restored and not victim.running:
-                await _restore(lab, victim)
-            await client.destroy(names)
     return {
         "victim": victim.name,
         "etcd_leader_moved_off_victim": moved_etcd_leader,
@@ -177,6 +171,16 @@ async def _restore(lab: Lab, node: Node) -> None:
     await blocking(lab.wait_fleetd, 90)
 
 
+def _restorer(lab: Lab, node: Node):
+    """A cleanup step: boot `node` again if it is down (a run that failed after the kill)."""
+
+    async def restore() -> None:
+        if not node.running:
+            await _restore(lab, node)
+
+    return restore
+
+
 # ---------------------------------------------------------------------------- leader kill
 
 
@@ -186,11 +190,10 @@ async def _leader_kill(lab: Lab, prefix: str, ttl: float, engine_lease: float) -
     victim = node_of(lab, leader)
     moved_etcd_leader = await blocking(move_etcd_leader_off, lab, victim)
     name = f"{prefix}-new.service"
-    restored = False
     async with Client(settings_for(lab, exclude=[victim])) as client:
         reg = client.reg
         keys = reg.keys
-        try:
+        async with cleanup(_restorer(lab, victim), lambda: client.destroy([name])):
             if moved_etcd_leader:
                 await asyncio.sleep(max(ttl, engine_lease) / 3 + 0.5)
             async with EventLog(reg, [keys.engine_leader, keys.schedule, keys.states, keys.machines]) as events:
@@ -218,12 +221,6 @@ async def _leader_kill(lab: Lab, prefix: str, ttl: float, engine_lease: float) -
             copies = await blocking(running_copies, lab, [name])
             if len(copies[name]) != 1:
                 raise BenchmarkError(f"{name}: active on {copies[name]} after the leader kill")
-            await _restore(lab, victim)
-            restored = True
-        finally:
-            if not restored and not victim.running:
-                await _restore(lab, victim)
-            await client.destroy([name])
     if took_leader is None:
         raise BenchmarkError("the event log missed the new engine leader")
     return {
@@ -250,8 +247,8 @@ async def _hiccups(lab: Lab, prefix: str, count: int, ttl: float, fraction: floa
     out: dict[str, Any] = {"hold_seconds": round(hold, 3), "agent_ttl_seconds": ttl}
     # the client reads through the last node's member only: never frozen nor cut off below
     async with Client(settings_for(lab, exclude=lab.nodes[:-1])) as client:
-        try:
-            placed = await client.start_units(names)
+        async with cleanup(lambda: client.destroy(names)):
+            await client.start_units(names)
             pid = await blocking(etcd_pid, first)
             cases = [
                 ("etcd_member_frozen", first,
@@ -263,30 +260,33 @@ async def _hiccups(lab: Lab, prefix: str, count: int, ttl: float, fraction: floa
                 ("first_node_partitioned", first, lambda: blocking(first.partition), lambda: blocking(first.heal)),
             ]
             for kind, node, act, undo in cases:
-                if kind == "node_partitioned" and await blocking(move_etcd_leader_off, lab, node):
-                    await asyncio.sleep(ttl / 3 + 0.5)  # etcd extended every lease; keep-alives undo it
+                moved_leader = kind == "node_partitioned" and await blocking(move_etcd_leader_off, lab, node)
+                if moved_leader:  # etcd extended every lease; keep-alives undo it
+                    await asyncio.sleep(ttl / 3 + 0.5)
                 etcd_leader = await blocking(etcd_leader_node, lab)
+                placed = {n: p.machine_id for n, p in (await client.reg.placements()).items() if n in names}
                 facts = {"engine_leader": node.machine_id == await client.wait_leader(),
                          "etcd_raft_leader": etcd_leader is not None and etcd_leader.name == node.name,
-                         "units_on_node": sum(1 for m in placed.values() if m == node.machine_id)}
-                row = await _hiccup(lab, client, names, placed, node, act, undo, hold, ttl,
-                                    f"{prefix}-b{len(out)}.service")
+                         "units_on_node": sum(1 for m in placed.values() if m == node.machine_id),
+                         "etcd_leader_moved_off_first": moved_leader}
+                row = await _hiccup(lab, client, names, node, act, undo, hold, ttl, f"{prefix}-b{len(out)}.service")
                 row.update(facts)
-                verdict = "no unit moved" if row["no_unit_moved"] else f"UNITS MOVED: {row['units_moved']}"
+                verdict = "no unit moved" if row["no_unit_moved"] else \
+                    f"UNITS MOVED: {row['units_moved']}, machines expired: {row['machines_expired']}"
                 if row["units_restarted"]:
                     verdict += f"; {len(row['units_restarted'])} units restarted in place"
                 log(f"agent_ttl {lab.agent_ttl}: {kind} on {node.name} for {hold:.1f}s: {verdict}")
                 out[kind] = row
-        finally:
-            await client.destroy(names)
     return out
 
 
-async def _hiccup(lab: Lab, client: Client, names: list[str], placed: dict[str, str], node: Node, act, undo,
-                  hold: float, ttl: float, barrier: str) -> dict[str, Any]:
+async def _hiccup(lab: Lab, client: Client, names: list[str], node: Node, act, undo, hold: float, ttl: float,
+                  barrier: str) -> dict[str, Any]:
     reg = client.reg
     keys = reg.keys
-    pids_before = await blocking(_main_pids, lab, placed)
+    ours = set(names)
+    before = {n: p.machine_id for n, p in (await reg.placements()).items() if n in ours}
+    pids_before = await blocking(_main_pids, lab, before)
     async with EventLog(reg, [keys.schedule, keys.machines]) as events:
         await asyncio.sleep(0.2)
         started = time.monotonic()
@@ -297,38 +297,54 @@ async def _hiccup(lab: Lab, client: Client, names: list[str], placed: dict[str, 
             await undo()
         held = time.monotonic() - started
         await asyncio.sleep(ttl + 1.0)  # past the TTL: an expired lease would have shown by now
-        try:
+        async with cleanup(lambda: client.destroy([barrier])):
             await client.start_units([barrier])  # the engine and an agent ran passes since
-        finally:
-            await client.destroy([barrier])
         ended = time.monotonic()
         await asyncio.sleep(0.1)
-        ours = set(names)
 
-        def unit_key(e: WatchEvent) -> bool:
-            return e.key.startswith(keys.schedule) and e.key.rpartition("/")[2] in ours
+        def placement_of(e: WatchEvent) -> tuple[str, str] | None:
+            if not e.key.startswith(keys.schedule):
+                return None
+            machine, _, name = e.key[len(keys.schedule):].partition("/")
+            return (machine, name) if name in ours else None
 
         def machine_gone(e: WatchEvent) -> bool:
             return e.value is None and e.key.startswith(keys.machines) and e.key.endswith("/object")
 
-        changes = events.between(started, ended, unit_key)
+        changes = [(e, placement_of(e)) for e in events.between(started, ended, lambda e: placement_of(e) is not None)]
         expired = events.between(started, ended, machine_gone)
-    now = await client.launched(names)
-    pids_after = await blocking(_main_pids, lab, placed)
-    moved = sorted(n for n in names if not now or now.get(n) != placed[n])
-    restarted = sorted(n for n in names if pids_after.get(n) != pids_before.get(n))
+    # an agent that stopped its units to be safe starts them again: wait for that
+    try:
+        await client.wait(lambda: client.launched(names), 30, "the units launched again")
+        not_running = []
+    except BenchmarkError:
+        infos = await client.infos()
+        not_running = sorted(n for n in names if infos.get(n) is None or infos[n].current_state != "launched")
+    after = {n: p.machine_id for n, p in (await reg.placements()).items() if n in ours}
+    moved = {n for n in names if after.get(n) != before.get(n)}
+    moved |= {name for e, (machine, name) in changes if e.value is None or machine != before.get(name)}
+    pids_after = await blocking(_main_pids, lab, after)
+    restarted = sorted(n for n in names if n not in moved and pids_after.get(n) != pids_before.get(n))
     return {
         "node": node.name,
         "held_seconds": round(held, 3),
-        "schedule_changes": len(changes),
-        "units_moved": moved,
+        "schedule_events": [f"{'DELETE' if e.value is None else 'PUT'} {_node_name(lab, m)}/{n}" for e, (m, n) in changes],
+        "units_moved": sorted(moved),
         "units_restarted": restarted,
-        "restarted_on": sorted({node_of(lab, placed[n]).name for n in restarted}),
-        "machines_expired": sorted({node_of(lab, e.key[len(keys.machines):].partition("/")[0]).name for e in expired}),
-        "no_unit_moved": not changes and not moved and not expired,
-        "ok": not changes and not moved and not restarted and not expired,
+        "restarted_on": sorted({_node_name(lab, before[n]) for n in restarted if n in before}),
+        "not_running_again": not_running,
+        "machines_expired": sorted({_node_name(lab, e.key[len(keys.machines):].partition("/")[0]) for e in expired}),
+        "no_unit_moved": not moved and not expired,
+        "ok": not moved and not expired and not restarted and not not_running,
         "load_average": load_average(),
     }
+
+
+def _node_name(lab: Lab, machine_id: str) -> str:
+    try:
+        return node_of(lab, machine_id).name
+    except BenchmarkError:
+        return machine_id[:8]
 
 
 def _main_pids(lab: Lab, placed: dict[str, str]) -> dict[str, int | None]:
@@ -336,7 +352,7 @@ def _main_pids(lab: Lab, placed: dict[str, str]) -> dict[str, int | None]:
     for name, machine in placed.items():
         try:
             out[name] = service_pid(node_of(lab, machine), name)
-        except BenchmarkError:
+        except FleetError:  # no such node or unit, or the node is down
             out[name] = None
     return out
 

@@ -24,6 +24,7 @@ from .common import (
     Log,
     bench_lab,
     blocking,
+    cleanup,
     conditions,
     fleetd_pid,
     load_average,
@@ -53,23 +54,20 @@ def footprint(units: int = 100, *, idle_seconds: float = 30.0, settle_seconds: f
 async def _footprint(lab: Lab, count: int, idle: float, settle: float, log: Log) -> dict[str, Any]:
     tag = new_tag("fp")
     names = [f"{tag}-{i}.service" for i in range(count)]
-    async with Client(settings_for(lab)) as client:
-        try:
-            log(f"no units: settling {settle:g}s, then idling {idle:g}s")
-            await asyncio.sleep(settle)
-            empty = await _measure(lab, idle)
-            log(f"starting {count} units")
-            placed = await client.start_units(names, timeout=120) if names else {}
-            copies = await blocking(running_copies, lab, names)
-            wrong = [n for n, c in copies.items() if len(c) != 1]
-            if wrong:
-                raise BenchmarkError(f"{len(wrong)} units not active exactly once in systemd, e.g. {wrong[0]}")
-            log(f"{count} units active; settling {settle:g}s, then idling {idle:g}s")
-            await asyncio.sleep(settle)
-            loaded = await _measure(lab, idle)
-            leader = await client.leader()
-        finally:
-            await client.destroy(names, timeout=120)
+    async with Client(settings_for(lab)) as client, cleanup(lambda: client.destroy(names, timeout=120)):
+        log(f"no units: settling {settle:g}s, then idling {idle:g}s")
+        await asyncio.sleep(settle)
+        empty = await _measure(lab, idle)
+        log(f"starting {count} units")
+        placed = await client.start_units(names, timeout=120) if names else {}
+        copies = await blocking(running_copies, lab, names)
+        wrong = [n for n, c in copies.items() if len(c) != 1]
+        if wrong:
+            raise BenchmarkError(f"{len(wrong)} units not active exactly once in systemd, e.g. {wrong[0]}")
+        log(f"{count} units active; settling {settle:g}s, then idling {idle:g}s")
+        await asyncio.sleep(settle)
+        loaded = await _measure(lab, idle)
+        leader = await client.leader()
     per_node = []
     for node in lab.nodes:
         on_node = sum(1 for m in placed.values() if m == node.machine_id)

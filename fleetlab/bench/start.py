@@ -30,6 +30,7 @@ from .common import (
     Log,
     bench_lab,
     blocking,
+    cleanup,
     conditions,
     is_active_state,
     is_placement,
@@ -59,19 +60,16 @@ async def _start(lab: Lab, runs: int, warmup: int, api: bool, api_poll: float, l
     tag = new_tag("st")
     names: list[str] = []
     out: dict[str, Any] = {}
-    async with Client(settings_for(lab)) as client:
-        try:
-            with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
-                log(f"(a) fleetctl start as a process, {runs} runs")
-                out["fleetctl_process"] = await _fleetctl_runs(lab, client, Path(tmp), f"{tag}-cli", runs, warmup, names)
-            log(f"(b) client library (etcd driver), {runs} runs")
-            out["client_library"] = await _library_runs(client, f"{tag}-lib", runs, warmup, names)
-            if api:
-                log(f"(c) HTTP API driver on {lab.nodes[0].name}, {runs} runs")
-                out["api_driver"] = await _api_runs(lab, client, f"{tag}-api", runs, warmup, api_poll, names)
-            out["verified"] = await _verify(lab, client, names)
-        finally:
-            await client.destroy(names)
+    async with Client(settings_for(lab)) as client, cleanup(lambda: client.destroy(names)):
+        with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+            log(f"(a) fleetctl start as a process, {runs} runs")
+            out["fleetctl_process"] = await _fleetctl_runs(lab, client, Path(tmp), f"{tag}-cli", runs, warmup, names)
+        log(f"(b) client library (etcd driver), {runs} runs")
+        out["client_library"] = await _library_runs(client, f"{tag}-lib", runs, warmup, names)
+        if api:
+            log(f"(c) HTTP API driver on {lab.nodes[0].name}, {runs} runs")
+            out["api_driver"] = await _api_runs(lab, client, f"{tag}-api", runs, warmup, api_poll, names)
+        out["verified"] = await _verify(lab, client, names)
     return out
 
 
