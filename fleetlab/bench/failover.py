@@ -213,6 +213,7 @@ async def _leader_kill(lab: Lab, prefix: str, ttl: float, engine_lease: float) -
                 took_leader = events.first(killed, lambda e: e.key == keys.engine_leader and e.value is not None
                                            and e.value.decode() != victim.machine_id)
                 key_gone = events.first(killed, lambda e: e.key == keys.engine_leader and e.value is None)
+                unit_placed = events.first(killed, is_placement(keys, name))
                 on_dead = events.first(killed, lambda e: e.value is not None
                                        and e.key == keys.placement(victim.machine_id, name))
                 expired = events.first(killed, lambda e: e.value is None and e.key == keys.machine_object(victim.machine_id))
@@ -229,6 +230,7 @@ async def _leader_kill(lab: Lab, prefix: str, ttl: float, engine_lease: float) -
         "etcd_leader_moved_off_victim": moved_etcd_leader,
         "kill_to_leader_key_expired_seconds": _round(key_gone),
         "kill_to_new_leader_seconds": round(took_leader, 3),
+        "kill_to_new_unit_placed_seconds": _round(unit_placed),
         "kill_to_new_unit_launched_seconds": round(took_unit, 3),
         "new_unit_first_placed_on_dead_machine": on_dead is not None,
         "kill_to_machine_expired_seconds": _round(expired),
