@@ -275,3 +275,14 @@ async def test_failover_to_the_next_member_when_one_does_not_answer(etcd_server,
     finally:
         await reg.close()
         await proxy.close()
+
+
+@pytest.mark.parametrize("name", ["hello", "a/b.service", "a b.service", "@x.service"])
+async def test_invalid_names_never_reach_etcd(registry: Registry, name):
+    from fleetd.errors import InvalidUnitName
+
+    with pytest.raises(InvalidUnitName):
+        await registry.create_units([unit("ok.service"), unit(name)])
+    with pytest.raises(InvalidUnitName):
+        await registry.replace_unit(unit(name))
+    assert await registry.list_units() == []

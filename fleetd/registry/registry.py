@@ -28,6 +28,7 @@ from fleetd.registry import codec
 from fleetd.registry.connection import Connection, RequestCounter, enc, prefix_end, translate
 from fleetd.registry.keys import KeyLayout
 from fleetd.unit.file import UnitFile
+from fleetd.unit.name import parse_unit_name
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,11 @@ class Registry:
         """Create the units that do not exist yet, in batched transactions; returns the created names.
 
         Each creation is conditional on the job key being absent, so a concurrent creator
-        never has its unit overwritten.
+        never has its unit overwritten. Names are checked first (a name with '/' would break
+        the key layout, and one systemd refuses would block the agent it lands on).
         """
+        for u in units:
+            parse_unit_name(u.name)
         tx = self._conn.tx
 
         async def create(chunk: Sequence[Unit]) -> list[str]:
@@ -272,6 +276,7 @@ class Registry:
 
     async def replace_unit(self, unit: Unit, *, expected_hash: str | None = None) -> None:
         """Store a new body (and desired state) for a unit, whether or not it existed."""
+        parse_unit_name(unit.name)
         tx = self._conn.tx
         key = enc(self.keys.job(unit.name))
         for _ in range(10):
