@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from fleetd.config import EtcdSettings
-from fleetd.jobstate import ACTIVE_STATES, current_state_of  # noqa: F401 (re-exported)
+from fleetd.jobstate import current_state_of
 from fleetd.model import DesiredState, Machine, Placement, Unit, UnitState
 from fleetd.unit.file import UnitFile
 

@@ -57,13 +57,6 @@ class WatchEvent:
 
 
 @dataclass(frozen=True)
-class MachineEntry:
-    """A machine as the API lists it; `alive` is False for dynamic metadata of a dead machine."""
-
-    machine: Machine
-
-
-@dataclass(frozen=True)
 class MachineView:
     """One machine's share of the registry, read at one revision (see Registry.machine_view)."""
 
