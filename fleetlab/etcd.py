@@ -23,7 +23,10 @@ def etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 20.0, check: 
     exe = shutil.which("etcdctl")
     if exe is None:
         raise LabError("etcdctl not found (Debian package etcd-client)")
-    env = dict(os.environ, ETCDCTL_API="3")
+    # etcdctl refuses a flag together with its ETCDCTL_* variable (as left by `eval "$(fleet-lab
+    # env)"`): the lab's explicit endpoints win, the caller's etcdctl settings are dropped
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+    env["ETCDCTL_API"] = "3"
     cmd = [exe, f"--endpoints={','.join(endpoints)}", "--dial-timeout=2s", "--command-timeout=5s", *args]
     return run(cmd, env=env, timeout=timeout, check=check)
 

@@ -156,3 +156,21 @@ def test_proc_ref_knows_a_recycled_pid():
     me = ProcRef.of(__import__("os").getpid())
     assert me is not None and me.alive()
     assert not ProcRef(me.pid, me.start + 1).alive()
+
+
+def test_etcdctl_ignores_the_callers_etcdctl_variables(monkeypatch):
+    """After `eval "$(fleet-lab env)"`, ETCDCTL_ENDPOINTS would make etcdctl refuse --endpoints."""
+    import fleetlab.etcd as lab_etcd
+
+    seen = {}
+
+    def fake_run(cmd, env, timeout, check):
+        seen.update(cmd=cmd, env=env)
+
+    monkeypatch.setattr(lab_etcd, "run", fake_run)
+    monkeypatch.setenv("ETCDCTL_ENDPOINTS", "http://192.0.2.1:2379")
+    monkeypatch.setenv("ETCDCTL_DIAL_TIMEOUT", "9s")
+    lab_etcd.etcdctl(["http://10.0.0.1:2379"], "endpoint", "health")
+    assert "--endpoints=http://10.0.0.1:2379" in seen["cmd"]
+    assert seen["env"]["ETCDCTL_API"] == "3"
+    assert not [k for k in seen["env"] if k.startswith("ETCDCTL_") and k != "ETCDCTL_API"]
