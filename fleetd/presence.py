@@ -1,7 +1,9 @@
-"""Machine presence: the machine record under an etcd lease, kept alive at ttl/3.
+"""Machine presence: the machine record under an etcd lease, kept alive (fleetd/lease_timing.py).
 
-Tracks when the lease was last confirmed alive, so that the agent can tell when its lease must
-have expired while it was cut off from etcd (and stop its units: no unit runs twice).
+Tracks until when the lease is known to be alive (the moment the last answered keep-alive was
+sent, plus its TTL), so that the agent can tell when its lease may have expired while it was
+cut off from etcd (and stop its units: no unit runs twice), and tries hard to confirm the
+lease before that moment after a short cut (no needless stop and restart of its units).
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
 from fleetd.errors import DuplicateMachine, RegistryError
+from fleetd.lease_timing import KeepaliveTiming, lease_deadline, lease_ttl_seconds
 from fleetd.model import Machine
 from fleetd.registry import Registry
 
@@ -22,12 +26,15 @@ class Presence:
     def __init__(self, registry: Registry, machine: Machine, ttl: float, state_dir: Path):
         self.registry = registry
         self.machine = machine
-        self.ttl = max(2.0, ttl)
+        self.ttl = float(lease_ttl_seconds(ttl))  # what etcd grants the lease
+        self.timing = KeepaliveTiming.for_ttl(self.ttl, registry.settings.request_timeout)
         self.lease_id: int | None = None
-        self.last_alive = 0.0  # monotonic time the lease was last known alive
-        self.lost = asyncio.Event()  # set when the lease must have expired
+        self.last_alive = 0.0  # monotonic time the last keep-alive etcd answered was sent
+        self.expires_at = 0.0  # monotonic time before which etcd cannot expire the lease
+        self.lost = asyncio.Event()  # set when the lease may have expired
         self.registered = asyncio.Event()
         self._lease_file = state_dir / "machine-lease"
+        self._background: set[asyncio.Task] = set()
 
     def _saved_lease(self) -> int | None:
         try:
@@ -50,6 +57,7 @@ class Presence:
         """
         deadline = time.monotonic() + wait_duplicate
         while True:
+            sent = time.monotonic()
             lease = await self.registry.grant_lease(self.ttl)
             try:
                 in_use = await self.registry.register_machine(self.machine, lease, adopt_lease=self._saved_lease())
@@ -60,68 +68,153 @@ class Presence:
                 log.error("machine ID %s is registered by another fleetd; waiting for it to expire", self.machine.id)
                 await asyncio.sleep(1.0)
                 continue
+            granted = self.ttl
             if in_use != lease:
                 await self.registry.revoke_lease(lease)
+                # its TTL is the previous fleetd's (its fleet.conf may have had another agent_ttl)
+                sent = time.monotonic()
+                granted = await self.registry.keepalive(in_use)
+                if granted <= 0:
+                    continue  # it has just expired: register anew
                 log.info("adopted lease %x of the previous fleetd on this machine", in_use)
             self.lease_id = in_use
             self._save_lease(in_use)
-            self.last_alive = time.monotonic()
+            self.last_alive, self.expires_at = sent, lease_deadline(sent, granted)
             self.lost.clear()
             self.registered.set()
             log.info("machine %s registered (ip %s, lease %x, ttl %ss)", self.machine.id, self.machine.public_ip or "-", in_use, self.ttl)
             return
 
     def lease_expired_locally(self) -> bool:
-        return time.monotonic() - self.last_alive > self.ttl
+        """True when etcd may have expired the lease (no answered keep-alive proves otherwise)."""
+        return time.monotonic() >= self.expires_at
 
-    def _until_expiry(self) -> float:
-        """Seconds until the lease must have expired in etcd (0 when it must have already)."""
-        return max(0.0, self.last_alive + self.ttl - time.monotonic())
+    def _set_lost(self) -> None:
+        self.lost.set()
+        self.registered.clear()
 
     async def run(self) -> None:
         """Keep the lease alive; re-register when it was lost.
 
-        `lost` is set as soon as the lease must have expired: no sleep or keep-alive attempt
-        runs past that moment, so that the agent stops its units about when the engine may
-        start them elsewhere (not up to one more keep-alive round later). It is cleared again
-        if a later keep-alive finds the lease still alive after all (etcd renews every lease
-        when it elects a new raft leader, and a keep-alive whose answer was lost renews it too):
-        the machine never left, so the agent carries on with it and starts its units again.
+        `lost` is set as soon as the lease may have expired in etcd (see
+        `_keepalive_until_answered`), so that the agent stops its units no later than the
+        moment the engine may start them elsewhere. It is cleared again if a later keep-alive
+        finds the lease still alive after all (etcd renews every lease when it elects a new
+        raft leader, and a keep-alive whose answer was lost renews it too): the machine never
+        left, so the agent carries on with it and starts its units again.
         """
-        interval = self.ttl / 3
-        # one attempt may take at most this long: a member that does not answer within the
-        # request timeout makes the connection move on to the next one, and we try again
-        attempt = min(interval, max(1.0, self.registry.settings.request_timeout or 1.0))
-        delay = interval
-        while True:
-            lost = self.lost.is_set()
-            await asyncio.sleep(0.5 if lost else min(delay, self._until_expiry()))
-            try:
-                timeout = attempt if lost else min(attempt, self._until_expiry())
-                # the deadline goes to etcd's client (a timed-out call makes it try another
-                # member); wait_for is only the safety net
-                remaining = await asyncio.wait_for(self.registry.keepalive(self.lease_id, timeout=timeout),
-                                                   timeout=timeout + 0.25)
-                if remaining > 0:
-                    self.last_alive = time.monotonic()
-                    delay = interval
-                    if self.lost.is_set():
-                        log.warning("machine lease %x is alive after all; carrying on with it", self.lease_id)
-                        self.lost.clear()
-                        self.registered.set()
+        try:
+            while True:
+                if not self.lost.is_set():
+                    due = min(self.last_alive + self.timing.interval, self.expires_at)
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                sent, granted = await self._keepalive_until_answered()
+                if granted > 0:
+                    self._confirmed(sent, granted)
                     continue
                 log.warning("machine lease %x expired; registering again", self.lease_id)
-                self.lost.set()
-                self.registered.clear()
-                await self.register(wait_duplicate=self.ttl * 2)
-            except (RegistryError, asyncio.TimeoutError) as exc:
-                delay = min(interval, 0.25)  # retry soon, most likely with another etcd member
-                if self.lease_expired_locally() and not self.lost.is_set():
-                    log.error("cut off from etcd for longer than the TTL (%ss): %s", self.ttl, exc or "timed out")
-                    self.lost.set()
-                    self.registered.clear()
+                self._set_lost()
+                try:
+                    await self.register(wait_duplicate=self.ttl * 2)
+                except RegistryError as exc:
+                    log.error("registering machine %s again failed: %s", self.machine.id, exc)
+                    await asyncio.sleep(self.timing.lost_retry)
+        finally:
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _confirmed(self, sent: float, granted: int) -> None:
+        deadline = lease_deadline(sent, granted)
+        if deadline > self.expires_at:
+            self.last_alive, self.expires_at = sent, deadline
+        if self.lost.is_set() and not self.lease_expired_locally():
+            log.warning("machine lease %x is alive after all; carrying on with it", self.lease_id)
+            self.lost.clear()
+            self.registered.set()
+
+    async def _keepalive_until_answered(self) -> tuple[float, int]:
+        """Keep-alive attempts until etcd answers one: (when it was sent, the TTL answered).
+
+        The first attempt goes over the registry's shared connection. If it is not answered
+        within `timing.hedge`, a round of attempts starts every `timing.retry` until one is
+        answered: one over the shared connection (one that times out moves that connection
+        to the next etcd member) and one to every etcd member on a new connection of its own
+        (after a network cut heals, an existing connection may still be waiting for TCP's
+        retransmission back-off; a new one gets through at once). `lost` is set when the
+        lease may have expired meanwhile, and rounds go on every `timing.lost_retry`.
+        """
+        timing, lease = self.timing, self.lease_id
+        attempts: dict[asyncio.Task, float] = {}  # attempt -> monotonic time it was sent
+        shared: set[asyncio.Task] = set()
+
+        def attempt(call: Callable[[], Awaitable[int]]) -> asyncio.Task:
+            sent = time.monotonic()
+            # the timeout goes to etcd's client; wait_for is only the safety net
+            task = asyncio.ensure_future(asyncio.wait_for(call(), timing.attempt_timeout + 0.25))
+            attempts[task] = sent
+            return task
+
+        def over_shared() -> None:
+            shared.add(attempt(lambda: self.registry.keepalive(lease, timeout=timing.attempt_timeout)))
+
+        def direct(endpoint: str) -> Callable[[], Awaitable[int]]:
+            return lambda: self.registry.keepalive_direct(endpoint, lease, timing.attempt_timeout)
+
+        started = time.monotonic()
+        over_shared()
+        next_round = started + timing.hedge
+        rounds = 0
+        error: BaseException | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if not attempts and not rounds:
+                    next_round = now  # the first attempt failed at once: no need to wait
+                wake = next_round if self.lost.is_set() else min(next_round, self.expires_at)
+                timeout = max(0.0, wake - now)
+                if attempts:
+                    done, _ = await asyncio.wait(attempts, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                else:  # every attempt of the last round failed already
+                    done = set()
+                    await asyncio.sleep(timeout)
+                for task in done:
+                    sent = attempts.pop(task)
+                    try:
+                        granted = task.result()
+                    except (RegistryError, asyncio.TimeoutError) as exc:
+                        error = exc
+                        continue
+                    if rounds:
+                        log.warning("machine lease %x confirmed after %.2fs of retries", lease,
+                                    time.monotonic() - started)
+                    return sent, granted
+                now = time.monotonic()
+                if not self.lost.is_set() and now >= self.expires_at:
+                    log.error("cut off from etcd for longer than the TTL (%ss): %s", self.ttl,
+                              error or "no answer")
+                    self._set_lost()
+                if now >= next_round:
+                    if rounds == 0:
+                        log.warning("lease keep-alive unanswered for %.2fs (%s); trying every etcd member",
+                                    now - started, error or "no answer yet")
+                    rounds += 1
+                    over_shared()
+                    for endpoint in self.registry.settings.endpoints:
+                        attempt(direct(endpoint))
+                    next_round = now + (timing.lost_retry if self.lost.is_set() else timing.retry)
+        finally:
+            for task in attempts:
+                if task in shared:  # left to finish: its timeout moves the shared connection on
+                    self._background.add(task)
+                    task.add_done_callback(self._retired)
                 else:
-                    log.warning("lease keepalive failed: %s", exc or "timed out")
+                    task.cancel()
+
+    def _retired(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed attempt that nobody waited for is no error
 
     async def update_machine(self, machine: Machine) -> None:
         self.machine = machine

@@ -432,6 +432,35 @@ class Connection:
             return reply
         return None
 
+    async def lease_keepalive_direct(self, endpoint: str, lease_id: int, timeout: float) -> Any:
+        """One LeaseKeepAlive round trip to one etcd member, on a channel (a TCP connection)
+        of its own that is closed afterwards; errors are translated.
+
+        For a machine whose lease is at stake: right after a network cut heals, an existing
+        connection may still wait for TCP's retransmission back-off (up to seconds), and the
+        shared channel may be between connection attempts; a new connection gets through at
+        once. Uses the shared channel's credentials and auth token (no token yet: none).
+        """
+        client = self.client
+        target, _ = grpc_target((endpoint,))
+        options = list(client._options.items())
+        if client._credentials is not None:
+            channel = rpc.secure_channel(target, client._credentials, options=options)
+        else:
+            channel = rpc.insecure_channel(target, options=options)
+        try:
+            stubs = channel if self.counter is None else _CountingChannel(channel, self.counter)
+            async for reply in rpc.LeaseStub(stubs).LeaseKeepAlive(
+                [rpc.LeaseKeepAliveRequest(ID=lease_id)], timeout=timeout, metadata=client.metadata,
+            ):
+                return reply
+            return None
+        except _TRANSLATED as exc:
+            raise translate(exc, (endpoint,)) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
     async def txn(self, compare: list, success: list, failure: list) -> tuple[bool, list, int]:
         """A transaction that also returns the revision it was served at (aetcd drops it).
 

@@ -23,6 +23,7 @@ from fleetd.errors import (
     UnitError,
     UnitNotFound,
 )
+from fleetd.lease_timing import lease_ttl_seconds
 from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement, Unit, UnitState
 from fleetd.registry import codec
 from fleetd.registry.connection import Connection, RequestCounter, enc, prefix_end, translate
@@ -414,13 +415,19 @@ class Registry:
     # ------------------------------------------------------------------ leases
 
     async def grant_lease(self, ttl: float) -> int:
-        lease = await self._conn.call(self._conn.client.lease, max(2, int(round(ttl))))
+        lease = await self._conn.call(self._conn.client.lease, lease_ttl_seconds(ttl))
         return lease.id
 
     async def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
         """Refresh a lease within `timeout` seconds (default: the request timeout); returns its
         remaining TTL in seconds, 0 if it has expired."""
         reply = await self._conn.call(self._conn.lease_keepalive, lease_id, timeout)
+        return int(reply.TTL) if reply is not None else 0
+
+    async def keepalive_direct(self, endpoint: str, lease_id: int, timeout: float) -> int:
+        """Like `keepalive`, but to one etcd member over a new connection of its own (see
+        Connection.lease_keepalive_direct); a failure does not move the shared connection."""
+        reply = await self._conn.lease_keepalive_direct(endpoint, lease_id, timeout)
         return int(reply.TTL) if reply is not None else 0
 
     async def revoke_lease(self, lease_id: int) -> None:

@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from fleetd.engine.constraints import RequirementsCache, global_units_for
+from fleetd.lease_timing import keepalive_interval
 from fleetd.model import DesiredState, Machine, Unit, UnitState
 from fleetd.registry import Registry
 
@@ -44,7 +45,7 @@ class SimulatedAgent:
 
     async def _keepalive(self) -> None:
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            await asyncio.sleep(keepalive_interval(self.ttl))  # as often as a real agent
             await self.registry.keepalive(self.lease_id)
 
     async def sync(self) -> int:
