@@ -78,6 +78,7 @@ def test_etcd_members_and_unit():
     assert "--listen-client-urls=http://10.1.1.12:2379,http://127.0.0.1:2379" in unit
     assert "--listen-peer-urls=http://10.1.1.12:2380" in unit
     assert "--initial-cluster=l-n1=http://10.1.1.11:2380,l-n2=http://10.1.1.12:2380,l-n3=http://10.1.1.13:2380" in unit
+    assert "--pre-vote=true" in unit  # a member back from a partition does not depose the leader
 
 
 def test_fleet_conf_renders_fleet_keys():
