@@ -211,6 +211,47 @@ async def test_hash_change_reloads_and_restarts(node, mgr):
                     second.launched_after(result.attempted))
 
 
+async def test_new_units_load_without_a_daemon_reload(node, mgr):
+    """Units systemd never loaded are found by its unit cache; only replaced files, [Install]
+    links and units that did not load by themselves cost a daemon-reload."""
+    fresh = {f"sdx-noreload{i}.service": service(f"fresh {i}") for i in range(3)}
+    reloads = mgr.reloads
+    await mgr.load(fresh)
+    assert mgr.reloads == reloads and mgr.reloads_skipped >= 1
+    await mgr.start(fresh)
+    states = await mgr.states(fresh, main_pid=True)
+    assert all(s.load_state == "loaded" and s.active_state == "active" and s.main_pid
+               for s in states.values()), states
+
+    # a file systemd has loaded is only re-read by a reload
+    name = "sdx-noreload0.service"
+    await mgr.load({name: service("fresh 0, version two")})
+    assert mgr.reloads == reloads + 1
+    assert "Description=fresh 0, version two" in node.run("systemctl", "show", "-p", "Description", name).stdout
+
+    # new wants of an already loaded target need the reload as well
+    sidekick = "sdx-noreload-sidekick.service"
+    await mgr.load({sidekick: service("sidekick", "\n[Install]\nWantedBy=sdx-noreload1.service\n")})
+    assert mgr.reloads == reloads + 2
+    wants = node.run("systemctl", "show", "-p", "Wants", "sdx-noreload1.service").stdout
+    assert sidekick in wants
+
+    # a unit that does not load by itself (here: a bad setting) gets the reload too
+    broken = "sdx-noreload-broken.service"
+    await mgr.load({broken: service("broken", body="ExecStart=not/absolute")})
+    assert mgr.reloads == reloads + 3
+    assert (await mgr.states([broken]))[broken].load_state != "loaded"
+
+    # unloaded, then loaded again: unknown to systemd once more, no reload
+    await mgr.unload([name])
+    after_unload = mgr.reloads
+    await mgr.load({name: service("fresh 0 again")})
+    assert mgr.reloads == after_unload
+    await mgr.start([name])
+    assert "Description=fresh 0 again" in node.run("systemctl", "show", "-p", "Description", name).stdout
+    assert (await mgr.states([name]))[name].active_state == "active"
+
+
 async def test_failing_start_reports_the_job_result(node, mgr):
     bad, missing = "sdx-fail.service", "sdx-missing.service"
     await mgr.load({bad: service("fails", body="Type=oneshot\nExecStart=/bin/false")})
