@@ -159,10 +159,29 @@ def run(coro_fn: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
     return wrapper
 
 
+# modules that add commands to `cli` when imported: imported only when a command is not one of
+# the core ones (or all are listed), so that `fleetctl start` does not pay for them
+LAZY_COMMAND_MODULES = ("fleetctl.containers",)  # run, run-pod, images, image import
+
+
 class PrefixGroup(click.Group):
     """Commands may be abbreviated to any unique prefix, as in fleet's CLI (cobra)."""
 
+    def _load_lazy_commands(self) -> None:
+        import importlib
+
+        for module in LAZY_COMMAND_MODULES:
+            importlib.import_module(module)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_lazy_commands()
+        return super().list_commands(ctx)
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        self._load_lazy_commands()
         command = super().get_command(ctx, name)
         if command is not None:
             return command
@@ -979,9 +998,6 @@ def help_command(ctx: click.Context, command: str | None) -> None:
     else:
         click.echo(cli.get_help(parent))
 
-
-# container commands (run, run-pod, images, image import) live in their own module
-from fleetctl import containers as _containers  # noqa: E402,F401
 
 
 def main() -> None:

@@ -112,3 +112,23 @@ def test_run_pod_print():
 def test_compose_unit_keeps_percent_literal():
     unit = compose_unit("w.service", ContainerOptions(image="busybox", command=("echo", "%i", "100%")))
     assert container_spec(unit, "w@5.service").command == ("echo", "%i", "100%")
+
+
+def test_container_commands_are_imported_only_when_needed():
+    """`fleetctl start` does not import the container commands; `run`, abbreviations and --help
+    still find them (fresh processes: this test module imported fleetctl.containers already)."""
+    import subprocess
+    import sys
+
+    def fleetctl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "from fleetctl.cli import main; main()", *args],
+                              capture_output=True, text=True, timeout=30)
+
+    probe = subprocess.run([sys.executable, "-c", "import sys, fleetctl.cli; "
+                            "print('fleetctl.containers' in sys.modules)"], capture_output=True, text=True)
+    assert probe.stdout.strip() == "False"
+    assert fleetctl("run", "--help").stdout.startswith("Usage: fleetctl run [OPTIONS]")
+    assert fleetctl("run-p", "--help").stdout.startswith("Usage: fleetctl run-pod [OPTIONS]")
+    assert "run-pod" in fleetctl("--help").stdout
+    ambiguous = fleetctl("r")
+    assert ambiguous.returncode == 2 and "could be restart, run, run-pod" in ambiguous.stderr
