@@ -243,3 +243,22 @@ def test_second_etcd_endpoint_is_used_when_the_first_is_down(etcd_settings):
     env["FLEETCTL_REQUEST_TIMEOUT"] = "1"
     out = subprocess.run([sys.executable, "-m", "fleetctl", "list-machines"], capture_output=True, text=True, env=env)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "etcd unreachable" in out.stderr
+
+
+def test_main_flushes_output_and_keeps_exit_codes_despite_os_exit():
+    """main() leaves with os._exit: what was printed must still arrive, exit codes unchanged."""
+    import subprocess
+    import sys
+
+    def fleetctl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "from fleetctl.cli import main; main()", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    version = fleetctl("--version")
+    assert (version.returncode, version.stdout) == (0, f"fleetctl version {__import__('fleetd').__version__}\n")
+    help_text = fleetctl("--help")
+    assert help_text.returncode == 0 and len(help_text.stdout.splitlines()) > 20
+    usage = fleetctl("--no-such-flag")
+    assert usage.returncode == 2 and "No such option '--no-such-flag'" in usage.stderr
+    down = fleetctl("--driver", "etcd", "--endpoint", "http://127.0.0.1:9", "--request-timeout", "0.5", "list-units")
+    assert down.returncode == 1 and down.stderr.startswith("Error: etcd unreachable at http://127.0.0.1:9")
