@@ -178,9 +178,11 @@ class Agent:
     async def publish_states(self) -> None:
         """Forward systemd's state changes to etcd, in batches, under the machine's lease."""
         while True:
+            # no waiting for more: signals that arrive while a transaction is in flight make the
+            # next batch, so a burst batches itself and a single start is published at once
             first = await self._watch.next()
             batch = {first.name: first}
-            await asyncio.sleep(0.01)  # let a burst of signals collect into one transaction
+            await asyncio.sleep(0)  # signals already read from the bus are dispatched first
             while True:
                 try:
                     nxt = await self._watch.next(timeout=0)
