@@ -6,9 +6,13 @@ Pure timing, no I/O (fleetd/presence.py does the talking):
   is after the moment it was sent. So a keep-alive sent at `s` and answered with TTL `t`
   proves the lease cannot expire before `s + t` (`lease_deadline`): the agent must have
   stopped its units by then, and until then it may keep them running.
-- Keep-alives are sent often enough that, after a network cut (or a frozen etcd member) of
-  half the TTL, at least `min(TTL/3, 2 s)` is left before that deadline to reach etcd again
-  (`keepalive_interval`); fleet's TTL/3 is kept for TTLs of 12 s and more (etcd load at scale).
+- Keep-alives go out every TTL/3, as in fleet, unless that would leave less than
+  `MIN_HEADROOM` after a network cut (or a frozen etcd member) of half the TTL to reach etcd
+  again (`keepalive_interval`): only TTLs below 4.8 s get more frequent keep-alives. More
+  frequent ones at larger TTLs would buy margin at the price of failover time (etcd expires a
+  crashed machine's lease one TTL after its last keep-alive: the more recent that one, the
+  later) and of etcd load; a fresh confirmation after a cut is the job of presence.py's
+  retries over new connections instead.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MIN_INTERVAL = 0.5  # never keep a lease alive more often than this (etcd load)
-MAX_HEADROOM = 2.0  # seconds left after a cut of half the TTL, at most (see keepalive_interval)
+MIN_HEADROOM = 0.8  # seconds left to confirm the lease after a cut of half the TTL, at least
 
 
 def lease_ttl_seconds(ttl: float) -> int:
@@ -29,12 +33,12 @@ def keepalive_interval(ttl: float) -> float:
     """Seconds between keep-alives of a lease with this TTL while etcd answers.
 
     A cut of half the TTL that starts just before a keep-alive is due leaves
-    `ttl/2 - interval` seconds after it heals to confirm the lease; that headroom is
-    `min(ttl/3, 2 s)`: ttl 2 s -> 0.5 s (the floor), 5 s -> 0.83 s, 8 s -> 2 s, 12 s and
-    more -> ttl/3 (30 s -> 10 s).
+    `ttl/2 - interval` seconds after it heals to confirm the lease. fleet's TTL/3 leaves
+    ttl/6, at least `MIN_HEADROOM` from a TTL of 4.8 s on; below, the interval shrinks to
+    keep that headroom, but not under `MIN_INTERVAL`: ttl 2 s -> 0.5 s (0.5 s left),
+    3 s -> 0.7 s, 4 s -> 1.2 s, 5 s -> 1.67 s, 30 s -> 10 s.
     """
-    headroom = min(ttl / 3, MAX_HEADROOM)
-    return max(MIN_INTERVAL, min(ttl / 3, ttl / 2 - headroom))
+    return max(MIN_INTERVAL, min(ttl / 3, ttl / 2 - MIN_HEADROOM))
 
 
 def lease_deadline(sent_at: float, granted_ttl: float) -> float:

@@ -207,9 +207,9 @@ class Presence:
             for task in attempts:
                 if task in shared:  # left to finish: its timeout moves the shared connection on
                     self._background.add(task)
-                    task.add_done_callback(self._retired)
                 else:
                     task.cancel()
+                task.add_done_callback(self._retired)
 
     def _retired(self, task: asyncio.Task) -> None:
         self._background.discard(task)
