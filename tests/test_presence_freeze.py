@@ -17,10 +17,11 @@ import uuid
 import pytest
 
 from fleetd.config import EtcdSettings
+from fleetd.errors import RegistryUnavailable
 from fleetd.model import Machine
 from fleetd.presence import Presence
 from fleetd.registry import Registry
-from fleetd.testing.etcd import EtcdServer
+from fleetd.testing.etcd import EtcdServer, free_port
 
 
 @pytest.fixture
@@ -169,3 +170,18 @@ async def test_a_freeze_longer_than_the_ttl_sets_lost_before_etcd_may_expire_the
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
         calls.restore()
+
+
+async def test_keepalive_direct_uses_a_connection_of_its_own(registry, etcd_server):
+    lease = await registry.grant_lease(5)
+    try:
+        assert await registry.keepalive_direct(etcd_server.endpoint, lease, 1.0) == 5
+    finally:
+        await registry.revoke_lease(lease)
+    assert await registry.keepalive_direct(etcd_server.endpoint, lease, 1.0) == 0  # gone: expired
+    nobody = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match=nobody):
+        await registry.keepalive_direct(nobody, lease, 1.0)
+    assert time.monotonic() - started < 1.5
+    assert await registry.keepalive(lease) == 0  # the shared connection was not disturbed
