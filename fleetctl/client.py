@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from fleetd.config import EtcdSettings
 from fleetd.jobstate import current_state_of
@@ -67,16 +68,19 @@ class FleetClient(abc.ABC):
         self, check: Callable[[], "asyncio.Future[bool]"], timeout: float | None, poll: float = 0.25
     ) -> bool:
         """Re-evaluate `check` until it is true or the timeout passes. Drivers with a change
-        feed override `changes()` so that waiting is woken by events instead of the poll."""
+        feed override `changes()` so that waiting is woken by events instead of the poll;
+        without one, the poll starts fast (see `poll_delays`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         async with self.changes() as changed:
+            delays = poll_delays(poll, fast_start=isinstance(changed, _NoEvents))
             while True:
                 if await check():
                     return True
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                wait_for = poll if remaining is None else min(poll, remaining)
+                delay = next(delays)
+                wait_for = delay if remaining is None else min(delay, remaining)
                 try:
                     await asyncio.wait_for(changed.wait(), wait_for)
                 except asyncio.TimeoutError:
@@ -90,9 +94,30 @@ class FleetClient(abc.ABC):
         return None
 
 
+FAST_POLL = 0.025
+FAST_POLL_FOR = 0.5
+
+
+def poll_delays(poll: float, *, fast_start: bool) -> Iterator[float]:
+    """Seconds between checks of a wait. Without a change feed: every FAST_POLL for the first
+    FAST_POLL_FOR seconds (most units start within 0.1 s), then doubling up to `poll`;
+    with a feed, the poll is only a safety net: `poll` throughout."""
+    if fast_start and poll > FAST_POLL:
+        yield from itertools.repeat(FAST_POLL, int(FAST_POLL_FOR / FAST_POLL))
+        delay = FAST_POLL * 2
+        while delay < poll:
+            yield delay
+            delay *= 2
+    yield from itertools.repeat(poll)
+
+
+class _NoEvents(asyncio.Event):
+    """The event of a driver without a change feed: never set, waits end by timeout."""
+
+
 class _NoChangeFeed:
     async def __aenter__(self) -> asyncio.Event:
-        return asyncio.Event()
+        return _NoEvents()
 
     async def __aexit__(self, *exc: object) -> None:
         return None

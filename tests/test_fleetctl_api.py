@@ -513,3 +513,19 @@ def test_progress_line_only_when_enabled():
     p.clear()
     assert shown.getvalue() == "\r\x1b[KWaiting for units to be launched: 1/3\r\x1b[K"
     assert Progress(3, "launched").enabled is False  # pytest's stdout is not a terminal
+
+
+def test_waits_without_a_change_feed_poll_fast_first_then_back_off():
+    import itertools
+
+    from fleetctl.client import FAST_POLL, FAST_POLL_FOR, poll_delays
+
+    delays = list(itertools.islice(poll_delays(0.25, fast_start=True), 40))
+    fast = [d for d in delays if d == FAST_POLL]
+    assert len(fast) == int(FAST_POLL_FOR / FAST_POLL) and delays[:len(fast)] == fast
+    backoff = delays[len(fast):]
+    assert backoff[:3] == [0.05, 0.1, 0.2] and set(backoff[3:]) == {0.25}
+    # with an etcd watch waking the wait, the poll is only a safety net
+    assert list(itertools.islice(poll_delays(0.25, fast_start=False), 5)) == [0.25] * 5
+    # a caller asking for a faster poll than the fast start gets it throughout
+    assert list(itertools.islice(poll_delays(0.01, fast_start=True), 5)) == [0.01] * 5
