@@ -186,8 +186,10 @@ class Presence:
                         error = exc
                         continue
                     if rounds:
-                        log.warning("machine lease %x confirmed after %.2fs of retries", lease,
-                                    time.monotonic() - started)
+                        now = time.monotonic()
+                        log.warning("machine lease %x confirmed after %.2fs of retries, %.2fs %s its deadline",
+                                    lease, now - started, abs(self.expires_at - now),
+                                    "before" if now < self.expires_at else "after")
                     return sent, granted
                 now = time.monotonic()
                 if not self.lost.is_set() and now >= self.expires_at:
