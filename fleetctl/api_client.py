@@ -194,6 +194,15 @@ class ApiFleetClient(FleetClient):
             return None
         return self._info(data)
 
+    async def units_named(self, names: Sequence[str], *, exact_machine: bool = True) -> list[UnitInfo]:
+        """One GET /units/<name> per name, concurrently: a wait polls this, and listing every
+        unit of a large cluster at each poll would cost far more."""
+        wanted = list(dict.fromkeys(names))
+        if len(wanted) > 50:  # a page or two of the list is cheaper than that many requests
+            return await super().units_named(wanted, exact_machine=exact_machine)
+        found = await asyncio.gather(*(self.unit(n) for n in wanted))
+        return [info for info in found if info is not None]
+
     def _unit_body(self, unit: Unit) -> dict[str, Any]:
         return {"name": unit.name, "desiredState": unit.desired_state.value, "options": options_to_wire(unit.file)}
 

@@ -40,6 +40,15 @@ class FleetClient(abc.ABC):
     @abc.abstractmethod
     async def unit(self, name: str) -> UnitInfo | None: ...
 
+    async def units_named(self, names: Sequence[str], *, exact_machine: bool = True) -> list[UnitInfo]:
+        """The named units that exist (in the order of `names`). With `exact_machine=False` a
+        driver may leave `machine_id` empty for a unit placed on a machine that has not
+        reported it yet (its current state is "inactive" either way): waits use that, so that
+        each check costs the same whatever the size of the cluster."""
+        wanted = set(names)
+        found = {u.name: u for u in await self.units() if u.name in wanted}
+        return [found[n] for n in dict.fromkeys(names) if n in found]
+
     @abc.abstractmethod
     async def create_units(self, units: Sequence[Unit]) -> list[str]: ...
 
@@ -53,7 +62,8 @@ class FleetClient(abc.ABC):
     async def destroy_units(self, names: Sequence[str]) -> list[str]: ...
 
     @abc.abstractmethod
-    async def unit_states(self) -> list[UnitState]: ...
+    async def unit_states(self, name: str | None = None) -> list[UnitState]:
+        """Published unit states, of every unit or of the one named."""
 
     @abc.abstractmethod
     async def machines(self) -> list[Machine]: ...
@@ -155,8 +165,13 @@ class EtcdFleetClient(FleetClient):
         unit = await reg.get_unit(name)
         if unit is None:
             return None
-        placements, states = await asyncio.gather(reg.placements(), reg.unit_states(name=name))
-        return self._info(unit, placements.get(name), states)
+        states = await reg.unit_states(name=name)
+        return self._info(unit, await reg.placement_of(name, states), states)
+
+    async def units_named(self, names: Sequence[str], *, exact_machine: bool = True) -> list[UnitInfo]:
+        records = await (await self._reg()).unit_records(names, find_unreported=exact_machine)
+        return [self._info(r.unit, r.placement, r.states) for n in dict.fromkeys(names)
+                if (r := records.get(n)) is not None]
 
     async def create_units(self, units: Sequence[Unit]) -> list[str]:
         return await (await self._reg()).create_units(units)
@@ -170,8 +185,8 @@ class EtcdFleetClient(FleetClient):
     async def destroy_units(self, names: Sequence[str]) -> list[str]:
         return await (await self._reg()).destroy_units(names)
 
-    async def unit_states(self) -> list[UnitState]:
-        return await (await self._reg()).unit_states()
+    async def unit_states(self, name: str | None = None) -> list[UnitState]:
+        return await (await self._reg()).unit_states(name=name)
 
     async def machines(self) -> list[Machine]:
         return await (await self._reg()).list_machines()

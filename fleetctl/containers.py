@@ -189,7 +189,7 @@ async def submit_and_start(g: Globals, units: list[tuple[str, UnitFile]], replac
         resolved.append(Resolved(name, name, None if same else unit, existing))
     await create_resolved(client, resolved)
     names = [n for n, _ in units]
-    infos = {u.name: u for u in await client.units() if u.name in names}
+    infos = {u.name: u for u in await client.units_named(names, exact_machine=False)}
     to_start = [n for n in names if infos[n].desired_state is not DesiredState.LAUNCHED]
     if to_start:
         await client.set_desired_state(to_start, DesiredState.LAUNCHED)
@@ -224,8 +224,9 @@ async def wait_running_or_failed(client: FleetClient, names: Sequence[str], time
         return output.machine_full_legend(m, False) if m is not None else machine_id[:8]
 
     async def check() -> bool:
-        infos = {u.name: u for u in await client.units()}
-        states = {(s.name, s.machine_id): s for s in await client.unit_states()}
+        infos = {u.name: u for u in await client.units_named(pending, exact_machine=False)}
+        per_unit = await asyncio.gather(*(client.unit_states(n) for n in pending))
+        states = {(s.name, s.machine_id): s for found in per_unit for s in found}
         for name in list(pending):
             info = infos.get(name)
             if info is None:

@@ -246,10 +246,10 @@ def _run_bench(fn, as_json: bool, quiet: bool, **options) -> None:
 
 
 class _BenchGroup(click.Group):
-    """`scale` and `scheduler` are fleetd.bench's own commands, imported only when used (they
-    pull in grpc: every other fleet-lab command would start slower)."""
+    """`lookup`, `scale` and `scheduler` are fleetd.bench's own commands, imported only when
+    used (they pull in grpc: every other fleet-lab command would start slower)."""
 
-    PURE = ("scale", "scheduler")
+    PURE = ("lookup", "scale", "scheduler")
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.PURE])
@@ -265,7 +265,7 @@ class _BenchGroup(click.Group):
 @main.group(cls=_BenchGroup)
 def bench() -> None:
     """Benchmarks (see docs/performance.md). start, burst, failover and footprint each boot a
-    lab of their own and always tear it down; scale and scheduler need no lab."""
+    lab of their own and always tear it down; lookup, scale and scheduler need no lab."""
 
 
 @bench.command("start")

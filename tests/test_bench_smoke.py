@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from fleetd.bench import BENCHMARKS, scale, scheduler
+from fleetd.bench import BENCHMARKS, lookup, scale, scheduler
 
 pytestmark = pytest.mark.etcd
 
@@ -49,4 +49,10 @@ def test_scheduler_benchmark_places_everything():
     assert result["global_units"] > 0  # globals are not placed, they count in every load
     assert result["placements"] == result["units"] - result["global_units"]
     assert result["unschedulable"] == 0
-    assert set(BENCHMARKS) == {"scale", "scheduler"}
+    assert set(BENCHMARKS) == {"lookup", "scale", "scheduler"}
+
+
+def test_lookup_benchmark_checks_its_answers():
+    result = lookup(units=300, machines=7, samples=4)
+    assert (result["units"], result["machines"], result["samples"], result["verified"]) == (300, 7, 4, 4)
+    assert all(result[k] > 0 for k in ("unit_by_name_ms", "wait_check_ms", "whole_cluster_ms"))

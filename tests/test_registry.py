@@ -286,3 +286,45 @@ async def test_invalid_names_never_reach_etcd(registry: Registry, name):
     with pytest.raises(InvalidUnitName):
         await registry.replace_unit(unit(name))
     assert await registry.list_units() == []
+
+
+async def test_unit_records_and_placement_of_read_per_name(registry: Registry):
+    lease = await registry.grant_lease(5)
+    await registry.campaign(MID_A, lease)
+    names = [f"r{i:03d}.service" for i in range(130)]  # more than one transaction's worth
+    await registry.create_units([unit(n, state=DesiredState.LAUNCHED) for n in names] + [unit("idle.service")])
+    h = (await registry.get_unit(names[0])).hash
+    await registry.apply_schedule(fence_machine_id=MID_A, place=[
+        Placement(n, MID_A if i % 2 else MID_B, h, DesiredState.LAUNCHED) for i, n in enumerate(names)])
+    reported = [UnitState(n, MID_A if i % 2 else MID_B, h, "loaded", "active", "running", "launched")
+                for i, n in enumerate(names[:-2])]
+    # the last two: r128 placed on B and reported nowhere, r129 placed on A and reported
+    # (stale) on B only
+    stale = UnitState(names[-1], MID_B, h, "loaded", "inactive", "dead", "")
+    await registry.publish_states(reported + [stale], lease)
+
+    everywhere = registry.placements
+
+    async def no_schedule_scan():
+        raise AssertionError("read the whole schedule")
+
+    registry.placements = no_schedule_scan  # reported units must not need it
+    try:
+        records = await registry.unit_records(names[:-2] + ["nope.service"])
+        assert list(records) == names[:-2]
+        assert all(records[n].placement == Placement(n, MID_A if i % 2 else MID_B, h, DesiredState.LAUNCHED)
+                   for i, n in enumerate(names[:-2]))
+        assert records[names[0]].states == (reported[0],)
+        assert (await registry.placement_of(names[3])).machine_id == MID_A
+        lazy = await registry.unit_records(names[-2:] + ["idle.service"], find_unreported=False)
+        assert lazy["idle.service"].placement is None and lazy["idle.service"].states == ()
+        assert lazy[names[-2]].placement is None and lazy[names[-1]].placement is None
+        assert lazy[names[-1]].states == (stale,)
+    finally:
+        registry.placements = everywhere
+    exact = await registry.unit_records(names[-2:])
+    assert exact[names[-2]].placement.machine_id == MID_B  # found in the schedule after all
+    assert exact[names[-1]].placement.machine_id == MID_A
+    assert (await registry.placement_of(names[-1])).machine_id == MID_A
+    assert await registry.placement_of("idle.service") is None
+    await registry.revoke_lease(lease)

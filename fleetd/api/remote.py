@@ -88,8 +88,8 @@ async def _target_machine(request: web.Request, name: str) -> str:
         if not wanted:
             raise HttpError(400, f"unit {name} is global: give machineID=<machine> to choose one of its machines")
         return wanted
-    placements, states = await asyncio.gather(reg.placements(), reg.unit_states(name=name))
-    current, machine = current_state_of(unit, placements.get(name), states)
+    states = await reg.unit_states(name=name)
+    current, machine = current_state_of(unit, await reg.placement_of(name, states), states)
     if wanted and wanted != machine:
         if not any(s.machine_id == wanted for s in states):
             raise HttpError(409, f"unit {name} is not on machine {wanted}")

@@ -89,8 +89,8 @@ async def unit_entity(request: web.Request, name: str) -> dict[str, Any] | None:
     unit = await reg.get_unit(name)
     if unit is None:
         return None
-    placements, states = await asyncio.gather(reg.placements(), reg.unit_states(name=name))
-    current, machine = current_state_of(unit, placements.get(name), states)
+    states = await reg.unit_states(name=name)
+    current, machine = current_state_of(unit, await reg.placement_of(name, states), states)
     return unit_to_wire(unit, current, machine)
 
 

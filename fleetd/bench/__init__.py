@@ -4,9 +4,10 @@
 See docs/performance.md for the figures and how to reproduce them.
 """
 
+from fleetd.bench.lookup import lookup
 from fleetd.bench.scale import scale
 from fleetd.bench.scheduler import scheduler
 
-BENCHMARKS = {"scale": scale, "scheduler": scheduler}
+BENCHMARKS = {"lookup": lookup, "scale": scale, "scheduler": scheduler}
 
-__all__ = ["BENCHMARKS", "scale", "scheduler"]
+__all__ = ["BENCHMARKS", "lookup", "scale", "scheduler"]

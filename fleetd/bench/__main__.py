@@ -6,6 +6,7 @@ import json
 
 import click
 
+from fleetd.bench import lookup as run_lookup
 from fleetd.bench import scale as run_scale
 from fleetd.bench import scheduler as run_scheduler
 from fleetd.errors import FleetError
@@ -64,6 +65,17 @@ def scale(as_json: bool, **options) -> None:
 def scheduler(as_json: bool, **options) -> None:
     """The pure reconcile() on a synthetic snapshot: placements per second."""
     _run(lambda: run_scheduler(**options), as_json)
+
+
+@main.command()
+@click.option("--units", type=int, default=10_000, show_default=True)
+@click.option("--machines", type=int, default=100, show_default=True)
+@click.option("--samples", type=int, default=20, show_default=True, help="Names looked up, each every way.")
+@click.option("--quick", is_flag=True, help="1,000 units on 10 machines, 10 samples.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def lookup(as_json: bool, **options) -> None:
+    """Find named units in a large cluster (real etcd): per name vs. the whole cluster."""
+    _run(lambda: run_lookup(**options), as_json)
 
 
 def _run(fn, as_json: bool) -> None:

@@ -2,6 +2,6 @@
 
 from fleetd.registry.connection import RequestCounter
 from fleetd.registry.keys import KeyLayout
-from fleetd.registry.registry import MachineView, NotLeader, Registry, WatchCompacted, WatchEvent
+from fleetd.registry.registry import MachineView, NotLeader, Registry, UnitRecord, WatchCompacted, WatchEvent
 
-__all__ = ["KeyLayout", "MachineView", "NotLeader", "Registry", "RequestCounter", "WatchCompacted", "WatchEvent"]
+__all__ = ["KeyLayout", "MachineView", "NotLeader", "Registry", "RequestCounter", "UnitRecord", "WatchCompacted", "WatchEvent"]

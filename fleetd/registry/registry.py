@@ -58,6 +58,15 @@ class WatchEvent:
 
 
 @dataclass(frozen=True)
+class UnitRecord:
+    """A unit, its placement (None: not placed, or see `Registry.unit_records`) and its states."""
+
+    unit: Unit
+    placement: Placement | None
+    states: tuple[UnitState, ...]
+
+
+@dataclass(frozen=True)
 class MachineView:
     """One machine's share of the registry, read at one revision (see Registry.machine_view)."""
 
@@ -449,6 +458,76 @@ class Registry:
 
     async def placements(self) -> dict[str, Placement]:
         return self._placements_from(await self._range(self.keys.schedule))
+
+    async def placement_of(self, name: str, states: Sequence[UnitState] | None = None) -> Placement | None:
+        """One unit's placement, without reading the whole schedule when the unit is reported:
+        the machines in its states (`unit_states(name)`, read here if not given) are asked
+        first, with point reads; only a unit that no machine reports where it is placed costs
+        a range read of `schedule/`."""
+        if states is None:
+            states = await self.unit_states(name=name)
+        found = await self._placements_on({name: [s.machine_id for s in states]})
+        if name in found:
+            return found[name]
+        return (await self.placements()).get(name)
+
+    async def _placements_on(self, candidates: dict[str, Sequence[str]]) -> dict[str, Placement]:
+        """Placements of units on the given machines (point reads; at most one per unit)."""
+        pairs = [(name, mid) for name, mids in candidates.items() for mid in dict.fromkeys(mids)]
+        if not pairs:
+            return {}
+        tx = self._conn.tx
+        found: dict[str, Placement] = {}
+
+        async def fetch(chunk: Sequence[tuple[str, str]]) -> None:
+            _, responses = await self._txn([], [tx.get(enc(self.keys.placement(mid, n))) for n, mid in chunk])
+            for (name, mid), response in zip(chunk, responses):
+                if response:
+                    found[name] = codec.decode_placement(name, mid, response[0].value)
+
+        await _pipelined([fetch(chunk) for chunk in _chunks(pairs)])
+        return found
+
+    async def unit_records(self, names: Sequence[str], *, find_unreported: bool = True) -> dict[str, "UnitRecord"]:
+        """Named units with their states and placements, read per name (a few transactions,
+        whatever the size of the cluster); unknown names are left out.
+
+        A unit placed on a machine that has not reported it yet is looked up in the whole
+        schedule only with `find_unreported`; without, it comes back without a placement
+        (its current state is "inactive" either way, only its target machine is unknown):
+        what a wait for a unit's state needs, on every change, at any scale."""
+        names = list(dict.fromkeys(names))
+        tx = self._conn.tx
+        jobs: dict[str, object] = {}
+        states: dict[str, list[UnitState]] = {}
+
+        async def fetch(chunk: Sequence[str]) -> None:
+            ops = []
+            for name in chunk:
+                prefix = enc(self.keys.unit_states(name))
+                ops += [tx.get(enc(self.keys.job(name))), tx.get(prefix, prefix_end(prefix))]
+            _, responses = await self._txn([], ops)
+            for i, name in enumerate(chunk):
+                job, reported = responses[2 * i], responses[2 * i + 1]
+                if job:
+                    jobs[name] = job[0]
+                    states[name] = sorted((codec.decode_state(kv.value) for kv in reported),
+                                          key=lambda s: s.machine_id)
+
+        await _pipelined([fetch(chunk) for chunk in _chunks(names, MAX_TXN_OPS // 2)])
+        decoded = {n: codec.decode_job(jobs[n].value) for n in names if n in jobs}
+        bodies = await self._bodies_for(h for _, h, _ in decoded.values())
+        placements = await self._placements_on({n: [s.machine_id for s in states[n]] for n in decoded})
+        if find_unreported and any(n not in placements for n in decoded):
+            everywhere = await self.placements()
+            placements.update({n: everywhere[n] for n in decoded if n not in placements and n in everywhere})
+        records: dict[str, UnitRecord] = {}
+        for name, (_, unit_hash, desired) in decoded.items():
+            if unit_hash not in bodies:
+                raise RegistryError(f"unit {name}: body {unit_hash} missing from the registry")
+            records[name] = UnitRecord(Unit(name, bodies[unit_hash], desired), placements.get(name),
+                                       tuple(states[name]))
+        return records
 
     async def machine_view(self, machine_id: str) -> "MachineView":
         """Everything one agent reads, in one transaction: its placements, the global units
