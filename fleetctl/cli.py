@@ -372,12 +372,17 @@ async def wait_for_states(client: FleetClient, names: Sequence[str], state: Desi
     progress = Progress(len(pending), state.value)
 
     async def check() -> bool:
-        infos = {u.name: u for u in await client.units()}
+        infos = {u.name: u for u in await client.units_named(pending, exact_machine=False)}
         for name in list(pending):
             info = infos.get(name)
             reached = info is not None and info.current_state == state.value
             if state is DesiredState.INACTIVE and info is None:
                 reached = True
+            elif reached and state is DesiredState.INACTIVE and not info.is_global:
+                # "inactive" as soon as the engine took the placement away: wait until its
+                # agent has unloaded it too (the state record goes with it), so that the unit
+                # is gone from systemd when `fleetctl unload` returns
+                reached = not await client.unit_states(name)
             if reached:
                 pending.remove(name)
                 message = f"Unit {name} {state.value}"
@@ -447,7 +452,7 @@ async def _load_or_start(g: Globals, units, replace, no_block, block_attempts, s
     resolved = await resolve_units(client, units, replace)
     await create_resolved(client, resolved)
     names = [r.name for r in resolved]
-    infos = {u.name: u for u in await client.units() if u.name in names}
+    infos = {u.name: u for u in await client.units_named(names, exact_machine=False)}
     to_change = [n for n in dict.fromkeys(names) if infos[n].desired_state is not state]
     if to_change:
         await client.set_desired_state(to_change, state)
@@ -495,9 +500,7 @@ async def start(g: Globals, replace, no_block, block_attempts, sign, units) -> i
 
 async def _find(client: FleetClient, args: Sequence[str]) -> list[UnitInfo]:
     """fleet's findUnits: the named units that exist; unknown names are skipped silently."""
-    wanted = unit_names(args)
-    infos = {u.name: u for u in await client.units()}
-    return [infos[n] for n in wanted if n in infos]
+    return await client.units_named(unit_names(args))
 
 
 @cli.command()
@@ -788,8 +791,8 @@ async def status(g: Globals, ssh_port: int, output_format: str, units: tuple[str
     is not loaded.
     """
     client = g.client()
-    infos = {u.name: u for u in await client.units()}
     names = unit_names(units)
+    infos = {u.name: u for u in await client.units_named(names)}
     states = await client.unit_states() if any(infos.get(n) and infos[n].is_global for n in names) else []
     targets: list[tuple[str, str]] = []
     for name in names:

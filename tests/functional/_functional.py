@@ -222,7 +222,8 @@ class Fleet:
         path = self.write(name, unit_body(f"barrier {name}", sleep=30, xfleet=xfleet))
         self.ctl("start", "--no-block", path)
         active = wait_for(f"barrier {name} active", lambda: self.active().get(name), timeout)
-        self.ctl("destroy", name)
+        self.ctl("destroy", name)  # returns once the unit is deleted, before its agent unloads it
+        wait_for(f"barrier {name} gone from the unit states", lambda: name not in self.active(), timeout)
         return active[0]
 
     # ---------------------------------------------------------------- etcd
