@@ -6,7 +6,8 @@ through fleetctl's etcd driver (`fleetctl.client.EtcdFleetClient`):
 
 - `unit(name)`: what `fleetctl status/cat/ssh` and the API's per-unit routes look up;
 - `units_named([name], exact_machine=False)`: one check of a blocking wait (`fleetctl start`);
-- `units()`: the whole cluster, which is what both cost before they read per name.
+- `units()`: the whole cluster, which is what a wait's check read before;
+- the unit, its states and the whole `schedule/` range: what `unit(name)` read before.
 
 Before any figure is returned, every per-name answer is checked against the whole-cluster one.
 """
@@ -75,12 +76,20 @@ async def _lookup(units: int, machines: int, samples: int, etcd_binary: str) -> 
         try:
             step = max(1, units // samples)
             names = [all_units[i].name for i in range(0, units, step)][:samples]
-            per_name, wait_check, whole = [], [], []
+            per_name, wait_check, whole, scanned = [], [], [], []
+            reg = await client._reg()
+
+            async def with_schedule_scan(name: str):
+                unit = await reg.get_unit(name)
+                placements, states = await asyncio.gather(reg.placements(), reg.unit_states(name=name))
+                return client._info(unit, placements.get(name), states)
+
             for name in names:
+                before = await _timed(lambda: with_schedule_scan(name), scanned)
                 one = await _timed(lambda: client.unit(name), per_name)
                 (checked,) = await _timed(lambda: client.units_named([name], exact_machine=False), wait_check)
                 everything = {u.name: u for u in await _timed(client.units, whole)}
-                if not one == checked == everything[name]:
+                if not before == one == checked == everything[name]:
                     raise BenchmarkError(f"lookup benchmark: {name}: per-name answers differ from the "
                                          f"whole-cluster one: {one} / {checked} / {everything[name]}")
                 if everything[name].current_state != DesiredState.LAUNCHED.value:
@@ -97,6 +106,7 @@ async def _lookup(units: int, machines: int, samples: int, etcd_binary: str) -> 
         "machines": machines,
         "samples": len(names),
         "unit_by_name_ms": median_ms(per_name),
+        "unit_by_name_with_schedule_scan_ms": median_ms(scanned),
         "wait_check_ms": median_ms(wait_check),
         "whole_cluster_ms": median_ms(whole),
         "verified": len(names),
