@@ -56,6 +56,11 @@ class Agent:
         self._applied: dict[str, tuple[str, str]] = {}  # name -> (hash, desired state applied)
         self._global_names: set[str] = set()
         self._published: dict[str, UnitState] = {}
+        # Publications come from two tasks (systemd's signals, and the pass that just applied a
+        # desired state); each computes what it sends and records it while holding this lock,
+        # so that a state computed before the pass finished can never land after, and
+        # overwrite, the one computed after it.
+        self._publishing = asyncio.Lock()
         self._dirty = asyncio.Event()
         self._watch = None
 
@@ -152,17 +157,18 @@ class Agent:
         kept its systemd state (without this `fleetctl load --replace` would wait forever), and
         a unit whose applied desired state changed (a finished stop: `fleetctl stop` waits for
         it, not for the request)."""
-        stale = sorted(n for n, d in desired.items()
-                       if (p := self._published.get(n)) is not None
-                       and (p.hash != d.hash or p.applied != self._applied_state(n, d.hash)))
-        if not stale or self.presence.lease_id is None:
-            return
-        current = await self.systemd.states(stale)
-        states = [st for st in (self._state_of(s) for s in current.values()) if st is not None]
-        await self.registry.publish_states(states, self.presence.lease_id)
-        for st in states:
-            self._published[st.name] = st
-        self.stats.states_published += len(states)
+        async with self._publishing:
+            stale = sorted(n for n, d in desired.items()
+                           if (p := self._published.get(n)) is not None
+                           and (p.hash != d.hash or p.applied != self._applied_state(n, d.hash)))
+            if not stale or self.presence.lease_id is None:
+                return
+            current = await self.systemd.states(stale)
+            states = [st for st in (self._state_of(s) for s in current.values()) if st is not None]
+            await self.registry.publish_states(states, self.presence.lease_id)
+            for st in states:
+                self._published[st.name] = st
+            self.stats.states_published += len(states)
 
     def _applied_state(self, name: str, unit_hash: str) -> str:
         applied_hash, state = self._applied.get(name, ("", ""))
@@ -189,29 +195,31 @@ class Agent:
                 except asyncio.TimeoutError:
                     break
                 batch[nxt.name] = nxt
-            states = [st for st in (self._state_of(s) for s in batch.values()) if st is not None]
-            states = [st for st in states if self._published.get(st.name) != st]
-            if not states or self.presence.lease_id is None:
-                continue
-            try:
-                await self.registry.publish_states(states, self.presence.lease_id)
-            except RegistryError as exc:
-                log.warning("publishing unit states failed: %s", exc)
-                self._dirty.set()  # republish on the next pass
-                continue
-            for st in states:
-                self._published[st.name] = st
-            self.stats.states_published += len(states)
+            async with self._publishing:
+                states = [st for st in (self._state_of(s) for s in batch.values()) if st is not None]
+                states = [st for st in states if self._published.get(st.name) != st]
+                if not states or self.presence.lease_id is None:
+                    continue
+                try:
+                    await self.registry.publish_states(states, self.presence.lease_id)
+                except RegistryError as exc:
+                    log.warning("publishing unit states failed: %s", exc)
+                    self._dirty.set()  # republish on the next pass
+                    continue
+                for st in states:
+                    self._published[st.name] = st
+                self.stats.states_published += len(states)
 
     async def republish_all(self) -> None:
         """After a new lease (states expire with the old one), publish every known state again."""
         names = sorted(self.stats.desired)
         if not names or self.presence.lease_id is None:
             return
-        current = await self.systemd.states(names)
-        states = [st for st in (self._state_of(s) for s in current.values()) if st is not None]
-        await self.registry.publish_states(states, self.presence.lease_id)
-        self._published = {st.name: st for st in states}
+        async with self._publishing:
+            current = await self.systemd.states(names)
+            states = [st for st in (self._state_of(s) for s in current.values()) if st is not None]
+            await self.registry.publish_states(states, self.presence.lease_id)
+            self._published = {st.name: st for st in states}
 
     # ------------------------------------------------------------------ partition safety
 
