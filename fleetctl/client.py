@@ -161,12 +161,8 @@ class EtcdFleetClient(FleetClient):
         return UnitInfo(unit.name, unit.file, unit.desired_state, current, machine, unit.is_global)
 
     async def unit(self, name: str) -> UnitInfo | None:
-        reg = await self._reg()
-        unit = await reg.get_unit(name)
-        if unit is None:
-            return None
-        states = await reg.unit_states(name=name)
-        return self._info(unit, await reg.placement_of(name, states), states)
+        found = await self.units_named([name])
+        return found[0] if found else None
 
     async def units_named(self, names: Sequence[str], *, exact_machine: bool = True) -> list[UnitInfo]:
         records = await (await self._reg()).unit_records(names, find_unreported=exact_machine)

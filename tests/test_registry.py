@@ -288,7 +288,7 @@ async def test_invalid_names_never_reach_etcd(registry: Registry, name):
     assert await registry.list_units() == []
 
 
-async def test_unit_records_and_placement_of_read_per_name(registry: Registry):
+async def test_unit_records_read_per_name(registry: Registry):
     lease = await registry.grant_lease(5)
     await registry.campaign(MID_A, lease)
     names = [f"r{i:03d}.service" for i in range(130)]  # more than one transaction's worth
@@ -315,7 +315,7 @@ async def test_unit_records_and_placement_of_read_per_name(registry: Registry):
         assert all(records[n].placement == Placement(n, MID_A if i % 2 else MID_B, h, DesiredState.LAUNCHED)
                    for i, n in enumerate(names[:-2]))
         assert records[names[0]].states == (reported[0],)
-        assert (await registry.placement_of(names[3])).machine_id == MID_A
+        assert (await registry.unit_records([names[3]]))[names[3]].placement.machine_id == MID_A
         lazy = await registry.unit_records(names[-2:] + ["idle.service"], find_unreported=False)
         assert lazy["idle.service"].placement is None and lazy["idle.service"].states == ()
         assert lazy[names[-2]].placement is None and lazy[names[-1]].placement is None
@@ -325,6 +325,6 @@ async def test_unit_records_and_placement_of_read_per_name(registry: Registry):
     exact = await registry.unit_records(names[-2:])
     assert exact[names[-2]].placement.machine_id == MID_B  # found in the schedule after all
     assert exact[names[-1]].placement.machine_id == MID_A
-    assert (await registry.placement_of(names[-1])).machine_id == MID_A
-    assert await registry.placement_of("idle.service") is None
+    assert (await registry.unit_records([names[-1]]))[names[-1]].placement.machine_id == MID_A
+    assert (await registry.unit_records(["idle.service"]))["idle.service"].placement is None
     await registry.revoke_lease(lease)

@@ -79,17 +79,16 @@ async def _target_machine(request: web.Request, name: str) -> str:
         parse_unit_name(name)
     except UnitError as exc:
         raise HttpError(400, str(exc)) from None
-    reg = ctx_of(request).registry
-    unit = await reg.get_unit(name)
-    if unit is None:
+    record = (await ctx_of(request).registry.unit_records([name])).get(name)
+    if record is None:
         raise HttpError(404, "unit does not exist")
+    unit, states = record.unit, record.states
     wanted = request.query.get("machineID", "")
     if unit.is_global:
         if not wanted:
             raise HttpError(400, f"unit {name} is global: give machineID=<machine> to choose one of its machines")
         return wanted
-    states = await reg.unit_states(name=name)
-    current, machine = current_state_of(unit, await reg.placement_of(name, states), states)
+    current, machine = current_state_of(unit, record.placement, states)
     if wanted and wanted != machine:
         if not any(s.machine_id == wanted for s in states):
             raise HttpError(409, f"unit {name} is not on machine {wanted}")

@@ -85,13 +85,11 @@ async def _unit_entities(request: web.Request) -> list[dict[str, Any]]:
 
 
 async def unit_entity(request: web.Request, name: str) -> dict[str, Any] | None:
-    reg = ctx_of(request).registry
-    unit = await reg.get_unit(name)
-    if unit is None:
+    record = (await ctx_of(request).registry.unit_records([name])).get(name)
+    if record is None:
         return None
-    states = await reg.unit_states(name=name)
-    current, machine = current_state_of(unit, await reg.placement_of(name, states), states)
-    return unit_to_wire(unit, current, machine)
+    current, machine = current_state_of(record.unit, record.placement, record.states)
+    return unit_to_wire(record.unit, current, machine)
 
 
 async def units_collection(request: web.Request) -> web.Response:

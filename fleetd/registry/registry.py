@@ -459,18 +459,6 @@ class Registry:
     async def placements(self) -> dict[str, Placement]:
         return self._placements_from(await self._range(self.keys.schedule))
 
-    async def placement_of(self, name: str, states: Sequence[UnitState] | None = None) -> Placement | None:
-        """One unit's placement, without reading the whole schedule when the unit is reported:
-        the machines in its states (`unit_states(name)`, read here if not given) are asked
-        first, with point reads; only a unit that no machine reports where it is placed costs
-        a range read of `schedule/`."""
-        if states is None:
-            states = await self.unit_states(name=name)
-        found = await self._placements_on({name: [s.machine_id for s in states]})
-        if name in found:
-            return found[name]
-        return (await self.placements()).get(name)
-
     async def _placements_on(self, candidates: dict[str, Sequence[str]]) -> dict[str, Placement]:
         """Placements of units on the given machines (point reads; at most one per unit)."""
         pairs = [(name, mid) for name, mids in candidates.items() for mid in dict.fromkeys(mids)]
