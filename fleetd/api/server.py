@@ -26,7 +26,7 @@ from fleetd.api.context import CONTEXT, ETCD_UNAVAILABLE, ApiContext, HttpError,
 from fleetd.api.discovery import discovery_document
 from fleetd.api.listeners import Listener, server_ssl_context, systemd_listeners, tcp_listener, unix_listener
 from fleetd.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ApiMetrics
-from fleetd.api.wire import error_body
+from fleetd.wire import error_body
 from fleetd.config import FleetConfig
 from fleetd.errors import ConfigError, FleetError, RegistryUnavailable, UnitConflict, UnitError, UnitNotFound
 
