@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from fleetd import __version__
-from fleetd.api import remote, resources
+from fleetd.api import remote, resources, watch
 from fleetd.api.context import CONTEXT, ETCD_UNAVAILABLE, ApiContext, HttpError, ctx_of
 from fleetd.api.discovery import discovery_document
 from fleetd.api.listeners import Listener, server_ssl_context, systemd_listeners, tcp_listener, unix_listener
@@ -133,6 +133,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         router.add_route("*", f"{prefix}/state", resources.state_collection)
         router.add_route("*", f"{prefix}/state/{{name}}", resources.state_item)
         router.add_route("*", f"{prefix}/machines", resources.machines_collection)
+        router.add_route("*", f"{prefix}/_watch/units", watch.watch_units)  # beyond fleet
         router.add_route("*", f"{prefix}/discovery", discovery)
         router.add_route("*", f"{prefix}/discovery.json", discovery)
     router.add_route("*", "/metrics", metrics_handler)
