@@ -45,7 +45,6 @@ class ApiFleetClient(FleetClient):
     def __init__(self, endpoint: str, timeout: float = 3.0, cafile: str | None = None,
                  certfile: str | None = None, keyfile: str | None = None):
         self.endpoint = parse_endpoint(endpoint)
-        self.multiple_endpoints = "," in endpoint.strip(",")
         self.timeout = timeout
         self._tls = (cafile, certfile, keyfile)
         self._ssl_context = None
@@ -58,12 +57,12 @@ class ApiFleetClient(FleetClient):
 
     # ------------------------------------------------------------------ transport
 
-    def _new_connection(self, base_url: str | None = None) -> http.client.HTTPConnection:
+    def _new_connection(self) -> http.client.HTTPConnection:
         ep = self.endpoint
-        if base_url is None and ep.unix_path is not None:
+        if ep.unix_path is not None:
             return UnixConnection(ep.unix_path, self.timeout)
-        url = urlsplit(base_url or ep.base_url)
-        if url.scheme == "https" or (base_url is None and any(self._tls)):
+        url = urlsplit(ep.base_url)
+        if url.scheme == "https":  # as before: --ca-file etc. apply to https:// endpoints
             if self._ssl_context is None:
                 from fleetd.wire import client_ssl_context
 

@@ -20,10 +20,6 @@ class Endpoint:
     unix_path: str | None = None
     base_url: str = f"http://{UNIX_HOST}"
 
-    @property
-    def is_tls(self) -> bool:
-        return self.base_url.startswith("https://")
-
 
 def parse_endpoint(text: str) -> Endpoint:
     """fleetctl's --endpoint for the API driver (only the first of a comma-separated list)."""
