@@ -4,7 +4,6 @@ group. The commands live in fleetctl/commands/ (one module per family, see COMMA
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 
@@ -14,7 +13,7 @@ from fleetd import __version__
 from fleetd.config import DEFAULT_KEY_PREFIX
 from fleetctl.commands import COMMANDS
 from fleetctl.commands.common import DEFAULT_ENDPOINT, CommandFailed, Globals, choose_driver
-from fleetctl.ssh import DEFAULT_KNOWN_HOSTS, SshOptions
+from fleetctl.sshopts import DEFAULT_KNOWN_HOSTS, SshOptions
 
 __all__ = ["CommandFailed", "LazyGroup", "choose_driver", "cli", "main"]
 
@@ -109,8 +108,12 @@ def cli(ctx: click.Context, endpoint, driver, etcd_key_prefix, request_timeout, 
         click.echo(ctx.get_help())
         ctx.exit(0)
     # errors reach the user as one line through the command; library logs only with --debug
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if debug else logging.CRITICAL,
-                        format="fleetctl: %(name)s: %(message)s")
+    # (the API driver's path logs nothing: logging is not even imported there)
+    if debug or choose_driver(endpoint, driver) != "api":
+        import logging
+
+        logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if debug else logging.CRITICAL,
+                            format="fleetctl: %(name)s: %(message)s")
     ctx.obj = Globals(
         endpoint=endpoint,
         driver=driver,
@@ -140,7 +143,8 @@ def main() -> None:
         else:
             print(exc.code, file=sys.stderr)
             code = 1
-    logging.shutdown()
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

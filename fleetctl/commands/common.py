@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, TypeVar
 from urllib.parse import urlsplit
 
 import click
@@ -20,7 +20,10 @@ import click
 from fleetd.config import EtcdSettings
 from fleetd.errors import FleetError
 from fleetctl.client import FleetClient
-from fleetctl.ssh import SshOptions, SshTunnel
+from fleetctl.sshopts import SshOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fleetctl.ssh import SshTunnel
 
 DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
 DEFAULT_ETCD_ENDPOINT = "http://127.0.0.1:2379"
@@ -81,6 +84,8 @@ def choose_driver(endpoint: str, driver: str) -> str:
 
 def _tunnelled(g: Globals, target: tuple) -> str:
     """Start the --tunnel SSH forward to `target`; returns the local address to use instead."""
+    from fleetctl.ssh import SshTunnel
+
     g._tunnel = SshTunnel(g.ssh, target)
     return g._tunnel.start()
 
