@@ -34,6 +34,7 @@ IMAGES_API = "/fleet/images/v1/images"
 PARALLEL_REQUESTS = 16
 LONG_POLL = 30.0  # seconds a change-feed request may be held by the server
 REMOTE_COMMAND_TIMEOUT = 60.0
+REQUEST_TIMEOUT: float = -1.0  # _send's default: the client's --request-timeout (None: no timeout)
 
 __all__ = ["ApiFleetClient", "CommandOutput", "Endpoint", "parse_endpoint"]
 
@@ -92,8 +93,9 @@ class ApiFleetClient(FleetClient):
         return ApiUnavailable(f"fleet API unreachable at {self.endpoint.display}: {why}")
 
     def _send(self, method: str, path: str, *, params: Any = None, body: Any = None, headers: dict | None = None,
-              timeout: float | None = None, stream: bool = False) -> http.client.HTTPResponse:
-        """One request on this thread's keep-alive connection; the response (read or not)."""
+              timeout: float | None = REQUEST_TIMEOUT, stream: bool = False) -> tuple[http.client.HTTPResponse, bytes]:
+        """One request on this thread's keep-alive connection: the response and its body (b""
+        and left to read with `stream`)."""
         hdrs = {"User-Agent": "fleetctl-py", **(headers or {})}
         data = None
         if body is not None:
@@ -101,7 +103,7 @@ class ApiFleetClient(FleetClient):
             hdrs["Content-Type"] = "application/json"
         if params:
             path += "?" + urlencode(params, doseq=True)
-        wait = self.timeout if timeout is None else timeout
+        wait = self.timeout if timeout == REQUEST_TIMEOUT else timeout
         for attempt in (1, 2):
             conn = self._connection()
             reused = conn.sock is not None
@@ -111,9 +113,7 @@ class ApiFleetClient(FleetClient):
                     conn.sock.settimeout(wait)
                 conn.request(method, path, body=data, headers=hdrs)
                 response = conn.getresponse()
-                if not stream:
-                    response.body = response.read()  # type: ignore[attr-defined]
-                return response
+                return response, b"" if stream else response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
                 if reused and attempt == 1:  # the server closed an idle keep-alive connection
@@ -127,8 +127,7 @@ class ApiFleetClient(FleetClient):
     def request(self, method: str, path: str, *, params: Any = None, body: Any = None,
                 headers: dict | None = None, ok: Sequence[int] = (200, 201, 204)) -> tuple[int, Any]:
         """One request; returns (status, decoded JSON or None) for statuses in `ok`."""
-        response = self._send(method, path, params=params, body=body, headers=headers)
-        raw = response.body  # type: ignore[attr-defined]
+        response, raw = self._send(method, path, params=params, body=body, headers=headers)
         if response.status in ok:
             return response.status, json.loads(raw) if raw.strip() else None
         raise self.error(method, path, response.status, raw)
@@ -248,9 +247,8 @@ class ApiFleetClient(FleetClient):
 
     async def unit_status(self, name: str, machine_id: str | None = None) -> CommandOutput:
         path = self.path("units", name, "status")
-        response = self._send("GET", path, params={"machineID": machine_id} if machine_id else None,
-                              timeout=max(self.timeout, REMOTE_COMMAND_TIMEOUT))
-        raw = response.body  # type: ignore[attr-defined]
+        response, raw = self._send("GET", path, params={"machineID": machine_id} if machine_id else None,
+                                   timeout=max(self.timeout, REMOTE_COMMAND_TIMEOUT))
         if response.status != 200:
             raise self.error("GET", path, response.status, raw)
         return CommandOutput(response.getheader("X-Fleet-Machine-ID", machine_id or ""),
@@ -262,8 +260,8 @@ class ApiFleetClient(FleetClient):
         if machine_id:
             params["machineID"] = machine_id
         path = self.path("units", name, "journal")
-        response = self._send("GET", path, params=params, stream=True,
-                              timeout=None if follow else max(self.timeout, REMOTE_COMMAND_TIMEOUT))
+        response, _ = self._send("GET", path, params=params, stream=True,
+                                 timeout=None if follow else max(self.timeout, REMOTE_COMMAND_TIMEOUT))
         if response.status != 200:
             raise self.error("GET", path, response.status, response.read())
         try:
@@ -314,8 +312,7 @@ class ApiFleetClient(FleetClient):
         if since is not None:
             params += [("since", str(since)), ("timeout", f"{hold:g}")]
         path = self._path_prefix + WATCH_PATH
-        response = self._send("GET", path, params=params, timeout=hold + self.timeout)
-        raw = response.body  # type: ignore[attr-defined]
+        response, raw = self._send("GET", path, params=params, timeout=hold + self.timeout)
         if response.status in (404, 405, 501):  # an API without the feed (e.g. fleet's own)
             self._feed = False
             return None
