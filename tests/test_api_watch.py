@@ -168,3 +168,18 @@ def test_fleetctl_start_blocks_on_the_feed_until_launched(server, tmp_path, monk
         stop.set()
         thread.join(10)
     assert (r.exit_code, r.output) == (0, "Unit w.service launched on 01234567.../10.1.2.3\n"), r.stderr
+
+
+def test_held_watches_stay_out_of_the_request_duration_metric(server):
+    _, now = get(server, "/fleet/v1/_watch/units")
+    get(server, f"/fleet/v1/_watch/units?since={now['revision']}&timeout=0.5")
+    conn = http.client.HTTPConnection(server.harness.server.tcp_addresses[0], timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    slow = [line for line in text.splitlines() if line.startswith("fleet_api_request_duration_seconds_bucket")
+            and 'le="0.25"' in line]
+    counts = [line for line in text.splitlines() if line.startswith("fleet_api_request_duration_seconds_count")]
+    assert slow and counts, text[:2000]
+    # every observed request (the un-held GET of the revision included) was fast
+    assert sum(float(l.rsplit(" ", 1)[1]) for l in slow) == sum(float(l.rsplit(" ", 1)[1]) for l in counts)

@@ -85,7 +85,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal error (see fleetd's log)")
     finally:
         metrics = ctx_of(request).metrics
-        if metrics is not None:
+        if metrics is not None and not watch.is_long_poll(request):  # held on purpose: no slow request
             metrics.observe_request(request.method, status, time.perf_counter() - started)
         log.debug("HTTP %s %s -> %s", request.method, request.path_qs, status)
 

@@ -80,3 +80,8 @@ async def watch_units(request: web.Request) -> web.Response:
     except WatchCompacted:
         revision, changed = await reg.current_revision(), True
     return json_response({"revision": revision, "changed": changed})
+
+
+def is_long_poll(request: web.Request) -> bool:
+    """A request held on purpose (left out of the request-duration metric)."""
+    return request.match_info.handler is watch_units and "since" in request.query
