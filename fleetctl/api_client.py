@@ -1,165 +1,159 @@
-"""fleetctl's API driver: the FleetClient interface over fleet's HTTP API v1 (aiohttp).
+"""fleetctl's API driver: the FleetClient interface over fleet's HTTP API v1, on the standard
+library (http.client), so that `fleetctl list-units` imports no asyncio, aiohttp or gRPC.
 
 Endpoints: `unix:///var/run/fleet.sock` (or a bare `/path`), `http://host:port`, `https://host:port`
 (TLS with --ca-file, and --cert-file/--key-file for client certificates), or `host:port`.
 HTTP errors become fleetd.errors exceptions: 404 UnitNotFound, 409 UnitConflict, 400 UnitError,
 503 and connection failures ApiUnavailable (one line naming the endpoint), others ApiError.
+
+The methods are coroutines (the FleetClient interface) that never suspend: each does its
+requests blocking, one keep-alive connection per thread; batches (create, set state, destroy of
+several units) go out concurrently on a few threads. Blocking waits use the API's change feed
+(GET /fleet/v1/_watch/units, docs/api.md) when the server has it, else they poll.
 """
 
 from __future__ import annotations
 
-import asyncio
+import http.client
 import json
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Sequence
-from urllib.parse import quote, urlsplit
+import socket
+import threading
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from urllib.parse import quote, urlencode, urlsplit
 
-import aiohttp
-import yarl
-
-from fleetd.api.listeners import client_ssl_context
-from fleetd.api.wire import go_json, machine_from_wire, options_to_wire, state_from_wire, unit_from_wire
-from fleetd.errors import ApiError, ApiUnavailable, ConfigError, UnitConflict, UnitError, UnitNotFound
+from fleetd.errors import ApiError, ApiUnavailable, UnitConflict, UnitError, UnitNotFound
 from fleetd.model import DesiredState, Machine, Unit, UnitState
-from fleetd.unit.requirements import requirements_of
-from fleetctl.client import FleetClient, UnitInfo
+from fleetd.wire import go_json, machine_from_wire, options_to_wire, state_from_wire, unit_from_wire
+from fleetctl.client import CommandOutput, FleetClient, UnitInfo, poll_delays
+from fleetctl.endpoint import UNIX_HOST, Endpoint, UnixConnection, parse_endpoint
 
 API_PREFIX = "/fleet/v1"
-UNIX_HOST = "domain-sock"  # fleetctl's Host header over a unix socket
+WATCH_PATH = API_PREFIX + "/_watch/units"
+IMAGES_API = "/fleet/images/v1/images"
 PARALLEL_REQUESTS = 16
+LONG_POLL = 30.0  # seconds a change-feed request may be held by the server
+REMOTE_COMMAND_TIMEOUT = 60.0
+REQUEST_TIMEOUT: float = -1.0  # _send's default: the client's --request-timeout (None: no timeout)
 
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the API is: a unix socket path, or a base URL."""
-
-    display: str
-    unix_path: str | None = None
-    base_url: str = f"http://{UNIX_HOST}"
-
-    @property
-    def is_tls(self) -> bool:
-        return self.base_url.startswith("https://")
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """fleetctl's --endpoint for the API driver (only the first of a comma-separated list)."""
-    first = text.split(",")[0].strip()
-    if not first:
-        raise ConfigError("--endpoint: empty endpoint")
-    if first.startswith("unix://"):
-        path = first[len("unix://"):]
-        if not path.startswith("/"):
-            raise ConfigError(f"--endpoint {first}: expected unix:///absolute/path")
-        return Endpoint(first, unix_path=path)
-    if first.startswith("/"):
-        return Endpoint(f"unix://{first}", unix_path=first)
-    if "://" not in first:
-        first = f"http://{first}"
-    url = urlsplit(first)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise ConfigError(f"--endpoint {text}: expected unix:///path, http(s)://host:port or host:port")
-    return Endpoint(first, base_url=f"{url.scheme}://{url.netloc}{url.path.rstrip('/')}")
-
-
-@dataclass(frozen=True)
-class CommandOutput:
-    """A command run by a fleetd for us (status): where, its exit status and its output."""
-
-    machine_id: str
-    exit_status: int
-    output: str
+__all__ = ["ApiFleetClient", "CommandOutput", "Endpoint", "parse_endpoint"]
 
 
 class ApiFleetClient(FleetClient):
     runs_remote_commands = True
+    needs_event_loop = False
 
     def __init__(self, endpoint: str, timeout: float = 3.0, cafile: str | None = None,
                  certfile: str | None = None, keyfile: str | None = None):
         self.endpoint = parse_endpoint(endpoint)
-        self.multiple_endpoints = "," in endpoint.strip(",")
         self.timeout = timeout
         self._tls = (cafile, certfile, keyfile)
-        self._session: aiohttp.ClientSession | None = None
+        self._ssl_context = None
+        url = urlsplit(self.endpoint.base_url)
+        self._path_prefix = url.path
+        self._local = threading.local()
+        self._connections: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._feed = True  # until the server shows it has no change feed
 
     # ------------------------------------------------------------------ transport
 
-    def _new_session(self) -> aiohttp.ClientSession:
+    def _new_connection(self) -> http.client.HTTPConnection:
         ep = self.endpoint
         if ep.unix_path is not None:
-            connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=ep.unix_path)
-        else:
-            ssl_ctx: Any = False
-            if ep.is_tls or any(self._tls):
-                ssl_ctx = client_ssl_context(*self._tls)
-            connector = aiohttp.TCPConnector(ssl=ssl_ctx)
-        return aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
-            headers={"User-Agent": "fleetctl-py"},
-            auto_decompress=True,
-        )
+            return UnixConnection(ep.unix_path, self.timeout)
+        url = urlsplit(ep.base_url)
+        if url.scheme == "https":  # as before: --ca-file etc. apply to https:// endpoints
+            if self._ssl_context is None:
+                from fleetd.wire import client_ssl_context
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = self._new_session()
-        return self._session
+                self._ssl_context = client_ssl_context(*self._tls)
+            return http.client.HTTPSConnection(url.hostname, url.port, timeout=self.timeout,
+                                               context=self._ssl_context)
+        return http.client.HTTPConnection(url.hostname, url.port, timeout=self.timeout)
 
-    def url(self, *segments: str, prefix: str = API_PREFIX) -> yarl.URL:
-        path = prefix + "".join("/" + quote(s, safe="@:") for s in segments)
-        return yarl.URL(self.endpoint.base_url + path, encoded=True)
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._new_connection()
+            with self._lock:
+                self._connections.append(conn)
+        return conn
 
-    def _unreachable(self, exc: BaseException) -> ApiUnavailable:
-        if isinstance(exc, asyncio.TimeoutError):
-            why = f"no answer within {self.timeout:g}s"
+    def path(self, *segments: str, prefix: str = API_PREFIX) -> str:
+        return self._path_prefix + prefix + "".join("/" + quote(s, safe="@:") for s in segments)
+
+    def _unreachable(self, exc: BaseException, timeout: float | None = None) -> ApiUnavailable:
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            why = f"no answer within {timeout or self.timeout:g}s"
+        elif isinstance(exc, OSError) and exc.strerror:
+            why = exc.strerror
         else:
             why = str(exc) or type(exc).__name__
-            if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error is not None:
-                why = exc.os_error.strerror or str(exc.os_error)
         return ApiUnavailable(f"fleet API unreachable at {self.endpoint.display}: {why}")
 
-    async def request(self, method: str, url: yarl.URL, *, params: dict | None = None, body: Any = None,
-                      headers: dict | None = None, ok: Sequence[int] = (200, 201, 204),
-                      timeout: aiohttp.ClientTimeout | None = None) -> tuple[int, Any]:
-        """One request; returns (status, decoded JSON or None) for statuses in `ok`."""
-        hdrs = dict(headers or {})
+    def _send(self, method: str, path: str, *, params: Any = None, body: Any = None, headers: dict | None = None,
+              timeout: float | None = REQUEST_TIMEOUT, stream: bool = False) -> tuple[http.client.HTTPResponse, bytes]:
+        """One request on this thread's keep-alive connection: the response and its body (b""
+        and left to read with `stream`)."""
+        hdrs = {"User-Agent": "fleetctl-py", **(headers or {})}
         data = None
         if body is not None:
             data = go_json(body)
             hdrs["Content-Type"] = "application/json"
-        try:
-            async with self.session.request(method, url, params=params, data=data, headers=hdrs,
-                                            timeout=timeout or aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise self._unreachable(exc) from None
-        if status in ok:
-            return status, json.loads(raw) if raw.strip() else None
-        raise self.error(method, url, status, raw)
+        if params:
+            path += "?" + urlencode(params, doseq=True)
+        wait = self.timeout if timeout == REQUEST_TIMEOUT else timeout
+        for attempt in (1, 2):
+            conn = self._connection()
+            reused = conn.sock is not None
+            try:
+                conn.timeout = wait
+                if conn.sock is not None:
+                    conn.sock.settimeout(wait)
+                conn.request(method, path, body=data, headers=hdrs)
+                response = conn.getresponse()
+                return response, b"" if stream else response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                if reused and attempt == 1:  # the server closed an idle keep-alive connection
+                    continue
+                raise self._unreachable(exc, wait) from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise self._unreachable(exc, wait) from None
+        raise AssertionError("unreachable")
 
-    def error(self, method: str, url: yarl.URL, status: int, raw: bytes) -> Exception:
+    def request(self, method: str, path: str, *, params: Any = None, body: Any = None,
+                headers: dict | None = None, ok: Sequence[int] = (200, 201, 204)) -> tuple[int, Any]:
+        """One request; returns (status, decoded JSON or None) for statuses in `ok`."""
+        response, raw = self._send(method, path, params=params, body=body, headers=headers)
+        if response.status in ok:
+            return response.status, json.loads(raw) if raw.strip() else None
+        raise self.error(method, path, response.status, raw)
+
+    def error(self, method: str, path: str, status: int, raw: bytes) -> Exception:
         message = ""
         try:
             message = json.loads(raw)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = raw.decode("utf-8", "replace").strip()[:200]
+        path = path.split("?", 1)[0]
         if status == 503:
             return ApiUnavailable(f"{message or 'service unavailable'} (fleet API at {self.endpoint.display})")
         if status == 404:
-            return UnitNotFound(message or f"{url.path} not found")
+            return UnitNotFound(message or f"{path} not found")
         if status == 409:
             return UnitConflict(message or "conflict")
         if status == 400:
             return UnitError(message or "bad request")
-        return ApiError(f"fleet API {method} {url.path}: {status} {message}".rstrip(), status)
+        return ApiError(f"fleet API {method} {path}: {status} {message}".rstrip(), status)
 
-    async def _pages(self, resource: str, key: str, params: dict | None = None) -> list[dict]:
+    def _pages(self, resource: str, key: str, params: dict | None = None) -> list[dict]:
         items: list[dict] = []
         query = dict(params or {})
         while True:
-            _, page = await self.request("GET", self.url(resource), params=query or None)
+            _, page = self.request("GET", self.path(resource), params=query or None)
             page = page or {}
             items.extend(page.get(key) or [])
             token = page.get("nextPageToken")
@@ -167,127 +161,193 @@ class ApiFleetClient(FleetClient):
                 return items
             query["nextPageToken"] = token
 
-    async def _parallel(self, coros) -> list:
-        semaphore = asyncio.Semaphore(PARALLEL_REQUESTS)
+    def _parallel(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list:
+        """fn over items, on up to PARALLEL_REQUESTS threads (each with its own connection)."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        from concurrent.futures import ThreadPoolExecutor
 
-        async def limited(coro):
-            async with semaphore:
-                return await coro
-
-        return await asyncio.gather(*(limited(c) for c in coros))
+        with ThreadPoolExecutor(min(PARALLEL_REQUESTS, len(items))) as pool:
+            return list(pool.map(fn, items))
 
     # ------------------------------------------------------------------ FleetClient
 
-    @staticmethod
-    def _info(data: dict) -> UnitInfo:
-        unit, current, machine = unit_from_wire(data)
-        is_global = requirements_of(unit.file, unit.name).is_global
-        return UnitInfo(unit.name, unit.file, unit.desired_state, current, machine, is_global)
-
     async def units(self) -> list[UnitInfo]:
-        return [self._info(u) for u in await self._pages("units", "units")]
+        return [unit_from_wire(u) for u in self._pages("units", "units")]
 
-    async def unit(self, name: str) -> UnitInfo | None:
+    def _unit(self, name: str) -> UnitInfo | None:
         try:
-            _, data = await self.request("GET", self.url("units", name))
+            _, data = self.request("GET", self.path("units", name))
         except UnitNotFound:
             return None
-        return self._info(data)
+        return unit_from_wire(data)
+
+    async def unit(self, name: str) -> UnitInfo | None:
+        return self._unit(name)
 
     async def units_named(self, names: Sequence[str], *, exact_machine: bool = True) -> list[UnitInfo]:
-        """One GET /units/<name> per name, concurrently: a wait polls this, and listing every
-        unit of a large cluster at each poll would cost far more."""
+        """One GET /units/<name> per name: a wait checks this, and listing every unit of a
+        large cluster at each check would cost far more."""
         wanted = list(dict.fromkeys(names))
         if len(wanted) > 50:  # a page or two of the list is cheaper than that many requests
             return await super().units_named(wanted, exact_machine=exact_machine)
-        found = await asyncio.gather(*(self.unit(n) for n in wanted))
-        return [info for info in found if info is not None]
+        return [info for info in self._parallel(self._unit, wanted) if info is not None]
 
     def _unit_body(self, unit: Unit) -> dict[str, Any]:
         return {"name": unit.name, "desiredState": unit.desired_state.value, "options": options_to_wire(unit.file)}
 
     async def create_units(self, units: Sequence[Unit]) -> list[str]:
-        async def create(unit: Unit) -> str | None:
-            status, _ = await self.request("PUT", self.url("units", unit.name), body=self._unit_body(unit),
-                                           headers={"If-None-Match": "*"}, ok=(201, 412))
+        def create(unit: Unit) -> str | None:
+            status, _ = self.request("PUT", self.path("units", unit.name), body=self._unit_body(unit),
+                                     headers={"If-None-Match": "*"}, ok=(201, 412))
             return unit.name if status == 201 else None
 
-        return [n for n in await self._parallel(create(u) for u in units) if n]
+        return [n for n in self._parallel(create, list(units)) if n]
 
     async def replace_unit(self, unit: Unit) -> None:
-        await self.request("PUT", self.url("units", unit.name), body=self._unit_body(unit))
+        self.request("PUT", self.path("units", unit.name), body=self._unit_body(unit))
 
     async def set_desired_state(self, names: Sequence[str], state: DesiredState) -> None:
-        async def one(name: str) -> None:
+        def one(name: str) -> None:
             try:
-                await self.request("PUT", self.url("units", name), body={"name": name, "desiredState": state.value})
+                self.request("PUT", self.path("units", name), body={"name": name, "desiredState": state.value})
             except UnitConflict as exc:
                 if "does not exist" in str(exc):
                     raise UnitNotFound(f"unit {name} not found") from None
                 raise
 
-        await self._parallel(one(n) for n in dict.fromkeys(names))
+        self._parallel(one, list(dict.fromkeys(names)))
 
     async def destroy_units(self, names: Sequence[str]) -> list[str]:
-        async def one(name: str) -> str | None:
-            status, _ = await self.request("DELETE", self.url("units", name), ok=(204, 404))
+        def one(name: str) -> str | None:
+            status, _ = self.request("DELETE", self.path("units", name), ok=(204, 404))
             return name if status == 204 else None
 
-        return [n for n in await self._parallel(one(n) for n in dict.fromkeys(names)) if n]
+        return [n for n in self._parallel(one, list(dict.fromkeys(names))) if n]
 
     async def unit_states(self, name: str | None = None, machine_id: str | None = None) -> list[UnitState]:
         params = {k: v for k, v in (("unitName", name), ("machineID", machine_id)) if v}
-        return [state_from_wire(s) for s in await self._pages("state", "states", params)]
+        return [state_from_wire(s) for s in self._pages("state", "states", params)]
 
     async def machines(self) -> list[Machine]:
-        return [machine_from_wire(m) for m in await self._pages("machines", "machines")]
+        return [machine_from_wire(m) for m in self._pages("machines", "machines")]
 
     async def set_machine_metadata(self, machine_id: str, key: str, value: str | None) -> None:
         op = {"op": "remove", "path": f"/{machine_id}/metadata/{key}"}
         if value is not None:
             op = {"op": "add", "path": op["path"], "value": {"value": value}}
-        await self.request("PATCH", self.url("machines"), body=[op])
+        self.request("PATCH", self.path("machines"), body=[op])
 
     async def set_draining(self, machine_id: str, draining: bool) -> None:
         path = f"/{machine_id}/draining"
         op = {"op": "add", "path": path, "value": {"value": "true"}} if draining else {"op": "remove", "path": path}
-        await self.request("PATCH", self.url("machines"), body=[op])
+        self.request("PATCH", self.path("machines"), body=[op])
 
     # ------------------------------------------------------------------ beyond fleet: status, journal
 
     async def unit_status(self, name: str, machine_id: str | None = None) -> CommandOutput:
-        params = {"machineID": machine_id} if machine_id else None
-        url = self.url("units", name, "status")
-        try:
-            async with self.session.get(url, params=params,
-                                        timeout=aiohttp.ClientTimeout(total=max(self.timeout, 60.0))) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise self.error("GET", url, resp.status, raw)
-                return CommandOutput(resp.headers.get("X-Fleet-Machine-ID", machine_id or ""),
-                                     int(resp.headers.get("X-Fleet-Exit-Status", "0")),
-                                     raw.decode("utf-8", "replace"))
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise self._unreachable(exc) from None
+        path = self.path("units", name, "status")
+        response, raw = self._send("GET", path, params={"machineID": machine_id} if machine_id else None,
+                                   timeout=max(self.timeout, REMOTE_COMMAND_TIMEOUT))
+        if response.status != 200:
+            raise self.error("GET", path, response.status, raw)
+        return CommandOutput(response.getheader("X-Fleet-Machine-ID", machine_id or ""),
+                             int(response.getheader("X-Fleet-Exit-Status", "0")), raw.decode("utf-8", "replace"))
 
     async def journal(self, name: str, *, lines: int = 10, output: str = "short", follow: bool = False,
                       machine_id: str | None = None) -> AsyncIterator[bytes]:
         params = {"lines": str(lines), "output": output, "follow": "true" if follow else "false"}
         if machine_id:
             params["machineID"] = machine_id
-        url = self.url("units", name, "journal")
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
-                                        sock_read=None if follow else max(self.timeout, 60.0))
+        path = self.path("units", name, "journal")
+        response, _ = self._send("GET", path, params=params, stream=True,
+                                 timeout=None if follow else max(self.timeout, REMOTE_COMMAND_TIMEOUT))
+        if response.status != 200:
+            raise self.error("GET", path, response.status, response.read())
         try:
-            async with self.session.get(url, params=params, timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise self.error("GET", url, resp.status, await resp.read())
-                async for chunk in resp.content.iter_any():
-                    yield chunk
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            while chunk := response.read1(65536):
+                yield chunk
+        except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(exc) from None
+        finally:
+            response.close()
+
+    # ------------------------------------------------------------------ images (from each machine's image server)
+
+    async def image_records(self, image_port: int, warn: Callable[[str], None] = lambda _: None) -> list:
+        from fleetd.registry.images import MachineImages
+
+        records = []
+        for machine in await self.machines():
+            if not machine.public_ip:
+                continue
+            host = f"[{machine.public_ip}]" if ":" in machine.public_ip else machine.public_ip
+            url = f"http://{host}:{image_port}{IMAGES_API}"
+            conn = http.client.HTTPConnection(host.strip("[]"), image_port, timeout=max(self.timeout, 1.0))
+            try:
+                conn.request("GET", IMAGES_API)
+                response = conn.getresponse()
+                data = json.loads(response.read())
+                if response.status != 200 or not isinstance(data, dict):
+                    raise ValueError(f"HTTP {response.status}")
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                warn(f"WARNING: machine {machine.id[:8]}: no image list from {url}: {exc or type(exc).__name__}")
+                continue
+            finally:
+                conn.close()
+            data["machineID"] = machine.id
+            records.append(MachineImages.from_json(data))
+        return records
+
+    # ------------------------------------------------------------------ waiting, woken by the change feed
+
+    def feed_revision(self, since: int | None = None, hold: float = 0.0,
+                      names: Sequence[str] = ()) -> int | None:
+        """The change feed: without `since`, the current revision; with it, the revision of the
+        first change of the named units (any unit without names) after `since`, waiting up to
+        `hold` seconds (`since` again if none). None if the server has no change feed."""
+        if not self._feed:
+            return None
+        params: list[tuple[str, str]] = [("unitName", n) for n in names]
+        if since is not None:
+            params += [("since", str(since)), ("timeout", f"{hold:g}")]
+        path = self._path_prefix + WATCH_PATH
+        response, raw = self._send("GET", path, params=params, timeout=hold + self.timeout)
+        if response.status in (404, 405, 501):  # an API without the feed (e.g. fleet's own)
+            self._feed = False
+            return None
+        if response.status != 200:
+            raise self.error("GET", path, response.status, raw)
+        try:
+            return int(json.loads(raw)["revision"])
+        except (ValueError, KeyError, TypeError):
+            self._feed = False
+            return None
+
+    async def wait(self, check: Callable[[], Awaitable[bool]], timeout: float | None,
+                   poll: float = 0.25, names: Sequence[str] = ()) -> bool:
+        """Check, then sleep in a long-poll of the change feed until the named units change;
+        without a feed, poll (fast first, see poll_delays)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        since = self.feed_revision(names=names)
+        delays = poll_delays(poll, fast_start=True)
+        while True:
+            if await check():
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if since is not None:
+                hold = LONG_POLL if remaining is None else min(LONG_POLL, remaining)
+                since = self.feed_revision(since, hold, names)
+                if since is not None:
+                    continue
+            delay = next(delays)
+            time.sleep(delay if remaining is None else min(delay, remaining))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()

@@ -1,38 +1,59 @@
-"""The client library under fleetctl: one interface, two drivers (etcd now, the HTTP API later)."""
+"""The client interface under fleetctl: what a command may ask of a cluster, and two drivers.
+
+`FleetClient` is the only way a command reaches the cluster. Its methods are coroutines; the
+drivers are fleetctl/etcd_client.py (`--driver=etcd`: the registry in etcd, asyncio and aetcd)
+and fleetctl/api_client.py (the default: fleet's HTTP API on the standard library). The API
+driver's coroutines never suspend (they do their I/O blocking), so fleetctl runs a command with
+it without an event loop and without importing asyncio (see fleetctl/commands/common.py).
+
+This module imports neither asyncio nor a driver: `fleetctl list-units` pays only for what it
+uses.
+"""
 
 from __future__ import annotations
 
 import abc
-import asyncio
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
-from fleetd.config import EtcdSettings
-from fleetd.jobstate import current_state_of
-from fleetd.model import DesiredState, Machine, Placement, Unit, UnitState
-from fleetd.unit.file import UnitFile
+from fleetd.model import DesiredState, Machine, Unit, UnitState
+from fleetd.wire import UnitInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    import asyncio
+
+__all__ = ["CommandOutput", "FleetClient", "ImageImport", "UnitInfo", "poll_delays", "FAST_POLL", "FAST_POLL_FOR"]
 
 
 @dataclass(frozen=True)
-class UnitInfo:
-    """A unit as fleet's API shows it (schema.Unit): desired and current state, target machine."""
+class CommandOutput:
+    """A command run by a fleetd for us (status): where, its exit status and its output."""
 
-    name: str
-    file: UnitFile
-    desired_state: DesiredState
-    current_state: str  # inactive / loaded / launched; "" for global units
-    machine_id: str  # target machine, "" if unscheduled or global
-    is_global: bool
+    machine_id: str
+    exit_status: int
+    output: str
 
-    @property
-    def hash(self) -> str:
-        return self.file.hash
+
+@dataclass(frozen=True)
+class ImageImport:
+    """The answer of a machine to an image import request (state: done or failed)."""
+
+    state: str
+    digest: str = ""
+    error: str = ""
 
 
 class FleetClient(abc.ABC):
     """What fleetctl needs from a cluster. All methods raise fleetd.errors.FleetError subclasses."""
+
+    #: True if the driver's fleetd runs `systemctl status`/`journalctl` on the unit's machine
+    #: for us (unit_status, journal); False: fleetctl runs them itself, locally or over SSH.
+    runs_remote_commands: bool = False
+
+    #: True if the driver's coroutines suspend (they need an asyncio event loop to run).
+    needs_event_loop: bool = True
 
     @abc.abstractmethod
     async def units(self) -> list[UnitInfo]: ...
@@ -74,15 +95,40 @@ class FleetClient(abc.ABC):
     async def set_draining(self, machine_id: str, draining: bool) -> None:
         raise NotImplementedError
 
-    async def wait(
-        self, check: Callable[[], "asyncio.Future[bool]"], timeout: float | None, poll: float = 0.25
-    ) -> bool:
+    # ------------------------------------------------------------------ remote commands (runs_remote_commands)
+
+    async def unit_status(self, name: str, machine_id: str | None = None) -> CommandOutput:
+        raise NotImplementedError
+
+    def journal(self, name: str, *, lines: int = 10, output: str = "short", follow: bool = False,
+                machine_id: str | None = None) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ images
+
+    async def image_records(self, image_port: int) -> list:
+        """Every machine's image record (fleetd.registry.images.MachineImages)."""
+        raise NotImplementedError
+
+    async def import_image(self, machine_id: str, url: str, sha256: str, name: str,
+                           timeout: float) -> ImageImport | None:
+        """Ask a machine to import the archive at `url`; its answer, None if none within timeout."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ waiting
+
+    async def wait(self, check: Callable[[], Awaitable[bool]], timeout: float | None,
+                   poll: float = 0.25, names: Sequence[str] = ()) -> bool:
         """Re-evaluate `check` until it is true or the timeout passes. Drivers with a change
         feed override `changes()` so that waiting is woken by events instead of the poll;
-        without one, the poll starts fast (see `poll_delays`)."""
+        without one, the poll starts fast (see `poll_delays`). `names`: the units the check
+        looks at (a driver may watch only those)."""
+        import asyncio
+
         deadline = None if timeout is None else time.monotonic() + timeout
         async with self.changes() as changed:
-            delays = poll_delays(poll, fast_start=isinstance(changed, _NoEvents))
+            delays = poll_delays(poll, fast_start=changed is None)
+            event = changed if changed is not None else asyncio.Event()
             while True:
                 if await check():
                     return True
@@ -92,13 +138,14 @@ class FleetClient(abc.ABC):
                 delay = next(delays)
                 wait_for = delay if remaining is None else min(delay, remaining)
                 try:
-                    await asyncio.wait_for(changed.wait(), wait_for)
+                    await asyncio.wait_for(event.wait(), wait_for)
                 except asyncio.TimeoutError:
                     pass
-                changed.clear()
+                event.clear()
 
-    def changes(self) -> "_NoChangeFeed":
-        return _NoChangeFeed()
+    def changes(self) -> "NoChangeFeed":
+        """An async context manager giving an asyncio.Event set on changes (None: no feed)."""
+        return NoChangeFeed()
 
     async def close(self) -> None:
         return None
@@ -121,113 +168,11 @@ def poll_delays(poll: float, *, fast_start: bool) -> Iterator[float]:
     yield from itertools.repeat(poll)
 
 
-class _NoEvents(asyncio.Event):
-    """The event of a driver without a change feed: never set, waits end by timeout."""
+class NoChangeFeed:
+    """The change feed of a driver without one: waits poll."""
 
-
-class _NoChangeFeed:
-    async def __aenter__(self) -> asyncio.Event:
-        return _NoEvents()
+    async def __aenter__(self) -> "asyncio.Event | None":
+        return None
 
     async def __aexit__(self, *exc: object) -> None:
         return None
-
-
-class EtcdFleetClient(FleetClient):
-    """Talks to the registry in etcd directly (fleetctl --driver=etcd)."""
-
-    def __init__(self, settings: EtcdSettings):
-        self._settings = settings
-        self._registry = None
-
-    async def _reg(self):
-        if self._registry is None:
-            from fleetd.registry import Registry
-
-            self._registry = await Registry.connect(self._settings)
-        return self._registry
-
-    async def units(self) -> list[UnitInfo]:
-        reg = await self._reg()
-        units, placements, states = await asyncio.gather(reg.list_units(), reg.placements(), reg.unit_states())
-        by_name: dict[str, list[UnitState]] = {}
-        for s in states:
-            by_name.setdefault(s.name, []).append(s)
-        return [self._info(u, placements.get(u.name), by_name.get(u.name, [])) for u in units]
-
-    @staticmethod
-    def _info(unit: Unit, placement: Placement | None, states: Sequence[UnitState]) -> UnitInfo:
-        current, machine = current_state_of(unit, placement, states)
-        return UnitInfo(unit.name, unit.file, unit.desired_state, current, machine, unit.is_global)
-
-    async def unit(self, name: str) -> UnitInfo | None:
-        found = await self.units_named([name])
-        return found[0] if found else None
-
-    async def units_named(self, names: Sequence[str], *, exact_machine: bool = True) -> list[UnitInfo]:
-        records = await (await self._reg()).unit_records(names, find_unreported=exact_machine)
-        return [self._info(r.unit, r.placement, r.states) for n in dict.fromkeys(names)
-                if (r := records.get(n)) is not None]
-
-    async def create_units(self, units: Sequence[Unit]) -> list[str]:
-        return await (await self._reg()).create_units(units)
-
-    async def replace_unit(self, unit: Unit) -> None:
-        await (await self._reg()).replace_unit(unit)
-
-    async def set_desired_state(self, names: Sequence[str], state: DesiredState) -> None:
-        await (await self._reg()).set_desired_state(names, state)
-
-    async def destroy_units(self, names: Sequence[str]) -> list[str]:
-        return await (await self._reg()).destroy_units(names)
-
-    async def unit_states(self, name: str | None = None) -> list[UnitState]:
-        return await (await self._reg()).unit_states(name=name)
-
-    async def machines(self) -> list[Machine]:
-        return await (await self._reg()).list_machines()
-
-    async def set_machine_metadata(self, machine_id: str, key: str, value: str | None) -> None:
-        await (await self._reg()).set_machine_metadata(machine_id, key, value)
-
-    async def set_draining(self, machine_id: str, draining: bool) -> None:
-        await (await self._reg()).set_draining(machine_id, draining)
-
-    def changes(self) -> "_EtcdChangeFeed":
-        return _EtcdChangeFeed(self)
-
-    async def close(self) -> None:
-        if self._registry is not None:
-            await self._registry.close()
-
-
-class _EtcdChangeFeed:
-    """Sets an event whenever units, the schedule or unit states change (an etcd watch)."""
-
-    def __init__(self, client: EtcdFleetClient):
-        self._client = client
-        self._task: asyncio.Task | None = None
-        self._event = asyncio.Event()
-
-    async def __aenter__(self) -> asyncio.Event:
-        reg = await self._client._reg()
-        revision = await reg.current_revision()
-        prefixes = [reg.keys.jobs, reg.keys.schedule, reg.keys.states]
-
-        async def run() -> None:
-            try:
-                async for _ in reg.watch(prefixes, revision + 1):
-                    self._event.set()
-            except Exception:  # the waiter falls back to polling
-                pass
-
-        self._task = asyncio.create_task(run())
-        return self._event
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Mapping, Sequence
 
 from fleetd.model import Machine, UnitState
-from fleetctl.client import UnitInfo
+from fleetd.wire import UnitInfo
 
 TAB_WIDTH = 8
 

@@ -17,44 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleetd.errors import FleetError
+from fleetctl.sshopts import DEFAULT_KNOWN_HOSTS, SshError, SshOptions, split_hostport
 
-DEFAULT_KNOWN_HOSTS = "~/.fleetctl/known_hosts"
-
-
-class SshError(FleetError):
-    """The ssh client is missing or an SSH connection/tunnel failed."""
-
-
-@dataclass(frozen=True)
-class SshOptions:
-    username: str = "core"
-    timeout: float = 10.0
-    strict_host_key_checking: bool = True
-    known_hosts_file: str = DEFAULT_KNOWN_HOSTS
-    tunnel: str = ""  # bastion host[:port]
-
-    def tunnel_hostport(self) -> tuple[str, int] | None:
-        """fleet's getTunnelFlag: ":22" is appended when no port is given."""
-        if not self.tunnel:
-            return None
-        host, port = split_hostport(self.tunnel, 22)
-        return host, port
-
-
-def split_hostport(text: str, default_port: int) -> tuple[str, int]:
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
-    try:
-        return host, int(port) if port else default_port
-    except ValueError:
-        raise SshError(f"invalid port in {text!r}") from None
-
+__all__ = ["DEFAULT_KNOWN_HOSTS", "SshError", "SshOptions", "SshTunnel", "run_here_or_there", "split_hostport",
+           "ssh_argv", "ssh_binary"]
 
 def ssh_binary() -> str:
     found = shutil.which("ssh")

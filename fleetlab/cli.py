@@ -274,7 +274,7 @@ def bench() -> None:
 @click.option("--nodes", "-N", default=3, show_default=True, help="Nodes of the lab.")
 @click.option("--agent-ttl", default=DEFAULT_AGENT_TTL, show_default=True, help="fleetd agent_ttl of the lab.")
 @click.option("--api/--no-api", default=True, show_default=True, help="Also through fleetd's HTTP API.")
-@click.option("--api-poll", default=0.02, show_default=True, help="Poll interval of the API driver (it has no watch).")
+@click.option("--api-poll", default=0.02, show_default=True, help="Poll interval of the API driver against an API without the change feed.")
 @_bench_command
 def bench_start(as_json, quiet, **options) -> None:
     """Start one unit until active: fleetctl as a process, the client library, the API."""

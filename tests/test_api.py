@@ -20,7 +20,7 @@ import pytest
 
 from fleetd import __version__
 from fleetd.api.server import ApiServer
-from fleetd.api.wire import PageToken
+from fleetd.wire import PageToken
 from fleetd.config import EtcdSettings, FleetConfig
 from fleetd.errors import ConfigError
 from fleetd.model import DesiredState, Machine, Placement, Unit

@@ -1,7 +1,7 @@
 """fleet API v1 discovery document (Google API discovery format), served at /fleet/v1/discovery.
 
 Built from the entity field lists below rather than kept as a text blob, so it cannot drift from
-what fleetd.api.wire emits. fleet ships it with rootUrl "$ENDPOINT/" for clients to replace; we
+what fleetd.wire emits. fleet ships it with rootUrl "$ENDPOINT/" for clients to replace; we
 fill in the base URL the request came in on (over a unix socket there is no such URL, so the
 placeholder stays, as fleet's clients expect).
 """

@@ -160,27 +160,3 @@ def server_ssl_context(cafile: str, certfile: str, keyfile: str) -> ssl.SSLConte
     ctx.verify_mode = ssl.CERT_REQUIRED
     _load(ctx, cafile, certfile, keyfile, "api")
     return ctx
-
-
-def client_ssl_context(cafile: str | None, certfile: str | None, keyfile: str | None, *,
-                       check_hostname: bool = False) -> ssl.SSLContext:
-    """TLS to a fleet API: the server must be signed by cafile (the system CAs without one); we
-    present our certificate if given.
-
-    Host names are not checked by default: fleet machines are addressed by IP and trusted by the
-    cluster CA (set check_hostname for certificates issued per name)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = check_hostname
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    try:
-        if cafile:
-            ctx.load_verify_locations(cafile=cafile)
-        else:
-            ctx.load_default_certs()
-        if certfile:
-            ctx.load_cert_chain(certfile, keyfile or None)
-    except (ssl.SSLError, OSError) as exc:
-        files = ", ".join(f for f in (cafile, certfile, keyfile) if f)
-        raise ConfigError(f"cannot load TLS files ({files}): {exc}") from None
-    return ctx

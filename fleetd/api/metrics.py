@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetd.errors import RegistryError
-from fleetd.jobstate import current_state_of
 from fleetd.model import DesiredState
 from fleetd.registry import Registry
+from fleetd.wire import unit_infos
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -164,14 +164,7 @@ class ApiMetrics:
         self.registry_up = 1.0
         desired = Counter(u.desired_state.value for u in units)
         self.units = {state.value: float(desired.get(state.value, 0)) for state in DesiredState}
-        by_name: dict[str, list] = {}
-        for s in states:
-            by_name.setdefault(s.name, []).append(s)
-        current = Counter()
-        for u in units:
-            state, _ = current_state_of(u, placements.get(u.name), by_name.get(u.name, []))
-            if state:
-                current[state] += 1
+        current = Counter(i.current_state for i in unit_infos(units, placements, states) if i.current_state)
         self.units_current = {state.value: float(current.get(state.value, 0)) for state in DesiredState}
         active = Counter(s.active_state or "unknown" for s in states)
         # states that disappeared drop to 0 rather than vanish

@@ -25,7 +25,8 @@ import aiohttp
 from aiohttp import web
 
 from fleetd.api.context import ApiContext, HttpError, ctx_of
-from fleetd.api.listeners import client_ssl_context, parse_hostport
+from fleetd.api.listeners import parse_hostport
+from fleetd.wire import client_ssl_context
 from fleetd.errors import UnitError
 from fleetd.jobstate import current_state_of
 from fleetd.unit.name import parse_unit_name

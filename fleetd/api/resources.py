@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from fleetd.api.context import HttpError, ctx_of
-from fleetd.api.wire import (
+from fleetd.wire import (
     PageToken,
     WireError,
     go_json,
@@ -18,11 +18,12 @@ from fleetd.api.wire import (
     page_token_from_query,
     parse_unit_request,
     state_to_wire,
+    unit_infos,
+    unit_info,
     unit_to_wire,
 )
 from fleetd.errors import UnitError, UnitFileError, UnitNotFound
-from fleetd.jobstate import current_state_of
-from fleetd.model import DesiredState, Unit, UnitState
+from fleetd.model import DesiredState, Unit
 from fleetd.unit.file import UnitFile
 from fleetd.unit.name import parse_unit_name
 from fleetd.unit.requirements import validate_unit
@@ -74,22 +75,14 @@ def go_quote(text: str) -> str:
 async def _unit_entities(request: web.Request) -> list[dict[str, Any]]:
     reg = ctx_of(request).registry
     units, placements, states = await asyncio.gather(reg.list_units(), reg.placements(), reg.unit_states())
-    by_name: dict[str, list[UnitState]] = {}
-    for s in states:
-        by_name.setdefault(s.name, []).append(s)
-    entities = []
-    for unit in units:
-        current, machine = current_state_of(unit, placements.get(unit.name), by_name.get(unit.name, []))
-        entities.append(unit_to_wire(unit, current, machine))
-    return entities
+    return [unit_to_wire(info) for info in unit_infos(units, placements, states)]
 
 
 async def unit_entity(request: web.Request, name: str) -> dict[str, Any] | None:
     record = (await ctx_of(request).registry.unit_records([name])).get(name)
     if record is None:
         return None
-    current, machine = current_state_of(record.unit, record.placement, record.states)
-    return unit_to_wire(record.unit, current, machine)
+    return unit_to_wire(unit_info(record.unit, record.placement, record.states))
 
 
 async def units_collection(request: web.Request) -> web.Response:

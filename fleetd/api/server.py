@@ -21,12 +21,12 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from fleetd import __version__
-from fleetd.api import remote, resources
+from fleetd.api import remote, resources, watch
 from fleetd.api.context import CONTEXT, ETCD_UNAVAILABLE, ApiContext, HttpError, ctx_of
 from fleetd.api.discovery import discovery_document
 from fleetd.api.listeners import Listener, server_ssl_context, systemd_listeners, tcp_listener, unix_listener
 from fleetd.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ApiMetrics
-from fleetd.api.wire import error_body
+from fleetd.wire import error_body
 from fleetd.config import FleetConfig
 from fleetd.errors import ConfigError, FleetError, RegistryUnavailable, UnitConflict, UnitError, UnitNotFound
 
@@ -85,7 +85,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal error (see fleetd's log)")
     finally:
         metrics = ctx_of(request).metrics
-        if metrics is not None:
+        if metrics is not None and not watch.is_long_poll(request):  # held on purpose: no slow request
             metrics.observe_request(request.method, status, time.perf_counter() - started)
         log.debug("HTTP %s %s -> %s", request.method, request.path_qs, status)
 
@@ -133,6 +133,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         router.add_route("*", f"{prefix}/state", resources.state_collection)
         router.add_route("*", f"{prefix}/state/{{name}}", resources.state_item)
         router.add_route("*", f"{prefix}/machines", resources.machines_collection)
+        router.add_route("*", f"{prefix}/_watch/units", watch.watch_units)  # beyond fleet
         router.add_route("*", f"{prefix}/discovery", discovery)
         router.add_route("*", f"{prefix}/discovery.json", discovery)
     router.add_route("*", "/metrics", metrics_handler)

@@ -2,7 +2,7 @@
 
 A real etcd holds `units` launched units placed on `machines` machines, each reported active
 (the registry as a settled cluster leaves it; no agents run). For sampled names it times,
-through fleetctl's etcd driver (`fleetctl.client.EtcdFleetClient`):
+through fleetctl's etcd driver (`fleetctl.etcd_client.EtcdFleetClient`):
 
 - `unit(name)`: what `fleetctl status/cat/ssh` and the API's per-unit routes look up;
 - `units_named([name], exact_machine=False)`: one check of a blocking wait (`fleetctl start`);
@@ -66,7 +66,7 @@ async def _timed(fn: Callable[[], Awaitable[Any]], times: list[float]) -> Any:
 
 
 async def _lookup(units: int, machines: int, samples: int, etcd_binary: str) -> dict[str, Any]:
-    from fleetctl.client import EtcdFleetClient
+    from fleetctl.etcd_client import EtcdFleetClient
 
     with EtcdServer(binary=etcd_binary) as etcd:
         settings = EtcdSettings(endpoints=(etcd.endpoint,), key_prefix=KEY_PREFIX, request_timeout=30.0)
@@ -77,7 +77,7 @@ async def _lookup(units: int, machines: int, samples: int, etcd_binary: str) -> 
             step = max(1, units // samples)
             names = [all_units[i].name for i in range(0, units, step)][:samples]
             per_name, wait_check, whole, scanned = [], [], [], []
-            reg = await client._reg()
+            reg = await client.registry()
 
             async def with_schedule_scan(name: str):
                 unit = await reg.get_unit(name)

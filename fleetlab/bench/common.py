@@ -24,7 +24,8 @@ from fleetd.model import DesiredState, Unit
 from fleetd.registry import Registry, WatchEvent
 from fleetd.registry import codec
 from fleetd.unit.file import UnitFile
-from fleetctl.client import EtcdFleetClient, UnitInfo
+from fleetctl.client import UnitInfo
+from fleetctl.etcd_client import EtcdFleetClient
 
 from ..config import ETCD_UNIT, FLEETD_UNIT
 from ..etcd import etcdctl

@@ -1,6 +1,9 @@
 """fleet API v1 wire format: entities, page tokens and JSON encoding as fleet's Go server emits.
 
-Used by the server (fleetd.api) and the client (fleetctl.api_client). Field names, field order and
+Used by the server (fleetd.api) and the clients (fleetctl's drivers): it sits at the model layer
+(it imports only fleetd.model, fleetd.unit and fleetd.jobstate), so a client never imports a
+server module. `UnitInfo` is the one assembly of "a unit as fleet's API shows it" from the
+registry's records (the API's /units and fleetctl's etcd driver both use `unit_info(s)`). Field names, field order and
 "omitempty" follow fleet's generated schema (schema/v1-gen.go), so a Go client built from fleet's
 discovery document decodes our responses exactly as it decodes fleet's.
 """
@@ -15,7 +18,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
-from fleetd.model import DesiredState, Machine, Resources, Unit, UnitState
+from fleetd.jobstate import current_state_of
+from fleetd.model import DesiredState, Machine, Placement, Resources, Unit, UnitState
 from fleetd.unit.file import UnitFile, UnitOption
 
 T = TypeVar("T")
@@ -97,6 +101,40 @@ def page_token_from_query(values: Sequence[str], limit: int) -> PageToken:
     return PageToken.decode(values[0], limit)
 
 
+# ---------------------------------------------------------------------------- a unit as the API shows it
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    """A unit as fleet's API shows it (schema.Unit): desired and current state, target machine."""
+
+    name: str
+    file: UnitFile
+    desired_state: DesiredState
+    current_state: str  # inactive / loaded / launched; "" for global units
+    machine_id: str  # target machine, "" if unscheduled or global
+    is_global: bool
+
+    @property
+    def hash(self) -> str:
+        return self.file.hash
+
+
+def unit_info(unit: Unit, placement: Placement | None, states: Sequence[UnitState]) -> UnitInfo:
+    """A unit's API view from its registry records (fleet's mapJobToSchema)."""
+    current, machine = current_state_of(unit, placement, states)
+    return UnitInfo(unit.name, unit.file, unit.desired_state, current, machine, unit.is_global)
+
+
+def unit_infos(units: Sequence[Unit], placements: Mapping[str, Placement],
+               states: Sequence[UnitState]) -> list[UnitInfo]:
+    """Every unit's API view from one read of units, the schedule and the published states."""
+    by_name: dict[str, list[UnitState]] = {}
+    for s in states:
+        by_name.setdefault(s.name, []).append(s)
+    return [unit_info(u, placements.get(u.name), by_name.get(u.name, [])) for u in units]
+
+
 # ---------------------------------------------------------------------------- entities -> wire
 
 
@@ -104,13 +142,13 @@ def options_to_wire(file: UnitFile) -> list[dict[str, str]]:
     return [_omitempty((("name", o.name), ("section", o.section), ("value", o.value))) for o in file.options]
 
 
-def unit_to_wire(unit: Unit, current_state: str, machine_id: str) -> dict[str, Any]:
+def unit_to_wire(info: UnitInfo) -> dict[str, Any]:
     return _omitempty((
-        ("currentState", current_state),
-        ("desiredState", unit.desired_state.value),
-        ("machineID", machine_id),
-        ("name", unit.name),
-        ("options", options_to_wire(unit.file)),
+        ("currentState", info.current_state),
+        ("desiredState", info.desired_state.value),
+        ("machineID", info.machine_id),
+        ("name", info.name),
+        ("options", options_to_wire(info.file)),
     ))
 
 
@@ -198,12 +236,14 @@ def parse_unit_request(data: Any) -> UnitRequest:
     return UnitRequest(_str_field(data, "name", where), _str_field(data, "desiredState", where), tuple(options))
 
 
-def unit_from_wire(data: Mapping[str, Any]) -> tuple[Unit, str, str]:
-    """A Unit entity from a response: (unit, currentState, machineID)."""
+def unit_from_wire(data: Mapping[str, Any]) -> UnitInfo:
+    """A Unit entity from a response."""
     req = parse_unit_request(data)
     file = UnitFile.from_options(req.options, source=f"unit {req.name}")
     desired = DesiredState.parse(req.desired_state or DesiredState.INACTIVE.value)
-    return Unit(req.name, file, desired), _str_field(data, "currentState", "unit"), _str_field(data, "machineID", "unit")
+    unit = Unit(req.name, file, desired)
+    return UnitInfo(unit.name, file, desired, _str_field(data, "currentState", "unit"),
+                    _str_field(data, "machineID", "unit"), unit.is_global)
 
 
 def state_from_wire(data: Mapping[str, Any]) -> UnitState:
@@ -226,3 +266,34 @@ def machine_from_wire(data: Mapping[str, Any]) -> Machine:
         capacity=Resources(float(data.get("cpus") or 0), int(data.get("memory") or 0)),
         draining=bool(data.get("draining", False)),
     )
+
+
+# ---------------------------------------------------------------------------- TLS of API clients
+
+
+def client_ssl_context(cafile: str | None, certfile: str | None, keyfile: str | None, *,
+                       check_hostname: bool = False) -> "ssl.SSLContext":
+    """TLS to a fleet API: the server must be signed by cafile (the system CAs without one); we
+    present our certificate if given.
+
+    Host names are not checked by default: fleet machines are addressed by IP and trusted by the
+    cluster CA (set check_hostname for certificates issued per name)."""
+    import ssl  # only for TLS endpoints: not on the unix socket's path
+
+    from fleetd.errors import ConfigError
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = check_hostname
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        if cafile:
+            ctx.load_verify_locations(cafile=cafile)
+        else:
+            ctx.load_default_certs()
+        if certfile:
+            ctx.load_cert_chain(certfile, keyfile or None)
+    except (ssl.SSLError, OSError) as exc:
+        files = ", ".join(f for f in (cafile, certfile, keyfile) if f)
+        raise ConfigError(f"cannot load TLS files ({files}): {exc}") from None
+    return ctx
