@@ -185,8 +185,9 @@ async def test_state_change_reaches_the_event_stream(api):
 async def test_stream_from_an_old_revision_starts_with_everything(api):
     await cluster(api.registry)
     async with Events(api, "view=overview&since=1") as events:
-        data = await events.until(lambda d: True)
-        assert {op["id"] for op in data["ops"] if op["op"] == "html"} >= {"counts", "machines", "units"}
+        replaced: set[str] = set()
+        await events.until(lambda d: replaced.update(op["id"] for op in d["ops"] if op["op"] == "html")
+                           or replaced >= {"counts", "machines", "units"})
 
 
 async def test_machine_that_leaves_is_shown_gone(api):
@@ -323,3 +324,21 @@ def test_rows_from_a_view():
         ("10.0.0.3", False, False, True, 0, 0)]
     assert dashboard.counts_of(view, gone) == {"machines": 2, "gone": 1, "units": 3, "active": 1, "failed": 1}
     assert dashboard.human_bytes(268435456) == "256.0 MiB" and dashboard.human_bytes(0) == "0"
+
+
+async def test_cluster_watch_stops_when_nobody_looks(api):
+    leases = await cluster(api.registry)
+    feed = api.server.context.extras[dashboard.FEED_KEY] = dashboard.ClusterFeed(api.registry, idle_stop=0.3)
+    _, html = await get_text(api, "/")
+    assert feed.running and feed.starts == 1
+    async with Events(api, f"view=overview&since={revision_of(html)}") as events:
+        await events.next()
+        await asyncio.sleep(0.6)
+        assert feed.running  # a page is open
+    async with asyncio.timeout(5):
+        while feed.running:
+            await asyncio.sleep(0.05)
+    # a machine that left while nobody looked is still shown gone on the next page
+    await api.registry.revoke_lease(leases[MID_B])
+    _, html = await get_text(api, "/")
+    assert feed.starts == 2 and re.search(rf'<tr id="m-{MID_B}" [^>]*class="gone', html)

@@ -52,6 +52,7 @@ ACTION_HEADER = "X-Fleet-Dashboard"
 KEEPALIVE = 15.0
 ROWS_LIMIT = 200  # more changed rows than this in one batch: the whole table is sent instead
 GONE_KEEP = 3600.0  # a machine that left stays listed as gone this long (seconds)
+IDLE_STOP = 60.0  # the cluster watch stops this long after the last event stream closed
 FEED_KEY = "dashboard_feed"
 SERVICES_KEY = "dashboard_services"
 
@@ -126,17 +127,18 @@ def unit_rows(view: ClusterView) -> list[UnitRow]:
     return sorted(rows, key=lambda r: r.sort_key)
 
 
-def machine_rows(view: ClusterView, gone: dict[str, Machine]) -> list[MachineRow]:
+def machine_rows(view: ClusterView, gone: dict[str, Machine], *, usage: bool = True) -> list[MachineRow]:
+    """Live machines, then gone ones; usage=False skips the reservations and unit counts."""
     reserved: dict[str, tuple[float, int]] = {}
     counts: dict[str, list[int]] = {}
-    for name, placement in view.placements.items():
+    for name, placement in (view.placements.items() if usage else ()):
         unit = view.units.get(name)
         if unit is None or placement.desired_state is DesiredState.INACTIVE:
             continue
         req = unit.requirements
         cpu, mem = reserved.get(placement.machine_id, (0.0, 0))
         reserved[placement.machine_id] = (cpu + req.cpu, mem + req.memory)
-    for name, per in view.states.items():
+    for name, per in (view.states.items() if usage else ()):
         for machine_id, state in per.items():
             entry = counts.setdefault(machine_id, [0, 0])
             entry[0] += 1
@@ -226,28 +228,65 @@ class Subscriber:
 
 
 class ClusterFeed:
-    """The cluster as this fleetd sees it, kept current by one watch; shared by every page."""
+    """The cluster as this fleetd sees it, kept current by one watch; shared by every page.
 
-    def __init__(self, registry: Any):
+    Started by the first page or event stream, stopped IDLE_STOP seconds after the last event
+    stream closed: a fleetd nobody looks at holds no watch on the whole cluster."""
+
+    def __init__(self, registry: Any, idle_stop: float | None = None):
         self.registry = registry
+        self.idle_stop = IDLE_STOP if idle_stop is None else idle_stop
         self.view: ClusterView | None = None
         self.gone: dict[str, Machine] = {}
         self._gone_since: dict[str, float] = {}
         self._known: dict[str, Machine] = {}
         self.subscribers: set[Subscriber] = set()
         self._task: asyncio.Task | None = None
+        self._idle: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self.closed = False
+        self.starts = 0  # how many times the cluster was read to (re)start the watch
+
+    @property
+    def running(self) -> bool:
+        return self.view is not None and self._task is not None and not self._task.done()
 
     async def ready(self) -> ClusterView:
-        if self.view is not None and self._task is not None and not self._task.done():
-            return self.view
-        async with self._lock:
-            if self.view is None or self._task is None or self._task.done():
-                self.view = await read_cluster(self.registry)
-                self._track_machines(set(self.view.machines))
-                self._task = asyncio.create_task(follow_cluster(self.registry, self.view, self._changed))
+        if not self.running:
+            async with self._lock:
+                if not self.running:
+                    view = await read_cluster(self.registry)
+                    self.view = view
+                    self.starts += 1
+                    self._track_machines(set(view.machines) | set(self._known))
+                    self._task = asyncio.create_task(follow_cluster(self.registry, view, self._changed))
+        self._arm_idle_stop()
+        assert self.view is not None
         return self.view
+
+    def subscribe(self, sub: Subscriber) -> None:
+        self.subscribers.add(sub)
+        self._arm_idle_stop()
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        self._arm_idle_stop()
+
+    def _arm_idle_stop(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if not self.subscribers and self.running and not self.closed:
+            self._idle = asyncio.create_task(self._stop_when_idle())
+
+    async def _stop_when_idle(self) -> None:
+        await asyncio.sleep(self.idle_stop)
+        if not self.subscribers and self._task is not None:
+            log.debug("dashboard: no event streams for %gs; stopping the cluster watch", self.idle_stop)
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+            self.view = None
 
     def _track_machines(self, ids: Iterable[str]) -> None:
         assert self.view is not None
@@ -273,10 +312,11 @@ class ClusterFeed:
 
     async def close(self) -> None:
         self.closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._idle, self._task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._idle = None
         for sub in self.subscribers:
             sub.reset = True
             sub.wake.set()
@@ -327,45 +367,48 @@ def page(name: str, request: web.Request, **context: Any) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
-def _fragments(kind: str, feed: ClusterFeed, change: Change, operator: bool, unit: str = "") -> list[dict]:
-    """The operations that bring a page of `kind` from before `change` to now."""
+def _fragments(kind: str, feed: ClusterFeed, change: Change, operator: bool, unit: str = "") -> list[list[dict]]:
+    """The operations that bring a page of `kind` from before `change` to now, in batches: the
+    changed rows first (cheap), then what summarizes the whole cluster (counts, machines), so
+    that a row never waits for a summary."""
     view = feed.view
     assert view is not None
     m = macros()
-    ops: list[dict] = []
+    rows: list[dict] = []
+    summary: list[dict] = []
     whole = change.reset or len(change.units) > ROWS_LIMIT
     machines_changed = change.reset or change.machines or change.leader
     if kind == "overview":
-        ops.append({"op": "html", "id": "counts", "html": str(m.counts(counts_of(view, feed.gone)))})
-        if machines_changed or change.units:  # units change a machine's reservations and counts
-            ops.append({"op": "html", "id": "machines",
-                        "html": str(m.machines_table(machine_rows(view, feed.gone), operator))})
         if whole:
-            ops.append({"op": "html", "id": "units", "html": str(m.units_table(unit_rows(view), operator))})
+            rows.append({"op": "html", "id": "units", "html": str(m.units_table(unit_rows(view), operator))})
         else:
             for name in sorted(change.units):
                 row = unit_row(view, name)
-                ops.append({"op": "row", "table": "unit-rows", "id": f"u-{name}",
-                            "key": row.sort_key if row else "",
-                            "html": str(m.unit_row(row, operator)) if row else None})
+                rows.append({"op": "row", "table": "unit-rows", "id": f"u-{name}",
+                             "key": row.sort_key if row else "",
+                             "html": str(m.unit_row(row, operator)) if row else None})
+        summary.append({"op": "html", "id": "counts", "html": str(m.counts(counts_of(view, feed.gone)))})
+        if machines_changed or change.units:  # units change a machine's reservations and counts
+            summary.append({"op": "html", "id": "machines",
+                            "html": str(m.machines_table(machine_rows(view, feed.gone), operator))})
     elif kind == "placement":
-        machines = machine_rows(view, feed.gone)
         if whole or machines_changed:
-            ops.append({"op": "html", "id": "placement",
-                        "html": str(m.placement_table(machines, unit_rows(view)))})
+            rows.append({"op": "html", "id": "placement",
+                         "html": str(m.placement_table(machine_rows(view, feed.gone), unit_rows(view)))})
         else:
+            columns = machine_rows(view, feed.gone, usage=False)
             for name in sorted(change.units):
                 row = unit_row(view, name)
-                ops.append({"op": "row", "table": "placement-rows", "id": f"p-{name}",
-                            "key": row.sort_key if row else "",
-                            "html": str(m.placement_row(row, machines)) if row else None})
+                rows.append({"op": "row", "table": "placement-rows", "id": f"p-{name}",
+                             "key": row.sort_key if row else "",
+                             "html": str(m.placement_row(row, columns)) if row else None})
     elif kind == "unit":
         if change.reset or unit in change.units or change.machines:
             row = unit_row(view, unit)
-            ops.append({"op": "html", "id": "unit-summary", "html": str(m.unit_summary(row, unit, operator))})
+            rows.append({"op": "html", "id": "unit-summary", "html": str(m.unit_summary(row, unit, operator))})
             if unit in change.units or change.reset:
-                ops.append({"op": "refresh", "id": "unit-status"})
-    return ops
+                rows.append({"op": "refresh", "id": "unit-status"})
+    return [batch for batch in (rows, summary) if batch]
 
 
 # ---------------------------------------------------------------------------- pages
@@ -492,7 +535,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
     sub = Subscriber()
-    feed.subscribers.add(sub)
+    feed.subscribe(sub)
     if since != view.revision:  # something changed between the page and this stream
         sub.add(Change(reset=True))
     try:
@@ -506,13 +549,12 @@ async def events(request: web.Request) -> web.StreamResponse:
             change = sub.take()
             if feed.closed or feed.view is None:
                 break
-            ops = _fragments(kind, feed, change, operator, unit)
-            if ops:
+            for ops in _fragments(kind, feed, change, operator, unit):
                 await response.write(_sse({"revision": feed.view.revision, "ops": ops}))
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     finally:
-        feed.subscribers.discard(sub)
+        feed.unsubscribe(sub)
     return response
 
 

@@ -174,7 +174,7 @@ OnChange = Callable[[ClusterView, Change], Awaitable[None] | None]
 
 
 async def follow_cluster(registry: Registry, view: ClusterView, on_change: OnChange, *,
-                         coalesce: float = 0.02, retry: float = 1.0) -> None:
+                         coalesce: float = 0.01, retry: float = 1.0) -> None:
     """Keep `view` current until cancelled; call on_change(view, change) after each batch."""
     keys = registry.keys
     prefixes = [keys.jobs, keys.schedule, keys.states, keys.machines, keys.engine_leader]

@@ -84,17 +84,23 @@
     toast.timer = setTimeout(function () { t.hidden = true; }, 4000);
   }
 
+  var WARNINGS = {destroy: "Its unit file is removed from the cluster.", drain: "Its units move to other machines."};
+
   document.addEventListener("click", function (e) {
     var button = e.target.closest("button[data-action]");
     if (!button) return;
-    if (!window.confirm(button.dataset.confirm)) return;
+    var verb = button.textContent.trim();
+    var holder = button.closest("[data-target]");
+    var question = verb.charAt(0).toUpperCase() + verb.slice(1) + " " + (holder ? holder.dataset.target : "") + "?";
+    if (WARNINGS[verb]) question += " " + WARNINGS[verb];
+    if (!window.confirm(question)) return;
     button.disabled = true;
     fetch(button.dataset.action, {method: "POST", headers: {"X-Fleet-Dashboard": "1"}})
       .then(function (r) {
         return r.json().then(function (data) {
           if (!r.ok) throw new Error(data.error ? data.error.message : r.statusText);
           toast(button.textContent.trim() + ": done");
-          if (button.dataset.after && view === "unit") window.location.assign(button.dataset.after);
+          if (verb === "destroy" && view === "unit") window.location.assign("/");
         });
       })
       .catch(function (err) { toast(String(err.message || err), true); button.disabled = false; });
