@@ -342,3 +342,24 @@ async def test_cluster_watch_stops_when_nobody_looks(api):
     await api.registry.revoke_lease(leases[MID_B])
     _, html = await get_text(api, "/")
     assert feed.starts == 2 and re.search(rf'<tr id="m-{MID_B}" [^>]*class="gone', html)
+
+
+async def test_unit_page_renders_a_container_unit_as_its_machine_would(api):
+    from fleetd.container.render import NodeFacts
+    from fleetd.registry.images import ImageDirectory, ImageRecord, MachineImages
+
+    leases = await cluster(api.registry)
+    web = UnitFile.parse("[Unit]\nDescription=web\n\n[X-Container]\nImage=busybox\nCommand=httpd -f -p 8080\n")
+    assert await api.registry.create_unit(Unit("web.service", web, DesiredState.LAUNCHED))
+    await api.registry.apply_schedule(fence_machine_id=MID_A,
+                                      place=[Placement("web.service", MID_B, web.hash, DesiredState.LAUNCHED)])
+    status, html = await get_text(api, "/dashboard/units/web.service")
+    assert status == 200 and "rendered unit" in html and "publishes no image record" in html
+    digest = "sha256:" + "1" * 64
+    await ImageDirectory(api.registry).publish(MachineImages(
+        MID_B, facts=NodeFacts(fleet_run="/opt/fleet/bin/fleet-run").to_json(),
+        images=(ImageRecord(digest, ("busybox",), 1, "/var/lib/fleet/images/rootfs/1"),)), leases[MID_B])
+    status, html = await get_text(api, "/dashboard/units/web.service")
+    rendered = re.search(r'<pre id="unit-rendered">(.*?)</pre>', html, re.S).group(1)
+    assert "ExecStart=/opt/fleet/bin/fleet-run" in rendered and "httpd" in rendered and "\n[X-Container]" not in rendered
+    assert "[X-Container]" in re.search(r'<pre id="unit-file">(.*?)</pre>', html, re.S).group(1)
