@@ -9,6 +9,7 @@ Screenshots are saved under the session's tmp path (the folder is printed); figu
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -91,6 +92,9 @@ def test_lists_machines_and_units(lab, browser, shots, units_dir):
     url = lab.dashboard_url()
     assert url == f"http://{lab.node(1).ip}:54728/"
     assert lab.status()["dashboard"] == url
+    printed = subprocess.run([str(lab.checkout / ".venv" / "bin" / "fleet-lab"), "status", "--name", lab.name],
+                             capture_output=True, text=True, check=True).stdout
+    assert f"dashboard: {url} " in printed
     paths = [write_unit(units_dir, f"web{i}.service") for i in range(1, 5)]
     lab.fleetctl("start", *paths)
     lab.fleetctl("start", "--no-block", write_unit(units_dir, "broken.service", BROKEN))
