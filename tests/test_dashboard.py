@@ -11,6 +11,8 @@ import re
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetd.api import dashboard
 from fleetd.model import DesiredState, Machine, Placement, Unit, UnitState
@@ -371,3 +373,34 @@ async def test_unit_page_renders_a_container_unit_as_its_machine_would(api):
     rendered = re.search(r'<pre id="unit-rendered">(.*?)</pre>', html, re.S).group(1)
     assert "ExecStart=/opt/fleet/bin/fleet-run" in rendered and "httpd" in rendered and "\n[X-Container]" not in rendered
     assert "[X-Container]" in re.search(r'<pre id="unit-file">(.*?)</pre>', html, re.S).group(1)
+
+
+_ACTIVE = ["active", "failed", "inactive", "activating"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from(list(DesiredState)), st.integers(0, 3),
+                          st.sampled_from(_ACTIVE + [""])), max_size=25),
+       st.integers(1, 4))
+def test_rows_and_counts_agree_for_any_view(specs, machines):
+    """Failed units first, then by name; counts match the rows; every placed unit's row names its machine."""
+    view = ClusterView(revision=1)
+    ids = [f"{i:032x}" for i in range(machines)]
+    view.machines = {m: Machine(m, f"10.0.0.{i}") for i, m in enumerate(ids)}
+    for number, desired, where, active in specs:
+        name = f"u{number}.service"
+        machine = ids[where % machines]
+        view.units[name] = Unit(name, HELLO, desired)
+        view.placements[name] = Placement(name, machine, HELLO.hash, desired)
+        if active:
+            view.states[name] = {machine: UnitState(name, machine, HELLO.hash, "loaded", active, "x")}
+        else:
+            view.states.pop(name, None)
+    rows = dashboard.unit_rows(view)
+    assert [r.name for r in rows] == sorted(view.units, key=lambda n: (not dashboard.unit_row(view, n).failed, n))
+    assert all(r.machine_id == view.placements[r.name].machine_id for r in rows)
+    counts = dashboard.counts_of(view, {})
+    assert counts["units"] == len(rows) and counts["failed"] == sum(r.failed for r in rows)
+    assert counts["active"] == sum(r.current == "launched" for r in rows)
+    per_machine = dashboard.machine_rows(view, {})
+    assert sum(m.units for m in per_machine) == sum(len(s) for s in view.states.values())
