@@ -32,12 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
-import jinja2
 from aiohttp import web
 
 from fleetd.api import roles
 from fleetd.api.context import HttpError, ctx_of
-from fleetd.container.spec import is_container_unit
 from fleetd.errors import FleetError
 from fleetd.jobstate import ACTIVE_STATES, current_state_of
 from fleetd.model import DesiredState, Machine
@@ -333,7 +331,9 @@ def feed_of(request: web.Request) -> ClusterFeed:
 # ---------------------------------------------------------------------------- rendering
 
 
-def _environment() -> jinja2.Environment:
+def _environment():
+    import jinja2  # imported on the first page, not when fleetd starts
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=True,
@@ -346,10 +346,10 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-_ENV: jinja2.Environment | None = None
+_ENV = None
 
 
-def env() -> jinja2.Environment:
+def env():
     global _ENV
     if _ENV is None:
         _ENV = _environment()
@@ -447,6 +447,8 @@ async def unit_page(request: web.Request) -> web.Response:
         unit = await ctx_of(request).registry.get_unit(name)  # created a moment ago?
         if unit is None:
             raise HttpError(404, f"unit {name} does not exist")
+    from fleetd.container.spec import is_container_unit
+
     rendered = None
     if is_container_unit(unit.file):
         rendered = await rendered_text(ctx_of(request).registry, name, unit, unit_row(view, name))
