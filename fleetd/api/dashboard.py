@@ -244,6 +244,9 @@ class ClusterFeed:
         self._lock = asyncio.Lock()
         self.closed = False
         self.starts = 0  # how many times the cluster was read to (re)start the watch
+        # the revision of the last change handed to the streams: a page rendered now is at least
+        # this new, and a stream that starts from an older one gets everything again
+        self.revision = 0
 
     @property
     def running(self) -> bool:
@@ -255,6 +258,7 @@ class ClusterFeed:
                 if not self.running:
                     view = await read_cluster(self.registry)
                     self.view = view
+                    self.revision = view.revision
                     self.starts += 1
                     self._track_machines(set(view.machines) | set(self._known))
                     self._task = asyncio.create_task(follow_cluster(self.registry, view, self._changed))
@@ -304,6 +308,7 @@ class ClusterFeed:
                 del self._gone_since[machine_id]
 
     def _changed(self, view: ClusterView, change: Change) -> None:
+        self.revision = view.revision
         self._track_machines(set(view.machines) | set(self._known) if change.reset else change.machines)
         for sub in self.subscribers:
             sub.add(change)
@@ -423,7 +428,7 @@ async def overview(request: web.Request) -> web.Response:
     _read_only_methods(request)
     feed = feed_of(request)
     view = await feed.ready()
-    return page("overview.html", request, kind="overview", revision=view.revision,
+    return page("overview.html", request, kind="overview", revision=feed.revision,
                 counts=counts_of(view, feed.gone), machines=machine_rows(view, feed.gone),
                 units=unit_rows(view), title="fleet", unit_name="", active_tab="overview")
 
@@ -432,7 +437,7 @@ async def placement(request: web.Request) -> web.Response:
     _read_only_methods(request)
     feed = feed_of(request)
     view = await feed.ready()
-    return page("placement.html", request, kind="placement", revision=view.revision,
+    return page("placement.html", request, kind="placement", revision=feed.revision,
                 machines=machine_rows(view, feed.gone), units=unit_rows(view),
                 title="fleet: placement", unit_name="", active_tab="placement")
 
@@ -452,7 +457,7 @@ async def unit_page(request: web.Request) -> web.Response:
     rendered = None
     if is_container_unit(unit.file):
         rendered = await rendered_text(ctx_of(request).registry, name, unit, unit_row(view, name))
-    return page("unit.html", request, kind="unit", revision=view.revision, unit_name=name,
+    return page("unit.html", request, kind="unit", revision=feed.revision, unit_name=name,
                 row=unit_row(view, name), file_text=unit.file.serialize(), rendered=rendered,
                 title=f"fleet: {name}", active_tab="units")
 
@@ -538,10 +543,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     sub = Subscriber()
     feed.subscribe(sub)
-    if since != view.revision:  # something changed between the page and this stream
+    if since != feed.revision:  # something changed between the page and this stream
         sub.add(Change(reset=True))
     try:
-        await response.write(_sse({"revision": view.revision}, "hello"))
+        await response.write(_sse({"revision": feed.revision}, "hello"))
         while True:
             try:
                 await asyncio.wait_for(sub.wake.wait(), KEEPALIVE)
@@ -552,7 +557,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             if feed.closed or feed.view is None:
                 break
             for ops in _fragments(kind, feed, change, operator, unit):
-                await response.write(_sse({"revision": feed.view.revision, "ops": ops}))
+                await response.write(_sse({"revision": feed.revision, "ops": ops}))
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     finally:

@@ -198,7 +198,8 @@ async def follow_cluster(registry: Registry, view: ClusterView, on_change: OnCha
                 await wake.wait()
                 await asyncio.sleep(coalesce)  # let the rest of a transaction's events arrive
                 wake.clear()
-                await applier.resolve_bodies()
+                while applier.pending_jobs:  # events may land meanwhile; none is taken half-done
+                    await applier.resolve_bodies()
                 change = applier.take()
                 if change:
                     result = on_change(view, change)
