@@ -24,7 +24,6 @@ page's script sets it; a cross-site form cannot), and every action asks for conf
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -536,7 +535,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise HttpError(400, "since: expected a revision number") from None
     feed = feed_of(request)
-    view = await feed.ready()
+    await feed.ready()
     operator = roles.request_role(request) == roles.OPERATOR
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
