@@ -156,9 +156,17 @@ async def test_services_come_from_the_pluggable_provider(api):
         return [{"name": "web", "endpoints": [{"address": "10.0.0.1", "port": 80, "machine": MID_A,
                                                "unit": "web@1.service", "healthy": True}]}]
 
-    dashboard.set_services_provider(api.server._runner.app, provider)
+    dashboard.set_services_provider(api.server.context, provider)
     status, html = await get_text(api, "/dashboard/services")
     assert status == 200 and "10.0.0.1:80" in html and "web@1.service" in html and "healthy" in html
+
+    async def unhealthy(request):
+        return [{"name": "db", "endpoints": [{"address": "10.0.0.2", "port": 5432, "healthy": False}]},
+                {"name": "idle", "endpoints": []}]
+
+    dashboard.set_services_provider(api.server._runner.app, unhealthy)
+    status, html = await get_text(api, "/dashboard/services")
+    assert status == 200 and "10.0.0.2:5432" in html and "unhealthy" in html and ">idle<" in html
 
 
 # ---------------------------------------------------------------------------- live updates

@@ -187,8 +187,11 @@ async def no_services(request: web.Request) -> list[dict[str, Any]]:
     return []
 
 
-def set_services_provider(app: web.Application, provider: ServicesProvider | None) -> None:
-    ctx_of_app(app).extras[SERVICES_KEY] = provider or no_services
+def set_services_provider(target: Any, provider: ServicesProvider | None) -> None:
+    """Use `provider` for the services page. `target`: the API's ApiContext (e.g.
+    `ApiServer.context`, before or after start) or its aiohttp application."""
+    ctx = ctx_of_app(target) if isinstance(target, web.Application) else target
+    ctx.extras[SERVICES_KEY] = provider or no_services
 
 
 def ctx_of_app(app: web.Application):
