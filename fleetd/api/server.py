@@ -5,8 +5,8 @@ Listeners: systemd socket activation (LISTEN_FDS, see units/fleetd.socket) or th
 client certificates (api_cafile + api_certfile + api_keyfile) or, for labs, api_insecure_tcp=true.
 
 Routes (also under /v1-alpha): /fleet/v1/units[/<name>[/status|/journal]], /fleet/v1/state[/<name>],
-/fleet/v1/machines, /fleet/v1/discovery; /metrics; the web dashboard at `/` and /dashboard/... (fleetd/api/dashboard.py;
-other methods than GET on `/` answer 405); anything else 404. Every
+/fleet/v1/machines, /fleet/v1/discovery; /metrics; the web dashboard at `/` and /dashboard/...
+(fleetd/api/dashboard.py; other methods than GET on `/` answer 405); anything else 404. Every
 response carries `Server: fleetd/<version>`; errors use fleet's {"error":{"code","message"}}.
 While etcd cannot be reached, requests that need it get 503 "fleet server unable to communicate
 with etcd" and the API recovers by itself when etcd is back.
