@@ -73,6 +73,7 @@ class FleetConfig:
     api_cafile: str = ""
     api_certfile: str = ""
     api_keyfile: str = ""
+    api_tcp_role: str = "operator"  # role of TCP clients: operator | read-only (fleetd/api/roles.py)
     images_directory: str = "/var/lib/fleet/images"  # the node's image store
     image_port: int = 7380        # image server on public_ip:image_port (0 or no public_ip: off)
 

@@ -14,7 +14,7 @@ import click
 
 from fleetd.errors import FleetError, LabError
 
-from .config import DEFAULT_AGENT_TTL, DEFAULT_KEY_PREFIX, parse_metadata_specs
+from .config import DEFAULT_AGENT_TTL, DEFAULT_KEY_PREFIX, LAB_API_PORT, parse_metadata_specs
 from .lab import Lab, list_labs
 from .node import Node
 
@@ -124,6 +124,8 @@ def _print_status(lab: Lab) -> None:
         state = n["state"] + (" (partitioned)" if n["partitioned"] else "")
         click.echo(f"{n['name']:<16}{n['ip']:<16}{n['machine_id']:<34}{n['init_pid'] or '-':>8}  {state:<24}{etcd}")
     click.echo(f"etcd: {'healthy' if st['etcd_healthy'] else 'NOT healthy'} ({','.join(st['etcd_endpoints'])})")
+    if st.get("dashboard"):
+        click.echo(f"dashboard: {st['dashboard']} (every node's fleetd serves it on port {LAB_API_PORT})")
 
 
 @main.command()

@@ -34,6 +34,7 @@ from .config import (
     FLEETD_UNIT,
     NODE_TARGET,
     EtcdMember,
+    LAB_API_PORT,
     FleetConf,
     check_agent_ttl,
     check_metadata,
@@ -403,7 +404,13 @@ class Lab:
             )
         return {"name": self.name, "subnet": state.subnet, "bridge": state.bridge, "host_ip": state.host_ip,
                 "etcd_endpoints": self.etcd_endpoints, "etcd_healthy": bool(health) and all(health.values()),
-                "nodes": nodes}
+                "dashboard": self.dashboard_url(), "nodes": nodes}
+
+    def dashboard_url(self, ref: int | str = 1) -> str | None:
+        """The web dashboard of a node's fleetd (its TCP API listener); None without fleetd."""
+        if not self._state().fleetd:
+            return None
+        return f"http://{self.node(ref).ip}:{LAB_API_PORT}/"
 
     # --- down ----------------------------------------------------------------------
 

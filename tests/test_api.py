@@ -55,9 +55,10 @@ def error(code: int, message: str) -> dict:
 
 
 async def test_root_unknown_paths_and_server_header(api):
-    for path, code in [("/", 405), ("/fleet/v1", 405), ("/v1-alpha", 405), ("/nope", 404),
-                       ("/fleet/v1/", 404), ("/fleet/v1/units/", 404), ("/fleet/v1/bogus", 404)]:
-        status, headers, body = await api.call("GET", path)
+    for method, path, code in [("POST", "/", 405), ("GET", "/fleet/v1", 405), ("GET", "/v1-alpha", 405),
+                               ("GET", "/nope", 404), ("GET", "/fleet/v1/", 404), ("GET", "/fleet/v1/units/", 404),
+                               ("GET", "/fleet/v1/bogus", 404)]:  # GET / is the dashboard (test_dashboard.py)
+        status, headers, body = await api.call(method, path)
         assert status == code, path
         assert headers["Server"] == f"fleetd/{__version__}"
         assert headers["Content-Type"] == "application/json"

@@ -50,7 +50,7 @@ def active_on(lab, name: str) -> list[str]:
 
 
 def test_routing_errors_and_discovery(lab):
-    assert call(lab, "GET", "/")[0] == 405
+    assert call(lab, "POST", "/")[0] == 405  # GET / is the dashboard
     assert call(lab, "GET", "/nope")[0] == 404
     assert call(lab, "POST", "/fleet/v1/units")[0] == 405
     status, doc = call(lab, "GET", "/fleet/v1/discovery")

@@ -5,7 +5,8 @@ Listeners: systemd socket activation (LISTEN_FDS, see units/fleetd.socket) or th
 client certificates (api_cafile + api_certfile + api_keyfile) or, for labs, api_insecure_tcp=true.
 
 Routes (also under /v1-alpha): /fleet/v1/units[/<name>[/status|/journal]], /fleet/v1/state[/<name>],
-/fleet/v1/machines, /fleet/v1/discovery; /metrics; `/` answers 405, anything else 404. Every
+/fleet/v1/machines, /fleet/v1/discovery; /metrics; the web dashboard at `/` and /dashboard/...
+(fleetd/api/dashboard.py; other methods than GET on `/` answer 405); anything else 404. Every
 response carries `Server: fleetd/<version>`; errors use fleet's {"error":{"code","message"}}.
 While etcd cannot be reached, requests that need it get 503 "fleet server unable to communicate
 with etcd" and the API recovers by itself when etcd is back.
@@ -21,7 +22,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from fleetd import __version__
-from fleetd.api import remote, resources, watch
+from fleetd.api import dashboard, remote, resources, watch
 from fleetd.api.context import CONTEXT, ETCD_UNAVAILABLE, ApiContext, HttpError, ctx_of
 from fleetd.api.discovery import discovery_document
 from fleetd.api.listeners import Listener, server_ssl_context, systemd_listeners, tcp_listener, unix_listener
@@ -137,7 +138,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         router.add_route("*", f"{prefix}/discovery", discovery)
         router.add_route("*", f"{prefix}/discovery.json", discovery)
     router.add_route("*", "/metrics", metrics_handler)
-    router.add_route("*", "/", method_not_allowed)
+    dashboard.setup(app)  # `/` and /dashboard/...: the web dashboard (GET; other methods 405)
     return app
 
 
