@@ -106,8 +106,9 @@ class FleetClient(abc.ABC):
 
     # ------------------------------------------------------------------ images
 
-    async def image_records(self, image_port: int) -> list:
-        """Every machine's image record (fleetd.registry.images.MachineImages)."""
+    async def image_records(self, image_port: int, warn: Callable[[str], None] = lambda _: None) -> list:
+        """Every machine's image record (fleetd.registry.images.MachineImages); `warn` is told
+        (one line) about a machine whose record could not be read."""
         raise NotImplementedError
 
     async def import_image(self, machine_id: str, url: str, sha256: str, name: str,

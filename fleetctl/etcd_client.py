@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from fleetd.config import EtcdSettings
 from fleetd.model import DesiredState, Machine, Unit, UnitState
@@ -71,7 +71,7 @@ class EtcdFleetClient(FleetClient):
     async def set_draining(self, machine_id: str, draining: bool) -> None:
         await (await self.registry()).set_draining(machine_id, draining)
 
-    async def image_records(self, image_port: int) -> list:
+    async def image_records(self, image_port: int, warn: Callable[[str], None] = lambda _: None) -> list:
         from fleetd.registry.images import ImageDirectory
 
         return await ImageDirectory(await self.registry()).list()
