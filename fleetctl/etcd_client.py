@@ -62,6 +62,11 @@ class EtcdFleetClient(FleetClient):
     async def unit_states(self, name: str | None = None) -> list[UnitState]:
         return await (await self.registry()).unit_states(name=name)
 
+    async def unit_states_named(self, names: Sequence[str]) -> list[UnitState]:
+        wanted = list(dict.fromkeys(names))
+        per_unit = await asyncio.gather(*(self.unit_states(n) for n in wanted))
+        return [s for name, found in zip(wanted, per_unit) for s in found if s.name == name]
+
     async def machines(self) -> list[Machine]:
         return await (await self.registry()).list_machines()
 
