@@ -55,6 +55,7 @@ class ApiFleetClient(FleetClient):
         self._connections: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._feed = True  # until the server shows it has no change feed
+        self._pool = None  # concurrent.futures.ThreadPoolExecutor, for batches
 
     # ------------------------------------------------------------------ transport
 
@@ -165,10 +166,11 @@ class ApiFleetClient(FleetClient):
         """fn over items, on up to PARALLEL_REQUESTS threads (each with its own connection)."""
         if len(items) <= 1:
             return [fn(item) for item in items]
-        from concurrent.futures import ThreadPoolExecutor
+        if self._pool is None:  # kept, with its threads' keep-alive connections, until close()
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(min(PARALLEL_REQUESTS, len(items))) as pool:
-            return list(pool.map(fn, items))
+            self._pool = ThreadPoolExecutor(PARALLEL_REQUESTS, thread_name_prefix="fleetctl-api")
+        return list(self._pool.map(fn, items))
 
     # ------------------------------------------------------------------ FleetClient
 
@@ -228,6 +230,13 @@ class ApiFleetClient(FleetClient):
     async def unit_states(self, name: str | None = None, machine_id: str | None = None) -> list[UnitState]:
         params = {k: v for k, v in (("unitName", name), ("machineID", machine_id)) if v}
         return [state_from_wire(s) for s in self._pages("state", "states", params)]
+
+    async def unit_states_named(self, names: Sequence[str]) -> list[UnitState]:
+        def of(name: str) -> list[UnitState]:
+            return [state_from_wire(s) for s in self._pages("state", "states", {"unitName": name})]
+
+        wanted = list(dict.fromkeys(names))
+        return [s for name, found in zip(wanted, self._parallel(of, wanted)) for s in found if s.name == name]
 
     async def machines(self) -> list[Machine]:
         return [machine_from_wire(m) for m in self._pages("machines", "machines")]
@@ -346,6 +355,9 @@ class ApiFleetClient(FleetClient):
             time.sleep(delay if remaining is None else min(delay, remaining))
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         with self._lock:
             connections, self._connections = self._connections, []
         for conn in connections:

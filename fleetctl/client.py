@@ -86,6 +86,13 @@ class FleetClient(abc.ABC):
     async def unit_states(self, name: str | None = None) -> list[UnitState]:
         """Published unit states, of every unit or of the one named."""
 
+    async def unit_states_named(self, names: Sequence[str]) -> list[UnitState]:
+        """The published states of the named units (each unit's, in the order of `names`)."""
+        found = []
+        for name in dict.fromkeys(names):
+            found += [s for s in await self.unit_states(name) if s.name == name]
+        return found
+
     @abc.abstractmethod
     async def machines(self) -> list[Machine]: ...
 
@@ -106,8 +113,9 @@ class FleetClient(abc.ABC):
 
     # ------------------------------------------------------------------ images
 
-    async def image_records(self, image_port: int) -> list:
-        """Every machine's image record (fleetd.registry.images.MachineImages)."""
+    async def image_records(self, image_port: int, warn: Callable[[str], None] = lambda _: None) -> list:
+        """Every machine's image record (fleetd.registry.images.MachineImages); `warn` is told
+        (one line) about a machine whose record could not be read."""
         raise NotImplementedError
 
     async def import_image(self, machine_id: str, url: str, sha256: str, name: str,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from fleetd.config import EtcdSettings
 from fleetd.model import DesiredState, Machine, Unit, UnitState
@@ -62,6 +62,11 @@ class EtcdFleetClient(FleetClient):
     async def unit_states(self, name: str | None = None) -> list[UnitState]:
         return await (await self.registry()).unit_states(name=name)
 
+    async def unit_states_named(self, names: Sequence[str]) -> list[UnitState]:
+        wanted = list(dict.fromkeys(names))
+        per_unit = await asyncio.gather(*(self.unit_states(n) for n in wanted))
+        return [s for name, found in zip(wanted, per_unit) for s in found if s.name == name]
+
     async def machines(self) -> list[Machine]:
         return await (await self.registry()).list_machines()
 
@@ -71,7 +76,7 @@ class EtcdFleetClient(FleetClient):
     async def set_draining(self, machine_id: str, draining: bool) -> None:
         await (await self.registry()).set_draining(machine_id, draining)
 
-    async def image_records(self, image_port: int) -> list:
+    async def image_records(self, image_port: int, warn: Callable[[str], None] = lambda _: None) -> list:
         from fleetd.registry.images import ImageDirectory
 
         return await ImageDirectory(await self.registry()).list()

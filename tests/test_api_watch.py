@@ -183,3 +183,22 @@ def test_held_watches_stay_out_of_the_request_duration_metric(server):
     assert slow and counts, text[:2000]
     # every observed request (the un-held GET of the revision included) was fast
     assert sum(float(l.rsplit(" ", 1)[1]) for l in slow) == sum(float(l.rsplit(" ", 1)[1]) for l in counts)
+
+
+def test_api_driver_batches_on_kept_connections(server):
+    """Batches (create, states of several units) go out on a kept pool of threads, each with its
+    keep-alive connection; the answers are each unit's own, in the order asked."""
+    client = ApiFleetClient(server.unix_endpoint)
+    names = [f"s{i}.service" for i in range(5)]
+    try:
+        assert asyncio.run(client.create_units([Unit(n, BODY) for n in names])) == names
+        for name in names[1:]:
+            server.run(publish_state(server.registry, server.lease, name, MID, BODY.hash))
+        server.run(publish_state(server.registry, server.lease, "s1.service.extra", MID, BODY.hash))
+        for _ in range(2):
+            states = asyncio.run(client.unit_states_named(list(reversed(names))))
+            assert [s.name for s in states] == list(reversed(names[1:]))
+        assert len(client._connections) <= 1 + len(names)  # the caller's and the pool's, not one per request
+    finally:
+        asyncio.run(client.close())
+    assert client._connections == []

@@ -16,7 +16,7 @@ from fleetd.unit.name import mangle_unit_name, parse_unit_name
 from fleetd.unit.requirements import validate_unit
 from fleetctl import output
 from fleetctl.client import FleetClient, UnitInfo
-from fleetctl.commands.common import CommandFailed, block_timeout, gather
+from fleetctl.commands.common import CommandFailed, block_timeout
 from fleetctl.progress import Progress
 
 
@@ -232,8 +232,7 @@ async def wait_running_or_failed(client: FleetClient, names: Sequence[str], no_b
 
     async def check() -> bool:
         infos = {u.name: u for u in await client.units_named(pending, exact_machine=False)}
-        per_unit = await gather(*(client.unit_states(n) for n in pending))
-        states = {(s.name, s.machine_id): s for found in per_unit for s in found}
+        states = {(s.name, s.machine_id): s for s in await client.unit_states_named(pending)}
         for name in list(pending):
             info = infos.get(name)
             if info is None:
