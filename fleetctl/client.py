@@ -74,6 +74,15 @@ class FleetClient(abc.ABC):
     async def set_draining(self, machine_id: str, draining: bool) -> None:
         raise NotImplementedError
 
+    # service discovery (fleetctl/commands_discovery.py)
+    async def endpoints(self, service: str | None = None) -> list:
+        """Published service endpoints (fleetd.registry.services.Endpoint), of one service or all."""
+        raise NotImplementedError
+
+    def watch_endpoints(self, service: str | None = None):
+        """An async iterator of endpoint lists: now, then after every change."""
+        raise NotImplementedError
+
     async def wait(
         self, check: Callable[[], "asyncio.Future[bool]"], timeout: float | None, poll: float = 0.25
     ) -> bool:
@@ -192,6 +201,17 @@ class EtcdFleetClient(FleetClient):
 
     async def set_draining(self, machine_id: str, draining: bool) -> None:
         await (await self._reg()).set_draining(machine_id, draining)
+
+    async def endpoints(self, service: str | None = None) -> list:
+        from fleetd.registry.services import ServiceRecords
+
+        return await ServiceRecords(await self._reg()).endpoints(service)
+
+    async def watch_endpoints(self, service: str | None = None):
+        from fleetd.registry.services import ServiceRecords
+
+        async for current in ServiceRecords(await self._reg()).changes(service):
+            yield list(current.values())
 
     def changes(self) -> "_EtcdChangeFeed":
         return _EtcdChangeFeed(self)

@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from fleetd import __version__
+from fleetd.api import services as services_api
 from fleetd.api import remote, resources
 from fleetd.api.context import CONTEXT, ETCD_UNAVAILABLE, ApiContext, HttpError, ctx_of
 from fleetd.api.discovery import discovery_document
@@ -135,6 +136,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         router.add_route("*", f"{prefix}/machines", resources.machines_collection)
         router.add_route("*", f"{prefix}/discovery", discovery)
         router.add_route("*", f"{prefix}/discovery.json", discovery)
+        services_api.register(router, prefix)  # service discovery reads (fleetd/api/services.py)
     router.add_route("*", "/metrics", metrics_handler)
     router.add_route("*", "/", method_not_allowed)
     return app

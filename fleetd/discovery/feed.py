@@ -1,0 +1,72 @@
+"""The in-memory, watch-fed view of every service endpoint (for DNS, the API and the renderer).
+
+`ViewFeed.run()` reads the records once and follows them with one etcd watch, rebuilding the
+pure `ServiceView` on each change. When etcd is unreachable the last view stays in place (it is
+served stale, `stale` is set) and the feed reconnects with a backoff; a query never waits for
+etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from fleetd.discovery.view import ServiceView
+from fleetd.errors import RegistryError
+from fleetd.registry.services import ServiceRecords
+
+log = logging.getLogger(__name__)
+
+
+class ViewFeed:
+    def __init__(self, records: ServiceRecords, domain: str = "fleet.local"):
+        self.records = records
+        self.domain = domain
+        self.view = ServiceView.build((), domain)
+        self.stale = True  # until the first read
+        self.updated = 0.0  # time.monotonic() of the last change
+        self.ready = asyncio.Event()
+        self._listeners: list[Callable[[ServiceView], None]] = []
+        self._changed = asyncio.Condition()
+        self.version = 0
+
+    def subscribe(self, listener: Callable[[ServiceView], None]) -> None:
+        self._listeners.append(listener)
+
+    async def wait_change(self, version: int, timeout: float | None = None) -> int:
+        """Wait until the view's version differs from `version`; return the new version."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: self.version != version), timeout)
+            return self.version
+
+    async def _set(self, view: ServiceView) -> None:
+        self.view = view
+        self.updated = time.monotonic()
+        self.version += 1
+        for listener in self._listeners:
+            try:
+                listener(view)
+            except Exception:  # a listener's bug must not stop the feed
+                log.exception("service view listener failed")
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async for current in self.records.changes():
+                    if self.stale:
+                        log.info("service view: following %d endpoints", len(current))
+                    self.stale = False
+                    delay = 0.5
+                    await self._set(ServiceView.build(current.values(), self.domain))
+                    self.ready.set()
+            except RegistryError as exc:
+                if not self.stale:
+                    log.warning("service view: %s; serving the last view (stale) until etcd is back", exc)
+                self.stale = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
