@@ -51,7 +51,7 @@ class ServiceSummary:
 
 
 def _sort_key(ep: Endpoint) -> tuple:
-    return (ep.service, ep.label, ep.unit, ep.machine_id)
+    return (ep.service, ep.label, ep.unit, ep.machine_id, ep.host, ep.port, ep.protocol, ep.health, ep.tags)
 
 
 @dataclass
