@@ -11,14 +11,29 @@ import json
 import click
 
 from fleetctl import output
-from fleetctl.cli import CommandFailed, Globals, cli, run
+from fleetctl.cli import CommandFailed, Globals, check_unit, cli, run
 from fleetd.discovery.view import ServiceView
-from fleetd.unit.service import is_label
+from fleetd.unit.file import UnitFile
+from fleetd.unit.service import is_label, service_section
 
 
 def _check_service(service: str | None) -> None:
     if service is not None and not is_label(service):
         raise CommandFailed(f"Error: invalid service name {service!r} (a DNS label: a-z, 0-9, -)")
+
+
+def with_services(name: str, unit: UnitFile, services, ports) -> UnitFile:
+    """`fleetctl run --service NAME`: the unit with an [X-Service] per NAME on the first --port."""
+    if not ports:
+        raise CommandFailed("Error: --service needs a --port (the port the service answers on)")
+    port, _, proto = ports[0].partition("/")
+    options = list(unit.options)
+    for service in services:
+        _check_service(service)
+        options += service_section(service, int(port) if port.isdigit() else 0, proto or "tcp")
+    with_svc = UnitFile.from_options(options, source=name)
+    check_unit(name, with_svc)
+    return with_svc
 
 
 def endpoint_rows(endpoints, full: bool) -> list[list[str]]:
