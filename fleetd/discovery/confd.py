@@ -76,9 +76,9 @@ def render_text(template_text: str, view: ServiceView, *, name: str = "<template
         raise FleetError(f"template {name}: {exc}") from None
 
 
-def _last_line(text: str) -> str:
+def _line(text: str, last: bool = False) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+    return (lines[-1] if last else lines[0]).strip() if lines else ""
 
 
 def run_command(command: str, **values: str) -> tuple[bool, str]:
@@ -87,7 +87,7 @@ def run_command(command: str, **values: str) -> tuple[bool, str]:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, str(exc)
-    out = _last_line(proc.stderr) or _last_line(proc.stdout)
+    out = _line(proc.stderr) or _line(proc.stdout, last=True)  # the first complaint: usually the cause
     return proc.returncode == 0, f"exit status {proc.returncode}" + (f": {out}" if out else "")
 
 
