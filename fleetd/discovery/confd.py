@@ -150,7 +150,7 @@ async def follow(records, templates: list[Template], check_cmd: str, reload_cmd:
         while True:
             try:
                 async for current in records.changes():
-                    latest["view"] = ServiceView.build(current.values())
+                    latest["records"] = current  # built into a view by the renderer below
                     changed.set()
                     delay = 0.5
             except RegistryError as exc:
@@ -166,7 +166,8 @@ async def follow(records, templates: list[Template], check_cmd: str, reload_cmd:
                 return 1
             await asyncio.sleep(settle)  # a burst of changes renders once
             changed.clear()
-            outcome = await asyncio.to_thread(apply, templates, latest["view"], check_cmd, reload_cmd)
+            view = ServiceView.build(list(latest["records"].values()))
+            outcome = await asyncio.to_thread(apply, templates, view, check_cmd, reload_cmd)
             if once:
                 return 1 if outcome.failed else 0
     finally:

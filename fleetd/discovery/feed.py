@@ -30,6 +30,8 @@ class ViewFeed:
         self.ready = asyncio.Event()
         self._listeners: list[Callable[[ServiceView], None]] = []
         self._changed = asyncio.Condition()
+        self._dirty = asyncio.Event()
+        self._current: dict = {}
         self.version = 0
 
     def subscribe(self, listener: Callable[[ServiceView], None]) -> None:
@@ -54,6 +56,17 @@ class ViewFeed:
             self._changed.notify_all()
 
     async def run(self) -> None:
+        """Follow the records; the view is rebuilt by a second task once the events already
+        received are all applied (a burst of a thousand writes rebuilds a few times, not a
+        thousand), and at once for a single change."""
+        builder = asyncio.create_task(self._rebuild())
+        try:
+            await self._follow()
+        finally:
+            builder.cancel()
+            await asyncio.gather(builder, return_exceptions=True)
+
+    async def _follow(self) -> None:
         delay = 0.5
         while True:
             try:
@@ -62,11 +75,18 @@ class ViewFeed:
                         log.info("service view: following %d endpoints", len(current))
                     self.stale = False
                     delay = 0.5
-                    await self._set(ServiceView.build(current.values(), self.domain))
-                    self.ready.set()
+                    self._current = current
+                    self._dirty.set()
             except RegistryError as exc:
                 if not self.stale:
                     log.warning("service view: %s; serving the last view (stale) until etcd is back", exc)
                 self.stale = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def _rebuild(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._set(ServiceView.build(list(self._current.values()), self.domain))
+            self.ready.set()
