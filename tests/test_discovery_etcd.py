@@ -225,3 +225,43 @@ async def test_dns_answers_from_the_watch_fed_view(registry, etcd_prefix):
         await asyncio.gather(feed_task, return_exceptions=True)
         await dns.stop()
         await registry.revoke_lease(lease)
+
+
+# --------------------------------------------------------------------------- the API and fleetctl
+
+
+async def test_api_refuses_bad_service_and_serves_endpoints_and_a_watch_stream(etcd_settings, tmp_path, registry,
+                                                                                etcd_prefix):
+    from tests._api_server import ApiHarness
+
+    async with ApiHarness(etcd_settings, tmp_path, skydns_prefix=f"{etcd_prefix}skydns/") as api:
+        bad = {"desiredState": "launched", "options": [
+            {"section": "Service", "name": "ExecStart", "value": "/bin/true"},
+            {"section": "X-Service", "name": "Name", "value": "web"},
+            {"section": "X-Service", "name": "Port", "value": "http"}]}
+        status, _, body = await api.call("PUT", "/fleet/v1/units/bad.service", body=bad)
+        assert status == 400 and "[X-Service] service 'web': Port= 'http' is not a port number" in json.dumps(body)
+        assert await registry.get_unit("bad.service") is None  # nothing written
+        records = records_for(registry, etcd_prefix)
+        lease = await registry.grant_lease(30)
+        try:
+            await records.publish([ep(1), ep(2, CRITICAL)], lease)
+            status, _, body = await api.call("GET", "/fleet/v1/services")
+            assert status == 200 and body == {"services": [{"name": "web", "healthy": 1, "total": 2}]}
+            status, _, body = await api.call("GET", "/fleet/v1/services/web/endpoints")
+            assert [Endpoint.from_json(e) for e in body["endpoints"]] == [ep(1), ep(2, CRITICAL)]
+            assert (await api.call("GET", "/fleet/v1/services/Bad_Name/endpoints"))[0] == 400
+            assert (await api.call("POST", "/fleet/v1/services"))[0] == 405
+
+            import aiohttp
+
+            async with aiohttp.ClientSession() as session, \
+                    session.get(f"{api.base}/fleet/v1/endpoints", params={"watch": "true"}) as resp:
+                assert resp.headers["Content-Type"] == "application/x-ndjson"
+                first = json.loads(await resp.content.readline())
+                assert len(first["endpoints"]) == 2
+                await records.withdraw([ep(2)])
+                second = json.loads(await asyncio.wait_for(resp.content.readline(), 10))
+                assert [e["unit"] for e in second["endpoints"]] == ["web@1.service"]
+        finally:
+            await registry.revoke_lease(lease)
