@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 from typing import Any
@@ -173,9 +174,9 @@ After={main}
 
 [Service]
 Environment=ETCDCTL_API=3 ETCDCTL_ENDPOINTS={endpoints} TTL=10 KEY={key}
-ExecStart=/bin/sh -ec 'lease=$$(etcdctl lease grant $${{TTL}} | cut -d" " -f2); \\
-    etcdctl put --lease=$$lease $${{KEY}} "{{\\"host\\":\\"%H\\",\\"port\\":8080,\\"ttl\\":$${{TTL}}}}" >/dev/null; \\
-    exec etcdctl lease keep-alive $$lease >/dev/null'
+ExecStart=/bin/sh -ec "lease=$$(etcdctl lease grant $${{TTL}} | cut -d' ' -f2); \\
+    etcdctl put --lease=$$lease $${{KEY}} '{{\\"host\\":\\"%H\\",\\"port\\":8080,\\"ttl\\":'$${{TTL}}'}}' >/dev/null; \\
+    exec etcdctl lease keep-alive $$lease >/dev/null"
 ExecStopPost=-/bin/sh -c 'etcdctl del $${{KEY}} >/dev/null'
 
 [X-Fleet]
@@ -200,6 +201,9 @@ async def _sidekick(lab: Lab, client: Client, log: Log) -> dict[str, Any]:
                 return await reg._get(key) is not None
 
             await _wait(present, 60, "the sidekick's key", interval=0.01)
+            value = json.loads((await reg._get(key)).value)  # the unit's quoting makes valid JSON
+            if sorted(value) != ["host", "port", "ttl"]:
+                raise BenchmarkError(f"sidekick wrote {value!r}")
             async with EventLog(reg, [key]) as events:
                 t1 = time.monotonic()
                 await client.fleet.set_desired_state([main], DesiredState.LOADED)
