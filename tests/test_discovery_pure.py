@@ -286,3 +286,18 @@ def test_malformed_packets_never_crash_or_stall_the_responder(packet):
     assert reply is None or isinstance(reply, (bytes, bytearray))
     if reply is not None:
         assert DNSRecord.parse(reply).header.qr == 1
+
+
+async def test_cached_answers_carry_each_query_id_and_follow_view_changes():
+    current = {"view": VIEW}
+    r = DnsResponder(lambda: current["view"])
+    q1 = DNSRecord.question("web.fleet.local", "A")
+    q2 = DNSRecord.question("web.fleet.local", "A")
+    q2.header.id = (q1.header.id + 1) & 0xFFFF
+    a1 = DNSRecord.parse(await r.handle(q1.pack()))
+    a2 = DNSRecord.parse(await r.handle(q2.pack()))
+    assert (a1.header.id, a2.header.id) == (q1.header.id, q2.header.id) and r.cache_hits == 1
+    assert sorted(str(a.rdata) for a in a2.rr) == ["10.0.0.1", "10.0.0.2"]
+    current["view"] = ServiceView.build([ep(7)], "fleet.local")
+    a3 = DNSRecord.parse(await r.handle(q1.pack()))
+    assert [str(a.rdata) for a in a3.rr] == ["10.0.0.7"]

@@ -126,33 +126,66 @@ class DnsResponder:
         self._tasks: set[asyncio.Task] = set()
         self.queries = 0
         self.errors = 0
+        # answers from the view by the request's bytes after its ID (flags, question, EDNS):
+        # a repeated question costs a dict lookup; emptied whenever the view changes
+        self._cache: dict[bytes, bytes] = {}
+        self._cache_view: ServiceView | None = None
+        self.cache_hits = 0
 
     # ------------------------------------------------------------------ the core
 
-    async def handle(self, data: bytes, *, udp: bool = True) -> bytes | None:
-        """The reply to one packet (None: drop it). Never raises."""
+    MAX_CACHE = 20000
+
+    def answer_now(self, data: bytes, udp: bool = True) -> tuple[bool, bytes | None]:
+        """(True, reply or None to drop) when the packet is answered without waiting;
+        (False, None) when it must be forwarded. Never raises."""
         self.queries += 1
+        view = self.view()
+        if view is not self._cache_view:
+            self._cache = {}
+            self._cache_view = view
+        key = (b"u" if udp else b"t") + bytes(data[2:])
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.cache_hits += 1
+            return True, bytes(data[:2]) + cached
         try:
             request = DNSRecord.parse(data)
         except Exception:
             self.errors += 1
-            return error_reply(data, RCODE.FORMERR)
+            return True, error_reply(data, RCODE.FORMERR)
         try:
             if request.header.qr:
-                return None
-            reply = answer_local(request, self.view(), self.ttl)
-            if reply is not None:
-                limit = UDP_LIMIT
-                if udp and request.ar:
-                    for rr in request.ar:
-                        if rr.rtype == QTYPE.OPT:
-                            limit = max(UDP_LIMIT, min(int(rr.rclass), 4096))
-                return truncate(reply, limit) if udp else reply.pack()
-            if not self.upstreams:
+                return True, None
+            reply = answer_local(request, view, self.ttl)
+            if reply is None:
+                if self.upstreams:
+                    return False, None
                 refused = request.reply()
                 refused.header.aa = refused.header.ra = 0
                 refused.header.rcode = RCODE.REFUSED
-                return refused.pack()
+                return True, refused.pack()
+            limit = UDP_LIMIT
+            if udp and request.ar:
+                for rr in request.ar:
+                    if rr.rtype == QTYPE.OPT:
+                        limit = max(UDP_LIMIT, min(int(rr.rclass), 4096))
+            packed = truncate(reply, limit) if udp else reply.pack()
+            if len(self._cache) >= self.MAX_CACHE:
+                self._cache = {}
+            self._cache[key] = bytes(packed[2:])
+            return True, packed
+        except Exception as exc:  # a bug or a packet dnslib cannot re-pack: answer, do not die
+            self.errors += 1
+            log.debug("dns: %s", exc)
+            return True, error_reply(data, RCODE.SERVFAIL)
+
+    async def handle(self, data: bytes, *, udp: bool = True) -> bytes | None:
+        """The reply to one packet (None: drop it). Never raises."""
+        done, reply = self.answer_now(data, udp)
+        if done:
+            return reply
+        try:
             return await self.forward(data, udp=udp) or error_reply(data, RCODE.SERVFAIL)
         except Exception as exc:  # a bug or a packet dnslib cannot re-pack: answer, do not die
             self.errors += 1
@@ -181,7 +214,13 @@ class DnsResponder:
                 self.transport = transport
 
             def datagram_received(self, data, addr):
-                task = asyncio.ensure_future(self._answer(data, addr))
+                done, reply = responder.answer_now(data, udp=True)  # the view: no waiting
+                if done:
+                    if reply is not None:
+                        with contextlib.suppress(OSError):
+                            self.transport.sendto(reply, addr)
+                    return
+                task = asyncio.ensure_future(self._answer(data, addr))  # forwarded upstream
                 responder._tasks.add(task)
                 task.add_done_callback(responder._tasks.discard)
 
