@@ -136,8 +136,6 @@ class Daemon:
     async def _discovery(self, registry, machine, presence, stack: contextlib.AsyncExitStack):
         """Service discovery (fleetd/discovery/): the endpoint publisher the agent feeds, and,
         with dns_listen set, the watch-fed view and the DNS responder that answers from it."""
-        from fleetd.discovery.dns import REFUSE, DnsResponder, parse_address, system_upstreams
-        from fleetd.discovery.feed import ViewFeed
         from fleetd.discovery.publisher import EndpointPublisher
         from fleetd.registry.services import ServiceRecords
 
@@ -147,6 +145,9 @@ class Daemon:
                                       concurrency=max(1, cfg.check_concurrency))
         if not cfg.dns_listen:
             return (publisher,)
+        from fleetd.discovery.dns import REFUSE, DnsResponder, parse_address, system_upstreams  # dnslib: only here
+        from fleetd.discovery.feed import ViewFeed
+
         feed = ViewFeed(records, cfg.dns_domain)
         host, port = parse_address(cfg.dns_listen, 53)
         if cfg.dns_upstream.strip().lower() == REFUSE:
