@@ -67,7 +67,7 @@ def _rr(record, ttl: int) -> RR:
     return RR(name, QTYPE.SRV, rdata=SRV(priority, weight, port, target + "."), ttl=ttl)
 
 
-def answer_local(request: DNSRecord, view: ServiceView, ttl: int) -> DNSRecord | None:
+def answer_local(request: DNSRecord, view: ServiceView, ttl: int, rrs: dict | None = None) -> DNSRecord | None:
     """The reply for a parsed request, or None when its question is outside the domain."""
     reply = request.reply()  # qr, aa, rd and ra set; the question echoed
     reply.header.ra = 0
@@ -83,10 +83,18 @@ def answer_local(request: DNSRecord, view: ServiceView, ttl: int) -> DNSRecord |
     if result.kind == NXDOMAIN:
         reply.header.rcode = RCODE.NXDOMAIN
         return reply
+    def rr(record):  # dnslib RRs are built once per record and view (`rrs`), then reused
+        if rrs is None:
+            return _rr(record, ttl)
+        made = rrs.get(record)
+        if made is None:
+            made = rrs[record] = _rr(record, ttl)
+        return made
+
     for record in result.answers:
-        reply.add_answer(_rr(record, ttl))
+        reply.add_answer(rr(record))
     for record in result.additional:
-        reply.add_ar(_rr(record, ttl))
+        reply.add_ar(rr(record))
     return reply
 
 
@@ -130,6 +138,7 @@ class DnsResponder:
         # a repeated question costs a dict lookup; emptied whenever the view changes
         self._cache: dict[bytes, bytes] = {}
         self._cache_view: ServiceView | None = None
+        self._rrs: dict = {}
         self.cache_hits = 0
 
     # ------------------------------------------------------------------ the core
@@ -143,6 +152,7 @@ class DnsResponder:
         view = self.view()
         if view is not self._cache_view:
             self._cache = {}
+            self._rrs = {}
             self._cache_view = view
         key = (b"u" if udp else b"t") + bytes(data[2:])
         cached = self._cache.get(key)
@@ -157,7 +167,7 @@ class DnsResponder:
         try:
             if request.header.qr:
                 return True, None
-            reply = answer_local(request, view, self.ttl)
+            reply = answer_local(request, view, self.ttl, self._rrs)
             if reply is None:
                 if self.upstreams:
                     return False, None
@@ -173,6 +183,7 @@ class DnsResponder:
             packed = truncate(reply, limit) if udp else reply.pack()
             if len(self._cache) >= self.MAX_CACHE:
                 self._cache = {}
+                self._rrs = {}
             self._cache[key] = bytes(packed[2:])
             return True, packed
         except Exception as exc:  # a bug or a packet dnslib cannot re-pack: answer, do not die

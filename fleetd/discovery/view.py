@@ -17,6 +17,7 @@ forwards or refuses them).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -97,12 +98,19 @@ def normalize(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
 
-def _address_record(name: str, ep: Endpoint) -> Record | None:
+@functools.lru_cache(maxsize=65536)
+def _address(host: str) -> tuple[str, str] | None:
+    """("A"|"AAAA", canonical address) of a host, None for a name (memoized: hosts repeat)."""
     try:
-        ip = ipaddress.ip_address(ep.host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return None
-    return Record(name, "A" if ip.version == 4 else "AAAA", str(ip))
+    return ("A" if ip.version == 4 else "AAAA", str(ip))
+
+
+def _address_record(name: str, ep: Endpoint) -> Record | None:
+    found = _address(ep.host)
+    return None if found is None else Record(name, found[0], found[1])
 
 
 def _srv(name: str, ep: Endpoint, domain: str) -> Record:

@@ -89,8 +89,8 @@ class DnsClient:
 
 def discovery(runs: int = 20, endpoints: int = 10000, qps_seconds: float = 5.0, concurrency: int = 64,
               nodes: int = 3, agent_ttl: str = "5s", keep_lab: str | None = None, log: Log = quiet) -> dict[str, Any]:
-    if runs < 1 or endpoints < 0:
-        raise BenchmarkError("discovery: --runs must be >= 1 and --endpoints >= 0")
+    if runs < 0 or endpoints < 0:
+        raise BenchmarkError("discovery: --runs and --endpoints must be >= 0 (0 skips that part)")
     result: dict[str, Any] = {"benchmark": "discovery", "before": conditions()}
     with bench_lab("discovery", nodes=nodes, agent_ttl=agent_ttl, keep_lab=keep_lab, log=log) as lab:
         result["lab"] = {"name": lab.name, "nodes": len(lab.nodes), "agent_ttl": lab.agent_ttl}
@@ -123,6 +123,8 @@ async def _discovery(lab: Lab, runs: int, count: int, qps_seconds: float, concur
         reg = client.reg
         records = ServiceRecords(reg)
         async with EventLog(reg, [reg.keys.states, records.base]) as events:
+            if not runs:
+                names = []
             publish = {"active_to_record": [], "active_to_dns": [], "stop_to_record_gone": [], "stop_to_dns_gone": []}
             for i, name in enumerate(names):
                 label = f"{tag}-{i}"
@@ -148,10 +150,12 @@ async def _discovery(lab: Lab, runs: int, count: int, qps_seconds: float, concur
                     raise BenchmarkError(f"{name}: no deletion of its record seen")
                 publish["stop_to_record_gone"].append(deleted)
                 publish["stop_to_dns_gone"].append(t_gone - t1)
-            out["publish"] = {k: summary(v) for k, v in publish.items()}
-            log(f"publish: {out['publish']}")
+            if runs:
+                out["publish"] = {k: summary(v) for k, v in publish.items()}
+                log(f"publish: {out['publish']}")
 
-        out["sidekick"] = await _sidekick(lab, client, log)
+        if runs:
+            out["sidekick"] = await _sidekick(lab, client, log)
 
         if count:
             out["dns"] = await _dns_load(lab, client, records, dns, count, qps_seconds, concurrency, log)
