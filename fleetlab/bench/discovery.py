@@ -252,12 +252,16 @@ async def _dns_load(lab: Lab, client: Client, records: ServiceRecords, dns: DnsC
         rss_after = await blocking(_rss_kb, node1, pid)
         packets = [dns.packet(f"s{random.randrange(services)}.{DOMAIN}") for _ in range(256)]
         latencies = []
+        lost = 0
         for i in range(2000):
             t = time.perf_counter()
             reply = await dns.ask(packets[i % len(packets)])
             if reply is None:
-                raise BenchmarkError("a DNS query got no answer within 1 s")
+                lost += 1  # no answer within 1 s (a dropped datagram on the loaded host)
+                continue
             latencies.append((time.perf_counter() - t) * 1000)
+        if not latencies:
+            raise BenchmarkError("no DNS query was answered")
         answered, elapsed = await _throughput(node1.ip, packets, seconds, concurrency)
         # every question different (random letter case, as resolvers' 0x20 does): no answer cache
         unique = [dns.packet("".join(c.upper() if random.random() < 0.5 else c
@@ -266,7 +270,7 @@ async def _dns_load(lab: Lab, client: Client, records: ServiceRecords, dns: DnsC
     finally:
         with contextlib.suppress(Exception):
             await client.reg.revoke_lease(lease)
-    result = {"endpoints": count, "services": services, "latency_ms": summary(latencies),
+    result = {"endpoints": count, "services": services, "latency_ms": summary(latencies), "unanswered": lost,
               "queries_per_s": round(answered / elapsed), "concurrency": concurrency,
               "queries_per_s_uncached": round(answered_uncached / elapsed_uncached),
               "fleetd_rss_mb_before": round(rss_before / 1024, 1), "fleetd_rss_mb_with_endpoints": round(rss_after / 1024, 1),
