@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
 
 from fleetd.discovery.view import ServiceView
 from fleetd.errors import RegistryError
@@ -28,32 +27,14 @@ class ViewFeed:
         self.stale = True  # until the first read
         self.updated = 0.0  # time.monotonic() of the last change
         self.ready = asyncio.Event()
-        self._listeners: list[Callable[[ServiceView], None]] = []
-        self._changed = asyncio.Condition()
         self._dirty = asyncio.Event()
         self._current: dict = {}
-        self.version = 0
+        self.version = 0  # +1 per new view
 
-    def subscribe(self, listener: Callable[[ServiceView], None]) -> None:
-        self._listeners.append(listener)
-
-    async def wait_change(self, version: int, timeout: float | None = None) -> int:
-        """Wait until the view's version differs from `version`; return the new version."""
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: self.version != version), timeout)
-            return self.version
-
-    async def _set(self, view: ServiceView) -> None:
+    def _set(self, view: ServiceView) -> None:
         self.view = view
         self.updated = time.monotonic()
         self.version += 1
-        for listener in self._listeners:
-            try:
-                listener(view)
-            except Exception:  # a listener's bug must not stop the feed
-                log.exception("service view listener failed")
-        async with self._changed:
-            self._changed.notify_all()
 
     async def run(self) -> None:
         """Follow the records; the view is rebuilt by a second task once the events already
@@ -88,5 +69,5 @@ class ViewFeed:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            await self._set(ServiceView.build(list(self._current.values()), self.domain))
+            self._set(ServiceView.build(list(self._current.values()), self.domain))
             self.ready.set()
