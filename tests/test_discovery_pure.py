@@ -301,3 +301,19 @@ async def test_cached_answers_carry_each_query_id_and_follow_view_changes():
     current["view"] = ServiceView.build([ep(7)], "fleet.local")
     a3 = DNSRecord.parse(await r.handle(q1.pack()))
     assert [str(a.rdata) for a in a3.rr] == ["10.0.0.7"]
+
+
+@pytest.mark.parametrize("runtime,flag", [("launcher", "--bind=/run/fleet/resolv.conf:/etc/resolv.conf:ro"),
+                                          ("nspawn", "--bind-ro=/run/fleet/resolv.conf:/etc/resolv.conf")])
+def test_rendered_containers_resolve_through_fleetd(runtime, flag):
+    from fleetd.container.render import ImageInfo, NodeFacts, render_unit
+
+    image = ImageInfo("busybox", "sha256:" + "ab" * 32, "/r")
+    body = f"[X-Container]\nImage=busybox\nCommand=httpd -f\nRuntime={runtime}\n\n[X-Service]\nName=web\nPort=80\n"
+    facts = NodeFacts(resolv_conf="/run/fleet/resolv.conf")
+    text = render_unit("web.service", UnitFile.parse(body), facts, image)
+    assert flag in text and "[X-Service]" in text  # systemd ignores X- sections
+    assert flag not in render_unit("web.service", UnitFile.parse(body), NodeFacts(), image)
+    isolated = UnitFile.parse(body.replace("Command=", "Network=none\nCommand="))
+    assert flag not in render_unit("web.service", isolated, facts, image)
+    assert NodeFacts.from_json(facts.to_json()) == facts and "resolvConf" not in NodeFacts().to_json()
