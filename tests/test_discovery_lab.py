@@ -155,6 +155,14 @@ def test_stopped_instance_leaves_and_comes_back(lab, web):
     print(f"\nfleetctl stop --no-block -> gone from etcd {gone_etcd:.2f}s, from DNS {time.monotonic() - started:.2f}s "
           "(each probe is a fleetctl or dig process: an upper bound)")
     assert [e["unit"] for e in endpoints(lab)] == ["web@1.service", "web@3.service"]
+    # withdrawn when the unit began to stop (deactivating), not when it was finally stopped:
+    # busybox httpd, PID 1 of its container, ignores SIGTERM, so the stop takes StopTimeout=2s
+    journal = node.exec(["journalctl", "--no-pager", "-o", "short-unix", "-u", "fleetd.service",
+                         "-u", "web@2.service"]).stdout
+    withdrew = [float(line.split()[0]) for line in journal.splitlines() if "withdrew" in line and "web@2" in line]
+    stopped = [float(line.split()[0]) for line in journal.splitlines() if "Stopped web@2.service" in line]
+    print(f"withdrawn {stopped[-1] - withdrew[-1]:.2f}s before systemd reported web@2 stopped")
+    assert withdrew and stopped and withdrew[-1] < stopped[-1]
     lab.fleetctl("start", "web@2.service", timeout=120)
     eventually(lambda: len(dig(lab.node(1), f"web.{DOMAIN}")) == 3, 20, "web@2 back in DNS")
 
@@ -240,6 +248,30 @@ def test_fleetctl_run_service_declares_a_service(lab, web):
     finally:
         lab.fleetctl("destroy", "api.service", check=False)
     eventually(lambda: endpoints(lab, "api") == [], 10, "api withdrawn when destroyed")
+
+
+def test_classic_sidekick_still_works(lab, web):
+    """units/web-sidekick@.service as shipped: next to web@1 (MachineOf=), a SkyDNS key under its
+    own lease while it runs, deleted when web@1 stops (BindsTo=)."""
+    from fleetlab.etcd import etcdctl
+
+    key = "/skydns/local/fleet/web/sidekick-1"
+
+    def value() -> dict | None:
+        out = etcdctl(lab.etcd_endpoints, "get", key, "--print-value-only", check=False).stdout.strip()
+        return json.loads(out) if out else None
+
+    host = node_of(lab, "web@1.service")
+    try:
+        lab.fleetctl("start", str(REPO / "units" / "web-sidekick@.service").replace("@.", "@1."), timeout=120)
+        found = eventually(value, 20, "the sidekick's key")
+        assert found == {"host": host.ip, "port": 8080, "ttl": 10}
+        lab.fleetctl("stop", "web@1.service")
+        eventually(lambda: value() is None, 20, "the key deleted when web@1 stops")
+    finally:
+        lab.fleetctl("destroy", "web-sidekick@1.service", check=False)
+        lab.fleetctl("start", "web@1.service", timeout=120)
+    eventually(lambda: len(passing_hosts(lab)) == 3, 30, "web@1 back")
 
 
 def test_killed_node_endpoints_vanish_with_its_lease(lab, web):
