@@ -67,14 +67,35 @@ def _rr(record, ttl: int) -> RR:
     return RR(name, QTYPE.SRV, rdata=SRV(priority, weight, port, target + "."), ttl=ttl)
 
 
-def answer_local(request: DNSRecord, view: ServiceView, ttl: int, rrs: dict | None = None) -> DNSRecord | None:
-    """The reply for a parsed request, or None when its question is outside the domain."""
+def answer_local(request: DNSRecord, view: ServiceView, ttl: int, memo: dict | None = None) -> DNSRecord | None:
+    """The reply for a parsed request, or None when its question is outside the domain.
+
+    `memo` (a dict kept for one view) remembers each question's outcome as dnslib RRs, by the
+    lower-cased name and type, so that a repeated question costs no resolution and no RR
+    building; the reply still echoes the question exactly as asked (letter case included)."""
     reply = request.reply()  # qr, aa, rd and ra set; the question echoed
     reply.header.ra = 0
     if request.header.opcode != 0 or len(request.questions) != 1:
         reply.header.rcode = RCODE.NOTIMP if request.header.opcode != 0 else RCODE.FORMERR
         reply.header.aa = 0
         return reply
+    q = request.q
+    key = (tuple(label.lower() for label in q.qname.label), q.qtype)
+    outcome = memo.get(key) if memo is not None else None
+    if outcome is None:
+        result = resolve(view, str(q.qname), QTYPE.get(q.qtype, str(q.qtype)))
+        outcome = (result.kind, [_rr(r, ttl) for r in result.answers], [_rr(r, ttl) for r in result.additional])
+        if memo is not None:
+            memo[key] = outcome
+    kind, answers, additional = outcome
+    if kind == FOREIGN:
+        return None
+    if kind == NXDOMAIN:
+        reply.header.rcode = RCODE.NXDOMAIN
+        return reply
+    reply.rr = list(answers)
+    reply.ar = list(additional)
+    return reply
     q = request.q
     qtype = QTYPE.get(q.qtype, str(q.qtype))
     result = resolve(view, str(q.qname), qtype)
