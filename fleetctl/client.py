@@ -102,6 +102,15 @@ class FleetClient(abc.ABC):
     async def set_draining(self, machine_id: str, draining: bool) -> None:
         raise NotImplementedError
 
+    # service discovery (fleetctl/commands/discovery.py)
+    async def endpoints(self, service: str | None = None) -> list:
+        """Published service endpoints (fleetd.registry.services.Endpoint), of one service or all."""
+        raise NotImplementedError
+
+    def watch_endpoints(self, service: str | None = None):
+        """An async iterator of endpoint lists: now, then after every change."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ remote commands (runs_remote_commands)
 
     async def unit_status(self, name: str, machine_id: str | None = None) -> CommandOutput:

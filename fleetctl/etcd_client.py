@@ -76,6 +76,17 @@ class EtcdFleetClient(FleetClient):
     async def set_draining(self, machine_id: str, draining: bool) -> None:
         await (await self.registry()).set_draining(machine_id, draining)
 
+    async def endpoints(self, service: str | None = None) -> list:
+        from fleetd.registry.services import ServiceRecords
+
+        return await ServiceRecords(await self.registry()).endpoints(service)
+
+    async def watch_endpoints(self, service: str | None = None):
+        from fleetd.registry.services import ServiceRecords
+
+        async for current in ServiceRecords(await self.registry()).changes(service):
+            yield list(current.values())
+
     async def image_records(self, image_port: int, warn: Callable[[str], None] = lambda _: None) -> list:
         from fleetd.registry.images import ImageDirectory
 

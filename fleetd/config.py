@@ -76,6 +76,16 @@ class FleetConfig:
     api_tcp_role: str = "operator"  # role of TCP clients: operator | read-only (fleetd/api/roles.py)
     images_directory: str = "/var/lib/fleet/images"  # the node's image store
     image_port: int = 7380        # image server on public_ip:image_port (0 or no public_ip: off)
+    # service discovery (docs/discovery.md): the DNS responder (host:port; empty: off), the
+    # domain it serves, what it does with other names ("" = the machine's resolv.conf
+    # nameservers, "refuse", or a list of ip[:port]), the TTL of answers and SkyDNS keys, the
+    # SkyDNS key prefix ("" = do not write SkyDNS keys), and how many health checks run at once
+    dns_listen: str = ""
+    dns_domain: str = "fleet.local"
+    dns_upstream: str = ""
+    dns_ttl: int = 5
+    skydns_prefix: str = "/skydns/"
+    check_concurrency: int = 16
 
 
 def parse_duration(text: str, key: str) -> float:

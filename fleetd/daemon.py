@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from fleetd import __version__, sdnotify
 from fleetd.config import FleetConfig, load_config
-from fleetd.errors import FleetError
+from fleetd.errors import ConfigError, FleetError
 
 log = logging.getLogger("fleetd")
 
@@ -22,7 +23,8 @@ FLAG_KEYS = (
     "etcd_password", "etcd_request_timeout", "public_ip", "metadata", "agent_ttl", "engine_reconcile_interval",
     "disable_engine", "disable_watches", "units_directory", "verbosity", "machine_id_file", "state_directory",
     "api_socket", "api_socket_group", "api_tcp", "api_insecure_tcp", "api_cafile", "api_certfile", "api_keyfile",
-    "images_directory", "image_port",
+    "images_directory", "image_port", "dns_listen", "dns_domain", "dns_upstream", "dns_ttl", "skydns_prefix",
+    "check_concurrency",
 )
 
 
@@ -58,7 +60,8 @@ class Daemon:
             systemd = await SystemdManager.connect(Path(cfg.units_directory))
             stack.push_async_callback(systemd.close)
             containers = await self._containers(registry, machine, stack)
-            agent = Agent(registry, systemd, presence, containers=containers)
+            discovery = await self._discovery(registry, machine, presence, stack)
+            agent = Agent(registry, systemd, presence, containers=containers, observer=discovery[0])
             # the leader lease: fleet's 5 x interval, but never longer than a machine's TTL, so
             # that leader failover is no slower than machine failover
             leader_ttl = max(2.0, min(5 * cfg.engine_reconcile_interval, cfg.agent_ttl))
@@ -71,7 +74,8 @@ class Daemon:
                 stack.push_async_callback(api.stop)
             stack.push_async_callback(self._cancel_tasks)
             self.tasks = [asyncio.create_task(presence.run(), name="presence"),
-                          asyncio.create_task(agent.run(), name="agent")]
+                          asyncio.create_task(agent.run(), name="agent"),
+                          *(asyncio.create_task(part.run(), name="discovery") for part in discovery)]
             if engine is not None:
                 self.tasks.append(asyncio.create_task(engine.run(), name="engine"))
             watchdog = sdnotify.watchdog_interval()
@@ -115,6 +119,8 @@ class Daemon:
         cfg = self.config
         store = ImageStore(cfg.images_directory)
         facts = local_facts(cfg.images_directory)
+        if cfg.dns_listen:  # containers resolve through this fleetd's DNS (see _discovery)
+            facts = dataclasses.replace(facts, resolv_conf=str(Path(cfg.state_directory) / "resolv.conf"))
         server = None
         if cfg.public_ip and cfg.image_port:
             server = ImageServer(store, cfg.public_ip, cfg.image_port, machine_id=machine.id, facts=facts.to_json())
@@ -126,6 +132,38 @@ class Daemon:
                 server = None
         return NodeContainers(store, facts, machine.id,
                               directory=ImageDirectory(registry), server_url=server.url if server else "")
+
+    async def _discovery(self, registry, machine, presence, stack: contextlib.AsyncExitStack):
+        """Service discovery (fleetd/discovery/): the endpoint publisher the agent feeds, and,
+        with dns_listen set, the watch-fed view and the DNS responder that answers from it."""
+        from fleetd.discovery.publisher import EndpointPublisher
+        from fleetd.registry.services import ServiceRecords
+
+        cfg = self.config
+        records = ServiceRecords(registry, domain=cfg.dns_domain, skydns_prefix=cfg.skydns_prefix, ttl=cfg.dns_ttl)
+        publisher = EndpointPublisher(records, machine.id, machine.public_ip, lambda: presence.lease_id,
+                                      concurrency=max(1, cfg.check_concurrency))
+        if not cfg.dns_listen:
+            return (publisher,)
+        from fleetd.discovery.dns import REFUSE, DnsResponder, parse_address, system_upstreams  # dnslib: only here
+        from fleetd.discovery.feed import ViewFeed
+
+        feed = ViewFeed(records, cfg.dns_domain)
+        host, port = parse_address(cfg.dns_listen, 53)
+        if cfg.dns_upstream.strip().lower() == REFUSE:
+            upstreams = []
+        elif cfg.dns_upstream.strip():
+            upstreams = [parse_address(u, 53) for u in cfg.dns_upstream.split(",") if u.strip()]
+        else:
+            upstreams = [u for u in system_upstreams() if u != (host, port)]
+        dns = DnsResponder(lambda: feed.view, upstreams=upstreams, ttl=cfg.dns_ttl)
+        try:
+            await dns.start(host, port)
+        except OSError as exc:
+            raise ConfigError(f"dns_listen={cfg.dns_listen}: cannot listen: {exc.strerror or exc}") from None
+        stack.push_async_callback(dns.stop)
+        write_resolv_conf(Path(cfg.state_directory) / "resolv.conf", host, cfg.dns_domain)
+        return (publisher, feed)
 
     async def _start_api(self, registry, presence, agent, engine):
         from fleetd.api.server import ApiServer
@@ -154,6 +192,20 @@ class Daemon:
         while True:
             sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
+
+
+def write_resolv_conf(path: Path, host: str, domain: str) -> None:
+    """The resolv.conf containers rendered on this machine get: this fleetd's DNS."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    text = f"# written by fleetd: its DNS answers <service>.{domain} and forwards the rest\nnameserver {host}\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("cannot write %s for containers: %s", path, exc)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -332,3 +332,19 @@ def bench_footprint(as_json, quiet, **options) -> None:
     from .bench import footprint
 
     _run_bench(footprint, as_json, quiet, **options)
+
+
+@bench.command("discovery")
+@click.option("--runs", default=20, show_default=True, help="Units started and stopped one at a time.")
+@click.option("--endpoints", default=10000, show_default=True, help="Endpoint records for the DNS load (0: skip).")
+@click.option("--qps-seconds", default=5.0, show_default=True, help="How long the DNS throughput is measured.")
+@click.option("--concurrency", default=64, show_default=True, help="Outstanding DNS queries during the throughput run.")
+@click.option("--nodes", "-N", default=3, show_default=True, help="Nodes of the lab.")
+@click.option("--agent-ttl", default=DEFAULT_AGENT_TTL, show_default=True, help="fleetd agent_ttl of the lab.")
+@_bench_command
+def bench_discovery(as_json, quiet, **options) -> None:
+    """Service discovery: unit active -> in DNS, stopped -> gone, the classic sidekick, DNS
+    latency/throughput and fleetd's memory with many endpoints."""
+    from .bench import discovery
+
+    _run_bench(discovery, as_json, quiet, **options)

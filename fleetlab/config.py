@@ -146,6 +146,8 @@ class FleetConf:
             # without TLS: acceptable only on a lab subnet that nothing else can reach
             f"api_tcp={self.public_ip}:{self.api_port}\n"
             "api_insecure_tcp=true\n"
+            # service discovery's DNS on the node's address (docs/discovery.md)
+            f"dns_listen={self.public_ip}:53\n"
         )
 
 

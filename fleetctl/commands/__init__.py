@@ -35,6 +35,9 @@ COMMANDS: dict[str, str] = {
     "run-pod": "fleetctl.commands.containers:run_pod",
     "images": "fleetctl.commands.images:images_command",
     "image": "fleetctl.commands.images:image_group",
+    # service discovery
+    "list-services": "fleetctl.commands.discovery:list_services",
+    "list-endpoints": "fleetctl.commands.discovery:list_endpoints",
     # fleetctl itself
     "version": "fleetctl.commands.misc:version",
     "help": "fleetctl.commands.misc:help_command",

@@ -36,11 +36,13 @@ async def submit_and_start(g: Globals, units: list[tuple[str, UnitFile]], replac
 @click.option("--machine-of", multiple=True, metavar="UNIT", help="On the machine of UNIT (MachineOf=).")
 @click.option("--metadata", multiple=True, metavar="K=V", help="Only on machines with this metadata.")
 @click.option("--print", "print_only", is_flag=True, help="Print the unit(s) instead of submitting them.")
+@click.option("--service", "services", multiple=True, metavar="NAME",
+              help="Declare service NAME ([X-Service]) on the first --port: DNS, list-endpoints. Repeatable.")
 @start_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @run
 async def run_command(g: Globals, name: str, count: int, is_global: bool, conflicts, machine_of, metadata,
-                      print_only: bool, replace: bool, no_block: bool, block_attempts: int,
+                      print_only: bool, services, replace: bool, no_block: bool, block_attempts: int,
                       command: tuple[str, ...], **params) -> int:
     """Run a container in the cluster: compose its unit(s), submit and start them.
 
@@ -68,6 +70,10 @@ async def run_command(g: Globals, name: str, count: int, is_global: bool, confli
     fleet += [("MachineOf", m) for m in machine_of]
     fleet += [("MachineMetadata", m) for m in metadata]
     units = [(n, compose_unit(n, opts, fleet_options=fleet)) for n in names]
+    if services:
+        from fleetctl.commands.discovery import with_services
+
+        units = [(n, with_services(n, unit, services, opts.ports)) for n, unit in units]
     if print_only:
         for i, (n, unit) in enumerate(units):
             click.echo(("\n" if i else "") + f"# {n}\n" + unit.serialize(), nl=False)

@@ -45,12 +45,15 @@ def unit_text(unit_file_text: str) -> str:
 
 class Agent:
     def __init__(self, registry: Registry, systemd: SystemdManager, presence: Presence,
-                 resync_interval: float = 30.0, containers=None):
+                 resync_interval: float = 30.0, containers=None, observer=None):
         self.registry = registry
         self.systemd = systemd
         self.presence = presence
         self.resync_interval = resync_interval
         self.containers = containers  # fleetd.container.node.NodeContainers, None: none here
+        # told the units this machine runs and every systemd state seen (e.g. the service
+        # endpoint publisher, fleetd/discovery/publisher.py): units_desired(files), unit_states(states)
+        self.observer = observer
         self.stats = AgentStats()
         self._launched: dict[str, str] = {}
         self._applied: dict[str, tuple[str, str]] = {}  # name -> (hash, desired state applied)
@@ -84,6 +87,8 @@ class Agent:
         texts = await self.unit_texts({u.name: u.file for u in wanted})
         desired = {u.name: DesiredUnit(u.name, u.hash, texts[u.name], u.desired_state) for u in wanted}
         self._global_names = {u.name for u in global_units if u.name in running_globals}
+        if self.observer is not None:
+            self.observer.units_desired({u.name: u.file for u in wanted})
         return desired, revision
 
     async def unit_texts(self, units: dict) -> dict[str, str]:
@@ -113,6 +118,7 @@ class Agent:
         installed = self.systemd.installed_units()
         names = sorted(set(installed) | set(desired))
         states = await self.systemd.states(names) if names else {}
+        self._observe(states.values())
         observed = observe(installed, states, desired_aware_hash(desired))
         the_plan = plan(desired, observed, self._launched)
         self.stats.passes += 1
@@ -164,11 +170,16 @@ class Agent:
             if not stale or self.presence.lease_id is None:
                 return
             current = await self.systemd.states(stale)
+            self._observe(current.values())
             states = [st for st in (self._state_of(s) for s in current.values()) if st is not None]
             await self.registry.publish_states(states, self.presence.lease_id)
             for st in states:
                 self._published[st.name] = st
             self.stats.states_published += len(states)
+
+    def _observe(self, states) -> None:
+        if self.observer is not None:
+            self.observer.unit_states(states)
 
     def _applied_state(self, name: str, unit_hash: str) -> str:
         applied_hash, state = self._applied.get(name, ("", ""))
@@ -195,6 +206,7 @@ class Agent:
                 except asyncio.TimeoutError:
                     break
                 batch[nxt.name] = nxt
+            self._observe(batch.values())
             async with self._publishing:
                 states = [st for st in (self._state_of(s) for s in batch.values()) if st is not None]
                 states = [st for st in states if self._published.get(st.name) != st]

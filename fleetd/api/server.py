@@ -23,6 +23,7 @@ from aiohttp import web
 
 from fleetd import __version__
 from fleetd.api import dashboard, remote, resources, watch
+from fleetd.api import services as services_api
 from fleetd.api.context import CONTEXT, ETCD_UNAVAILABLE, ApiContext, HttpError, ctx_of
 from fleetd.api.discovery import discovery_document
 from fleetd.api.listeners import Listener, server_ssl_context, systemd_listeners, tcp_listener, unix_listener
@@ -137,6 +138,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         router.add_route("*", f"{prefix}/_watch/units", watch.watch_units)  # beyond fleet
         router.add_route("*", f"{prefix}/discovery", discovery)
         router.add_route("*", f"{prefix}/discovery.json", discovery)
+        services_api.register(router, prefix)  # service discovery reads (fleetd/api/services.py)
     router.add_route("*", "/metrics", metrics_handler)
     dashboard.setup(app)  # `/` and /dashboard/...: the web dashboard (GET; other methods 405)
     return app

@@ -69,9 +69,13 @@ class NodeFacts:
     fleet_run: str = "/usr/bin/fleet-run"
     nspawn: str = "/usr/bin/systemd-nspawn"
     images_dir: str = "/var/lib/fleet/images"
+    resolv_conf: str = ""  # fleetd's DNS for containers (bound on /etc/resolv.conf); "": none
 
     def to_json(self) -> dict[str, str]:
-        return {"fleetRun": self.fleet_run, "nspawn": self.nspawn, "imagesDir": self.images_dir}
+        out = {"fleetRun": self.fleet_run, "nspawn": self.nspawn, "imagesDir": self.images_dir}
+        if self.resolv_conf:
+            out["resolvConf"] = self.resolv_conf
+        return out
 
     @classmethod
     def from_json(cls, data: dict | None) -> "NodeFacts":
@@ -79,7 +83,8 @@ class NodeFacts:
         default = cls()
         return cls(fleet_run=str(data.get("fleetRun") or default.fleet_run),
                    nspawn=str(data.get("nspawn") or default.nspawn),
-                   images_dir=str(data.get("imagesDir") or default.images_dir))
+                   images_dir=str(data.get("imagesDir") or default.images_dir),
+                   resolv_conf=str(data.get("resolvConf") or ""))
 
 
 @dataclass(frozen=True)

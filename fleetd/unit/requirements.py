@@ -341,6 +341,9 @@ def validate_unit(unit: UnitFile, name: str) -> Requirements:
     from fleetd.container.spec import validate_container  # late: that module imports this one
 
     validate_container(unit, name)
+    from fleetd.unit.service import validate_services  # [X-Service]: the unit's services
+
+    validate_services(unit, name)
     return req
 
 

@@ -6,10 +6,12 @@ always tearing it down (or using a running lab, `keep_lab=NAME`, left running); 
 """
 
 from .burst import burst
+from .discovery import discovery
 from .failover import failover
 from .footprint import footprint
 from .start import start
 
-LAB_BENCHMARKS = {"start": start, "burst": burst, "failover": failover, "footprint": footprint}
+LAB_BENCHMARKS = {"start": start, "burst": burst, "failover": failover, "footprint": footprint,
+                  "discovery": discovery}
 
-__all__ = ["LAB_BENCHMARKS", "burst", "failover", "footprint", "start"]
+__all__ = ["LAB_BENCHMARKS", "burst", "discovery", "failover", "footprint", "start"]
