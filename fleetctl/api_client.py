@@ -288,17 +288,20 @@ class ApiFleetClient(FleetClient):
         from fleetd.registry.services import Endpoint
 
         path = self.path("services", service, "endpoints") if service else self.path("endpoints")
-        response, _ = self._send("GET", path, params={"watch": "true"}, timeout=None, stream=True)
-        if response.status != 200:
-            raise self.error("GET", path, response.status, response.read())
+        conn = self._new_connection()  # its own: the stream holds it while other requests go on
         try:
+            conn.request("GET", path + "?watch=true", headers={"User-Agent": "fleetctl-py"})
+            conn.sock.settimeout(None)
+            response = conn.getresponse()
+            if response.status != 200:
+                raise self.error("GET", path, response.status, response.read())
             while line := response.readline():
                 if line.strip():
                     yield [Endpoint.from_json(e) for e in json.loads(line).get("endpoints") or []]
         except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(exc, None) from None
         finally:
-            response.close()
+            conn.close()
         raise self._unreachable(ConnectionError("the watch stream ended"))
 
     # ------------------------------------------------------------------ beyond fleet: status, journal

@@ -62,10 +62,73 @@ async def _next(gen, timeout: float = 10.0):
     return await asyncio.wait_for(gen.__anext__(), timeout)
 
 
+async def test_watch_endpoints_etcd_driver(etcd_settings):
+    """list-endpoints --watch's feed with the etcd driver: the registry's watch."""
+    from fleetctl.etcd_client import EtcdFleetClient
+
+    async with await Registry.connect(etcd_settings) as reg:
+        records = ServiceRecords(reg, skydns_prefix="")
+        lease = await reg.grant_lease(60)
+        client = EtcdFleetClient(etcd_settings)
+        feed = client.watch_endpoints("web")
+        try:
+            assert await _next(feed) == []
+            await records.publish([ep(1)], lease)
+            assert await _next(feed) == [ep(1)]
+            await records.publish([ep(3, "db")], lease)  # another service: not in this feed
+            await records.withdraw([ep(1)])
+            assert await _next(feed) == []
+            assert await client.endpoints() == [ep(3, "db")]
+        finally:
+            await feed.aclose()
+            await client.close()
+            await reg.revoke_lease(lease)
+
+
+def test_watch_endpoints_api_driver(etcd_settings, tmp_path):
+    """list-endpoints --watch's feed with the API driver: the API's stream (the client is
+    blocking, so the server runs in its own thread)."""
+    from fleetctl.api_client import ApiFleetClient
+    from fleetctl.commands.common import run_without_loop
+    from tests._api_server import ThreadedApiServer
+
+    with ThreadedApiServer(etcd_settings, tmp_path, skydns_prefix="") as server:
+        records = ServiceRecords(server.registry, skydns_prefix="")
+        lease = server.run(server.registry.grant_lease(60))
+        client = ApiFleetClient(server.tcp_endpoint)
+        feed = client.watch_endpoints("web")
+        try:
+            assert run_without_loop(feed.__anext__()) == []
+            server.run(records.publish([ep(1)], lease))
+            assert run_without_loop(feed.__anext__()) == [ep(1)]
+            server.run(records.publish([ep(3, "db")], lease))  # another service: not in this feed
+            server.run(records.withdraw([ep(1)]))
+            assert run_without_loop(feed.__anext__()) == []
+            assert run_without_loop(client.endpoints()) == [ep(3, "db")]
+        finally:
+            run_without_loop(feed.aclose())
+            run_without_loop(client.close())
+            server.run(server.registry.revoke_lease(lease))
+
+
+def test_malformed_service_refused_at_submit_nothing_written(etcd_settings, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.service").write_text("[Service]\nExecStart=/bin/true\n\n[X-Service]\nName=web\nPort=80\n"
+                                        "Check=ftp://nope/\n")
+    out = run(etcd_settings, "submit", "w.service")
+    assert out.exit_code == 1
+    assert "unit w.service: [X-Service] service 'web': Check= 'ftp://nope/': unknown check scheme" in out.output
+    assert "w.service" not in run(etcd_settings, "list-unit-files").output
+
+
+async def _next(gen, timeout: float = 10.0):
+    return await asyncio.wait_for(gen.__anext__(), timeout)
+
+
 async def test_watch_endpoints_through_both_drivers(etcd_settings, tmp_path):
     """list-endpoints --watch's feed: the etcd driver's watch and the API's stream."""
     from fleetctl.api_client import ApiFleetClient
-    from fleetctl.client import EtcdFleetClient
+    from fleetctl.etcd_client import EtcdFleetClient
     from tests._api_server import ApiHarness
 
     async with ApiHarness(etcd_settings, tmp_path, skydns_prefix="") as api, \
