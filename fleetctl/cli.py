@@ -345,6 +345,11 @@ async def create_resolved(client: FleetClient, resolved: Sequence[Resolved]) -> 
     for r in resolved:
         if r.file is not None and r.existing is not None:
             await client.replace_unit(Unit(r.name, r.file, r.existing.desired_state))
+    # as fleet's lazyCreateUnits: `Unit X inactive` for each unit written (its current state:
+    # none for a global unit, hence fleet's trailing space)
+    for r in resolved:
+        if r.file is not None:
+            click.echo(f"Unit {r.name} {'' if Unit(r.name, r.file).is_global else DesiredState.INACTIVE.value}")
 
 
 def unit_names(args: Sequence[str]) -> list[str]:
@@ -455,7 +460,10 @@ async def _load_or_start(g: Globals, units, replace, no_block, block_attempts, s
     infos = {u.name: u for u in await client.units_named(names, exact_machine=False)}
     to_change = [n for n in dict.fromkeys(names) if infos[n].desired_state is not state]
     if to_change:
-        await client.set_desired_state(to_change, state)
+        try:
+            await client.set_desired_state(to_change, state)
+        except FleetError as exc:  # e.g. a template: fleet's "Error starting units: ..."
+            raise CommandFailed(f"Error {'starting' if action == 'start' else 'loading'} units: {exc}") from None
     # a replaced body must come up again too: wait for it even if the state did not change
     replaced = {r.name for r in resolved if r.file is not None and r.existing is not None}
     waiting = []
@@ -514,6 +522,9 @@ async def stop(g: Globals, no_block, block_attempts, units) -> int:
         return 0
     client = g.client()
     found = await _find(client, units)
+    if not found:
+        click.echo("Units not found in registry", err=True)
+        return 0
     stopping, globals_ = [], []
     for u in found:
         if u.is_global:
@@ -529,7 +540,7 @@ async def stop(g: Globals, no_block, block_attempts, units) -> int:
     for name in globals_:
         click.echo(f"Triggered global unit {name} stop")
     code = await wait_for_states(client, stopping, DesiredState.LOADED, "stop", no_block, block_attempts)
-    if code == 0 and stopping and not no_block:
+    if code == 0 and not no_block:
         click.echo(f"Successfully stopped units [{' '.join(stopping)}].", err=True)
     return code
 
@@ -544,7 +555,11 @@ async def unload(g: Globals, no_block, block_attempts, units) -> int:
         click.echo("No units given", err=True)
         return 0
     client = g.client()
-    found = [u for u in await _find(client, units) if u.desired_state is not DesiredState.INACTIVE]
+    found = await _find(client, units)
+    if not found:
+        click.echo("Units not found in registry", err=True)
+        return 0
+    found = [u for u in found if u.desired_state is not DesiredState.INACTIVE]
     if found:
         await client.set_desired_state([u.name for u in found], DesiredState.INACTIVE)
     waiting = []
@@ -553,7 +568,10 @@ async def unload(g: Globals, no_block, block_attempts, units) -> int:
             click.echo(f"Triggered global unit {u.name} unload")
         else:
             waiting.append(u.name)
-    return await wait_for_states(client, waiting, DesiredState.INACTIVE, "unload", no_block, block_attempts)
+    code = await wait_for_states(client, waiting, DesiredState.INACTIVE, "unload", no_block, block_attempts)
+    if code == 0 and not no_block:
+        click.echo(f"Successfully unloaded units [{' '.join(waiting)}].", err=True)
+    return code
 
 
 @cli.command()
@@ -566,7 +584,11 @@ async def destroy(g: Globals, no_block, block_attempts, units) -> int:
         click.echo("No units given", err=True)
         return 0
     client = g.client()
-    destroyed = await client.destroy_units([u.name for u in await _find(client, units)])
+    found = await _find(client, units)
+    if not found:
+        click.echo("Units not found in registry", err=True)
+        return 0
+    destroyed = await client.destroy_units([u.name for u in found])
     for name in destroyed:
         click.echo(f"Destroyed {name}")
     return 0
