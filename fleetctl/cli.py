@@ -281,13 +281,19 @@ def read_unit_file(path: str) -> UnitFile:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise CommandFailed(f"Error reading unit file {path}: {exc.strerror}") from None
-    return UnitFile.parse(data, source=path)
+    try:
+        return UnitFile.parse(data, source=path)
+    except UnitError as exc:
+        raise CommandFailed(f"Error creating units: {exc}") from None
 
 
 def check_unit(name: str, file: UnitFile) -> None:
     """Client-side validation as fleet's createUnit does (name rules and [X-Fleet] options)."""
-    parse_unit_name(name)
-    requirements = validate_unit(file, name)
+    try:
+        parse_unit_name(name)
+        requirements = validate_unit(file, name)
+    except UnitError as exc:
+        raise CommandFailed(f"Error creating units: {exc}") from None
     for key in requirements.unknown_options:
         click.echo(f"WARNING: unit {name}: unknown option {key} in [X-Fleet]", err=True)
 
@@ -321,7 +327,7 @@ async def resolve_units(client: FleetClient, args: Sequence[str], replace: bool)
         else:
             info = parse_unit_name(name)
             if not info.is_instance:
-                raise CommandFailed(f"Error creating units: unable to find unit {name} in the registry or on the filesystem ({arg})")
+                raise CommandFailed(f"Error creating units: unable to find Unit({name}) in Registry or on filesystem")
             template = await client.unit(info.template)
             if template is not None:
                 file = template.file
