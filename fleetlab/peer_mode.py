@@ -12,11 +12,13 @@ copied into each node's root (`/opt/fleet-peer/`, so a checkout below /tmp works
     lab.down()
 
 `find_peer_dir` looks for the binaries at `../shared/peer/` from the repository root (the
-checkout's sibling `shared/`), where the tests expect them; None when they are absent.
+checkout's sibling `shared/`), where the tests expect them (or at `$FLEET_PEER_DIR`); None
+when they are absent.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -34,8 +36,10 @@ PEER_SOCKET = "/var/run/fleet.sock"
 
 
 def find_peer_dir(repo_root: Path) -> Path | None:
-    """`<repo>/../shared/peer` if it holds both binaries, else None."""
-    peer = Path(repo_root).resolve().parent / "shared" / "peer"
+    """`<repo>/../shared/peer` if it holds both binaries, else None. `$FLEET_PEER_DIR`, if set,
+    is used instead (a checkout that is not beside shared/, e.g. a git worktree)."""
+    override = os.environ.get("FLEET_PEER_DIR")
+    peer = Path(override) if override else Path(repo_root).resolve().parent / "shared" / "peer"
     if (peer / "fleetd").is_file() and (peer / "fleetctl").is_file():
         return peer
     return None

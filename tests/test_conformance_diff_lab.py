@@ -51,7 +51,7 @@ def _run(node, fleetctl: str, timings: dict) -> dict[str, C.Outcome]:
 @pytest.fixture(scope="module")
 def runs(lab_factory):
     if PEER is None:
-        pytest.skip(f"the original fleet v1.0.0 binaries are not at {REPO.parent / 'shared' / 'peer'}")
+        pytest.skip(f"the original fleet v1.0.0 binaries are not at {REPO.parent / 'shared' / 'peer'} (nor at $FLEET_PEER_DIR)")
     timings: dict[str, dict] = {"fleet": {}, "ours": {}, "peer-ctl": {}}
 
     peer = PeerLab(lab_factory.new_name(), nodes=3, peer_dir=PEER)
