@@ -111,6 +111,9 @@ SCENARIO: list[Step] = [
     _s("files-instances", "list-unit-files", "--no-legend", "--fields=unit,desc,dstate,state"),
     # --block-attempts: fleet v1.0.0's restart can wait forever against a fast fleetd (see docs)
     _s("restart", "restart", "--block-attempts=20", "tmpl@1.service"),
+    # a no-op where restart worked; where fleet's fleetctl timed out (against our fleetd) it
+    # starts the unit again, so that the steps after do not inherit that difference
+    _s("restart-repair", "start", "tmpl@1.service"),
     _s("stop", "stop", "hello.service"),
     _s("files-stopped", "list-unit-files", "--no-legend", "--fields=unit,dstate,state"),
     _s("stop-again", "stop", "hello.service"),
