@@ -182,11 +182,34 @@ def normalize(text: str, sort_rows: bool = False) -> str:
     text = _HOSTNAME.sub(r"hostname=<lab>-n\1", text)
     text = _UNIT_ON.sub(r"\1", text)
     text = _TABS.sub("\t", text)
+    text = _sort_unit_reports(text)
     if sort_rows and text:
         lines = text.splitlines(keepends=True)
         head = [lines.pop(0)] if lines[0].split("\t", 1)[0].isupper() else []  # the legend
         text = "".join(head + sorted(lines))
     return text
+
+
+def _sort_unit_reports(text: str) -> str:
+    """fleetctl v1.0.0 waits for each unit in its own goroutine: consecutive `Unit X <state>`
+    lines with the same state come in any order. Sort each such run."""
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    run: list[str] = []
+    key = None
+    for line in lines + [""]:
+        parts = line.split()
+        k = parts[2] if len(parts) >= 3 and parts[0] == "Unit" else None
+        if run and (k is None or k != key):
+            out.extend(sorted(run))
+            run = []
+        if k is not None and line:
+            run.append(line)
+            key = k
+        elif line:
+            out.append(line)
+            key = None
+    return "".join(out)
 
 
 Exec = Callable[[str, float], "object"]  # (shell command, timeout) -> CompletedProcess
