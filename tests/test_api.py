@@ -102,7 +102,12 @@ async def test_unit_lifecycle(api):
     assert (await api.call("PUT", "/fleet/v1/units/hello.service", body={"options": changed}))[0] == 201
     unit = await api.registry.get_unit("hello.service")
     assert unit.file.value("Service", "ExecStart") == "/bin/sleep 9"
-    assert unit.desired_state is DesiredState.LAUNCHED  # kept when the body is replaced
+    # created anew, as fleet: inactive unless the request names a desired state
+    assert unit.desired_state is DesiredState.INACTIVE
+    changed[1] = {"section": "Service", "name": "ExecStart", "value": "/bin/sleep 10"}
+    assert (await api.call("PUT", "/fleet/v1/units/hello.service",
+                           body={"options": changed, "desiredState": "launched"}))[0] == 201
+    assert (await api.registry.get_unit("hello.service")).desired_state is DesiredState.LAUNCHED
 
     assert (await api.call("DELETE", "/fleet/v1/units/hello.service"))[::2] == (204, None)
     assert (await api.call("DELETE", "/fleet/v1/units/hello.service"))[::2] == (404, error(404, "unit does not exist"))

@@ -47,7 +47,7 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 def test_submit_list_cat_destroy(fleetctl, tmp_path):
     write(tmp_path, "hello.service", HELLO)
     r = fleetctl("submit", "hello.service")
-    assert r.exit_code == 0 and r.output == ""
+    assert r.exit_code == 0 and r.output == "Unit hello.service inactive\n"  # as fleet v1.0.0
     r = fleetctl("list-unit-files")
     lines = r.output.splitlines()
     assert lines[0].split() == ["UNIT", "HASH", "DSTATE", "STATE", "TARGET"]
@@ -134,7 +134,7 @@ def test_load_and_start_record_desired_state_no_block(fleetctl, etcd_settings, t
     write(tmp_path, "hello.service", HELLO)
     write(tmp_path, "glob.service", "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nGlobal=true\n")
     r = fleetctl("load", "--no-block", "hello.service")
-    assert r.output == "Triggered unit hello.service load\n"
+    assert r.output == "Unit hello.service inactive\nTriggered unit hello.service load\n"
     r = fleetctl("start", "--no-block", "hello.service", "glob.service")
     assert "Triggered unit hello.service start" in r.output
     assert "Triggered global unit glob.service start" in r.output
@@ -185,7 +185,7 @@ def test_blocking_waits_are_answered_by_published_state(fleetctl, etcd_settings,
     r = fleetctl("start", "--block-attempts=20", "hello.service")
     t.join()
     assert r.exit_code == 0, r.stderr
-    assert r.output == "Unit hello.service launched on 01234567.../10.1.2.3\n"
+    assert r.output == "Unit hello.service inactive\nUnit hello.service launched on 01234567.../10.1.2.3\n"
     r = fleetctl("list-units")
     assert r.output.splitlines()[1].split() == ["hello.service", "01234567.../10.1.2.3", "active", "running"]
     r = fleetctl("list-machines", "--full")

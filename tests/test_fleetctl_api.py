@@ -71,7 +71,7 @@ def test_the_api_is_the_default_driver():
 def test_submit_cat_list_destroy(fleetctl):
     write(fleetctl.work, "hello.service", HELLO)
     r = fleetctl("submit", "hello.service")
-    assert (r.exit_code, r.output) == (0, "")
+    assert (r.exit_code, r.output) == (0, "Unit hello.service inactive\n")
     r = fleetctl("cat", "hello")
     assert r.output == HELLO
     unit_hash = UnitFile.parse(HELLO).hash
@@ -188,7 +188,8 @@ def test_blocking_start_stop_restart(fleetctl, server):
     thread = _responder(server, stop)
     try:
         r = fleetctl("start", "--block-attempts=40", "hello.service")
-        assert (r.exit_code, r.output) == (0, "Unit hello.service launched on 01234567.../10.1.2.3\n"), r.stderr
+        assert (r.exit_code, r.output) == (0, "Unit hello.service inactive\n"
+                                                 "Unit hello.service launched on 01234567.../10.1.2.3\n"), r.stderr
         r = fleetctl("restart", "--block-attempts=40", "hello.service")
         assert r.exit_code == 0, r.stderr
         assert r.output == ("Unit hello.service loaded on 01234567.../10.1.2.3\n"

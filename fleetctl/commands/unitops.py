@@ -9,7 +9,7 @@ from typing import Sequence
 
 import click
 
-from fleetd.errors import UnitError
+from fleetd.errors import FleetError, UnitError
 from fleetd.model import DesiredState, Machine, Unit
 from fleetd.unit.file import UnitFile
 from fleetd.unit.name import mangle_unit_name, parse_unit_name
@@ -33,13 +33,19 @@ def read_unit_file(path: str) -> UnitFile:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise CommandFailed(f"Error reading unit file {path}: {exc.strerror}") from None
-    return UnitFile.parse(data, source=path)
+    try:
+        return UnitFile.parse(data, source=path)
+    except UnitError as exc:
+        raise CommandFailed(f"Error creating units: {exc}") from None
 
 
 def check_unit(name: str, file: UnitFile) -> None:
     """Client-side validation as fleet's createUnit does (name rules and [X-Fleet] options)."""
-    parse_unit_name(name)
-    requirements = validate_unit(file, name)
+    try:
+        parse_unit_name(name)
+        requirements = validate_unit(file, name)
+    except UnitError as exc:
+        raise CommandFailed(f"Error creating units: {exc}") from None
     for key in requirements.unknown_options:
         click.echo(f"WARNING: unit {name}: unknown option {key} in [X-Fleet]", err=True)
 
@@ -73,7 +79,7 @@ async def resolve_units(client: FleetClient, args: Sequence[str], replace: bool)
         else:
             info = parse_unit_name(name)
             if not info.is_instance:
-                raise CommandFailed(f"Error creating units: unable to find unit {name} in the registry or on the filesystem ({arg})")
+                raise CommandFailed(f"Error creating units: unable to find Unit({name}) in Registry or on filesystem")
             template = await client.unit(info.template)
             if template is not None:
                 file = template.file
@@ -104,25 +110,35 @@ async def resolve_composed(client: FleetClient, units: Sequence[tuple[str, UnitF
     return resolved
 
 
-async def create_resolved(client: FleetClient, resolved: Sequence[Resolved]) -> None:
+async def create_resolved(client: FleetClient, resolved: Sequence[Resolved], *, announce: bool = True) -> None:
     new = [Unit(r.name, r.file) for r in resolved if r.file is not None and r.existing is None]
     if new:
         await client.create_units(new)
     for r in resolved:
         if r.file is not None and r.existing is not None:
             await client.replace_unit(Unit(r.name, r.file, r.existing.desired_state))
+    if not announce:
+        return
+    # as fleet's lazyCreateUnits: `Unit X inactive` for each unit written (its current state:
+    # none for a global unit, hence fleet's trailing space)
+    for r in resolved:
+        if r.file is not None:
+            click.echo(f"Unit {r.name} {'' if Unit(r.name, r.file).is_global else DesiredState.INACTIVE.value}")
 
 
 async def submit_and_set(client: FleetClient, resolved: Sequence[Resolved], state: DesiredState, action: str,
                          *, say_unchanged: bool = False) -> list[str]:
     """Submit the resolved units, set their desired state; the names to wait for (the non-global
     units whose state changed or whose body was replaced: a replaced body must come up again)."""
-    await create_resolved(client, resolved)
+    await create_resolved(client, resolved, announce=not say_unchanged)
     names = list(dict.fromkeys(r.name for r in resolved))
     infos = {u.name: u for u in await client.units_named(names, exact_machine=False)}
     to_change = [n for n in names if infos[n].desired_state is not state]
     if to_change:
-        await client.set_desired_state(to_change, state)
+        try:
+            await client.set_desired_state(to_change, state)
+        except FleetError as exc:  # e.g. a template: fleet's "Error starting units: ..."
+            raise CommandFailed(f"Error {'starting' if action == 'start' else 'loading'} units: {exc}") from None
     replaced = {r.name for r in resolved if r.file is not None and r.existing is not None}
     waiting = []
     for name in names:

@@ -98,6 +98,9 @@ async def stop(g: Globals, no_block, block_attempts, units) -> int:
         return 0
     client = g.client()
     found = await find_units(client, units)
+    if not found:
+        click.echo("Units not found in registry", err=True)
+        return 0
     stopping, globals_ = [], []
     for u in found:
         if u.is_global:
@@ -113,7 +116,7 @@ async def stop(g: Globals, no_block, block_attempts, units) -> int:
     for name in globals_:
         click.echo(f"Triggered global unit {name} stop")
     code = await wait_for_states(client, stopping, DesiredState.LOADED, "stop", no_block, block_attempts)
-    if code == 0 and stopping and not no_block:
+    if code == 0 and not no_block:
         click.echo(f"Successfully stopped units [{' '.join(stopping)}].", err=True)
     return code
 
@@ -128,7 +131,11 @@ async def unload(g: Globals, no_block, block_attempts, units) -> int:
         click.echo("No units given", err=True)
         return 0
     client = g.client()
-    found = [u for u in await find_units(client, units) if u.desired_state is not DesiredState.INACTIVE]
+    found = await find_units(client, units)
+    if not found:
+        click.echo("Units not found in registry", err=True)
+        return 0
+    found = [u for u in found if u.desired_state is not DesiredState.INACTIVE]
     if found:
         await client.set_desired_state([u.name for u in found], DesiredState.INACTIVE)
     waiting = []
@@ -137,7 +144,10 @@ async def unload(g: Globals, no_block, block_attempts, units) -> int:
             click.echo(f"Triggered global unit {u.name} unload")
         else:
             waiting.append(u.name)
-    return await wait_for_states(client, waiting, DesiredState.INACTIVE, "unload", no_block, block_attempts)
+    code = await wait_for_states(client, waiting, DesiredState.INACTIVE, "unload", no_block, block_attempts)
+    if code == 0 and not no_block:
+        click.echo(f"Successfully unloaded units [{' '.join(waiting)}].", err=True)
+    return code
 
 
 @click.command()
@@ -150,7 +160,11 @@ async def destroy(g: Globals, no_block, block_attempts, units) -> int:
         click.echo("No units given", err=True)
         return 0
     client = g.client()
-    destroyed = await client.destroy_units([u.name for u in await find_units(client, units)])
+    found = await find_units(client, units)
+    if not found:
+        click.echo("Units not found in registry", err=True)
+        return 0
+    destroyed = await client.destroy_units([u.name for u in found])
     for name in destroyed:
         click.echo(f"Destroyed {name}")
     return 0

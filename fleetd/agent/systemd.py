@@ -9,8 +9,10 @@ Facts it relies on (verified on systemd 252, see the lab notes):
 - the system bus refuses more than 128 pending replies per connection, so every call goes
   through a semaphore of `MAX_PENDING_CALLS` (64);
 - signals (`JobRemoved`, `UnitNew`, `UnitRemoved`, `PropertiesChanged`) are only emitted after
-  `Subscribe`; a unit's `PropertiesChanged` for `org.freedesktop.systemd1.Unit` always carries
-  LoadState, ActiveState and SubState together (they are all "emits-change" properties);
+  `Subscribe`; a unit's `PropertiesChanged` for `org.freedesktop.systemd1.Unit` carries
+  ActiveState and SubState ("emits-change") but never LoadState, which systemd declares
+  constant although it changes (not-found -> loaded when the unit cache loads a new file,
+  anything at a daemon-reload): a watch must read the load state, never infer it;
 - `JobRemoved` may be read in the same socket batch as the reply that names the job, i.e.
   before the caller knows the job path: results of such jobs are kept briefly;
 - a unit systemd does not know (or knows only as "not-found") is loaded from disk on its next
@@ -512,7 +514,9 @@ class UnitWatch:
     always gets the newest one. Iteration ends after `close()`, or raises SystemdError if the
     connection to systemd is lost.
 
-    Sources: `PropertiesChanged` of the unit object (carries LoadState/ActiveState/SubState);
+    Sources: `PropertiesChanged` of the unit object (carries ActiveState/SubState, never
+    LoadState: while the last read load state is not "loaded", a signal makes the watch read
+    the unit's whole state with `ListUnitsByNames` instead);
     `UnitRemoved` outside a reload (the unit left systemd's memory); and, after each
     daemon-reload (`Reloading(false)`), one `ListUnitsByNames` for the watched units, because
     a reload removes and re-creates every unit without reporting states that did not change.
@@ -557,9 +561,7 @@ class UnitWatch:
     def _reloaded(self) -> None:
         if not self._names or self._closed:
             return
-        task = asyncio.get_running_loop().create_task(self._refresh(set(self._names)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._refresh(set(self._names)))
 
     async def _refresh(self, names: set[str]) -> None:
         try:
@@ -578,13 +580,29 @@ class UnitWatch:
         if name not in self._names or not values:
             return
         self._signal_gen[name] += 1
-        old = self._known.get(name) or UnitSystemdState(name, "not-found", "inactive", "dead")
+        old = self._known.get(name)
+        load = values.get("LoadState") or (old.load_state if old is not None else None)
+        if load != "loaded":
+            # The signal has no LoadState (systemd declares it constant) and the last one read
+            # is not "loaded" (or none was read): the load state may have changed without a
+            # signal (systemd loads a new unit from its cache without a daemon-reload). Read
+            # the whole state instead of publishing a guess; a later signal supersedes the read.
+            self._spawn(self._refresh({name}))
+            return
         self._offer(UnitSystemdState(
             name,
-            values.get("LoadState", old.load_state),
-            values.get("ActiveState", old.active_state),
-            values.get("SubState", old.sub_state),
+            load,
+            values.get("ActiveState", old.active_state if old else "inactive"),
+            values.get("SubState", old.sub_state if old else "dead"),
         ))
+
+    def _spawn(self, coro) -> None:
+        if self._closed:
+            coro.close()
+            return
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _unit_removed(self, name: str) -> None:
         # The unit left systemd's memory (garbage-collected, e.g. once its file is gone).

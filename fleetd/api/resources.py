@@ -182,7 +182,9 @@ async def _set(request: web.Request, item: str) -> web.Response:
     if req.options:
         file = _unit_file(name, req.options)
         if file.hash != existing.hash:
-            state = _desired(req.desired_state) if req.desired_state else existing.desired_state
+            # as fleet, the unit is created anew: the desired state of the request, else
+            # inactive (fleet's fleetctl --replace waits for "inactive", then starts it again)
+            state = _desired(req.desired_state) if req.desired_state else DesiredState.INACTIVE
             _refuse_template(name, state)
             await reg.replace_unit(Unit(name, file, state))
             return no_content(201)
