@@ -167,7 +167,7 @@ def test_fleetctl_start_blocks_on_the_feed_until_launched(server, tmp_path, monk
     finally:
         stop.set()
         thread.join(10)
-    assert (r.exit_code, r.output) == (0, "Unit w.service launched on 01234567.../10.1.2.3\n"), r.stderr
+    assert (r.exit_code, r.output) == (0, "Unit w.service inactive\nUnit w.service launched on 01234567.../10.1.2.3\n"), r.stderr
 
 
 def test_held_watches_stay_out_of_the_request_duration_metric(server):

@@ -88,8 +88,8 @@ def test_paths_are_reduced_to_base_names(fleetctl, tmp_path):
     [
         ("a b.service", "invalid unit name \"a b.service\": character ' ' not allowed"),
         ("a" * 300 + ".service", "longer than 256 characters"),
-        ("../x.service", "unable to find unit x.service"),
-        ("missing.service", "unable to find unit missing.service"),
+        ("../x.service", "unable to find Unit(x.service) in Registry"),
+        ("missing.service", "unable to find Unit(missing.service) in Registry"),
     ],
 )
 def test_bad_names_fail_with_one_line_and_write_nothing(fleetctl, etcd_settings, tmp_path, arg, message):
