@@ -21,6 +21,7 @@ from fleetd.errors import (
     RegistryError,
     UnitConflict,
     UnitError,
+    UnitFileError,
     UnitNotFound,
 )
 from fleetd.lease_timing import lease_ttl_seconds
@@ -191,7 +192,10 @@ class Registry:
             ok, responses = await self._txn([], [tx.get(enc(self.keys.body(h))) for h in chunk])
             for unit_hash, response in zip(chunk, responses):
                 if response:
-                    self._bodies[unit_hash] = UnitFile.parse(response[0].value, source=f"unit body {unit_hash}")
+                    try:
+                        self._bodies[unit_hash] = UnitFile.parse(response[0].value, source=f"unit body {unit_hash}")
+                    except UnitFileError as exc:  # e.g. a NUL written around the API: never served
+                        log.warning("%s; units using it are ignored", exc)
 
         await _pipelined([fetch(chunk) for chunk in _chunks(missing)])
         return {h: self._bodies[h] for h in hashes if h in self._bodies}
