@@ -161,7 +161,7 @@ def run(coro_fn: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
 
 # modules that add commands to `cli` when imported: imported only when a command is not one of
 # the core ones (or all are listed), so that `fleetctl start` does not pay for them
-LAZY_COMMAND_MODULES = ("fleetctl.containers",)  # run, run-pod, images, image import
+LAZY_COMMAND_MODULES = ("fleetctl.containers", "fleetctl.commands_pki")  # run, run-pod, images, image import; pki
 
 
 class PrefixGroup(click.Group):
