@@ -116,8 +116,16 @@ class Daemon:
         store = ImageStore(cfg.images_directory)
         facts = local_facts(cfg.images_directory)
         server = None
+        server_ssl = client_ssl = None
+        if cfg.api_cafile and cfg.api_certfile and cfg.api_keyfile:
+            # the machine's API certificate serves images too, to cluster certificates only
+            from fleetd.api.listeners import client_ssl_context, server_ssl_context
+
+            server_ssl = server_ssl_context(cfg.api_cafile, cfg.api_certfile, cfg.api_keyfile)
+            client_ssl = client_ssl_context(cfg.api_cafile, cfg.api_certfile, cfg.api_keyfile)
         if cfg.public_ip and cfg.image_port:
-            server = ImageServer(store, cfg.public_ip, cfg.image_port, machine_id=machine.id, facts=facts.to_json())
+            server = ImageServer(store, cfg.public_ip, cfg.image_port, machine_id=machine.id, facts=facts.to_json(),
+                                 ssl_context=server_ssl)
             try:
                 await server.start()
                 stack.push_async_callback(server.stop)
@@ -125,7 +133,8 @@ class Daemon:
                 log.error("%s; other machines cannot fetch images from this one", exc)
                 server = None
         return NodeContainers(store, facts, machine.id,
-                              directory=ImageDirectory(registry), server_url=server.url if server else "")
+                              directory=ImageDirectory(registry), server_url=server.url if server else "",
+                              client_ssl=client_ssl)
 
     async def _start_api(self, registry, presence, agent, engine):
         from fleetd.api.server import ApiServer

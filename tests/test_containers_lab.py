@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from fleetd.images import build_busybox_image
-from fleetlab.config import LAB_API_PORT
 from fleetlab.sysutil import memory_v1_hierarchy
 
 from fleetlab.sysutil import eventually
@@ -68,7 +67,7 @@ def show(node, unit: str, prop: str) -> str:
 def api(lab, node=None) -> list[str]:
     """fleetctl against a node's fleet API (TCP, lab-only), e.g. for `status`."""
     node = node or lab.node(1)
-    return ["--driver", "api", "--endpoint", f"http://{node.ip}:{LAB_API_PORT}"]
+    return lab.fleetctl_api_args(node.name)  # https + the lab's operator certificate
 
 
 @pytest.fixture(scope="module")
