@@ -404,13 +404,18 @@ async def machine_records(g: Globals, image_port: int) -> list:
 
     records = []
     timeout = aiohttp.ClientTimeout(total=max(g.request_timeout, 1.0))
+    ssl_ctx = None
+    if g.cert_file:  # image servers of a cluster with a PKI ask for a cluster certificate (issue 17)
+        from fleetd.api.listeners import client_ssl_context
+
+        ssl_ctx = client_ssl_context(g.ca_file, g.cert_file, g.key_file)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for machine in await client.machines():
             if not machine.public_ip:
                 continue
-            url = f"http://{machine.public_ip}:{image_port}{IMAGES_API}"
+            url = f"{'https' if ssl_ctx else 'http'}://{machine.public_ip}:{image_port}{IMAGES_API}"
             try:
-                async with session.get(url) as response:
+                async with session.get(url, ssl=ssl_ctx if ssl_ctx else True) as response:
                     data = await response.json()
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                 click.echo(f"WARNING: machine {machine.id[:8]}: no image list from {url}: {exc or type(exc).__name__}",

@@ -4,6 +4,9 @@ Listeners: systemd socket activation (LISTEN_FDS, see units/fleetd.socket) or th
 `api_socket` (mode 0660, group `api_socket_group`), plus TCP `api_tcp=host:port` only with TLS
 client certificates (api_cafile + api_certfile + api_keyfile) or, for labs, api_insecure_tcp=true.
 
+Authorization (fleetd.api.auth): read-only clients GET, operators do everything; the role comes
+from the client certificate's O, or the unix socket peer's uid/groups; others get 403.
+
 Routes (also under /v1-alpha): /fleet/v1/units[/<name>[/status|/journal]], /fleet/v1/state[/<name>],
 /fleet/v1/machines, /fleet/v1/discovery; /metrics; `/` answers 405, anything else 404. Every
 response carries `Server: fleetd/<version>`; errors use fleet's {"error":{"code","message"}}.
@@ -22,6 +25,7 @@ from aiohttp import web
 
 from fleetd import __version__
 from fleetd.api import remote, resources
+from fleetd.api.auth import forbidden_message, identify, role_allows
 from fleetd.api.context import CONTEXT, ETCD_UNAVAILABLE, ApiContext, HttpError, ctx_of
 from fleetd.api.discovery import discovery_document
 from fleetd.api.listeners import Listener, server_ssl_context, systemd_listeners, tcp_listener, unix_listener
@@ -47,6 +51,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     started = time.perf_counter()
     status = 500
     try:
+        identity = identify(request.transport, ctx_of(request).config.api_socket_group)
+        if not role_allows(identity.role, request.method):
+            # before routing, body or unit: a refused client learns nothing else (fleetd.api.auth)
+            status = 403
+            log.info("API %s %s refused: %s has role %s", request.method, request.path, identity.name, identity.role)
+            return error_response(403, forbidden_message(identity, request.method))
         response = await handler(request)
         status = response.status
         return response
