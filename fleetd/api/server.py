@@ -8,7 +8,7 @@ Authorization (fleetd.api.auth): read-only clients GET, operators do everything;
 from the client certificate's O, or the unix socket peer's uid/groups; others get 403.
 
 Routes (also under /v1-alpha): /fleet/v1/units[/<name>[/status|/journal]], /fleet/v1/state[/<name>],
-/fleet/v1/machines, /fleet/v1/discovery; /metrics; `/` answers 405, anything else 404. Every
+/fleet/v1/machines, /fleet/v1/discovery, /fleet/v1/openapi.json (fleetd.api.openapi); /metrics; `/` answers 405, anything else 404. Every
 response carries `Server: fleetd/<version>`; errors use fleet's {"error":{"code","message"}}.
 While etcd cannot be reached, requests that need it get 503 "fleet server unable to communicate
 with etcd" and the API recovers by itself when etcd is back.
@@ -117,6 +117,14 @@ async def discovery(request: web.Request) -> web.Response:
     return resources.json_response(discovery_document(root))
 
 
+async def openapi_handler(request: web.Request) -> web.Response:
+    if request.method != "GET":
+        raise HttpError(405, "only GET supported against this resource")
+    from fleetd.api.openapi import openapi_document
+
+    return web.json_response(openapi_document())
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     if request.method != "GET":
@@ -145,6 +153,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         router.add_route("*", f"{prefix}/machines", resources.machines_collection)
         router.add_route("*", f"{prefix}/discovery", discovery)
         router.add_route("*", f"{prefix}/discovery.json", discovery)
+        router.add_route("*", f"{prefix}/openapi.json", openapi_handler)
     router.add_route("*", "/metrics", metrics_handler)
     router.add_route("*", "/", method_not_allowed)
     return app
