@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
     """The configuration: the file, then FLEET_* variables, then the flags given."""
     overrides = {k: v for k in FLAG_KEYS if (v := getattr(args, k)) is not None}
+    if "etcd_password" in overrides:
+        print("fleetd: WARNING: --etcd-password is visible to every user in ps; put etcd_password in "
+              "fleet.conf (mode 0600) or FLEET_ETCD_PASSWORD instead", file=sys.stderr)
     return load_config(Path(args.config_path), overrides=overrides)
 
 
