@@ -302,4 +302,8 @@ def local_facts(images_dir: str | Path) -> NodeFacts:
 
     fleet_run = Path(sys.executable).parent / "fleet-run"
     nspawn = shutil.which("systemd-nspawn") or "/usr/bin/systemd-nspawn"
-    return NodeFacts(fleet_run=str(fleet_run), nspawn=nspawn, images_dir=str(images_dir))
+    try:
+        userns = int(Path("/proc/sys/user/max_user_namespaces").read_text()) > 0
+    except (OSError, ValueError):
+        userns = False
+    return NodeFacts(fleet_run=str(fleet_run), nspawn=nspawn, images_dir=str(images_dir), userns=userns)
