@@ -112,3 +112,36 @@ def test_acceptance_of_the_defaults(lab):
     assert "ro.service" not in lab.fleetctl("list-unit-files").stdout
     with urllib.request.urlopen(image_url, context=viewer, timeout=10) as r:
         assert r.status == 200 and json.loads(r.read())["machineID"] == lab.node(1).machine_id
+
+
+def test_schemathesis_against_a_lab_fleetd(lab, tmp_path):
+    """schemathesis on node 1's TCP API over mutual TLS, as the read-only user (so the fuzzer
+    changes nothing in the lab: every write must be a documented 403), bounded: no 5xx, no hang,
+    no response outside the OpenAPI document. tests/test_api_fuzz.py fuzzes writes in-process."""
+    import os
+    import re
+    import shutil
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
+    assert exe, "schemathesis is not installed (pip install -e .[test])"
+    ca, cert, key = lab.client_files("viewer")
+    base = lab.api_url(1)
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="_schemathesis_hooks",
+               PYTHONPATH=os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [exe, "run", f"{base}/fleet/v1/openapi.json", "--url", base, "--tls-verify", ca,
+         "--request-cert", cert, "--request-cert-key", key,
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+         "--max-examples", os.environ.get("FLEET_FUZZ_EXAMPLES", "5"), "--seed", "17",
+         "--phases", "examples,coverage,fuzzing", "--request-timeout", "15", "--max-response-time", "15",
+         "--generation-database", "none", "--continue-on-failure", "--suppress-health-check", "all", "--no-color"],
+        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-8000:]
+    ran = re.search(r"(\d+) generated, (\d+) passed", out)
+    assert ran and ran.group(1) == ran.group(2) and int(ran.group(1)) > 50, out[-3000:]
+    assert "Tested: 29" in out
+    assert lab.fleetctl("list-unit-files").stdout.count("\n") <= 2  # the read-only fuzzer made nothing
