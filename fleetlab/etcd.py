@@ -92,7 +92,8 @@ def enable_rbac(endpoints: Sequence[str], tls: EtcdTLS, key_prefix: str, writers
         proc = etcdctl(endpoints, *args, tls=tls, check=False)
         if proc.returncode != 0 and "already exists" not in (proc.stderr + proc.stdout) \
                 and "already enabled" not in (proc.stderr + proc.stdout):
-            raise LabError(f"etcdctl {' '.join(args)}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+            why = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+            raise LabError(f"etcdctl {' '.join(args)}: exit {proc.returncode}: {why}")
 
     ctl("role", "add", FLEET_ROLE)
     ctl("role", "grant-permission", FLEET_ROLE, "--prefix=true", "readwrite", key_prefix)

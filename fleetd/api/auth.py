@@ -26,6 +26,7 @@ looked at (route, body, unit): a read-only client learns nothing from a refused 
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import socket
 import struct
@@ -90,8 +91,6 @@ def role_of_peer(uid: int, gid: int, operator_group: str) -> str:
 
 
 def _group_list(name: str, gid: int) -> list[int]:
-    import os
-
     try:
         return os.getgrouplist(name, gid)
     except OSError:
