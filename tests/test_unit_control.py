@@ -156,6 +156,11 @@ async def test_a_body_written_around_the_api_is_never_served(api):
     status, _, body = await api.call("GET", "/fleet/v1/units")
     assert status == 200
     assert [u["name"] for u in body.get("units", [])] == []
+    status, _, body = await api.call("GET", "/fleet/v1/units/evil.service")
+    assert status == 404, body  # as if it did not exist, like the list
+    status, _, _ = await api.call("DELETE", "/fleet/v1/units/evil.service")
+    assert status == 204  # and an operator can still remove it
+    assert await api.registry.list_units() == []
 
 
 def test_fleetctl_refuses_a_file_with_nul(etcd_settings, tmp_path, monkeypatch):

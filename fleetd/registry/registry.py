@@ -515,8 +515,9 @@ class Registry:
             placements.update({n: everywhere[n] for n in decoded if n not in placements and n in everywhere})
         records: dict[str, UnitRecord] = {}
         for name, (_, unit_hash, desired) in decoded.items():
-            if unit_hash not in bodies:
-                raise RegistryError(f"unit {name}: body {unit_hash} missing from the registry")
+            if unit_hash not in bodies:  # missing or unreadable: ignored, as list_units does
+                log.warning("unit %s refers to missing or unreadable body %s; ignored", name, unit_hash)
+                continue
             records[name] = UnitRecord(Unit(name, bodies[unit_hash], desired), placements.get(name),
                                        tuple(states[name]))
         return records
