@@ -65,13 +65,16 @@ class ApiFleetClient(FleetClient):
             return UnixConnection(ep.unix_path, self.timeout)
         url = urlsplit(ep.base_url)
         if url.scheme == "https":  # as before: --ca-file etc. apply to https:// endpoints
-            if self._ssl_context is None:
-                from fleetd.wire import client_ssl_context
-
-                self._ssl_context = client_ssl_context(*self._tls)
             return http.client.HTTPSConnection(url.hostname, url.port, timeout=self.timeout,
-                                               context=self._ssl_context)
+                                               context=self._client_ssl_context())
         return http.client.HTTPConnection(url.hostname, url.port, timeout=self.timeout)
+
+    def _client_ssl_context(self):
+        if self._ssl_context is None:
+            from fleetd.wire import client_ssl_context
+
+            self._ssl_context = client_ssl_context(*self._tls)
+        return self._ssl_context
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -343,8 +346,14 @@ class ApiFleetClient(FleetClient):
             if not machine.public_ip:
                 continue
             host = f"[{machine.public_ip}]" if ":" in machine.public_ip else machine.public_ip
-            url = f"http://{host}:{image_port}{IMAGES_API}"
-            conn = http.client.HTTPConnection(host.strip("[]"), image_port, timeout=max(self.timeout, 1.0))
+            timeout = max(self.timeout, 1.0)
+            if self._tls[1]:  # image servers of a cluster with a PKI ask for a cluster certificate
+                url = f"https://{host}:{image_port}{IMAGES_API}"
+                conn = http.client.HTTPSConnection(host.strip("[]"), image_port, timeout=timeout,
+                                                   context=self._client_ssl_context())
+            else:
+                url = f"http://{host}:{image_port}{IMAGES_API}"
+                conn = http.client.HTTPConnection(host.strip("[]"), image_port, timeout=timeout)
             try:
                 conn.request("GET", IMAGES_API)
                 response = conn.getresponse()

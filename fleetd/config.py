@@ -30,7 +30,7 @@ class EtcdSettings:
     certfile: str | None = None
     keyfile: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, a log or an error
     request_timeout: float = 1.0
 
     def __post_init__(self) -> None:

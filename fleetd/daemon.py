@@ -122,8 +122,17 @@ class Daemon:
         if cfg.dns_listen:  # containers resolve through this fleetd's DNS (see _discovery)
             facts = dataclasses.replace(facts, resolv_conf=str(Path(cfg.state_directory) / "resolv.conf"))
         server = None
+        server_ssl = client_ssl = None
+        if cfg.api_cafile and cfg.api_certfile and cfg.api_keyfile:
+            # the machine's API certificate serves images too, to cluster certificates only
+            from fleetd.api.listeners import server_ssl_context
+            from fleetd.wire import client_ssl_context
+
+            server_ssl = server_ssl_context(cfg.api_cafile, cfg.api_certfile, cfg.api_keyfile)
+            client_ssl = client_ssl_context(cfg.api_cafile, cfg.api_certfile, cfg.api_keyfile)
         if cfg.public_ip and cfg.image_port:
-            server = ImageServer(store, cfg.public_ip, cfg.image_port, machine_id=machine.id, facts=facts.to_json())
+            server = ImageServer(store, cfg.public_ip, cfg.image_port, machine_id=machine.id, facts=facts.to_json(),
+                                 ssl_context=server_ssl)
             try:
                 await server.start()
                 stack.push_async_callback(server.stop)
@@ -131,7 +140,8 @@ class Daemon:
                 log.error("%s; other machines cannot fetch images from this one", exc)
                 server = None
         return NodeContainers(store, facts, machine.id,
-                              directory=ImageDirectory(registry), server_url=server.url if server else "")
+                              directory=ImageDirectory(registry), server_url=server.url if server else "",
+                              client_ssl=client_ssl)
 
     async def _discovery(self, registry, machine, presence, stack: contextlib.AsyncExitStack):
         """Service discovery (fleetd/discovery/): the endpoint publisher the agent feeds, and,
@@ -233,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
     """The configuration: the file, then FLEET_* variables, then the flags given."""
     overrides = {k: v for k in FLAG_KEYS if (v := getattr(args, k)) is not None}
+    if "etcd_password" in overrides:
+        print("fleetd: WARNING: --etcd-password is visible to every user in ps; put etcd_password in "
+              "fleet.conf (mode 0600) or FLEET_ETCD_PASSWORD instead", file=sys.stderr)
     return load_config(Path(args.config_path), overrides=overrides)
 
 

@@ -73,8 +73,17 @@ def main() -> None:
 @click.option("--fleetd/--no-fleetd", default=True, show_default=True, help="Install and start fleetd.")
 @click.option("--wait-fleetd", is_flag=True, help="Wait until every node's fleetd registered in etcd.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for boots (and fleetd).")
-def up(name, nodes, agent_ttl, metadata, etcd_key_prefix, fleetd, wait_fleetd, timeout) -> None:
-    """Boot a lab of N nodes and wait until its systemds and etcd are up."""
+@click.option("--insecure", is_flag=True,
+              help="No TLS and no etcd authentication: etcd, the fleet API and the image server in "
+                   "plaintext, open to anyone on the lab's bridge.")
+def up(name, nodes, agent_ttl, metadata, etcd_key_prefix, fleetd, wait_fleetd, timeout, insecure) -> None:
+    """Boot a lab of N nodes and wait until its systemds and etcd are up.
+
+    By default the lab has a cluster PKI (<run dir>/<name>/pki): etcd with client certificates
+    on client and peer URLs and RBAC (each fleetd is the etcd user named by its certificate,
+    limited to the key prefix), the fleet API on TCP and the image server with client
+    certificates. `fleet-lab env` exports the operator certificate for fleetctl and etcdctl.
+    """
     _raise_on_signal()
     if wait_fleetd and not fleetd:
         raise click.UsageError("--wait-fleetd needs fleetd (drop --no-fleetd)")
@@ -86,7 +95,12 @@ def up(name, nodes, agent_ttl, metadata, etcd_key_prefix, fleetd, wait_fleetd, t
         metadata=parse_metadata_specs(metadata, nodes),
         etcd_key_prefix=etcd_key_prefix,
         boot_timeout=timeout,
+        insecure=insecure,
     )
+    if insecure:
+        click.echo("WARNING: --insecure: etcd, the fleet API and the image server speak plaintext without "
+                   "authentication; anyone on the lab's bridge controls the cluster (root on every node)",
+                   err=True)
     lab.up(wait_fleetd=wait_fleetd, fleetd_timeout=timeout)
     _print_status(lab)
 

@@ -17,6 +17,11 @@ LAB_API_PORT = 54728
 ETCD_DATA_DIR = "/var/lib/fleetlab/etcd"
 DEFAULT_KEY_PREFIX = "/_coreos.com/fleet/"
 DEFAULT_AGENT_TTL = "5s"
+# a node's own certificate and the cluster CA, written into its root by `up` (fleetd.pki)
+NODE_PKI_DIR = "/etc/fleet/pki"
+NODE_CA = f"{NODE_PKI_DIR}/ca.pem"
+NODE_CERT = f"{NODE_PKI_DIR}/machine.pem"
+NODE_KEY = f"{NODE_PKI_DIR}/machine.key"
 
 _DURATION_RE = re.compile(r"\d+(\.\d+)?(ms|s|m|h)")
 _META_KEY_RE = re.compile(r"[A-Za-z0-9_.-]+")
@@ -80,14 +85,31 @@ def render_target() -> str:
 class EtcdMember:
     name: str
     ip: str
+    tls: bool = False  # client and peer URLs over TLS with client certificates (the default lab)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.ip}:2379"
+        return f"{self.scheme}://{self.ip}:2379"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.ip}:2380"
+        return f"{self.scheme}://{self.ip}:2380"
+
+
+def etcd_tls_args() -> list[str]:
+    """etcd's TLS flags: the node's certificate on client and peer URLs, and a certificate signed
+    by the cluster CA required from every client and peer (etcd then takes a client's user name
+    from the certificate's CN once `auth enable` ran)."""
+    return [
+        f"--trusted-ca-file={NODE_CA}", f"--cert-file={NODE_CERT}", f"--key-file={NODE_KEY}",
+        "--client-cert-auth",
+        f"--peer-trusted-ca-file={NODE_CA}", f"--peer-cert-file={NODE_CERT}", f"--peer-key-file={NODE_KEY}",
+        "--peer-client-cert-auth",
+    ]
 
 
 def render_etcd_unit(member: EtcdMember, cluster: Sequence[EtcdMember], token: str) -> str:
@@ -96,7 +118,7 @@ def render_etcd_unit(member: EtcdMember, cluster: Sequence[EtcdMember], token: s
         "/usr/bin/etcd",
         f"--name={member.name}",
         f"--data-dir={ETCD_DATA_DIR}",
-        f"--listen-client-urls={member.client_url},http://127.0.0.1:2379",
+        f"--listen-client-urls={member.client_url},{member.scheme}://127.0.0.1:2379",
         f"--advertise-client-urls={member.client_url}",
         f"--listen-peer-urls={member.peer_url}",
         f"--initial-advertise-peer-urls={member.peer_url}",
@@ -109,6 +131,7 @@ def render_etcd_unit(member: EtcdMember, cluster: Sequence[EtcdMember], token: s
         # what is left of the machine leases of the agents that were cut off with it.
         "--pre-vote=true",
         "--logger=zap",
+        *(etcd_tls_args() if member.tls else []),
     ]
     return (
         "[Unit]\n"
@@ -131,9 +154,22 @@ class FleetConf:
     engine_reconcile_interval: int = 1
     etcd_key_prefix: str = DEFAULT_KEY_PREFIX
     api_port: int = LAB_API_PORT
+    tls: bool = False
 
     def render(self) -> str:
         meta = ",".join(f"{k}={v}" for k, v in self.metadata.items())
+        if self.tls:
+            # etcd as the user named by this node's certificate; the API (and the image server,
+            # and status/journal relays to other nodes) with client certificates of the cluster CA
+            security = (
+                f"etcd_cafile={NODE_CA}\netcd_certfile={NODE_CERT}\netcd_keyfile={NODE_KEY}\n"
+                f"api_tcp={self.public_ip}:{self.api_port}\n"
+                f"api_cafile={NODE_CA}\napi_certfile={NODE_CERT}\napi_keyfile={NODE_KEY}\n"
+            )
+        else:
+            # fleet-lab up --insecure: the API on the lab's private bridge without TLS (fleet's
+            # functional tests used 54728): whoever reaches the bridge controls the lab
+            security = f"api_tcp={self.public_ip}:{self.api_port}\napi_insecure_tcp=true\n"
         return (
             "# written by fleet-lab\n"
             f"etcd_servers={','.join(self.etcd_servers)}\n"
@@ -142,12 +178,10 @@ class FleetConf:
             f'metadata="{meta}"\n'
             f'agent_ttl="{self.agent_ttl}"\n'
             f"engine_reconcile_interval={self.engine_reconcile_interval}\n"
-            # the API on the lab's private bridge too (fleet's functional tests used 54728),
-            # without TLS: acceptable only on a lab subnet that nothing else can reach
-            f"api_tcp={self.public_ip}:{self.api_port}\n"
-            "api_insecure_tcp=true\n"
+            + security
             # service discovery's DNS on the node's address (docs/discovery.md)
-            f"dns_listen={self.public_ip}:53\n"
+            + f"dns_listen={self.public_ip}:53
+"
         )
 
 

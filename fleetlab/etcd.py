@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from typing import Sequence
 
 from fleetd.errors import LabError
@@ -19,7 +20,27 @@ def member_count(nodes: int) -> int:
     return 3 if nodes >= 3 else 1
 
 
-def etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 20.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+@dataclass(frozen=True)
+class EtcdTLS:
+    """etcdctl's client TLS files: the cluster CA and a client certificate (its CN is the etcd
+    user name, etcd's --client-cert-auth)."""
+
+    ca: str
+    cert: str
+    key: str
+
+    def args(self) -> list[str]:
+        return [f"--cacert={self.ca}", f"--cert={self.cert}", f"--key={self.key}"]
+
+
+#: the role fleetd and the lab's operators get: read and write below the key prefix, nothing else
+FLEET_ROLE = "fleet"
+#: read-only below the key prefix
+FLEET_READ_ROLE = "fleet-read"
+
+
+def etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 20.0, check: bool = True,
+            tls: EtcdTLS | None = None) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("etcdctl")
     if exe is None:
         raise LabError("etcdctl not found (Debian package etcd-client)")
@@ -27,13 +48,14 @@ def etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 20.0, check: 
     # env)"`): the lab's explicit endpoints win, the caller's etcdctl settings are dropped
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
     env["ETCDCTL_API"] = "3"
-    cmd = [exe, f"--endpoints={','.join(endpoints)}", "--dial-timeout=2s", "--command-timeout=5s", *args]
+    cmd = [exe, f"--endpoints={','.join(endpoints)}", "--dial-timeout=2s", "--command-timeout=5s",
+           *(tls.args() if tls else []), *args]
     return run(cmd, env=env, timeout=timeout, check=check)
 
 
-def endpoint_health(endpoints: Sequence[str]) -> dict[str, bool]:
+def endpoint_health(endpoints: Sequence[str], tls: EtcdTLS | None = None) -> dict[str, bool]:
     """Health of each endpoint (`etcdctl endpoint health`); unreachable ones are False."""
-    proc = etcdctl(endpoints, "endpoint", "health", "-w", "json", check=False)
+    proc = etcdctl(endpoints, "endpoint", "health", "-w", "json", check=False, tls=tls)
     health = {ep: False for ep in endpoints}
     try:
         for entry in json.loads(proc.stdout or "[]"):
@@ -43,10 +65,10 @@ def endpoint_health(endpoints: Sequence[str]) -> dict[str, bool]:
     return health
 
 
-def registered_machines(endpoints: Sequence[str], key_prefix: str) -> set[str]:
+def registered_machines(endpoints: Sequence[str], key_prefix: str, tls: EtcdTLS | None = None) -> set[str]:
     """IDs of machines with a live `<prefix>machines/<id>/object` key (it expires with agent_ttl)."""
     base = key_prefix.rstrip("/") + "/machines/"
-    proc = etcdctl(endpoints, "get", "--prefix", "--keys-only", base)
+    proc = etcdctl(endpoints, "get", "--prefix", "--keys-only", base, tls=tls)
     ids = set()
     for key in proc.stdout.split():
         rest = key[len(base) :] if key.startswith(base) else ""
@@ -54,3 +76,31 @@ def registered_machines(endpoints: Sequence[str], key_prefix: str) -> set[str]:
         if machine and leaf == "object":
             ids.add(machine)
     return ids
+
+
+def enable_rbac(endpoints: Sequence[str], tls: EtcdTLS, key_prefix: str, writers: Sequence[str],
+                readers: Sequence[str] = ()) -> None:
+    """Turn on etcd's authentication with certificate-named users and no passwords at all.
+
+    `root` (role root; the lab's own etcdctl uses a certificate with CN=root) and, limited to
+    `key_prefix`, role `fleet` (readwrite) for `writers` and `fleet-read` (read) for `readers`.
+    Users have no password (`--no-password`): etcd takes the user name from the client
+    certificate's CN, so there is no etcd secret to leak besides the keys themselves.
+    Idempotent: what exists already is kept.
+    """
+    def ctl(*args: str) -> None:
+        proc = etcdctl(endpoints, *args, tls=tls, check=False)
+        if proc.returncode != 0 and "already exists" not in (proc.stderr + proc.stdout) \
+                and "already enabled" not in (proc.stderr + proc.stdout):
+            why = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+            raise LabError(f"etcdctl {' '.join(args)}: exit {proc.returncode}: {why}")
+
+    ctl("role", "add", FLEET_ROLE)
+    ctl("role", "grant-permission", FLEET_ROLE, "--prefix=true", "readwrite", key_prefix)
+    ctl("role", "add", FLEET_READ_ROLE)
+    ctl("role", "grant-permission", FLEET_READ_ROLE, "--prefix=true", "read", key_prefix)
+    for user, role in [("root", "root"), *((w, FLEET_ROLE) for w in writers),
+                       *((r, FLEET_READ_ROLE) for r in readers)]:
+        ctl("user", "add", user, "--no-password")
+        ctl("user", "grant-role", user, role)
+    ctl("auth", "enable")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from fleetd.errors import LabError
+from fleetd.pki import ROLE_OPERATOR, ROLE_READ_ONLY, ClusterPKI
 
 from . import boot, etcd, network
 from .config import (
@@ -32,6 +33,11 @@ from .config import (
     ETCD_UNIT,
     FLEET_CONF,
     FLEETD_UNIT,
+    LAB_API_PORT,
+    NODE_CA,
+    NODE_CERT,
+    NODE_KEY,
+    NODE_PKI_DIR,
     NODE_TARGET,
     EtcdMember,
     LAB_API_PORT,
@@ -54,6 +60,16 @@ DEFAULT_CHECKOUT = Path(__file__).resolve().parents[1]
 REQUIRED_TOOLS = ("systemd-nspawn", "nsenter", "ip", "mount", "umount", "etcd", "etcdctl")
 NSPAWN_PROPAGATE = "/run/systemd/nspawn/propagate"
 HALT_TIMEOUT = 2.0  # clean halt of all nodes in `down`; then they are crashed (all state is on tmpfs)
+# client certificates the lab issues on the host (in <state dir>/pki): etcd's root (used by the
+# lab's own etcdctl), an operator (fleetctl, `fleet-lab env`) and a read-only user
+LAB_ROOT_CERT = "root"
+LAB_OPERATOR_CERT = "admin"
+LAB_READER_CERT = "viewer"
+INSECURE_WARNING = (
+    "lab {name}: --insecure: etcd (client and peer URLs) and the fleet API on TCP speak plaintext "
+    "without authentication, and the image server serves every image to anyone: whoever reaches "
+    "the lab's bridge {subnet} reads and writes the whole cluster and runs code as root on every node"
+)
 
 
 def host_problem() -> str | None:
@@ -88,6 +104,7 @@ class Lab:
         checkout: str | Path | None = None,
         run_dir: str | Path = RUN_DIR,
         boot_timeout: float = 60.0,
+        insecure: bool = False,
     ) -> None:
         self.names = LabNames(check_lab_name(name), Path(run_dir))
         self.names.check_node_count(nodes)
@@ -103,6 +120,7 @@ class Lab:
         self.etcd_key_prefix = etcd_key_prefix
         self.checkout = Path(checkout).resolve() if checkout else DEFAULT_CHECKOUT
         self.boot_timeout = boot_timeout
+        self.insecure = insecure
         self.state: LabState | None = None
 
     @classmethod
@@ -121,6 +139,7 @@ class Lab:
             etcd_key_prefix=state.etcd_key_prefix,
             checkout=state.checkout,
             run_dir=run_dir,
+            insecure=state.insecure,
         )
         lab.metadata = {n.index: dict(n.metadata) for n in state.nodes if n.metadata}
         lab.state = state
@@ -157,11 +176,83 @@ class Lab:
 
     @property
     def etcd_members(self) -> list[EtcdMember]:
-        return [EtcdMember(n.name, n.ip) for n in self._state().nodes if n.etcd_member]
+        return [EtcdMember(n.name, n.ip, tls=not self.insecure) for n in self._state().nodes if n.etcd_member]
 
     @property
     def etcd_endpoints(self) -> list[str]:
         return [m.client_url for m in self.etcd_members]
+
+    # --- security (fleetd.pki) -----------------------------------------------------
+
+    @property
+    def pki(self) -> ClusterPKI:
+        """The lab's cluster PKI on the host (removed with the lab)."""
+        return ClusterPKI(self.names.state_dir / "pki")
+
+    def client_files(self, cert: str = LAB_OPERATOR_CERT) -> tuple[str, str, str] | None:
+        """(CA, certificate, key) of one of the lab's client certificates; None for --insecure."""
+        if self.insecure:
+            return None
+        out = self.pki.paths(cert)
+        return str(out.ca), str(out.cert), str(out.key)
+
+    @property
+    def etcd_tls(self) -> etcd.EtcdTLS | None:
+        """What the lab's own etcdctl presents: the certificate of etcd's root user."""
+        files = self.client_files(LAB_ROOT_CERT)
+        return etcd.EtcdTLS(*files) if files else None
+
+    def api_url(self, ref: int | str = 1) -> str:
+        """The fleet API of a node on the lab's bridge (https with client certificates by default)."""
+        return f"{'http' if self.insecure else 'https'}://{self.node(ref).ip}:{LAB_API_PORT}"
+
+    def api_ssl_context(self, cert: str = LAB_OPERATOR_CERT):
+        """An ssl.SSLContext presenting one of the lab's client certificates (None: --insecure)."""
+        files = self.client_files(cert)
+        if files is None:
+            return None
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=files[0])
+        ctx.check_hostname = False  # nodes are addressed by IP; the CA is the lab's own
+        ctx.load_cert_chain(files[1], files[2])
+        return ctx
+
+    def fleetctl_api_args(self, ref: int | str = 1, cert: str = LAB_OPERATOR_CERT) -> list[str]:
+        """fleetctl's global flags for the API driver on a node's TCP API."""
+        args = ["--driver", "api", "--endpoint", self.api_url(ref)]
+        files = self.client_files(cert)
+        if files:
+            args += ["--ca-file", files[0], "--cert-file", files[1], "--key-file", files[2]]
+        return args
+
+    def node_etcdctl(self) -> str:
+        """The etcdctl command line for use inside a node (its local member, its own certificate:
+        etcd user <node name>, read-write below the key prefix only)."""
+        if self.insecure:
+            return "ETCDCTL_API=3 etcdctl"
+        return (f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert={NODE_CA} "
+                f"--cert={NODE_CERT} --key={NODE_KEY}")
+
+    def _issue_certs(self) -> None:
+        pki = self.pki
+        pki.init(f"fleet-lab {self.name} CA")
+        members = [n.ip for n in self._state().nodes if n.etcd_member]
+        for node in self._state().nodes:
+            # fleetd's gRPC channel to several etcd members checks every member's certificate
+            # against one name (the first endpoint's address), so an etcd member's certificate
+            # names all members' addresses. That gives a member nothing it lacks: as a raft
+            # peer it already reads and writes everything.
+            ips = [node.ip] + ([ip for ip in members if ip != node.ip] if node.etcd_member else [])
+            pki.machine(node.name, ips + ["127.0.0.1"], [node.name, "localhost"])
+        pki.client(LAB_ROOT_CERT, ROLE_OPERATOR)
+        pki.client(LAB_OPERATOR_CERT, ROLE_OPERATOR)
+        pki.client(LAB_READER_CERT, ROLE_READ_ONLY)
+
+    def _enable_etcd_auth(self) -> None:
+        etcd.enable_rbac(self.etcd_endpoints, self.etcd_tls, self.etcd_key_prefix,
+                         writers=[n.name for n in self._state().nodes] + [LAB_OPERATOR_CERT],
+                         readers=[LAB_READER_CERT])
 
     @property
     def tolerated_units(self) -> frozenset[str]:
@@ -191,6 +282,10 @@ class Lab:
                 atexit.register(self._rollback)
                 self._build()
             self.wait_etcd_healthy()
+            if self.insecure:
+                log.warning(INSECURE_WARNING.format(name=self.name, subnet=self.subnet))
+            else:
+                self._enable_etcd_auth()
             if wait_fleetd:
                 self.wait_fleetd(fleetd_timeout)
         except BaseException:
@@ -265,6 +360,7 @@ class Lab:
             agent_ttl=self.agent_ttl,
             fleetd=self.fleetd,
             tmpfs=str(self.names.tmpfs_dir),
+            insecure=self.insecure,
             nodes=nodes,
         )
 
@@ -278,6 +374,8 @@ class Lab:
             self.save()
             network.create_bridge(names.bridge, names.link_alias, network.host_ip(subnet), subnet)
         state = self._state()
+        if not self.insecure:
+            self._issue_certs()
         boot.mount_tmpfs(names)
         for node in state.nodes:
             boot.mount_overlay(node)
@@ -309,7 +407,7 @@ class Lab:
         wants = f"{unit_dir}/{NODE_TARGET}.wants"
         if node.etcd_member:
             files[f"{unit_dir}/{ETCD_UNIT}"] = render_etcd_unit(
-                EtcdMember(node.name, node.ip), self.etcd_members, token=f"fleetlab-{self.name}"
+                EtcdMember(node.name, node.ip, tls=not self.insecure), self.etcd_members, token=f"fleetlab-{self.name}"
             )
             links[f"{wants}/{ETCD_UNIT}"] = f"../{ETCD_UNIT}"
         if self.fleetd:
@@ -322,14 +420,27 @@ class Lab:
                 metadata=node.metadata,
                 agent_ttl=self.agent_ttl,
                 etcd_key_prefix=self.etcd_key_prefix,
+                tls=not self.insecure,
             ).render()
             links[f"{wants}/{FLEETD_UNIT}"] = f"../{FLEETD_UNIT}"
+        secret: dict[str, bytes] = {}
+        if not self.insecure:
+            issued = self.pki.paths(node.name)
+            files[NODE_CA] = issued.ca.read_text()
+            files[NODE_CERT] = issued.cert.read_text()
+            secret[NODE_KEY] = issued.key.read_bytes()
         boot.write_files(root, files, links)
+        for rel, data in secret.items():  # the node's key: root only, like the PKI directory
+            path = root / rel.lstrip("/")
+            os.chmod(path.parent, 0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
 
     # --- waiting -------------------------------------------------------------------
 
     def etcd_health(self) -> dict[str, bool]:
-        return etcd.endpoint_health(self.etcd_endpoints)
+        return etcd.endpoint_health(self.etcd_endpoints, self.etcd_tls)
 
     def wait_etcd_healthy(self, timeout: float = 60.0) -> None:
         """Wait until every etcd member answers `endpoint health` as healthy."""
@@ -344,7 +455,7 @@ class Lab:
             raise LabError(f"lab {self.name}: etcd not healthy after {timeout:g}s: {', '.join(bad)}")
 
     def registered_machines(self) -> set[str]:
-        return etcd.registered_machines(self.etcd_endpoints, self.etcd_key_prefix)
+        return etcd.registered_machines(self.etcd_endpoints, self.etcd_key_prefix, self.etcd_tls)
 
     def wait_fleetd(self, timeout: float = 60.0) -> None:
         """Wait until every node's fleetd registered its machine (`<prefix>machines/<id>/object`)."""
@@ -365,13 +476,19 @@ class Lab:
     def env(self) -> dict[str, str]:
         """Environment that points fleetctl (and etcdctl) at this lab."""
         endpoints = ",".join(self.etcd_endpoints)
-        return {
+        env = {
             "FLEETCTL_ENDPOINT": endpoints,
             "FLEETCTL_DRIVER": "etcd",
             "FLEETCTL_ETCD_KEY_PREFIX": self.etcd_key_prefix,
             "ETCDCTL_API": "3",
             "ETCDCTL_ENDPOINTS": endpoints,
         }
+        files = self.client_files(LAB_OPERATOR_CERT)
+        if files:  # the operator certificate: etcd user "admin" (fleet role), API role operator
+            ca, cert, key = files
+            env.update({"FLEETCTL_CA_FILE": ca, "FLEETCTL_CERT_FILE": cert, "FLEETCTL_KEY_FILE": key,
+                        "ETCDCTL_CACERT": ca, "ETCDCTL_CERT": cert, "ETCDCTL_KEY": key})
+        return env
 
     def fleetctl_command(self) -> list[str]:
         exe = self.checkout / ".venv" / "bin" / "fleetctl"
@@ -399,7 +516,8 @@ class Lab:
                     "nspawn_pid": node.state.nspawn.pid if node.state.nspawn and node.state.nspawn.alive() else None,
                     "state": node.system_state(),
                     "partitioned": node.state.partitioned,
-                    "etcd": health.get(f"http://{node.ip}:2379") if node.state.etcd_member else None,
+                    "etcd": health.get(EtcdMember(node.name, node.ip, tls=not self.insecure).client_url)
+                    if node.state.etcd_member else None,
                 }
             )
         return {"name": self.name, "subnet": state.subnet, "bridge": state.bridge, "host_ip": state.host_ip,

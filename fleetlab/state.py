@@ -61,6 +61,7 @@ class LabState:
     fleetd: bool
     tmpfs: str
     nodes: list[NodeState] = field(default_factory=list)
+    insecure: bool = False  # fleet-lab up --insecure: no TLS, no etcd auth
     version: int = STATE_VERSION
 
     def to_json(self) -> dict:

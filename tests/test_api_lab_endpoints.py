@@ -14,7 +14,6 @@ import urllib.request
 import pytest
 
 from fleetd import __version__
-from fleetlab.config import LAB_API_PORT
 from fleetlab.sysutil import eventually
 
 pytest_plugins = ["fleetlab.pytest_plugin"]
@@ -28,11 +27,11 @@ OPTIONS = [
 
 def call(lab, method: str, path: str, body=None, raw: bytes | None = None, content_type: str | None = "application/json"):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(f"http://{lab.node(1).ip}:{LAB_API_PORT}{path}", data=data, method=method)
+    req = urllib.request.Request(f"{lab.api_url(1)}{path}", data=data, method=method)
     if content_type and data is not None:
         req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+    try:  # https with the lab's operator certificate (plain http with --insecure)
+        with urllib.request.urlopen(req, timeout=10, context=lab.api_ssl_context()) as resp:
             status, headers, payload = resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as exc:
         status, headers, payload = exc.code, exc.headers, exc.read()
@@ -54,7 +53,7 @@ def test_routing_errors_and_discovery(lab):
     assert call(lab, "GET", "/nope")[0] == 404
     assert call(lab, "POST", "/fleet/v1/units")[0] == 405
     status, doc = call(lab, "GET", "/fleet/v1/discovery")
-    assert status == 200 and doc["rootUrl"].startswith(f"http://{lab.node(1).ip}:{LAB_API_PORT}/")
+    assert status == 200 and doc["rootUrl"].startswith(f"{lab.api_url(1)}/")
     assert "Units" in json.dumps(doc["resources"]) or "units" in doc["resources"]
     status, metrics = call(lab, "GET", "/metrics")
     assert status == 200 and "fleet" in metrics

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from fleetd.images import build_busybox_image
-from fleetlab.config import LAB_API_PORT
 from fleetlab.sysutil import memory_v1_hierarchy
 
 from fleetlab.sysutil import eventually
@@ -68,7 +67,7 @@ def show(node, unit: str, prop: str) -> str:
 def api(lab, node=None) -> list[str]:
     """fleetctl against a node's fleet API (TCP, lab-only), e.g. for `status`."""
     node = node or lab.node(1)
-    return ["--driver", "api", "--endpoint", f"http://{node.ip}:{LAB_API_PORT}"]
+    return lab.fleetctl_api_args(node.name)  # https + the lab's operator certificate
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +330,37 @@ def test_fleetd_restart_adopts_running_containers(lab, busybox):
         assert PAGE in http_get(node.ip, port)
     finally:
         destroy(lab, "keep.service")
+
+
+def _payload_uid_map(node, port: int) -> list[str]:
+    lines = [line for line in processes(node, rf"httpd -f -p {port}") if line.split()[1].endswith("httpd")]
+    assert len(lines) == 1, lines
+    return node.exec(["cat", f"/proc/{lines[0].split()[0]}/uid_map"]).stdout.split()
+
+
+def test_nspawn_containers_get_a_user_namespace_by_default(lab, busybox, tmp_path):
+    """Runtime=nspawn: the container's root is an unprivileged uid range of the node (issue 17),
+    and it still serves HTTP; PrivateUsers=no opts out."""
+    units = {"userns.service": ("", 18186), "hostns.service": ("PrivateUsers=no\n", 18187)}
+    try:
+        for name, (extra, port) in units.items():
+            path = tmp_path / name
+            path.write_text(f"[Unit]\nDescription={name}\n\n[X-Container]\nImage=busybox\nRuntime=nspawn\n"
+                            f"{extra}Command=httpd -f -p {port} -h /www\n")
+            lab.fleetctl("start", str(path), timeout=180)
+        node, state = placement(lab, "userns.service")
+        assert state == "active"
+        port = units["userns.service"][1]
+        assert PAGE in eventually(lambda: http_get(node.ip, port), 20, "the userns container to serve")
+        uid_map = _payload_uid_map(node, port)
+        assert uid_map != ["0", "0", "4294967295"] and uid_map[0] == "0" and uid_map[2] == "65536"
+        assert int(uid_map[1]) >= 0x80000  # its root is no uid the node uses
+        assert "--private-users=" in lab.fleetctl("cat", "--rendered", "userns.service").stdout
+
+        other, _ = placement(lab, "hostns.service")
+        port = units["hostns.service"][1]
+        assert PAGE in eventually(lambda: http_get(other.ip, port), 20, "the opted-out container to serve")
+        assert _payload_uid_map(other, port) == ["0", "0", "4294967295"]
+        assert "--private-users" not in lab.fleetctl("cat", "--rendered", "hostns.service").stdout
+    finally:
+        destroy(lab, *units)

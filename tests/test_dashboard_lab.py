@@ -21,7 +21,8 @@ from _browser import chromium, screenshot, wait_for
 from fleetlab.sysutil import eventually
 
 pytest_plugins = ["fleetlab.pytest_plugin"]
-pytestmark = pytest.mark.lab(nodes=3, wait_fleetd=True, agent_ttl="3s")
+# plaintext TCP API (--insecure): the browser has no client certificate; roles come from api_tcp_role
+pytestmark = pytest.mark.lab(nodes=3, wait_fleetd=True, agent_ttl="3s", insecure=True)
 
 UNIT = '[Unit]\nDescription={desc}\n\n[Service]\nExecStart=/bin/sh -c "while true; do echo {desc}; sleep 2; done"\n'
 BROKEN = "[Unit]\nDescription=exits at once\n\n[Service]\nExecStart=/bin/sh -c 'echo giving up; exit 3'\n"

@@ -101,15 +101,25 @@ def test_nodes_reach_each_other_and_the_host(lab):
 def test_etcd_cluster_of_three_is_healthy_and_replicates(lab):
     lab.wait_etcd_healthy(timeout=30)  # `up` waited already; a loaded host may be slow to answer
     health = lab.etcd_health()
-    assert sorted(health) == sorted(f"http://{n.ip}:2379" for n in lab.nodes)
+    assert sorted(health) == sorted(f"https://{n.ip}:2379" for n in lab.nodes)  # TLS by default
     assert all(health.values())
     members = json.loads(subprocess.run(
-        ["etcdctl", f"--endpoints={lab.etcd_endpoints[0]}", "member", "list", "-w", "json"],
+        ["etcdctl", f"--endpoints={lab.etcd_endpoints[0]}", *lab.etcd_tls.args(), "member", "list", "-w", "json"],
         env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True, check=True).stdout)["members"]
     assert sorted(m["name"] for m in members) == [n.name for n in lab.nodes]
-    lab.node(1).exec("ETCDCTL_API=3 etcdctl put /fleetlab-test/k hello")
-    got = lab.node(3).exec("ETCDCTL_API=3 etcdctl get --print-value-only /fleetlab-test/k").stdout
+    # inside a node, etcdctl with the node's certificate (etcd user <node>, the fleet key prefix)
+    key = f"{lab.etcd_key_prefix}fleetlab-test/k"
+    lab.node(1).exec(f"{lab.node_etcdctl()} put {key} hello")
+    got = lab.node(3).exec(f"{lab.node_etcdctl()} get --print-value-only {key}").stdout
     assert got.strip() == "hello"
+    lab.node(1).exec(f"{lab.node_etcdctl()} del {key}")
+    # etcd refuses: no certificate at all, and a node's user outside the fleet key prefix
+    plain = subprocess.run(["etcdctl", f"--endpoints={lab.etcd_endpoints[0]}", "--cacert", lab.etcd_tls.ca,
+                            "--command-timeout=3s", "get", key], env={"ETCDCTL_API": "3", "PATH": os.environ["PATH"]},
+                           capture_output=True, text=True)
+    assert plain.returncode != 0
+    outside = lab.node(1).exec(f"{lab.node_etcdctl()} put /fleetlab-test/k hello", check=False)
+    assert outside.returncode != 0 and "permission denied" in outside.stderr
 
 
 def test_fleetd_unit_and_config_are_installed(lab):
@@ -130,6 +140,7 @@ def test_fleetd_unit_and_config_are_installed(lab):
 def test_env_and_cli_reach_the_lab(lab):
     env = lab.env()
     assert env["FLEETCTL_ENDPOINT"] == ",".join(lab.etcd_endpoints) and env["FLEETCTL_DRIVER"] == "etcd"
+    assert env["FLEETCTL_CERT_FILE"].endswith("/pki/admin.pem") and env["ETCDCTL_KEY"] == env["FLEETCTL_KEY_FILE"]
     cli = [sys.executable, "-m", "fleetlab"]
     status = json.loads(subprocess.run([*cli, "status", "--name", lab.name, "--json"],
                                        capture_output=True, text=True, check=True).stdout)
@@ -184,7 +195,7 @@ def test_kill_crashes_the_node_and_start_boots_it_again(lab):
         assert not init.alive() and not nspawn.alive() and not node.running
         assert node.system_state() == "offline"
         # two of three etcd members keep the quorum (once they elected a leader, if node 3 led)
-        put = "ETCDCTL_API=3 etcdctl --command-timeout=3s put /fleetlab-test/after-kill 1"
+        put = f"{lab.node_etcdctl()} --command-timeout=3s put {lab.etcd_key_prefix}fleetlab-test/after-kill 1"
         assert wait_until(lambda: lab.node(1).exec(put, check=False).returncode == 0, 30, interval=0.5)
     finally:
         if not node.running:
@@ -193,7 +204,7 @@ def test_kill_crashes_the_node_and_start_boots_it_again(lab):
     assert node.exec("cat /etc/machine-id").stdout.strip() == node.machine_id
     assert node.exec("cat /root/fleetlab-probe").stdout == "x\n"  # same upper dir
     lab.wait_etcd_healthy(timeout=30)
-    got = node.exec("ETCDCTL_API=3 etcdctl get --print-value-only /fleetlab-test/after-kill").stdout
+    got = node.exec(f"{lab.node_etcdctl()} get --print-value-only {lab.etcd_key_prefix}fleetlab-test/after-kill").stdout
     assert got.strip() == "1"
 
 

@@ -255,7 +255,7 @@ unit_like_text = st.text(alphabet=unit_chars, max_size=120)
 sectioned_text = unit_like_text.map(lambda s: "[Service]\n" + s)
 
 names = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcxyz-_", min_size=1, max_size=12)
-values = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\\"),
+values = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\\"),  # no controls: see fleetd.unit.control
                  max_size=30).map(lambda v: v.strip(" \t\x0b\x0c\x85\xa0\u1680\u2000\u2001\u2002"
                                                     "\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
                                                     "\u200a\u2028\u2029\u202f\u205f\u3000"))

@@ -38,6 +38,8 @@ COMMANDS: dict[str, str] = {
     # service discovery
     "list-services": "fleetctl.commands.discovery:list_services",
     "list-endpoints": "fleetctl.commands.discovery:list_endpoints",
+    # the cluster PKI (offline)
+    "pki": "fleetctl.commands.pki:pki",
     # fleetctl itself
     "version": "fleetctl.commands.misc:version",
     "help": "fleetctl.commands.misc:help_command",

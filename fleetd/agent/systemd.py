@@ -35,7 +35,8 @@ from typing import AsyncIterator, Iterable, Mapping
 from dbus_next import BusType, Message, MessageType
 from dbus_next.aio import MessageBus
 
-from fleetd.errors import InvalidUnitName, SystemdError, SystemdUnitError
+from fleetd.errors import InvalidUnitName, SystemdError, SystemdUnitError, UnitFileError
+from fleetd.unit.control import check_text
 
 SYSTEMD_BUS_NAME = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -120,6 +121,18 @@ def _is_hex(text: str) -> bool:
 
 def has_install_section(text: str) -> bool:
     return _INSTALL_SECTION.search(text) is not None
+
+
+def _refuse_unreadable(units: Mapping[str, str]) -> dict[str, str]:
+    """The units whose text breaks fleetd.unit.control's rule (a NUL, a bare CR, ...), with why:
+    they are never written to disk, whatever the registry holds."""
+    refused: dict[str, str] = {}
+    for name, text in units.items():
+        try:
+            check_text(text, name)
+        except UnitFileError as exc:
+            refused[name] = str(exc)
+    return refused
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -376,7 +389,11 @@ class SystemdManager:
         SystemdUnitError names the failed ones after the reload.
         """
         units = {check_unit_name(n): text for n, text in units.items()}
+        refused = _refuse_unreadable(units)
+        units = {n: text for n, text in units.items() if n not in refused}
         if not units:
+            if refused:
+                raise SystemdUnitError("load", refused)
             return
         known = await self.states(units)
         try:
@@ -407,6 +424,7 @@ class SystemdManager:
             self.reloads_skipped += 1
         else:
             await self.reload()
+        failures.update(refused)
         if failures:
             raise SystemdUnitError("load", failures)
 

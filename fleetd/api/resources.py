@@ -204,8 +204,8 @@ async def _set(request: web.Request, item: str) -> web.Response:
 
 async def _destroy(request: web.Request, name: str) -> web.Response:
     reg = ctx_of(request).registry
-    if await reg.get_unit(name) is None:
-        raise HttpError(404, "unit does not exist")
+    # no read of the unit first: a unit whose body cannot be read (written around the API, see
+    # fleetd.unit.control) can still be destroyed
     if not await reg.destroy_units([name]):
         raise HttpError(404, "unit does not exist")
     return no_content(204)

@@ -2,23 +2,20 @@
 
     request_role(request) -> "operator" | "read-only"
 
-Today: a client on the unix socket (guarded by its file mode and group) is an operator; a TCP
-client is an operator unless fleet.conf says `api_tcp_role=read-only` (fleetd refuses any
-other value at start; should one get through, it means read-only). Binding roles to TLS client
-certificates and unix-socket peer credentials replaces the body of request_role; its callers
-(the dashboard's pages and action routes) stay as they are.
+The role is fleetd.api.auth's: a TLS client certificate's O, the unix socket peer's uid/groups,
+and for plaintext TCP (api_insecure_tcp) `api_tcp_role` (default operator; fleetd refuses any
+other value than a role at start).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from fleetd.api.auth import IDENTITY, OPERATOR, READ_ONLY, identify
 from fleetd.api.context import HttpError, ctx_of
 from fleetd.config import FleetConfig
 from fleetd.errors import ConfigError
 
-OPERATOR = "operator"
-READ_ONLY = "read-only"
 ROLES = (OPERATOR, READ_ONLY)
 
 
@@ -29,16 +26,12 @@ def check_config(config: FleetConfig) -> None:
         raise ConfigError(f"api_tcp_role: {value!r} is not a role (expected {' or '.join(ROLES)})")
 
 
-def via_unix_socket(request: web.Request) -> bool:
-    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
-    return isinstance(sockname, (str, bytes))  # TCP socket names are (host, port) tuples
-
-
 def request_role(request: web.Request) -> str:
-    if via_unix_socket(request):
-        return OPERATOR
-    configured = getattr(ctx_of(request).config, "api_tcp_role", OPERATOR)
-    return OPERATOR if configured == OPERATOR else READ_ONLY
+    """The role fleetd.api.auth gave the request (the API's middleware identifies every one)."""
+    identity = request.get(IDENTITY)
+    if identity is None:
+        identity = identify(request.transport, ctx_of(request).config)
+    return identity.role
 
 
 def require_operator(request: web.Request) -> None:

@@ -4,9 +4,12 @@ Listeners: systemd socket activation (LISTEN_FDS, see units/fleetd.socket) or th
 `api_socket` (mode 0660, group `api_socket_group`), plus TCP `api_tcp=host:port` only with TLS
 client certificates (api_cafile + api_certfile + api_keyfile) or, for labs, api_insecure_tcp=true.
 
+Authorization (fleetd.api.auth): read-only clients GET, operators do everything; the role comes
+from the client certificate's O, or the unix socket peer's uid/groups; others get 403.
+
 Routes (also under /v1-alpha): /fleet/v1/units[/<name>[/status|/journal]], /fleet/v1/state[/<name>],
-/fleet/v1/machines, /fleet/v1/discovery; /metrics; the web dashboard at `/` and /dashboard/...
-(fleetd/api/dashboard.py; other methods than GET on `/` answer 405); anything else 404. Every
+/fleet/v1/machines, /fleet/v1/discovery, /fleet/v1/openapi.json (fleetd.api.openapi); /metrics; the web dashboard
+at `/` and /dashboard/... (fleetd/api/dashboard.py; other methods than GET on `/` answer 405); anything else 404. Every
 response carries `Server: fleetd/<version>`; errors use fleet's {"error":{"code","message"}}.
 While etcd cannot be reached, requests that need it get 503 "fleet server unable to communicate
 with etcd" and the API recovers by itself when etcd is back.
@@ -24,6 +27,7 @@ from aiohttp import web
 from fleetd import __version__
 from fleetd.api import dashboard, remote, resources, watch
 from fleetd.api import services as services_api
+from fleetd.api.auth import IDENTITY, forbidden_message, identify, role_allows
 from fleetd.api.context import CONTEXT, ETCD_UNAVAILABLE, ApiContext, HttpError, ctx_of
 from fleetd.api.discovery import discovery_document
 from fleetd.api.listeners import Listener, server_ssl_context, systemd_listeners, tcp_listener, unix_listener
@@ -49,6 +53,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     started = time.perf_counter()
     status = 500
     try:
+        identity = identify(request.transport, ctx_of(request).config)
+        request[IDENTITY] = identity
+        if not role_allows(identity.role, request.method):
+            # before routing, body or unit: a refused client learns nothing else (fleetd.api.auth)
+            status = 403
+            log.info("API %s %s refused: %s has role %s", request.method, request.path, identity.name, identity.role)
+            return error_response(403, forbidden_message(identity, request.method))
         response = await handler(request)
         status = response.status
         return response
@@ -109,6 +120,14 @@ async def discovery(request: web.Request) -> web.Response:
     return resources.json_response(discovery_document(root))
 
 
+async def openapi_handler(request: web.Request) -> web.Response:
+    if request.method != "GET":
+        raise HttpError(405, "only GET supported against this resource")
+    from fleetd.api.openapi import openapi_document
+
+    return web.json_response(openapi_document())
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     if request.method != "GET":
@@ -139,6 +158,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         router.add_route("*", f"{prefix}/discovery", discovery)
         router.add_route("*", f"{prefix}/discovery.json", discovery)
         services_api.register(router, prefix)  # service discovery reads (fleetd/api/services.py)
+        router.add_route("*", f"{prefix}/openapi.json", openapi_handler)
     router.add_route("*", "/metrics", metrics_handler)
     dashboard.setup(app)  # `/` and /dashboard/...: the web dashboard (GET; other methods 405)
     return app

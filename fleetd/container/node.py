@@ -98,8 +98,10 @@ class NodeContainers:
     """Image resolution, fetching, rendering and publication for one machine."""
 
     def __init__(self, store: ImageStore, facts: NodeFacts, machine_id: str, *,
-                 directory=None, server_url: str = "", fetch_timeout: float = 600.0):
+                 directory=None, server_url: str = "", fetch_timeout: float = 600.0, client_ssl=None):
         self.store = store
+        # TLS to other machines' image servers (our certificate, the cluster CA); None: default
+        self.client_ssl = client_ssl
         self.facts = facts
         self.machine_id = machine_id
         self.directory = directory  # fleetd.registry.images.ImageDirectory, None: no fetching
@@ -202,7 +204,8 @@ class NodeContainers:
         self.store.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=self.store.root) as spool:
             async with aiohttp.ClientSession(timeout=timeout) as session:
-                async with session.get(url) as response:
+                ssl_arg = self.client_ssl if (self.client_ssl is not None and url.startswith("https:")) else True
+                async with session.get(url, ssl=ssl_arg) as response:
                     if response.status != 200:
                         text = (await response.text())[:200]
                         raise ImageError(f"GET {url}: HTTP {response.status}: {text.strip()}")
@@ -299,4 +302,8 @@ def local_facts(images_dir: str | Path) -> NodeFacts:
 
     fleet_run = Path(sys.executable).parent / "fleet-run"
     nspawn = shutil.which("systemd-nspawn") or "/usr/bin/systemd-nspawn"
-    return NodeFacts(fleet_run=str(fleet_run), nspawn=nspawn, images_dir=str(images_dir))
+    try:
+        userns = int(Path("/proc/sys/user/max_user_namespaces").read_text()) > 0
+    except (OSError, ValueError):
+        userns = False
+    return NodeFacts(fleet_run=str(fleet_run), nspawn=nspawn, images_dir=str(images_dir), userns=userns)

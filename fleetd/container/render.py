@@ -70,12 +70,15 @@ class NodeFacts:
     nspawn: str = "/usr/bin/systemd-nspawn"
     images_dir: str = "/var/lib/fleet/images"
     resolv_conf: str = ""  # fleetd's DNS for containers (bound on /etc/resolv.conf); "": none
+    userns: bool = False  # the kernel gives root user namespaces (user.max_user_namespaces > 0)
 
-    def to_json(self) -> dict[str, str]:
-        out = {"fleetRun": self.fleet_run, "nspawn": self.nspawn, "imagesDir": self.images_dir}
+    def to_json(self) -> dict:
+        data: dict = {"fleetRun": self.fleet_run, "nspawn": self.nspawn, "imagesDir": self.images_dir}
         if self.resolv_conf:
-            out["resolvConf"] = self.resolv_conf
-        return out
+            data["resolvConf"] = self.resolv_conf
+        if self.userns:
+            data["userns"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: dict | None) -> "NodeFacts":
@@ -84,7 +87,8 @@ class NodeFacts:
         return cls(fleet_run=str(data.get("fleetRun") or default.fleet_run),
                    nspawn=str(data.get("nspawn") or default.nspawn),
                    images_dir=str(data.get("imagesDir") or default.images_dir),
-                   resolv_conf=str(data.get("resolvConf") or ""))
+                   resolv_conf=str(data.get("resolvConf") or ""),
+                   userns=bool(data.get("userns", False)))  # older fleetds: none
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,22 @@ def default_hostname(unit_name: str) -> str:
     base = unit_name.rsplit(".", 1)[0] if "." in unit_name else unit_name
     host = re.sub(r"[^A-Za-z0-9-]+", "-", base).strip("-")[:63].strip("-")
     return host or "container"
+
+
+#: nspawn user namespaces: 64 Ki ids per container, at a base derived from the container name in
+#: nspawn's own range for picked ranges (0x80000 .. 0x6fff0000). nspawn's `pick` cannot be used
+#: with the image overlay ("may not be combined with custom root mounts"), hence a fixed range.
+USERNS_SIZE = 0x10000
+_USERNS_FIRST = 0x80000
+_USERNS_SLOTS = (0x6FFF0000 - _USERNS_FIRST) // USERNS_SIZE
+
+
+def userns_base(cname: str) -> int:
+    """The first host uid/gid of a container's user namespace (pure, stable per container name)."""
+    import hashlib
+
+    slot = int.from_bytes(hashlib.sha256(cname.encode()).digest()[:4], "big") % _USERNS_SLOTS
+    return _USERNS_FIRST + slot * USERNS_SIZE
 
 
 def effective_command(spec: ContainerSpec, image: ImageInfo) -> tuple[str, ...]:
@@ -257,6 +277,8 @@ def render_unit(name: str, unit: UnitFile, facts: NodeFacts, image: ImageInfo | 
         rundir=f"/run/fleet/nspawn/{cname}",
         stop_timeout=_seconds(spec.stop_timeout),
         kill_timeout=_seconds(spec.stop_timeout + 5),
+        userns=(f"{userns_base(cname)}:{USERNS_SIZE}"
+                if spec.runtime == "nspawn" and spec.private_users and facts.userns else ""),
         dropped_caps=" ".join(DROPPED_CAPABILITIES),
         denied_syscalls=" ".join(DENIED_SYSCALLS),
     )

@@ -21,6 +21,9 @@ with fleet's specifiers %n %N %p %i %% from the unit name, like [X-Fleet]):
     Tasks=            TasksMax= of the unit
     StopTimeout=      seconds from the stop signal to SIGKILL (default 10)
     Privileged=       yes/no (default no): all capabilities, no seccomp/NoNewPrivileges hardening
+    PrivateUsers=     yes/no (default: yes, no with Privileged=yes): Runtime=nspawn runs the
+                      container in its own user namespace (its root is an unprivileged uid range
+                      of the node) where the node's kernel allows it; no opts out
 
 Every single-valued key may appear once. An unknown key, a bad value, or an ExecStart= in
 [Service] next to [X-Container] is an InvalidUnitOptions error naming the unit and the key.
@@ -44,7 +47,7 @@ DEFAULT_RUNTIME = "launcher"
 DEFAULT_STOP_TIMEOUT = 10.0
 
 SINGLE_KEYS = ("Image", "Command", "Runtime", "Hostname", "User", "WorkingDirectory", "Network",
-               "Memory", "CPUs", "Tasks", "StopTimeout", "Privileged")
+               "Memory", "CPUs", "Tasks", "StopTimeout", "Privileged", "PrivateUsers")
 MULTI_KEYS = ("Environment", "Port", "Bind")
 KNOWN_KEYS = SINGLE_KEYS + MULTI_KEYS
 
@@ -96,6 +99,7 @@ class ContainerSpec:
     tasks: int | None = None
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
     privileged: bool = False
+    private_users: bool = True
 
     @property
     def cpu_quota_percent(self) -> int | None:
@@ -266,10 +270,16 @@ def _parse(unit: UnitFile, name: str, strict_specifiers: bool) -> ContainerSpec:
         if flag not in _TRUE + _FALSE:
             raise bad("Privileged", f"{single['Privileged']!r} is not a boolean (yes/no)")
         privileged = is_truthy(flag) or flag in ("y",)
+    private_users = not privileged
+    if single.get("PrivateUsers", "").strip():
+        flag = single["PrivateUsers"].strip().lower()
+        if flag not in _TRUE + _FALSE:
+            raise bad("PrivateUsers", f"{single['PrivateUsers']!r} is not a boolean (yes/no)")
+        private_users = flag in _TRUE
 
     return ContainerSpec(
         image=image, command=command, runtime=runtime, environment=tuple(env),
         ports=tuple(ports), binds=tuple(binds), hostname=hostname, user=user, workdir=workdir,
         network=network, memory=memory, cpus=cpus, tasks=tasks, stop_timeout=stop_timeout,
-        privileged=privileged,
+        privileged=privileged, private_users=private_users,
     )

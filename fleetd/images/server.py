@@ -9,9 +9,12 @@
 
 A separate small aiohttp app (the fleet API server has no hook for extra routes), started by
 the daemon on `<public_ip>:<image_port>` (fleet.conf `image_port`, default 7380; 0 disables).
-Only full `sha256:<64 hex>` digests are served, no names. There is no authentication: whoever
-reaches the port can read every image, so images must not carry secrets (mount them with
-Bind= instead); nothing can be written through it.
+Only full `sha256:<64 hex>` digests are served, no names; nothing can be written through it.
+With `ssl_context` (the daemon passes one built from api_cafile/certfile/keyfile) it speaks
+https and requires a client certificate signed by the cluster CA: only the cluster's machines
+(and holders of its client certificates) read images. Without one (labs with --insecure, no TLS
+configured) whoever reaches the port reads every image, so images must not carry secrets either
+way (mount them with Bind= instead).
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ class ImageServer:
     """`ImageServer(store, host, port, machine_id=, facts=)`; `await start()`, `url`, `await stop()`."""
 
     def __init__(self, store: ImageStore, host: str, port: int = DEFAULT_PORT, *, machine_id: str = "",
-                 facts: dict | None = None):
+                 facts: dict | None = None, ssl_context=None):
+        self.ssl_context = ssl_context
         self.store = store
         self.host = host
         self.port = port
@@ -110,7 +114,7 @@ class ImageServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.ssl_context is not None else 'http'}://{host}:{self.port}"
 
     async def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -127,8 +131,10 @@ class ImageServer:
         info = {"machineID": self.machine_id, "url": self.url, "facts": self.facts}
         self._runner = web.AppRunner(build_app(self.store, info), access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-        log.info("image server listening on %s", self.url)
+        await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
+        log.info("image server listening on %s%s", self.url,
+                 " (TLS, client certificates required)" if self.ssl_context is not None else
+                 " (no TLS: anyone who reaches it reads every image)")
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -286,6 +286,13 @@ class _Client(aetcd.Client):
 
     async def _open_channel(self) -> None:
         options = list(self._options.items())
+        if self._credentials is not None and len(self._endpoints) > 1:
+            # A target of several addresses has no single host name, and gRPC checks every
+            # member's certificate against the whole list (which nothing matches): check them
+            # against the preferred member's host instead, so each member's certificate must
+            # name every member (fleetd.pki machine certificates of etcd members do).
+            host = urlsplit(self._endpoints[0] if "://" in self._endpoints[0] else f"https://{self._endpoints[0]}").hostname
+            options.append(("grpc.ssl_target_name_override", host))
         if self._credentials is not None:
             self.channel = rpc.secure_channel(self._target, self._credentials, options=options)
         else:

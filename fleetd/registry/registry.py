@@ -21,6 +21,7 @@ from fleetd.errors import (
     RegistryError,
     UnitConflict,
     UnitError,
+    UnitFileError,
     UnitNotFound,
 )
 from fleetd.lease_timing import lease_ttl_seconds
@@ -191,7 +192,10 @@ class Registry:
             ok, responses = await self._txn([], [tx.get(enc(self.keys.body(h))) for h in chunk])
             for unit_hash, response in zip(chunk, responses):
                 if response:
-                    self._bodies[unit_hash] = UnitFile.parse(response[0].value, source=f"unit body {unit_hash}")
+                    try:
+                        self._bodies[unit_hash] = UnitFile.parse(response[0].value, source=f"unit body {unit_hash}")
+                    except UnitFileError as exc:  # e.g. a NUL written around the API: never served
+                        log.warning("%s; units using it are ignored", exc)
 
         await _pipelined([fetch(chunk) for chunk in _chunks(missing)])
         return {h: self._bodies[h] for h in hashes if h in self._bodies}
@@ -511,8 +515,9 @@ class Registry:
             placements.update({n: everywhere[n] for n in decoded if n not in placements and n in everywhere})
         records: dict[str, UnitRecord] = {}
         for name, (_, unit_hash, desired) in decoded.items():
-            if unit_hash not in bodies:
-                raise RegistryError(f"unit {name}: body {unit_hash} missing from the registry")
+            if unit_hash not in bodies:  # missing or unreadable: ignored, as list_units does
+                log.warning("unit %s refers to missing or unreadable body %s; ignored", name, unit_hash)
+                continue
             records[name] = UnitRecord(Unit(name, bodies[unit_hash], desired), placements.get(name),
                                        tuple(states[name]))
         return records

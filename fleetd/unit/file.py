@@ -29,7 +29,9 @@ Deliberate deviations from go-systemd, all in favour of rejecting input it would
 * Options are grouped by section in first-seen order (the order in which serialization
   writes them), so that ``parse(serialize(u)) == u`` for every parsed unit ``u``.
 
-A UTF-8 byte-order mark at the very start is skipped.
+A UTF-8 byte-order mark at the very start is skipped. Control characters systemd cannot read
+(NUL, a CR that does not end a line, ESC, ...) are refused: see fleetd.unit.control, the one
+rule fleetctl, the API and the agent share.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from fleetd.errors import UnitFileError
+from fleetd.unit.control import check_option, check_text
 
 #: go-systemd's SYSTEMD_LINE_MAX.
 LINE_MAX = 2048
@@ -106,6 +109,7 @@ class UnitFile:
                 if not isinstance(field, str):
                     raise UnitFileError(
                         f"{source}: option {opt!r}: section, name and value must be strings")
+            check_option(opt.section, opt.name, opt.value, source)
             opts.append(opt)
         for opt in opts:
             single = cls((opt,))
@@ -208,6 +212,7 @@ class _Lexer:
             raise UnitFileError(f"{source}: unit file must be text or bytes, not {type(text).__name__}")
         if decoded.startswith("\ufeff"):
             decoded = decoded[1:]
+        check_text(decoded, source)
         # Physical lines split on LF only (as bufio.ReadBytes('\n')); the last piece is the
         # text after the final LF ("" when the file ends with a newline).
         self.lines = decoded.split("\n")

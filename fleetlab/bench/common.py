@@ -118,11 +118,17 @@ def bench_lab(kind: str, *, nodes: int, agent_ttl: str, keep_lab: str | None, lo
 def settings_for(lab: Lab, exclude: Iterable[Node] = ()) -> EtcdSettings:
     """etcd settings of the lab for the client, without the members of the `exclude`d nodes
     (a benchmark that kills a node keeps its own client off that node's member)."""
-    excluded = {f"http://{n.ip}:2379" for n in exclude}
+    excluded = {_endpoint_of(lab, n) for n in exclude}
     endpoints = tuple(ep for ep in lab.etcd_endpoints if ep not in excluded)
     if not endpoints:
         raise BenchmarkError(f"lab {lab.name}: no etcd member left outside {sorted(excluded)}")
-    return EtcdSettings(endpoints=endpoints, key_prefix=lab.etcd_key_prefix, request_timeout=2.0)
+    files = lab.client_files()  # the lab's operator certificate (etcd user with the fleet role)
+    tls = dict(zip(("cafile", "certfile", "keyfile"), files)) if files else {}
+    return EtcdSettings(endpoints=endpoints, key_prefix=lab.etcd_key_prefix, request_timeout=2.0, **tls)
+
+
+def _endpoint_of(lab: Lab, node: Node) -> str:
+    return f"{'http' if lab.insecure else 'https'}://{node.ip}:2379"
 
 
 async def blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -400,7 +406,7 @@ def etcd_pid(node: Node) -> int:
 
 
 def etcd_status(lab: Lab) -> dict[str, dict]:
-    proc = etcdctl(lab.etcd_endpoints, "endpoint", "status", "-w", "json", check=False)
+    proc = etcdctl(lab.etcd_endpoints, "endpoint", "status", "-w", "json", check=False, tls=lab.etcd_tls)
     try:
         return {e["Endpoint"]: e["Status"] for e in json.loads(proc.stdout or "[]")}
     except (ValueError, KeyError, TypeError):
@@ -412,7 +418,7 @@ def etcd_leader_node(lab: Lab) -> Node | None:
     for endpoint, st in status.items():
         if st["header"]["member_id"] == st["leader"]:
             for node in lab.nodes:
-                if endpoint == f"http://{node.ip}:2379":
+                if endpoint == _endpoint_of(lab, node):
                     return node
     return None
 
@@ -425,20 +431,21 @@ def move_etcd_leader_off(lab: Lab, node: Node) -> bool:
         raise BenchmarkError(f"lab {lab.name}: etcdctl endpoint status answered nothing")
     leader_id = next(iter(status.values()))["leader"]
     leader_ep = next((ep for ep, st in status.items() if st["header"]["member_id"] == leader_id), None)
-    if leader_ep != f"http://{node.ip}:2379":
+    if leader_ep != _endpoint_of(lab, node):
         return False
     target = next(st["header"]["member_id"] for ep, st in status.items() if ep != leader_ep)
-    etcdctl([leader_ep], "move-leader", f"{target:x}")
+    etcdctl([leader_ep], "move-leader", f"{target:x}", tls=lab.etcd_tls)
     return True
 
 
 def lease_ttl(lab: Lab, key: str) -> float:
     """The TTL granted to the lease that holds `key` (etcdctl)."""
-    proc = etcdctl(lab.etcd_endpoints, "get", key, "-w", "json")
+    proc = etcdctl(lab.etcd_endpoints, "get", key, "-w", "json", tls=lab.etcd_tls)
     kvs = json.loads(proc.stdout).get("kvs") or []
     if not kvs:
         raise BenchmarkError(f"{key}: not in etcd")
-    ttl = etcdctl(lab.etcd_endpoints, "lease", "timetolive", f"{int(kvs[0]['lease']):x}", "-w", "json")
+    ttl = etcdctl(lab.etcd_endpoints, "lease", "timetolive", f"{int(kvs[0]['lease']):x}", "-w", "json",
+                  tls=lab.etcd_tls)
     return float(json.loads(ttl.stdout)["granted-ttl"])
 
 

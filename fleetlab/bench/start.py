@@ -23,7 +23,6 @@ from typing import Any
 from fleetd.errors import BenchmarkError
 from fleetd.model import DesiredState, Unit
 
-from ..config import LAB_API_PORT
 from ..lab import Lab
 from .common import (
     LAUNCHED,
@@ -143,7 +142,8 @@ async def _api_runs(lab: Lab, client: Client, prefix: str, runs: int, warmup: in
     from fleetctl.api_client import ApiFleetClient
 
     node = lab.nodes[0]
-    api = ApiFleetClient(f"http://{node.ip}:{LAB_API_PORT}", timeout=5.0)
+    files = lab.client_files() or (None, None, None)
+    api = ApiFleetClient(lab.api_url(node.name), timeout=5.0, cafile=files[0], certfile=files[1], keyfile=files[2])
     times = []
     try:
         await api.machines()  # connect outside the timed section
@@ -164,7 +164,7 @@ async def _api_runs(lab: Lab, client: Client, prefix: str, runs: int, warmup: in
                 times.append(time.monotonic() - set_at)
     finally:
         await api.close()
-    return {"endpoint": f"http://{node.ip}:{LAB_API_PORT}", "poll_seconds": poll,
+    return {"endpoint": lab.api_url(node.name), "poll_seconds": poll,
             "set_desired_to_launched_seconds": summary(times), "all": [round(t, 3) for t in times]}
 
 

@@ -244,19 +244,22 @@ class Fleet:
         self._move_etcd_leader(node, onto=True)
 
     def _move_etcd_leader(self, node, onto: bool) -> None:
-        env = {k: v for k, v in {**os.environ, **self.lab.env()}.items() if k != "ETCDCTL_ENDPOINTS"}
+        # move-leader is for etcd's root user: the lab's root certificate instead of the operator's
+        env = {k: v for k, v in {**os.environ, **self.lab.env()}.items() if not k.startswith("ETCDCTL_")}
+        env["ETCDCTL_API"] = "3"
+        tls = self.lab.etcd_tls.args() if self.lab.etcd_tls else []
         endpoints = self.lab.etcd_endpoints
-        proc = subprocess.run(["etcdctl", f"--endpoints={','.join(endpoints)}", "endpoint", "status", "-w", "json"],
+        proc = subprocess.run(["etcdctl", f"--endpoints={','.join(endpoints)}", *tls, "endpoint", "status", "-w", "json"],
                               env=env, capture_output=True, text=True, timeout=15)
         status = {e["Endpoint"]: e["Status"] for e in json.loads(proc.stdout)}
         leader_id = next(iter(status.values()))["leader"]
         leader_ep = next(ep for ep, st in status.items() if st["header"]["member_id"] == leader_id)
-        mine = f"http://{node.ip}:2379"
+        mine = next(ep for ep in endpoints if f"//{node.ip}:" in ep)
         if (leader_ep == mine) == onto:
             return
         target = next(st["header"]["member_id"] for ep, st in status.items()
                       if (ep == mine if onto else ep != leader_ep))
-        moved = subprocess.run(["etcdctl", f"--endpoints={leader_ep}", "move-leader", f"{target:x}"],
+        moved = subprocess.run(["etcdctl", f"--endpoints={leader_ep}", *tls, "move-leader", f"{target:x}"],
                                env=env, capture_output=True, text=True, timeout=15)
         assert moved.returncode == 0, f"etcdctl move-leader: {moved.stderr}"
 

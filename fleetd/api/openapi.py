@@ -1,0 +1,279 @@
+"""The OpenAPI 3 description of fleetd's HTTP API: fleet's v1 routes and the project's extensions.
+
+`openapi_document()` is the one source: fleetd serves it at GET /fleet/v1/openapi.json, and
+docs/openapi.json is it written out (`python -m fleetd.api.openapi > docs/openapi.json`; a test
+keeps the two equal, checks that every route of the aiohttp app is described and that every
+documented status code is reachable, and fuzzes the server with schemathesis against it).
+
+Every route is served under both prefixes, /fleet/v1 and fleet's older /v1-alpha.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from fleetd import __version__
+
+PREFIXES = ("/fleet/v1", "/v1-alpha")
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _empty(description: str) -> dict[str, Any]:
+    return {"description": description}
+
+
+_S = {"type": "string"}
+UNIT_NAME = {
+    "name": "name", "in": "path", "required": True,
+    "description": "unit name, e.g. hello.service or web@1.service (URL-encoded)",
+    "schema": {"type": "string", "minLength": 1},
+}
+PAGE_TOKEN = {
+    "name": "nextPageToken", "in": "query", "required": False,
+    "description": "fleet's page token from the previous page (URL-safe base64 of {limit, page})",
+    "schema": {"type": "string"},
+}
+MACHINE_ID = {
+    "name": "machineID", "in": "query", "required": False,
+    "description": "the machine whose state (or status/journal) is wanted",
+    "schema": {"type": "string"},
+}
+UNAVAILABLE = _error("fleet server unable to communicate with etcd")
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {
+            "type": "object", "required": ["code", "message"], "additionalProperties": False,
+            "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+        }},
+    },
+    "UnitOption": {
+        "type": "object",
+        "properties": {"section": _S, "name": _S, "value": _S},
+        "description": "one [section] name=value line; control characters are refused (400)",
+    },
+    "Unit": {
+        "type": "object",
+        "properties": {
+            "name": _S,
+            "desiredState": {"type": "string", "enum": ["inactive", "loaded", "launched"]},
+            "currentState": {"type": "string", "enum": ["inactive", "loaded", "launched"]},
+            "machineID": _S,
+            "options": {"type": "array", "items": _ref("UnitOption")},
+        },
+    },
+    "UnitPage": {
+        "type": "object",
+        "properties": {"units": {"type": "array", "items": _ref("Unit")}, "nextPageToken": _S},
+    },
+    "UnitState": {
+        "type": "object",
+        "properties": {"name": _S, "hash": _S, "machineID": _S, "systemdLoadState": _S,
+                       "systemdActiveState": _S, "systemdSubState": _S},
+    },
+    "UnitStatePage": {
+        "type": "object",
+        "properties": {"states": {"type": "array", "items": _ref("UnitState")}, "nextPageToken": _S},
+    },
+    "Machine": {
+        "type": "object",
+        "properties": {
+            "id": _S, "primaryIP": _S, "version": _S,
+            "metadata": {"type": "object", "additionalProperties": _S},
+            "cpus": {"type": "number"}, "memory": {"type": "integer"}, "draining": {"type": "boolean"},
+        },
+    },
+    "MachinePage": {
+        "type": "object",
+        "properties": {"machines": {"type": "array", "items": _ref("Machine")}, "nextPageToken": _S},
+    },
+    "UnitRequest": {
+        "type": "object",
+        "description": "a partial Unit: options to create or replace, desiredState to change",
+        "properties": {
+            "name": _S,
+            "desiredState": {"type": "string", "enum": ["inactive", "loaded", "launched"]},
+            "options": {"type": "array", "items": _ref("UnitOption")},
+        },
+    },
+    "MachinePatch": {
+        "type": "array",
+        "description": "JSON-patch-like operations on /<machineID>/metadata/<key> or /<machineID>/draining",
+        "items": {
+            "type": "object", "required": ["op", "path"],
+            "properties": {
+                "op": {"type": "string", "enum": ["add", "remove", "replace"]},
+                "path": _S,
+                "value": {"oneOf": [_S, {"type": "object", "properties": {"value": _S}}]},
+            },
+        },
+    },
+}
+
+
+def _operations() -> dict[str, dict[str, Any]]:
+    """Path (relative to a prefix; "" is the prefix itself) -> operations."""
+    forbidden = _error("the client's role may not change the cluster (read-only certificate or socket peer)")
+    return {
+        "": {"get": {
+            "summary": "the API root: no resource",
+            "responses": {"405": _error("no resource here")},
+        }},
+        "/units": {"get": {
+            "summary": "list units (fleet: Units.List)",
+            "parameters": [PAGE_TOKEN],
+            "responses": {"200": _json(_ref("UnitPage"), "a page of units"),
+                          "400": _error("invalid page token"), "503": UNAVAILABLE},
+        }},
+        "/units/{name}": {
+            "parameters": [UNIT_NAME],
+            "get": {
+                "summary": "one unit (fleet: Units.Get)",
+                "responses": {"200": _json(_ref("Unit"), "the unit"),
+                              "404": _error("unit does not exist"), "503": UNAVAILABLE},
+            },
+            "put": {
+                "summary": "create or replace a unit, or set its desired state (fleet: Units.Set)",
+                "parameters": [{"name": "If-None-Match", "in": "header", "required": False,
+                                "description": "beyond fleet: `*` creates only", "schema": {"type": "string"}}],
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("UnitRequest")}}},
+                "responses": {
+                    "201": _empty("created or replaced"), "204": _empty("desired state set"),
+                    "400": _error("invalid body, name, options, desired state, or template activation"),
+                    "403": forbidden,
+                    "409": _error("unknown unit without options, or known unit without desiredState"),
+                    "412": _error("If-None-Match: * and the unit exists"),
+                    "415": _error("not application/json"), "503": UNAVAILABLE,
+                },
+            },
+            "delete": {
+                "summary": "destroy a unit (fleet: Units.Delete)",
+                "responses": {"204": _empty("destroyed"), "403": forbidden,
+                              "404": _error("unit does not exist"), "503": UNAVAILABLE},
+            },
+        },
+        "/units/{name}/status": {"get": {
+            "summary": "beyond fleet: `systemctl status` of the unit on its machine (text/plain)",
+            "parameters": [UNIT_NAME, MACHINE_ID],
+            "responses": {
+                "200": {"description": "systemctl's output; X-Fleet-Exit-Status has its exit status",
+                        "content": {"text/plain": {"schema": _S}}},
+                "400": _error("invalid unit name, or a global unit without machineID"),
+                "404": _error("unit does not exist"),
+                "409": _error("the unit is not loaded (on that machine)"),
+                "503": UNAVAILABLE,
+            },
+        }},
+        "/units/{name}/journal": {"get": {
+            "summary": "beyond fleet: `journalctl` of the unit on its machine (streamed text/plain)",
+            "parameters": [
+                UNIT_NAME, MACHINE_ID,
+                {"name": "lines", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 1_000_000}},
+                {"name": "output", "in": "query", "required": False, "schema": {"type": "string"}},
+                {"name": "follow", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["true", "false"]}},
+            ],
+            "responses": {
+                "200": {"description": "journalctl's output", "content": {"text/plain": {"schema": _S}}},
+                "400": _error("invalid parameter or unit name, or a global unit without machineID"),
+                "404": _error("unit does not exist"),
+                "409": _error("the unit is not loaded (on that machine)"),
+                "503": UNAVAILABLE,
+            },
+        }},
+        "/state": {"get": {
+            "summary": "unit states as the machines report them (fleet: UnitState.List)",
+            "parameters": [PAGE_TOKEN, MACHINE_ID,
+                           {"name": "unitName", "in": "query", "required": False, "schema": _S}],
+            "responses": {"200": _json(_ref("UnitStatePage"), "a page of unit states"),
+                          "400": _error("invalid page token"), "503": UNAVAILABLE},
+        }},
+        "/state/{name}": {"get": {
+            "summary": "beyond fleet: one unit's state",
+            "parameters": [UNIT_NAME, MACHINE_ID],
+            "responses": {"200": _json(_ref("UnitState"), "the state"),
+                          "404": _error("unit state does not exist"), "503": UNAVAILABLE},
+        }},
+        "/machines": {
+            "get": {
+                "summary": "machines (fleet: Machines.List; cpus, memory, draining beyond fleet)",
+                "parameters": [PAGE_TOKEN],
+                "responses": {"200": _json(_ref("MachinePage"), "a page of machines"),
+                              "400": _error("invalid page token"), "503": UNAVAILABLE},
+            },
+            "patch": {
+                "summary": "set or remove machine metadata; beyond fleet: drain/undrain",
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("MachinePatch")}}},
+                "responses": {"204": _empty("applied"), "400": _error("invalid patch"), "403": forbidden,
+                              "503": UNAVAILABLE},
+            },
+        },
+        "/discovery": {"get": {
+            "summary": "fleet's discovery document (Google API discovery format)",
+            "responses": {"200": _json({"type": "object"}, "the discovery document")},
+        }},
+        "/discovery.json": {"get": {
+            "summary": "the same discovery document",
+            "responses": {"200": _json({"type": "object"}, "the discovery document")},
+        }},
+        "/openapi.json": {"get": {
+            "summary": "this OpenAPI description",
+            "responses": {"200": _json({"type": "object"}, "the OpenAPI 3 document")},
+        }},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for prefix in PREFIXES:
+        for rel, ops in _operations().items():
+            ops = copy.deepcopy(ops)
+            if prefix != PREFIXES[0]:
+                for op in ops.values():
+                    if isinstance(op, dict) and "responses" in op:
+                        op["deprecated"] = True  # fleet's old prefix, kept for old clients
+            paths[prefix + rel] = ops
+    paths["/"] = {"get": {"summary": "no resource", "responses": {"405": _error("no resource here")}}}
+    paths["/metrics"] = {"get": {
+        "summary": "Prometheus metrics of this fleetd (and cluster gauges)",
+        "responses": {"200": {"description": "Prometheus text format",
+                              "content": {"text/plain": {"schema": _S}}},
+                      "404": _error("metrics are disabled")},
+    }}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "fleetd HTTP API",
+            "version": __version__,
+            "description": (
+                "fleet's API v1 (wire-compatible with coreos/fleet) plus fleetd's extensions. "
+                "Errors use fleet's envelope {\"error\":{\"code\",\"message\"}}. Read-only clients may "
+                "GET; everything else needs the operator role (docs/api.md, 403 otherwise)."),
+        },
+        "paths": paths,
+        "components": {"schemas": copy.deepcopy(SCHEMAS)},
+    }
+
+
+def main() -> None:
+    print(json.dumps(openapi_document(), indent=2, sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()
