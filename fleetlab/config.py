@@ -180,8 +180,7 @@ class FleetConf:
             f"engine_reconcile_interval={self.engine_reconcile_interval}\n"
             + security
             # service discovery's DNS on the node's address (docs/discovery.md)
-            + f"dns_listen={self.public_ip}:53
-"
+            + f"dns_listen={self.public_ip}:53\n"
         )
 
 
