@@ -54,6 +54,11 @@ class Daemon:
             registry = await Registry.connect(cfg.etcd)
             stack.push_async_callback(registry.close)
             presence = Presence(registry, machine, cfg.agent_ttl, Path(cfg.state_directory))
+            from fleetd.api.peer import PeerClient
+
+            presence.peer_client = PeerClient.from_config(cfg)
+            if presence.peer_client is not None:
+                stack.push_async_callback(presence.peer_client.close)
             await self._retry("registering machine", lambda: presence.register(wait_duplicate=0))
             systemd = await SystemdManager.connect(Path(cfg.units_directory))
             stack.push_async_callback(systemd.close)

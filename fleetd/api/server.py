@@ -5,7 +5,7 @@ Listeners: systemd socket activation (LISTEN_FDS, see units/fleetd.socket) or th
 client certificates (api_cafile + api_certfile + api_keyfile) or, for labs, api_insecure_tcp=true.
 
 Routes (also under /v1-alpha): /fleet/v1/units[/<name>[/status|/journal]], /fleet/v1/state[/<name>],
-/fleet/v1/machines, /fleet/v1/discovery; /metrics; `/` answers 405, anything else 404. Every
+/fleet/v1/machines, /fleet/v1/discovery; /metrics; /peer/v1/etcd (fleetd/api/peer.py); `/` answers 405, anything else 404. Every
 response carries `Server: fleetd/<version>`; errors use fleet's {"error":{"code","message"}}.
 While etcd cannot be reached, requests that need it get 503 "fleet server unable to communicate
 with etcd" and the API recovers by itself when etcd is back.
@@ -25,6 +25,7 @@ from fleetd.api import remote, resources
 from fleetd.api.context import CONTEXT, ETCD_UNAVAILABLE, ApiContext, HttpError, ctx_of
 from fleetd.api.discovery import discovery_document
 from fleetd.api.listeners import Listener, server_ssl_context, systemd_listeners, tcp_listener, unix_listener
+from fleetd.api.peer import PEER_PATH, peer_handler
 from fleetd.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ApiMetrics
 from fleetd.api.wire import error_body
 from fleetd.config import FleetConfig
@@ -136,6 +137,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         router.add_route("*", f"{prefix}/discovery", discovery)
         router.add_route("*", f"{prefix}/discovery.json", discovery)
     router.add_route("*", "/metrics", metrics_handler)
+    router.add_route("*", PEER_PATH, peer_handler)  # fleetds asking each other (fleetd/api/peer.py)
     router.add_route("*", "/", method_not_allowed)
     return app
 
@@ -170,6 +172,8 @@ class ApiServer:
             registry=registry, config=config, machine_id=getattr(machine, "id", "") or "",
             token_limit=config.token_limit, metrics=self.metrics,
         )
+        if presence is not None:
+            self.context.extras["presence"] = presence
         self.listeners: list[Listener] = []
         self._use_activation = use_socket_activation
         self._runner: web.AppRunner | None = None
