@@ -68,7 +68,8 @@ class Daemon:
             # that leader failover is no slower than machine failover
             leader_ttl = max(2.0, min(5 * cfg.engine_reconcile_interval, cfg.agent_ttl))
             engine = None if cfg.disable_engine else Engine(
-                registry, machine.id, cfg.engine_reconcile_interval, lease_ttl=leader_ttl)
+                registry, machine.id, cfg.engine_reconcile_interval, lease_ttl=leader_ttl,
+                machine_ttl=cfg.agent_ttl)
             if engine is not None:
                 stack.push_async_callback(engine.resign)
             api = await self._start_api(registry, presence, agent, engine)
