@@ -62,6 +62,18 @@ class Daemon:
             await self._retry("registering machine", lambda: presence.register(wait_duplicate=0))
             systemd = await SystemdManager.connect(Path(cfg.units_directory))
             stack.push_async_callback(systemd.close)
+            try:
+                if await systemd.disarm_fence():
+                    log.info("removed the fence timer the previous fleetd left: its units keep running")
+            except FleetError as exc:
+                log.error("cannot remove the fence timer the previous fleetd left: %s", exc)
+            agent = None
+
+            async def leave_fence() -> None:  # at exit, after the agent's task is cancelled
+                if agent is not None:
+                    await agent.leave_fence()
+
+            stack.push_async_callback(leave_fence)
             containers = await self._containers(registry, machine, stack)
             agent = Agent(registry, systemd, presence, containers=containers)
             # the leader lease: fleet's 5 x interval, but never longer than a machine's TTL, so

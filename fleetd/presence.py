@@ -209,6 +209,9 @@ class Presence:
     def _deadline_passed(self, error: BaseException | None) -> None:
         """The lease may have expired: hold on (etcd is out) or fence (this machine is cut off)."""
         verdict = self._fresh_verdict()
+        if verdict is None and self.peer_client is None:  # nobody to ask: only a lone machine holds on
+            me = self.machine.id
+            verdict = fence_decision(me, set(self.known) | {me}, {})
         if verdict is not None and not verdict.fence:
             log.error("cut off from etcd for longer than the TTL (%ss): %s; %s", self.ttl,
                       error or "no answer", verdict.reason)

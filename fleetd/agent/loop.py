@@ -236,6 +236,39 @@ class Agent:
         self._launched = {n: h for n, h in self._launched.items() if n not in doomed}
         self._published.clear()
 
+    async def leave_fence(self, margin: float = 0.5) -> None:
+        """fleetd is stopping: leave a systemd timer that stops the non-global units when the
+        lease may expire (the engine may start them elsewhere after that), unless a fleetd
+        starts again in time and removes it. One last keep-alive first, so that a restart gets
+        the whole TTL."""
+        import shutil
+        import time
+
+        from fleetd.lease_timing import lease_deadline
+
+        p = self.presence
+        if p.lost.is_set() or p.lease_id is None:
+            return  # stopped already
+        names = [n for n in self.systemd.installed_units() if n not in self._global_names]
+        if not names:
+            return
+        if not p.holding:
+            try:
+                sent = time.monotonic()
+                granted = await asyncio.wait_for(self.registry.keepalive(p.lease_id, timeout=1.0), 1.5)
+                if granted > 0:
+                    p.expires_at = max(p.expires_at, lease_deadline(sent, granted))
+            except (RegistryError, asyncio.TimeoutError):
+                pass
+        seconds = max(0.001, p.expires_at - time.monotonic() - margin)
+        try:
+            await self.systemd.arm_fence(names, seconds, systemctl=shutil.which("systemctl") or "/bin/systemctl")
+        except FleetError as exc:
+            log.error("agent: cannot leave the fence timer (units keep running unsupervised): %s", exc)
+            return
+        log.info("agent: %d non-global units stop in %.1fs (when the lease may expire) unless fleetd starts "
+                 "again by then", len(names), seconds)
+
     # ------------------------------------------------------------------ main loop
 
     async def _watch_keys(self, revision: int) -> None:
