@@ -26,6 +26,8 @@ from fleetd.registry import Registry, WatchCompacted
 
 log = logging.getLogger(__name__)
 
+LOAD_RETRY = 5.0  # seconds before a pass that failed is tried again
+
 
 @dataclass
 class AgentStats:
@@ -128,6 +130,7 @@ class Agent:
                 self.stats.failures += 1
                 self.stats.last_error = str(result.error)
                 log.error("agent: %s", result.error)
+                await self._publish_load_errors(result, desired)
         else:
             self._launched = dict(the_plan.launched)
             unfinished = set()
@@ -166,6 +169,28 @@ class Agent:
             current = await self.systemd.states(stale)
             states = [st for st in (self._state_of(s) for s in current.values()) if st is not None]
             await self.registry.publish_states(states, self.presence.lease_id)
+            for st in states:
+                self._published[st.name] = st
+            self.stats.states_published += len(states)
+
+    async def _publish_load_errors(self, result, desired: dict[str, DesiredUnit]) -> None:
+        """Units whose file could not be written or loaded (a full or read-only
+        units_directory...) are shown as such (`fleetctl list-units`: LOAD error, ACTIVE
+        failed) instead of not at all; the next pass (at most LOAD_RETRY seconds later)
+        tries again."""
+        from fleetd.agent.plan import TaskKind
+
+        names = sorted({t.name for t in result.failed if t.kind == TaskKind.LOAD and t.name in desired})
+        if not names or self.presence.lease_id is None:
+            return
+        async with self._publishing:
+            states = [UnitState(n, self.machine_id, desired[n].hash, "error", "failed", "load-failed", "")
+                      for n in names]
+            try:
+                await self.registry.publish_states(states, self.presence.lease_id)
+            except RegistryError as exc:
+                log.warning("publishing load errors failed: %s", exc)
+                return
             for st in states:
                 self._published[st.name] = st
             self.stats.states_published += len(states)
@@ -287,6 +312,7 @@ class Agent:
         publisher = asyncio.create_task(self.publish_states())
         watcher: asyncio.Task | None = None
         lease_seen = self.presence.lease_id
+        failures_seen = self.stats.failures
         try:
             while True:
                 if self.presence.lost.is_set():
@@ -308,7 +334,10 @@ class Agent:
                         if not isinstance(exc, WatchCompacted):
                             log.warning("agent watch ended: %s", exc)
                     watcher = asyncio.create_task(self._watch_keys(revision + 1))
-                await self._wait(self.resync_interval)
+                failed = self.stats.failures != failures_seen
+                failures_seen = self.stats.failures
+                # after a failed pass (a full disk, systemd refusing a job) try again soon, not hot
+                await self._wait(min(self.resync_interval, LOAD_RETRY) if failed else self.resync_interval)
         finally:
             publisher.cancel()
             if watcher is not None:
