@@ -32,6 +32,15 @@ PEER_POLL = 0.5  # seconds between two rounds of questions to the peers while ho
 PEER_TIMEOUT = 1.0  # seconds a peer has to answer
 
 
+def settle_seconds(machine_ttl: float) -> float:
+    """How long the engine keeps a vanished machine's units where they are, at least: half a
+    TTL plus 2 s, more than the spread of lease expiries of machines cut off together (one
+    keep-alive interval, TTL/3), than a holding agent needs to hear that a peer reaches etcd
+    again and fence (PEER_POLL + PEER_TIMEOUT), and than a machine whose lease etcd expired
+    during an outage needs to register again."""
+    return machine_ttl / 2 + 2.0
+
+
 def disrupted(affected: int, known: int) -> bool:
     """True when `affected` of `known` machines is a disruption, not a few machines lost: more
     than DISRUPTED_FRACTION of them, and at least two (or all of them, when fewer)."""

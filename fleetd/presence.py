@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from fleetd.disruption import PEER_POLL, PEER_TIMEOUT, FenceVerdict, PeerAnswer, answer_for, fence_decision
+from fleetd.disruption import (PEER_POLL, PEER_TIMEOUT, FenceVerdict, PeerAnswer, answer_for, fence_decision,
+                               settle_seconds)
 from fleetd.errors import DuplicateMachine, RegistryError
 from fleetd.lease_timing import KeepaliveTiming, lease_deadline, lease_ttl_seconds
 from fleetd.model import Machine
@@ -209,9 +210,6 @@ class Presence:
     def _deadline_passed(self, error: BaseException | None) -> None:
         """The lease may have expired: hold on (etcd is out) or fence (this machine is cut off)."""
         verdict = self._fresh_verdict()
-        if verdict is None and self.peer_client is None:  # nobody to ask: only a lone machine holds on
-            me = self.machine.id
-            verdict = fence_decision(me, set(self.known) | {me}, {})
         if verdict is not None and not verdict.fence:
             log.error("cut off from etcd for longer than the TTL (%ss): %s; %s", self.ttl,
                       error or "no answer", verdict.reason)
@@ -243,11 +241,8 @@ class Presence:
                     self._confirmed(sent, granted)
                     continue
                 if self.holding:
-                    # etcd expired it (a raft leader that stayed leader through the outage
-                    # does): the engine holds units of machines that vanished together
-                    log.warning("machine lease %x expired during the etcd outage; registering again, "
-                                "units keep running", self.lease_id)
-                    self.registered.clear()
+                    await self._register_after_outage()
+                    continue
                 else:
                     log.warning("machine lease %x expired; registering again", self.lease_id)
                     self._set_lost()
@@ -260,6 +255,25 @@ class Presence:
             for task in self._background:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _register_after_outage(self) -> None:
+        """etcd is back but expired the lease while this machine held on (a raft leader that
+        stayed leader through the outage does). The peers no longer matter (etcd answers this
+        machine too); the engine holds a vanished machine's units for `settle_seconds` at
+        least (all of them if many vanished): register again before that, keeping the units,
+        or fence."""
+        budget = settle_seconds(self.ttl) - 0.5
+        log.warning("machine lease %x expired during the etcd outage; registering again within %.1fs, "
+                    "units keep running", self.lease_id, budget)
+        self._end_probe()
+        self.registered.clear()
+        try:
+            await asyncio.wait_for(self.register(wait_duplicate=0), budget)
+        except (RegistryError, asyncio.TimeoutError) as exc:
+            log.error("could not register again within %.1fs (%s); stopping non-global units", budget,
+                      exc or "timed out")
+            self._set_lost()
+            await asyncio.sleep(self.timing.lost_retry)
 
     def _confirmed(self, sent: float, granted: int) -> None:
         deadline = lease_deadline(sent, granted)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-from fleetd.disruption import disrupted
+from fleetd.disruption import disrupted, settle_seconds
 from fleetd.engine.decisions import Decisions
 from fleetd.model import ClusterSnapshot, DesiredState, Machine
 
@@ -42,11 +42,8 @@ class HoldPolicy:
 
 def policy_for(machine_ttl: float) -> HoldPolicy:
     """Grace: two machine TTLs (an agent whose lease expired registers again within about one
-    keep-alive interval plus a registration). Settle: half a TTL plus 2 s, more than the spread
-    of lease expiries of machines cut off together (one keep-alive interval, TTL/3) and more
-    than a holding agent needs to hear that a peer reaches etcd again and fence
-    (PEER_POLL + PEER_TIMEOUT)."""
-    return HoldPolicy(grace=2.0 * machine_ttl, settle=machine_ttl / 2 + 2.0)
+    keep-alive interval plus a registration). Settle: fleetd/disruption.py's settle_seconds."""
+    return HoldPolicy(grace=2.0 * machine_ttl, settle=settle_seconds(machine_ttl))
 
 
 @dataclass(frozen=True)
