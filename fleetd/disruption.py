@@ -33,12 +33,16 @@ PEER_TIMEOUT = 1.0  # seconds a peer has to answer
 
 
 def settle_seconds(machine_ttl: float) -> float:
-    """How long the engine keeps a vanished machine's units where they are, at least: half a
-    TTL plus 2 s, more than the spread of lease expiries of machines cut off together (one
-    keep-alive interval, TTL/3), than a holding agent needs to hear that a peer reaches etcd
-    again and fence (PEER_POLL + PEER_TIMEOUT), and than a machine whose lease etcd expired
-    during an outage needs to register again."""
-    return machine_ttl / 2 + 2.0
+    """How long the engine keeps a lone vanished machine's units where they are: one
+    keep-alive interval plus 1 s (2.67 s at a TTL of 5 s). Machines cut off at one moment
+    lose their leases within one keep-alive interval of each other, so by then the engine has
+    seen all of them vanish and can tell a disruption from a lost machine. It is also more than
+    a holding agent needs to hear that a peer reaches etcd again (PEER_POLL + PEER_TIMEOUT)
+    after a disruption ends, and than a machine whose lease etcd expired during an outage
+    needs to register again. The price: failover of a lost machine takes this much longer."""
+    from fleetd.lease_timing import keepalive_interval
+
+    return keepalive_interval(float(machine_ttl)) + 1.0
 
 
 def disrupted(affected: int, known: int) -> bool:
