@@ -34,15 +34,16 @@ PEER_TIMEOUT = 1.0  # seconds a peer has to answer
 
 def settle_seconds(machine_ttl: float) -> float:
     """How long the engine keeps a lone vanished machine's units where they are: one
-    keep-alive interval plus 1 s (2.67 s at a TTL of 5 s). Machines cut off at one moment
+    keep-alive interval plus 2 s (3.67 s at a TTL of 5 s). Machines cut off at one moment
     lose their leases within one keep-alive interval of each other, so by then the engine has
-    seen all of them vanish and can tell a disruption from a lost machine. It is also more than
+    seen all of them vanish and can tell a disruption from a lost machine (the 2 s cover etcd's
+    lag in revoking expired leases, which checks every 0.5 s and grows under load). It is also more than
     a holding agent needs to hear that a peer reaches etcd again (PEER_POLL + PEER_TIMEOUT)
     after a disruption ends, and than a machine whose lease etcd expired during an outage
     needs to register again. The price: failover of a lost machine takes this much longer."""
     from fleetd.lease_timing import keepalive_interval
 
-    return keepalive_interval(float(machine_ttl)) + 1.0
+    return keepalive_interval(float(machine_ttl)) + 2.0
 
 
 def disrupted(affected: int, known: int) -> bool:

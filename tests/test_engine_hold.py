@@ -41,7 +41,7 @@ def schedule(snapshot: ClusterSnapshot, hold) -> dict[str, str]:
 
 def test_policy_for_the_default_ttl():
     p = policy_for(5.0)
-    assert p.grace == 10.0 and abs(p.settle - (5.0 / 3 + 1.0)) < 1e-9
+    assert p.grace == 10.0 and abs(p.settle - (5.0 / 3 + 2.0)) < 1e-9
 
 
 def test_one_machine_vanishing_is_held_for_settle_then_released():
