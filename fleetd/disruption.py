@@ -29,7 +29,7 @@ from typing import Iterable, Mapping
 
 DISRUPTED_FRACTION = 0.55  # Kubernetes' unhealthyZoneThreshold
 PEER_POLL = 0.5  # seconds between two rounds of questions to the peers while holding on
-PEER_TIMEOUT = 1.0  # seconds a peer has to answer
+PEER_TIMEOUT = 1.5  # seconds a peer has to answer (it checks etcd in PEER_TIMEOUT / 3)
 
 
 def settle_seconds(machine_ttl: float) -> float:
@@ -44,6 +44,16 @@ def settle_seconds(machine_ttl: float) -> float:
     from fleetd.lease_timing import keepalive_interval
 
     return keepalive_interval(float(machine_ttl)) + 2.0
+
+
+def fence_grace(machine_ttl: float) -> float:
+    """How long a holding machine that hears a peer reach etcd again waits for its own
+    keep-alive before it fences: etcd may simply be back for everybody (then its keep-alive
+    gets through within a few retries and nothing stops). Bounded so that it has stopped
+    its units before the engine may move them: the engine releases a vanished machine's units
+    `settle_seconds` after the disruption ends, which is after the peer reached etcd; the
+    machine hears it PEER_POLL + PEER_TIMEOUT later at most; 0.5 s are left to stop."""
+    return max(0.0, settle_seconds(machine_ttl) - PEER_POLL - PEER_TIMEOUT - 0.5)
 
 
 def disrupted(affected: int, known: int) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from fleetd.disruption import (PEER_POLL, PEER_TIMEOUT, FenceVerdict, PeerAnswer, answer_for, fence_decision,
-                               settle_seconds)
+                               fence_grace, settle_seconds)
 from fleetd.errors import DuplicateMachine, RegistryError
 from fleetd.lease_timing import KeepaliveTiming, lease_deadline, lease_ttl_seconds
 from fleetd.model import Machine
@@ -154,7 +154,7 @@ class Presence:
 
     async def _check_etcd(self) -> PeerAnswer:
         sent = time.monotonic()
-        timeout = PEER_TIMEOUT / 2
+        timeout = PEER_TIMEOUT / 3
         try:
             granted = await asyncio.wait_for(self.registry.keepalive(self.lease_id, timeout=timeout), timeout + 0.1)
         except (RegistryError, asyncio.TimeoutError):
@@ -203,6 +203,11 @@ class Presence:
         await self.decide()
         when, verdict = self.verdict
         if self.holding and verdict.fence:
+            grace = fence_grace(self.ttl)
+            log.warning("%s; fencing in %.1fs unless etcd answers this machine too", verdict.reason, grace)
+            await asyncio.sleep(grace)  # cancelled (by _end_probe) when the keep-alive gets through
+            if not self.holding:
+                return
             log.error("%s; stopping non-global units now", verdict.reason)
             self.holding = False
             self._set_lost()
