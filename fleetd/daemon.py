@@ -56,9 +56,26 @@ class Daemon:
             registry = await Registry.connect(cfg.etcd)
             stack.push_async_callback(registry.close)
             presence = Presence(registry, machine, cfg.agent_ttl, Path(cfg.state_directory))
+            from fleetd.api.peer import PeerClient
+
+            presence.peer_client = PeerClient.from_config(cfg)
+            if presence.peer_client is not None:
+                stack.push_async_callback(presence.peer_client.close)
             await self._retry("registering machine", lambda: presence.register(wait_duplicate=0))
             systemd = await SystemdManager.connect(Path(cfg.units_directory))
             stack.push_async_callback(systemd.close)
+            try:
+                if await systemd.disarm_fence():
+                    log.info("removed the fence timer the previous fleetd left: its units keep running")
+            except FleetError as exc:
+                log.error("cannot remove the fence timer the previous fleetd left: %s", exc)
+            agent = None
+
+            async def leave_fence() -> None:  # at exit, after the agent's task is cancelled
+                if agent is not None:
+                    await agent.leave_fence()
+
+            stack.push_async_callback(leave_fence)
             containers = await self._containers(registry, machine, stack)
             discovery = await self._discovery(registry, machine, presence, stack)
             agent = Agent(registry, systemd, presence, containers=containers, observer=discovery[0])
@@ -66,7 +83,8 @@ class Daemon:
             # that leader failover is no slower than machine failover
             leader_ttl = max(2.0, min(5 * cfg.engine_reconcile_interval, cfg.agent_ttl))
             engine = None if cfg.disable_engine else Engine(
-                registry, machine.id, cfg.engine_reconcile_interval, lease_ttl=leader_ttl)
+                registry, machine.id, cfg.engine_reconcile_interval, lease_ttl=leader_ttl,
+                machine_ttl=cfg.agent_ttl)
             if engine is not None:
                 stack.push_async_callback(engine.resign)
             api = await self._start_api(registry, presence, agent, engine)

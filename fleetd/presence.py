@@ -4,6 +4,11 @@ Tracks until when the lease is known to be alive (the moment the last answered k
 sent, plus its TTL), so that the agent can tell when its lease may have expired while it was
 cut off from etcd (and stop its units: no unit runs twice), and tries hard to confirm the
 lease before that moment after a short cut (no needless stop and restart of its units).
+
+Before it gives up its units it asks its peers whether they reach etcd (fleetd/disruption.py,
+fleetd/api/peer.py): when etcd is out for a disrupted fraction of the machines, it holds on
+(`holding`) and keeps every unit running instead, asking again every PEER_POLL seconds; the
+first peer that reaches etcd makes it fence after all.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from fleetd.disruption import (PEER_POLL, PEER_TIMEOUT, FenceVerdict, PeerAnswer, answer_for, fence_decision,
+                               fence_grace, settle_seconds)
 from fleetd.errors import DuplicateMachine, RegistryError
 from fleetd.lease_timing import KeepaliveTiming, lease_deadline, lease_ttl_seconds
 from fleetd.model import Machine
@@ -35,6 +42,17 @@ class Presence:
         self.registered = asyncio.Event()
         self._lease_file = state_dir / "machine-lease"
         self._background: set[asyncio.Task] = set()
+        # telling an etcd outage from a cut-off machine (fleetd/disruption.py)
+        self.peer_client = None  # fleetd.api.peer.PeerClient; None: no peer is ever asked
+        self.known: dict[str, str] = {}  # machine ID -> public IP, as last seen in machines/
+        self.cut_off_since: float | None = None  # monotonic; keep-alives unanswered since then
+        self.holding = False  # the lease may have expired, but etcd is out: units keep running
+        self.verdict: tuple[float, FenceVerdict] | None = None  # (when, the last decision)
+        self._probe: asyncio.Task | None = None
+        self._rounds: set[asyncio.Task] = set()
+        self._known_refreshed = 0.0
+        self._answer: tuple[float, PeerAnswer] | None = None  # (when, what a peer was told)
+        self._answering: asyncio.Task | None = None
 
     def _saved_lease(self) -> int | None:
         try:
@@ -80,8 +98,11 @@ class Presence:
             self.lease_id = in_use
             self._save_lease(in_use)
             self.last_alive, self.expires_at = sent, lease_deadline(sent, granted)
+            self.cut_off_since = None
+            self._end_probe()
             self.lost.clear()
             self.registered.set()
+            await self.refresh_known()
             log.info("machine %s registered (ip %s, lease %x, ttl %ss)", self.machine.id, self.machine.public_ip or "-", in_use, self.ttl)
             return
 
@@ -90,8 +111,118 @@ class Presence:
         return time.monotonic() >= self.expires_at
 
     def _set_lost(self) -> None:
+        self._end_probe()
         self.lost.set()
         self.registered.clear()
+
+    # ------------------------------------------------------------------ etcd outage or cut off?
+
+    async def refresh_known(self) -> None:
+        """The machines (and their addresses) to ask when etcd cannot be reached."""
+        try:
+            machines = await self.registry.list_machines()
+        except RegistryError as exc:
+            log.debug("cannot list machines: %s", exc)
+            return
+        self.known = {m.id: m.public_ip for m in machines}
+        self._known_refreshed = time.monotonic()
+
+    async def decide(self) -> FenceVerdict:
+        """Ask the peers and decide (fleetd/disruption.py); the verdict is kept unless a newer
+        round finished first."""
+        me = self.machine.id
+        asked = time.monotonic()
+        peers = {m: ip for m, ip in self.known.items() if m != me}
+        answers = await self.peer_client.ask(peers) if self.peer_client is not None and peers else {}
+        verdict = fence_decision(me, set(self.known) | {me}, answers)
+        if self.verdict is None or self.verdict[0] <= asked:
+            self.verdict = (asked, verdict)
+        return verdict
+
+    async def answer_peer(self) -> PeerAnswer:
+        """What a peer asking whether this machine reaches etcd is told: cut off when not
+        registered or when keep-alives have gone unanswered for MIN_CUT seconds; otherwise
+        a keep-alive sent now (at most one every PEER_POLL, whoever asks) decides."""
+        now = time.monotonic()
+        if self.lease_id is None or answer_for(self.cut_off_since, self.registered.is_set(), now) is PeerAnswer.CUT_OFF:
+            return PeerAnswer.CUT_OFF
+        if self._answer is not None and now - self._answer[0] < PEER_POLL:
+            return self._answer[1]
+        if self._answering is None or self._answering.done():
+            self._answering = asyncio.ensure_future(self._check_etcd())
+        return await asyncio.shield(self._answering)
+
+    async def _check_etcd(self) -> PeerAnswer:
+        sent = time.monotonic()
+        timeout = PEER_TIMEOUT / 3
+        try:
+            granted = await asyncio.wait_for(self.registry.keepalive(self.lease_id, timeout=timeout), timeout + 0.1)
+        except (RegistryError, asyncio.TimeoutError):
+            answer = PeerAnswer.CUT_OFF
+        else:
+            answer = PeerAnswer.REACHES_ETCD
+            if granted > 0:
+                deadline = lease_deadline(sent, granted)
+                if deadline > self.expires_at and not self.lost.is_set():
+                    self.last_alive, self.expires_at = sent, deadline
+        self._answer = (time.monotonic(), answer)
+        return answer
+
+    def _fresh_verdict(self) -> FenceVerdict | None:
+        if self.verdict is None:
+            return None
+        when, verdict = self.verdict
+        return verdict if time.monotonic() - when <= PEER_TIMEOUT + 2 * PEER_POLL else None
+
+    def _start_probe(self) -> None:
+        if self._probe is None or self._probe.done():
+            self.verdict = None
+            self._probe = asyncio.create_task(self._run_probe(), name="peer-probe")
+
+    def _end_probe(self) -> None:
+        if self._probe is not None and self._probe is not asyncio.current_task():
+            self._probe.cancel()
+        self._probe = None
+        for task in self._rounds:
+            task.cancel()
+        self._rounds.clear()
+        if self.holding:
+            self.holding = False
+
+    async def _run_probe(self) -> None:
+        """Start a round of questions every PEER_POLL seconds (rounds overlap: a fresh verdict
+        whatever the peers' answer times) from shortly before the lease deadline on, for as
+        long as etcd cannot be reached; fence as soon as a verdict says so while holding on."""
+        while True:
+            task = asyncio.create_task(self._one_round())
+            self._rounds.add(task)
+            task.add_done_callback(self._rounds.discard)
+            await asyncio.sleep(PEER_POLL)
+
+    async def _one_round(self) -> None:
+        await self.decide()
+        when, verdict = self.verdict
+        if self.holding and verdict.fence:
+            grace = fence_grace(self.ttl)
+            log.warning("%s; fencing in %.1fs unless etcd answers this machine too", verdict.reason, grace)
+            await asyncio.sleep(grace)  # cancelled (by _end_probe) when the keep-alive gets through
+            if not self.holding:
+                return
+            log.error("%s; stopping non-global units now", verdict.reason)
+            self.holding = False
+            self._set_lost()
+
+    def _deadline_passed(self, error: BaseException | None) -> None:
+        """The lease may have expired: hold on (etcd is out) or fence (this machine is cut off)."""
+        verdict = self._fresh_verdict()
+        if verdict is not None and not verdict.fence:
+            log.error("cut off from etcd for longer than the TTL (%ss): %s; %s", self.ttl,
+                      error or "no answer", verdict.reason)
+            self.holding = True
+            return
+        log.error("cut off from etcd for longer than the TTL (%ss): %s; %s", self.ttl, error or "no answer",
+                  verdict.reason if verdict else "no verdict from the peers in time")
+        self._set_lost()
 
     async def run(self) -> None:
         """Keep the lease alive; re-register when it was lost.
@@ -108,12 +239,18 @@ class Presence:
                 if not self.lost.is_set():
                     due = min(self.last_alive + self.timing.interval, self.expires_at)
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if self.known and time.monotonic() - self._known_refreshed > max(10.0, 2 * self.ttl):
+                    await self.refresh_known()
                 sent, granted = await self._keepalive_until_answered()
                 if granted > 0:
                     self._confirmed(sent, granted)
                     continue
-                log.warning("machine lease %x expired; registering again", self.lease_id)
-                self._set_lost()
+                if self.holding:
+                    await self._register_after_outage()
+                    continue
+                else:
+                    log.warning("machine lease %x expired; registering again", self.lease_id)
+                    self._set_lost()
                 try:
                     await self.register(wait_duplicate=self.ttl * 2)
                 except RegistryError as exc:
@@ -124,10 +261,32 @@ class Presence:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
 
+    async def _register_after_outage(self) -> None:
+        """etcd is back but expired the lease while this machine held on (a raft leader that
+        stayed leader through the outage does). The peers no longer matter (etcd answers this
+        machine too); the engine holds a vanished machine's units for `settle_seconds` at
+        least (all of them if many vanished): register again before that, keeping the units,
+        or fence."""
+        budget = settle_seconds(self.ttl) - 0.5
+        log.warning("machine lease %x expired during the etcd outage; registering again within %.1fs, "
+                    "units keep running", self.lease_id, budget)
+        self._end_probe()
+        self.registered.clear()
+        try:
+            await asyncio.wait_for(self.register(wait_duplicate=0), budget)
+        except (RegistryError, asyncio.TimeoutError) as exc:
+            log.error("could not register again within %.1fs (%s); stopping non-global units", budget,
+                      exc or "timed out")
+            self._set_lost()
+            await asyncio.sleep(self.timing.lost_retry)
+
     def _confirmed(self, sent: float, granted: int) -> None:
         deadline = lease_deadline(sent, granted)
         if deadline > self.expires_at:
             self.last_alive, self.expires_at = sent, deadline
+        if self.holding:
+            log.warning("machine lease %x is alive after the etcd outage; units kept running", self.lease_id)
+        self._end_probe()
         if self.lost.is_set() and not self.lease_expired_locally():
             log.warning("machine lease %x is alive after all; carrying on with it", self.lease_id)
             self.lost.clear()
@@ -171,7 +330,13 @@ class Presence:
                 now = time.monotonic()
                 if not attempts and not rounds:
                     next_round = now  # the first attempt failed at once: no need to wait
-                wake = next_round if self.lost.is_set() else min(next_round, self.expires_at)
+                probe_at = self.expires_at - (PEER_TIMEOUT + PEER_POLL)
+                if self.lost.is_set() or self.holding:
+                    wake = next_round
+                elif self._probe is None and self.peer_client is not None:
+                    wake = min(next_round, max(probe_at, now))
+                else:
+                    wake = min(next_round, self.expires_at)
                 timeout = max(0.0, wake - now)
                 if attempts:
                     done, _ = await asyncio.wait(attempts, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -184,7 +349,10 @@ class Presence:
                         granted = task.result()
                     except (RegistryError, asyncio.TimeoutError) as exc:
                         error = exc
+                        if self.cut_off_since is None:
+                            self.cut_off_since = started
                         continue
+                    self.cut_off_since = None
                     if rounds:
                         now = time.monotonic()
                         log.warning("machine lease %x confirmed after %.2fs of retries, %.2fs %s its deadline",
@@ -192,11 +360,14 @@ class Presence:
                                     "before" if now < self.expires_at else "after")
                     return sent, granted
                 now = time.monotonic()
-                if not self.lost.is_set() and now >= self.expires_at:
-                    log.error("cut off from etcd for longer than the TTL (%ss): %s", self.ttl,
-                              error or "no answer")
-                    self._set_lost()
+                if (not self.lost.is_set() and not self.holding and self.peer_client is not None
+                        and now >= probe_at):
+                    self._start_probe()
+                if not self.lost.is_set() and not self.holding and now >= self.expires_at:
+                    self._deadline_passed(error)
                 if now >= next_round:
+                    if self.cut_off_since is None:
+                        self.cut_off_since = started
                     if rounds == 0:
                         log.warning("lease keep-alive unanswered for %.2fs (%s); trying every etcd member",
                                     now - started, error or "no answer yet")

@@ -26,6 +26,8 @@ from fleetd.registry import Registry, WatchCompacted
 
 log = logging.getLogger(__name__)
 
+LOAD_RETRY = 5.0  # seconds before a pass that failed is tried again
+
 
 @dataclass
 class AgentStats:
@@ -134,6 +136,7 @@ class Agent:
                 self.stats.failures += 1
                 self.stats.last_error = str(result.error)
                 log.error("agent: %s", result.error)
+                await self._publish_load_errors(result, desired)
         else:
             self._launched = dict(the_plan.launched)
             unfinished = set()
@@ -180,6 +183,28 @@ class Agent:
     def _observe(self, states) -> None:
         if self.observer is not None:
             self.observer.unit_states(states)
+
+    async def _publish_load_errors(self, result, desired: dict[str, DesiredUnit]) -> None:
+        """Units whose file could not be written or loaded (a full or read-only
+        units_directory...) are shown as such (`fleetctl list-units`: LOAD error, ACTIVE
+        failed) instead of not at all; the next pass (at most LOAD_RETRY seconds later)
+        tries again."""
+        from fleetd.agent.plan import TaskKind
+
+        names = sorted({t.name for t in result.failed if t.kind == TaskKind.LOAD and t.name in desired})
+        if not names or self.presence.lease_id is None:
+            return
+        async with self._publishing:
+            states = [UnitState(n, self.machine_id, desired[n].hash, "error", "failed", "load-failed", "")
+                      for n in names]
+            try:
+                await self.registry.publish_states(states, self.presence.lease_id)
+            except RegistryError as exc:
+                log.warning("publishing load errors failed: %s", exc)
+                return
+            for st in states:
+                self._published[st.name] = st
+            self.stats.states_published += len(states)
 
     def _applied_state(self, name: str, unit_hash: str) -> str:
         applied_hash, state = self._applied.get(name, ("", ""))
@@ -248,6 +273,39 @@ class Agent:
         self._launched = {n: h for n, h in self._launched.items() if n not in doomed}
         self._published.clear()
 
+    async def leave_fence(self, margin: float = 0.5) -> None:
+        """fleetd is stopping: leave a systemd timer that stops the non-global units when the
+        lease may expire (the engine may start them elsewhere after that), unless a fleetd
+        starts again in time and removes it. One last keep-alive first, so that a restart gets
+        the whole TTL."""
+        import shutil
+        import time
+
+        from fleetd.lease_timing import lease_deadline
+
+        p = self.presence
+        if p.lost.is_set() or p.lease_id is None:
+            return  # stopped already
+        names = [n for n in self.systemd.installed_units() if n not in self._global_names]
+        if not names:
+            return
+        if not p.holding:
+            try:
+                sent = time.monotonic()
+                granted = await asyncio.wait_for(self.registry.keepalive(p.lease_id, timeout=1.0), 1.5)
+                if granted > 0:
+                    p.expires_at = max(p.expires_at, lease_deadline(sent, granted))
+            except (RegistryError, asyncio.TimeoutError):
+                pass
+        seconds = max(0.001, p.expires_at - time.monotonic() - margin)
+        try:
+            await self.systemd.arm_fence(names, seconds, systemctl=shutil.which("systemctl") or "/bin/systemctl")
+        except FleetError as exc:
+            log.error("agent: cannot leave the fence timer (units keep running unsupervised): %s", exc)
+            return
+        log.info("agent: %d non-global units stop in %.1fs (when the lease may expire) unless fleetd starts "
+                 "again by then", len(names), seconds)
+
     # ------------------------------------------------------------------ main loop
 
     async def _watch_keys(self, revision: int) -> None:
@@ -266,6 +324,7 @@ class Agent:
         publisher = asyncio.create_task(self.publish_states())
         watcher: asyncio.Task | None = None
         lease_seen = self.presence.lease_id
+        failures_seen = self.stats.failures
         try:
             while True:
                 if self.presence.lost.is_set():
@@ -287,7 +346,10 @@ class Agent:
                         if not isinstance(exc, WatchCompacted):
                             log.warning("agent watch ended: %s", exc)
                     watcher = asyncio.create_task(self._watch_keys(revision + 1))
-                await self._wait(self.resync_interval)
+                failed = self.stats.failures != failures_seen
+                failures_seen = self.stats.failures
+                # after a failed pass (a full disk, systemd refusing a job) try again soon, not hot
+                await self._wait(min(self.resync_interval, LOAD_RETRY) if failed else self.resync_interval)
         finally:
             publisher.cancel()
             if watcher is not None:

@@ -47,6 +47,9 @@ PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
 UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 
+FENCE_UNIT = "fleet-fence"
+"""The transient timer and service a stopping fleetd leaves behind (`arm_fence`)."""
+
 MAX_PENDING_CALLS = 64
 """Concurrent D-Bus calls per connection; the bus refuses more than 128 pending replies."""
 
@@ -117,6 +120,12 @@ def unit_name_from_path(path: str) -> str | None:
 
 def _is_hex(text: str) -> bool:
     return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _variants(properties: list[tuple[str, tuple[str, object]]]) -> list:
+    from dbus_next import Variant
+
+    return [[name, Variant(sig, value)] for name, (sig, value) in properties]
 
 
 def has_install_section(text: str) -> bool:
@@ -313,6 +322,9 @@ class SystemdManager:
             if method == "StopUnit" and exc.error_name == NO_SUCH_UNIT:
                 return "done"  # not loaded at all: nothing runs
             return f"refused: {exc.text or exc.error_name}"
+        return await self._job_result(job_path, timeout)
+
+    async def _job_result(self, job_path: str, timeout: float | None) -> str:
         result = self._early_results.pop(job_path, None)
         if result is not None:
             return result
@@ -349,6 +361,61 @@ class SystemdManager:
         failures = await self._run_jobs("RestartUnit", names, timeout)
         if failures:
             raise SystemdUnitError("restart", failures)
+
+    # --- the fence fleetd leaves behind when it stops ------------------------------------------
+
+    async def arm_fence(self, names: Iterable[str], seconds: float, *,
+                        systemctl: str = "/bin/systemctl") -> None:
+        """Leave a transient timer (`FENCE_UNIT`.timer) that stops these units in `seconds`
+        (`systemctl stop`, run by the transient `FENCE_UNIT`.service): fleetd is stopping and
+        its lease will expire then, after which the engine may start them elsewhere. A fleetd
+        that starts in time removes it (`disarm_fence`). Replaces a fence left before."""
+        names = sorted(dict.fromkeys(check_unit_name(n) for n in names))
+        if not names:
+            return
+        await self.disarm_fence()
+        usec = max(1, int(seconds * 1_000_000))
+        service = [
+            ("Description", ("s", "fleet: stop units of a stopped fleetd whose lease expired")),
+            ("Type", ("s", "oneshot")),
+            ("ExecStart", ("a(sasb)", [[systemctl, [systemctl, "stop", "--", *names], False]])),
+        ]
+        timer = [
+            ("Description", ("s", "fleet: fence the units of a stopped fleetd at its lease expiry")),
+            ("TimersMonotonic", ("a(st)", [["OnActiveSec", usec]])),
+            ("AccuracyUSec", ("t", 10_000)),
+            ("RemainAfterElapse", ("b", False)),
+        ]
+        body = [f"{FENCE_UNIT}.timer", "replace", _variants(timer), [[f"{FENCE_UNIT}.service", _variants(service)]]]
+        for attempt in range(20):
+            try:
+                (job_path,) = await self._call("StartTransientUnit", "ssa(sv)a(sa(sv))", body)
+                break
+            except SystemdCallError as exc:  # the previous one not garbage-collected yet
+                if "UnitExists" not in exc.error_name or attempt == 19:
+                    raise
+                await asyncio.sleep(0.05)
+        result = await self._job_result(job_path, 10.0)
+        if result != "done":
+            raise SystemdUnitError("start", {f"{FENCE_UNIT}.timer": _describe_result(result)})
+
+    async def disarm_fence(self) -> bool:
+        """Remove the timer a previous fleetd left (True if there was one still waiting). A
+        fence that has fired already is left to finish: the agent's pass starts the units again
+        if they are still this machine's."""
+        armed = False
+        try:
+            states = await self.states([f"{FENCE_UNIT}.timer"])
+            armed = states[f"{FENCE_UNIT}.timer"].active_state == "active"
+        except SystemdError:
+            pass
+        await self._run_job("StopUnit", f"{FENCE_UNIT}.timer", 10.0)
+        for unit in (f"{FENCE_UNIT}.timer", f"{FENCE_UNIT}.service"):
+            try:
+                await self._call("ResetFailedUnit", "s", [unit])
+            except SystemdCallError:
+                pass
+        return armed
 
     # --- unit files -----------------------------------------------------------------------------
 

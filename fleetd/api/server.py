@@ -8,8 +8,9 @@ Authorization (fleetd.api.auth): read-only clients GET, operators do everything;
 from the client certificate's O, or the unix socket peer's uid/groups; others get 403.
 
 Routes (also under /v1-alpha): /fleet/v1/units[/<name>[/status|/journal]], /fleet/v1/state[/<name>],
-/fleet/v1/machines, /fleet/v1/discovery, /fleet/v1/openapi.json (fleetd.api.openapi); /metrics; the web dashboard
-at `/` and /dashboard/... (fleetd/api/dashboard.py; other methods than GET on `/` answer 405); anything else 404. Every
+/fleet/v1/machines, /fleet/v1/discovery, /fleet/v1/openapi.json (fleetd.api.openapi); /metrics; /peer/v1/etcd
+(fleetd/api/peer.py); the web dashboard at `/` and /dashboard/... (fleetd/api/dashboard.py; other methods than GET
+on `/` answer 405); anything else 404. Every
 response carries `Server: fleetd/<version>`; errors use fleet's {"error":{"code","message"}}.
 While etcd cannot be reached, requests that need it get 503 "fleet server unable to communicate
 with etcd" and the API recovers by itself when etcd is back.
@@ -31,6 +32,7 @@ from fleetd.api.auth import IDENTITY, forbidden_message, identify, role_allows
 from fleetd.api.context import CONTEXT, ETCD_UNAVAILABLE, ApiContext, HttpError, ctx_of
 from fleetd.api.discovery import discovery_document
 from fleetd.api.listeners import Listener, server_ssl_context, systemd_listeners, tcp_listener, unix_listener
+from fleetd.api.peer import PEER_PATH, peer_handler
 from fleetd.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ApiMetrics
 from fleetd.wire import error_body
 from fleetd.config import FleetConfig
@@ -160,6 +162,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         services_api.register(router, prefix)  # service discovery reads (fleetd/api/services.py)
         router.add_route("*", f"{prefix}/openapi.json", openapi_handler)
     router.add_route("*", "/metrics", metrics_handler)
+    router.add_route("*", PEER_PATH, peer_handler)  # fleetds asking each other (fleetd/api/peer.py)
     dashboard.setup(app)  # `/` and /dashboard/...: the web dashboard (GET; other methods 405)
     return app
 
@@ -194,6 +197,8 @@ class ApiServer:
             registry=registry, config=config, machine_id=getattr(machine, "id", "") or "",
             token_limit=config.token_limit, metrics=self.metrics,
         )
+        if presence is not None:
+            self.context.extras["presence"] = presence
         self.listeners: list[Listener] = []
         self._use_activation = use_socket_activation
         self._runner: web.AppRunner | None = None

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from fleetd.engine.constraints import RequirementsCache
+from fleetd.engine.hold import Hold, HoldState, policy_for, restrain, with_ghosts
 from fleetd.engine.scheduler import reconcile
 from fleetd.errors import RegistryError
 from fleetd.model import ClusterSnapshot, DesiredState
@@ -48,7 +49,8 @@ def global_targets(snapshot: ClusterSnapshot,
 
 
 class Engine:
-    def __init__(self, registry: Registry, machine_id: str, interval: float, lease_ttl: float | None = None):
+    def __init__(self, registry: Registry, machine_id: str, interval: float, lease_ttl: float | None = None,
+                 machine_ttl: float = 5.0):
         self.registry = registry
         self.machine_id = machine_id
         self.interval = interval
@@ -59,6 +61,10 @@ class Engine:
         self._lease: int | None = None
         self._cache = RequirementsCache()
         self._idle_inputs: tuple | None = None  # inputs of the last pass that wrote nothing
+        # no stampede (fleetd/engine/hold.py): what vanished when, grace after gaining leadership
+        self.hold_policy = policy_for(machine_ttl)
+        self._hold_state = HoldState()
+        self.hold = Hold()
 
     async def run(self) -> None:
         while True:
@@ -112,7 +118,9 @@ class Engine:
         self.is_leader = True
         self._globals_written = None
         self._idle_inputs = None
-        log.info("machine %s is the engine leader (lease ttl %ss)", self.machine_id, self.lease_ttl)
+        self._hold_state = self._hold_state.gained_leadership(time.monotonic(), self.hold_policy)
+        log.info("machine %s is the engine leader (lease ttl %ss); grace period of %.1fs for machines to register",
+                 self.machine_id, self.lease_ttl, self.hold_policy.grace)
         keepalive = asyncio.create_task(self._keep_lease())
         dirty = asyncio.Event()
         watcher: asyncio.Task | None = None
@@ -131,8 +139,11 @@ class Engine:
                         if exc is not None and not isinstance(exc, WatchCompacted):
                             log.warning("engine watch ended: %s", exc)
                     watcher = asyncio.create_task(self._watch(snapshot.revision + 1, dirty))
+                wait = self.interval
+                if self.hold.wake_at is not None:
+                    wait = max(0.05, min(wait, self.hold.wake_at - time.monotonic() + 0.01))
                 try:
-                    await asyncio.wait_for(dirty.wait(), self.interval)
+                    await asyncio.wait_for(dirty.wait(), wait)
                 except asyncio.TimeoutError:
                     pass
                 dirty.clear()
@@ -154,15 +165,28 @@ class Engine:
             if remaining <= 0:
                 raise NotLeader("engine leader lease expired")
 
+    def _update_hold(self, snapshot: ClusterSnapshot) -> Hold:
+        placed_on = {p.machine_id for p in snapshot.placements.values()}
+        self._hold_state, hold = self._hold_state.step(snapshot.machines, placed_on, time.monotonic(),
+                                                       self.hold_policy)
+        if hold.reason != self.hold.reason and hold.reason:
+            (log.warning if hold.disrupted else log.info)("engine: %s", hold.reason)
+        elif self.hold.reason and not hold.reason:
+            log.info("engine: no machine held any more; scheduling as usual")
+        self.hold = hold
+        return hold
+
     async def reconcile(self, snapshot: ClusterSnapshot) -> None:
+        hold = self._update_hold(snapshot)
         # reconcile() is pure: the same inputs as a pass that wrote nothing decide nothing again.
-        inputs = (snapshot.units, snapshot.machines, snapshot.placements)
+        inputs = (snapshot.units, snapshot.machines, snapshot.placements, hold.key)
         if self._idle_inputs is not None and all(a == b for a, b in zip(inputs, self._idle_inputs)):
             self.stats.skipped_passes += 1
             return
         self._idle_inputs = None
         started, started_cpu = time.perf_counter(), time.thread_time()
-        decisions = reconcile(snapshot, cache=self._cache)
+        decisions = reconcile(with_ghosts(snapshot, hold), cache=self._cache)
+        decisions = restrain(decisions, snapshot, hold)
         self.stats.reconcile_seconds += time.perf_counter() - started
         self.stats.reconcile_cpu_seconds += time.thread_time() - started_cpu
         self.stats.passes += 1
