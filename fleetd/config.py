@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fleetd.errors import ConfigError
+from fleetd.values import parse_bool as parse_boolean_word
 
 DEFAULT_CONFIG_PATH = Path("/etc/fleet/fleet.conf")
 DEFAULT_KEY_PREFIX = "/_coreos.com/fleet/"
@@ -112,12 +113,11 @@ def parse_metadata(text: str, key: str = "metadata") -> dict[str, str]:
 
 
 def parse_bool(text: str, key: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "t", "true", "yes", "on", "y"):
-        return True
-    if lowered in ("0", "f", "false", "no", "off", "n", ""):
-        return False
-    raise ConfigError(f"{key}: invalid boolean {text!r}")
+    """A fleet.conf boolean (an empty value is false)."""
+    value = parse_boolean_word(text) if text.strip() else False
+    if value is None:
+        raise ConfigError(f"{key}: invalid boolean {text!r}")
+    return value
 
 
 def read_config_file(path: Path) -> dict[str, str]:

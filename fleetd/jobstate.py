@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from fleetd.model import DesiredState, Placement, Unit, UnitState
+from fleetd.model import ACTIVE_STATES, DesiredState, Placement, Unit, UnitState
 
-ACTIVE_STATES = frozenset({"active", "reloading", "activating", "deactivating"})
+__all__ = ["ACTIVE_STATES", "current_state_of"]
 
 
 def current_state_of(unit: Unit, placement: Placement | None, states: Sequence[UnitState]) -> tuple[str, str]:

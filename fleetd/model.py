@@ -105,6 +105,15 @@ class Placement:
     desired_state: DesiredState
 
 
+#: systemd active states in which a unit runs or is on its way up: the agent neither starts it
+#: (desired launched) nor leaves it running (desired loaded). `deactivating` is not one of them:
+#: a unit that is stopping needs a start if it should run.
+RUNNING_STATES = frozenset({"active", "activating", "reloading"})
+#: systemd active states fleet reports as launched (fleet's job state): the running ones and
+#: `deactivating` (a unit that is still stopping is not down yet).
+ACTIVE_STATES = RUNNING_STATES | {"deactivating"}
+
+
 @dataclass(frozen=True)
 class UnitState:
     """What an agent observed in its systemd for one unit (fleet's UnitState)."""

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from fleetd.config import EtcdSettings
-from fleetd.testing.etcd import EtcdServer
+from fleetlab.testing.etcd import EtcdServer
 
 
 @pytest.fixture(scope="session")

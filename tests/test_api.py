@@ -25,7 +25,7 @@ from fleetd.config import EtcdSettings, FleetConfig
 from fleetd.errors import ConfigError
 from fleetd.model import DesiredState, Machine, Placement, Unit
 from fleetd.registry import Registry
-from fleetd.testing.etcd import EtcdServer
+from fleetlab.testing.etcd import EtcdServer
 from fleetd.unit.file import UnitFile
 
 from _api_server import HELLO_OPTIONS, ApiHarness, publish_state, register_machine
@@ -543,7 +543,7 @@ async def test_status_and_journal_run_on_the_units_machine(api):
 
 async def test_status_is_relayed_to_the_machine_running_the_unit(etcd_settings, tmp_path):
     """fleetd A (127.0.0.1) relays to fleetd B (127.0.0.2), which runs systemctl itself."""
-    from fleetd.testing.etcd import free_port
+    from fleetlab.testing.etcd import free_port
 
     port = free_port()
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"

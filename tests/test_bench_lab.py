@@ -10,7 +10,10 @@ import subprocess
 
 import pytest
 
-from fleetlab.bench import burst, failover, footprint, start
+from fleetlab.bench.burst import burst
+from fleetlab.bench.failover import failover
+from fleetlab.bench.footprint import footprint
+from fleetlab.bench.start import start
 from fleetlab.lab import list_labs
 
 pytest_plugins = ["fleetlab.pytest_plugin"]

@@ -6,7 +6,10 @@ import shutil
 
 import pytest
 
-from fleetd.bench import BENCHMARKS, lookup, scale, scheduler
+from fleetlab.bench.lookup import lookup
+from fleetlab.bench.pure import BENCHMARKS
+from fleetlab.bench.scale import scale
+from fleetlab.bench.scheduler import scheduler
 
 pytestmark = pytest.mark.etcd
 

@@ -11,7 +11,7 @@ import pytest
 from fleetd.engine.leader import Engine
 from fleetd.model import DesiredState, Machine, Unit
 from fleetd.registry import Registry
-from fleetd.testing.simagent import SimulatedAgent
+from fleetlab.testing.simagent import SimulatedAgent
 from fleetd.unit.file import UnitFile
 
 SLEEP = "[Service]\nExecStart=/bin/sleep 1000\n"

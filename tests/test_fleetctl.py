@@ -232,7 +232,7 @@ def test_exit_codes_and_help_through_the_real_binary(etcd_settings, tmp_path):
 
 
 def test_second_etcd_endpoint_is_used_when_the_first_is_down(etcd_settings):
-    from fleetd.testing.etcd import free_port
+    from fleetlab.testing.etcd import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     env = dict(os.environ, FLEETCTL_DRIVER="etcd", FLEETCTL_ETCD_KEY_PREFIX=etcd_settings.key_prefix,

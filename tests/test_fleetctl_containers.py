@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from fleetctl.cli import CommandFailed, cli
 from fleetctl.containers import ContainerOptions, compose_unit, parse_container_arg, pod_units
 from fleetd.container.render import ImageInfo, NodeFacts, render_unit
-from fleetd.container.spec import container_spec
+from fleetd.unit.container import container_spec
 from fleetd.unit.file import UnitFile
 from fleetd.unit.requirements import requirements_of
 

@@ -21,7 +21,7 @@ from fleetd.errors import RegistryUnavailable
 from fleetd.model import Machine
 from fleetd.presence import Presence
 from fleetd.registry import Registry
-from fleetd.testing.etcd import EtcdServer, free_port
+from fleetlab.testing.etcd import EtcdServer, free_port
 
 
 @pytest.fixture

@@ -196,7 +196,7 @@ async def test_watch_compacted(registry: Registry):
 
 
 async def test_unreachable_etcd_is_a_clear_error(etcd_prefix):
-    from fleetd.testing.etcd import free_port
+    from fleetlab.testing.etcd import free_port
 
     settings = EtcdSettings(endpoints=(f"http://127.0.0.1:{free_port()}",), key_prefix=etcd_prefix, request_timeout=0.5)
     reg = await Registry.connect(settings)

@@ -12,7 +12,7 @@ from fleetd.config import EtcdSettings
 from fleetd.errors import ConfigError, RegistryError
 from fleetd.model import Unit
 from fleetd.registry import Registry
-from fleetd.testing.etcd import EtcdServer
+from fleetlab.testing.etcd import EtcdServer
 from fleetd.unit.file import UnitFile
 
 HELLO = UnitFile.parse("[Service]\nExecStart=/bin/sleep 100\n")

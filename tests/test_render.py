@@ -17,7 +17,7 @@ from fleetd.container.render import (
     render_unit,
     sd_quote,
 )
-from fleetd.container.spec import Bind, Port, container_spec, validate_container
+from fleetd.unit.container import Bind, Port, container_spec, validate_container
 from fleetd.errors import InvalidUnitOptions
 from fleetd.model import DesiredState
 from fleetd.unit.file import UnitFile

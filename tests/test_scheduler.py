@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetd.engine.constraints import (
+from fleetd.constraints import (
     RequirementsCache,
     format_metadata,
     global_units_for,

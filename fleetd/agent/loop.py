@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from fleetd.agent.executor import execute
 from fleetd.agent.plan import DesiredUnit, desired_aware_hash, observe, plan
 from fleetd.agent.systemd import SystemdManager, UnitSystemdState
-from fleetd.engine.constraints import global_units_for
+from fleetd.constraints import global_units_for
 from fleetd.errors import FleetError, RegistryError
 from fleetd.model import DesiredState, Unit, UnitState
 from fleetd.presence import Presence
@@ -89,7 +89,7 @@ class Agent:
     async def unit_texts(self, units: dict) -> dict[str, str]:
         """What to write to disk for each unit: plain units as they are, container units
         rendered for this machine (their images fetched first, see fleetd/container/node.py)."""
-        from fleetd.container.spec import is_container_unit
+        from fleetd.unit.container import is_container_unit
 
         if self.containers is not None:
             return await self.containers.texts(units)

@@ -50,11 +50,9 @@ from typing import Callable, Iterable, Mapping, Protocol
 
 from fleetd.container.marker import stored_hash_of
 from fleetd.errors import UnitFileError
-from fleetd.model import DesiredState
+from fleetd.model import RUNNING_STATES, DesiredState
 from fleetd.unit.file import UnitFile
 
-#: active states in which a unit counts as running (it needs no start, or needs a stop).
-RUNNING_STATES = frozenset({"active", "activating", "reloading"})
 
 
 class TaskKind(enum.IntEnum):

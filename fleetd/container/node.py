@@ -30,7 +30,7 @@ from typing import Mapping
 import aiohttp
 
 from fleetd.container.render import CannotRun, ImageInfo, NodeFacts, render_or_explain
-from fleetd.container.spec import ContainerSpec, container_spec, is_container_unit
+from fleetd.unit.container import ContainerSpec, container_spec, is_container_unit
 from fleetd.errors import FleetError, ImageError, ImageNotFound, InvalidUnitOptions
 from fleetd.images.oci import ImageConfig
 from fleetd.images.rootpath import resolve_in_root

@@ -36,19 +36,20 @@ from __future__ import annotations
 from collections import deque
 from typing import Iterable, Sequence
 
-from fleetd.engine.constraints import (
+from fleetd.constraints import (
+    EQ_OPS,
     RequirementsCache,
     UnitInfo,
     active_globals,
     format_metadata,
     globals_matching,
     global_units_for,
-    is_template,
     metadata_matches,
 )
 from fleetd.engine.decisions import Decisions, Place, Unplace
 from fleetd.engine.pool import LoadOrder
 from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement
+from fleetd.unit.name import is_template_name
 from fleetd.unit.requirements import MetadataConstraint, Requirements
 
 __all__ = [
@@ -64,7 +65,6 @@ _EPSILON = 1e-9
 #: Metadata-constrained candidate sets up to this size are sorted on demand instead of
 #: being kept in a LoadOrder of their own.
 _SMALL_SET = 48
-_EQ_OPS = frozenset({"=", "=="})
 
 # Failure categories, in the order fleet checks them (for explanations).
 _CATEGORY_ORDER = ("machine_id", "metadata", "draining", "peer", "conflict", "replace", "resources")
@@ -415,7 +415,7 @@ class _Reconciler:
         """Machines that can satisfy the "=" terms (via the metadata index), or None: all."""
         wanted: dict[str, set[str]] = {}
         for c in constraints:
-            if c.op in _EQ_OPS:
+            if c.op in EQ_OPS:
                 wanted.setdefault(c.key, set()).add(c.value)
         result: set[str] | None = None
         for key, values in wanted.items():
@@ -552,7 +552,7 @@ class _Reconciler:
             return "global units are not scheduled"
         if unit.desired_state is DesiredState.INACTIVE:
             return "desired state inactive"
-        if is_template(name):
+        if is_template_name(name):
             return "a template cannot run"
         st = self.ms.get(placement.machine_id)
         if st is None:
@@ -628,7 +628,7 @@ class _Reconciler:
                 self.unschedulable[name] = info.error or "invalid unit"
             elif info.is_global:
                 continue
-            elif is_template(name):
+            elif is_template_name(name):
                 self.unschedulable[name] = "a template cannot run; start an instance of it"
             else:
                 todo.append(name)

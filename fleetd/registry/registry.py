@@ -29,7 +29,7 @@ from fleetd.registry import codec
 from fleetd.registry.connection import Connection, RequestCounter, enc, prefix_end, translate
 from fleetd.registry.keys import KeyLayout
 from fleetd.unit.file import UnitFile
-from fleetd.unit.name import parse_unit_name
+from fleetd.unit.name import is_template_name, parse_unit_name
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ class Registry:
                     job_name, unit_hash, old = codec.decode_job(kv.value)
                     if old is state:
                         continue
-                    if unit_hash and state is not DesiredState.INACTIVE and "@." in name:
+                    if unit_hash and state is not DesiredState.INACTIVE and is_template_name(name):
                         raise UnitError(f"unit {name}: cannot activate a template")
                     compare.append(tx.mod(enc(self.keys.job(name))) == kv.mod_revision)
                     success.append(tx.put(enc(self.keys.job(name)), codec.encode_job(job_name, unit_hash, state)))

@@ -23,7 +23,7 @@ from fleetd.config import EtcdSettings
 from fleetd.errors import BenchmarkError
 from fleetd.model import DesiredState, Placement, Unit, UnitState
 from fleetd.registry import Registry
-from fleetd.testing.etcd import EtcdServer
+from fleetlab.testing.etcd import EtcdServer
 from fleetd.unit.file import UnitFile
 
 KEY_PREFIX = "/fleet-bench-lookup/"

@@ -113,7 +113,7 @@ async def state_memory(registry: Registry) -> tuple[int, int]:
 
 
 async def client(config: dict, registry: Registry, counter: RequestCounter) -> None:
-    from fleetd.bench.scale import bench_unit
+    from fleetlab.bench.scale import bench_unit
 
     units = [bench_unit(i) for i in range(config["units"])]
     for unit in units:  # what fleetctl does before talking to etcd

@@ -28,8 +28,8 @@ from fleetd.config import EtcdSettings
 from fleetd.errors import BenchmarkError
 from fleetd.model import DesiredState, Machine, Resources, Unit
 from fleetd.registry import Registry, RequestCounter
-from fleetd.testing.etcd import EtcdServer
-from fleetd.testing.simagent import SimulatedAgent
+from fleetlab.testing.etcd import EtcdServer
+from fleetlab.testing.simagent import SimulatedAgent
 from fleetd.unit.file import UnitFile
 
 #: (machines, units) of the issue's target and of --quick.
@@ -62,7 +62,7 @@ def proc_usage(pid: int) -> tuple[float, int]:
 
 @dataclass
 class _Child:
-    """A benchmark role in a child process (fleetd.bench.child)."""
+    """A benchmark role in a child process (fleetlab.bench.child)."""
 
     role: str
     process: asyncio.subprocess.Process
@@ -71,7 +71,7 @@ class _Child:
     @classmethod
     async def start(cls, config: dict, timeout: float) -> "_Child":
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fleetd.bench.child", json.dumps(config),
+            sys.executable, "-m", "fleetlab.bench.child", json.dumps(config),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )
         child = cls(config["role"], process, {})

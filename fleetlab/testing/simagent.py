@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from fleetd.engine.constraints import RequirementsCache, global_units_for
+from fleetd.constraints import RequirementsCache, global_units_for
 from fleetd.lease_timing import keepalive_interval
 from fleetd.model import DesiredState, Machine, Unit, UnitState
 from fleetd.registry import Registry

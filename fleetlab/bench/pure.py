@@ -1,4 +1,5 @@
-"""`python -m fleetd.bench <name> [options]`: run a benchmark, print its figures."""
+"""The benchmarks that need no lab (lookup, scale, scheduler): `fleet-lab bench <name>` or
+`python -m fleetlab.bench <name> [options]` runs one and prints its figures."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import json
 
 import click
 
-from fleetd.bench import lookup as run_lookup
-from fleetd.bench import scale as run_scale
-from fleetd.bench import scheduler as run_scheduler
+from fleetlab.bench.lookup import lookup as run_lookup
+from fleetlab.bench.scale import scale as run_scale
+from fleetlab.bench.scheduler import scheduler as run_scheduler
 from fleetd.errors import FleetError
 
 
@@ -86,5 +87,4 @@ def _run(fn, as_json: bool) -> None:
     _print(result, as_json)
 
 
-if __name__ == "__main__":
-    main(prog_name="python -m fleetd.bench")
+BENCHMARKS = {"lookup": run_lookup, "scale": run_scale, "scheduler": run_scheduler}
