@@ -68,8 +68,8 @@ async def test_counter_counts_requests_and_protobuf_bytes(etcd_settings):
 
 async def test_no_counter_means_aetcd_stubs(registry: Registry):
     await registry.current_revision()
-    assert registry._conn.counter is None
-    assert not isinstance(registry._conn.client.kvstub.Txn, _CountedUnary)
+    assert registry.connection.counter is None
+    assert not isinstance(registry.connection.client.kvstub.Txn, _CountedUnary)
 
 
 async def test_snapshot_cache_follows_changes(registry: Registry):

@@ -100,7 +100,7 @@ async def state_memory(registry: Registry) -> tuple[int, int]:
     gc.collect()
     tracemalloc.start()
     try:
-        fresh = Registry(registry._conn)
+        fresh = Registry(registry.connection)
         cache = RequirementsCache()
         snapshot = await fresh.snapshot()
         reconcile(snapshot, cache=cache)

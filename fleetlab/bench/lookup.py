@@ -22,9 +22,10 @@ from typing import Any, Awaitable, Callable
 from fleetd.config import EtcdSettings
 from fleetd.errors import BenchmarkError
 from fleetd.model import DesiredState, Placement, Unit, UnitState
+from fleetd.jobstate import current_state_of
 from fleetd.registry import Registry
-from fleetlab.testing.etcd import EtcdServer
 from fleetd.unit.file import UnitFile
+from fleetlab.testing.etcd import EtcdServer
 
 KEY_PREFIX = "/fleet-bench-lookup/"
 
@@ -66,23 +67,25 @@ async def _timed(fn: Callable[[], Awaitable[Any]], times: list[float]) -> Any:
 
 
 async def _lookup(units: int, machines: int, samples: int, etcd_binary: str) -> dict[str, Any]:
-    from fleetctl.client import EtcdFleetClient
+    from fleetctl.client import EtcdFleetClient, UnitInfo
 
     with EtcdServer(binary=etcd_binary) as etcd:
         settings = EtcdSettings(endpoints=(etcd.endpoint,), key_prefix=KEY_PREFIX, request_timeout=30.0)
         async with await Registry.connect(settings) as reg:
             all_units = await _fill(reg, units, machines)
         client = EtcdFleetClient(settings)
+        reg = None
         try:
             step = max(1, units // samples)
             names = [all_units[i].name for i in range(0, units, step)][:samples]
             per_name, wait_check, whole, scanned = [], [], [], []
-            reg = await client._reg()
+            reg = await Registry.connect(settings)  # closed below, with the client
 
             async def with_schedule_scan(name: str):
                 unit = await reg.get_unit(name)
                 placements, states = await asyncio.gather(reg.placements(), reg.unit_states(name=name))
-                return client._info(unit, placements.get(name), states)
+                current, machine = current_state_of(unit, placements.get(name), states)
+                return UnitInfo(unit.name, unit.file, unit.desired_state, current, machine, unit.is_global)
 
             for name in names:
                 before = await _timed(lambda: with_schedule_scan(name), scanned)
@@ -96,6 +99,8 @@ async def _lookup(units: int, machines: int, samples: int, etcd_binary: str) -> 
                     raise BenchmarkError(f"lookup benchmark: {name} is not launched: {everything[name]}")
         finally:
             await client.close()
+            if reg is not None:
+                await reg.close()
 
     def median_ms(times: list[float]) -> float:
         return round(statistics.median(times) * 1000, 2)
