@@ -60,7 +60,6 @@ class FleetConfig:
     agent_ttl: float = 5.0
     engine_reconcile_interval: float = 2.0
     disable_engine: bool = False
-    disable_watches: bool = False
     units_directory: str = "/run/fleet/units/"
     systemd_user: bool = False
     token_limit: int = 100
@@ -153,7 +152,8 @@ _ETCD_KEYS = {
     "etcd_password": "password",
     "etcd_request_timeout": "request_timeout",
 }
-_IGNORED_KEYS = {"verify_units", "authorized_keys_file", "enable_grpc", "public_ip_autodetect"}
+# fleet keys accepted and ignored (disable_watches: fleetd always watches etcd and D-Bus)
+_IGNORED_KEYS = {"verify_units", "authorized_keys_file", "enable_grpc", "public_ip_autodetect", "disable_watches"}
 
 
 def _convert(name: str, raw: str, fields: dict[str, dataclasses.Field]) -> Any:

@@ -62,15 +62,6 @@ class Resources:
     cpu: float = 0.0
     memory: int = 0
 
-    def __add__(self, other: "Resources") -> "Resources":
-        return Resources(self.cpu + other.cpu, self.memory + other.memory)
-
-    def __sub__(self, other: "Resources") -> "Resources":
-        return Resources(self.cpu - other.cpu, self.memory - other.memory)
-
-    def fits_in(self, available: "Resources") -> bool:
-        return self.cpu <= available.cpu + 1e-9 and self.memory <= available.memory
-
 
 @dataclass(frozen=True)
 class Machine:

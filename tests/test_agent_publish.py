@@ -66,7 +66,7 @@ async def test_a_pass_publishes_after_a_signal_in_flight_never_beside_it():
     presence = SimpleNamespace(lease_id=7, machine=SimpleNamespace(id=MID))
     agent = Agent(registry, Systemd(), presence)
     desired = {NAME: DesiredUnit(NAME, HASH, "", DesiredState.LOADED)}
-    agent.stats.desired = desired
+    agent._desired = desired
     agent._applied = {NAME: (HASH, "launched")}  # the pass stopping the unit has not finished
     agent._published = {NAME: UnitState(NAME, MID, HASH, "loaded", "active", "running", "launched")}
     agent._watch = OneSignal(UnitSystemdState(NAME, "loaded", "inactive", "dead"))

@@ -109,9 +109,6 @@ class Plan:
     def __bool__(self) -> bool:
         return bool(self.tasks)
 
-    def of_kind(self, kind: TaskKind) -> tuple[Task, ...]:
-        return tuple(t for t in self.tasks if t.kind == kind)
-
     def launched_after(self, attempted: Iterable[Task], completed: Iterable[Task] | None = None) -> dict[str, str]:
         """The memory after a partial run: a START that was never attempted is not recorded,
         and a STOP that did not complete keeps its entry (so the next pass stops the unit).

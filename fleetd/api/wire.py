@@ -20,7 +20,6 @@ from fleetd.unit.file import UnitFile, UnitOption
 
 T = TypeVar("T")
 
-DEFAULT_TOKEN_LIMIT = 100
 _URLSAFE_B64 = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 

@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGES_API = "/fleet/images/v1/images"
 CONFIG_HEADER = "X-Fleet-Image-Config"
-DIGEST_HEADER = "X-Fleet-Image-Digest"
 FETCH_RETRY_AFTER = 5.0  # seconds before a failed fetch of the same image is tried again
 
 

@@ -81,7 +81,6 @@ KNOWN_OPTIONS = frozenset(
     + (GLOBAL_KEY, REPLACES_KEY, RESERVE_CPU_KEY, RESERVE_MEMORY_KEY)
 )
 
-METADATA_OPS = ("=", "!=", "<", "<=", ">", ">=")
 ORDERING_OPS = frozenset({"<", "<=", ">", ">="})
 
 # --- value helpers -------------------------------------------------------------------------

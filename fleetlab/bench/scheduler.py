@@ -50,7 +50,7 @@ def scheduler(machines: int = 1000, units: int = 10_000, *, repeat: int = 3, qui
         machines, units = 100, 1000
     work = _workload()
     snapshot = ClusterSnapshot(1, work.build_units(units, machines), work.build_machines(machines), {})
-    cold_cpu, cold_wall, decisions = _best(lambda: reconcile(snapshot, cache=RequirementsCache()), repeat)
+    cold_cpu, _cold_wall, decisions = _best(lambda: reconcile(snapshot, cache=RequirementsCache()), repeat)
     cache = RequirementsCache()
     reconcile(snapshot, cache=cache)
     warm_cpu, warm_wall, decisions = _best(lambda: reconcile(snapshot, cache=cache), repeat)
