@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Sequence
 
+from fleetd.config import EtcdSettings
 from fleetd.errors import DuplicateMachine, RegistryError, UnitConflict, UnitError, UnitNotFound
 from fleetd.lease_timing import lease_ttl_seconds
 from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement, Unit, UnitState
@@ -348,8 +349,9 @@ class MemoryClusterViews:
 class MemoryRegistry:
     """The memory stores under `Registry`'s flat method names (see fleetd/registry/registry.py)."""
 
-    def __init__(self, cluster: MemoryCluster | None = None):
+    def __init__(self, cluster: MemoryCluster | None = None, settings: EtcdSettings | None = None):
         self.cluster = cluster or MemoryCluster()
+        self.settings = settings or EtcdSettings()  # what a caller reads (e.g. the request timeout)
         self.units = MemoryUnitStore(self.cluster)
         self.machines = MemoryMachineStore(self.cluster)
         self.schedule = MemoryScheduleStore(self.cluster)
@@ -362,6 +364,9 @@ class MemoryRegistry:
 
     async def current_revision(self) -> int:
         return self.cluster.revision
+
+    def set_call_observer(self, observer) -> None:
+        """No etcd calls to observe: observers are accepted and never called."""
 
     def __getattr__(self, name: str):
         for store in (self.units, self.machines, self.schedule, self.leadership, self.states, self.views):
