@@ -352,4 +352,7 @@ def test_both_implementations_have_every_store_protocol():
     for implementation in (etcd, MemoryRegistry()):
         for attribute, protocol in protocols.items():
             assert isinstance(getattr(implementation, attribute), protocol), (implementation, attribute)
+    from fleetd.registry.images import ImageDirectory
+
+    assert isinstance(ImageDirectory(etcd), stores.ImageRecords)
     assert not isinstance(object(), stores.UnitStore)

@@ -101,7 +101,8 @@ def _decode(raw: bytes, what: str) -> dict[str, Any]:
 
 
 class ImageDirectory:
-    """The registry's image keys (see the module docstring), over a connected Registry."""
+    """The registry's image keys (see the module docstring), over a connected Registry:
+    fleetd.registry.stores.ImageRecords in etcd."""
 
     def __init__(self, registry: "Registry"):
         self.core = registry.core
