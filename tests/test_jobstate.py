@@ -2,7 +2,7 @@
 
 import pytest
 
-from fleetd.jobstate import current_state_of
+from fleetd.jobstate import current_state_of, current_states
 from fleetd.model import DesiredState, Placement, Unit, UnitState
 from fleetd.unit.file import UnitFile
 
@@ -42,3 +42,11 @@ def test_unscheduled_and_global():
     assert current_state_of(PLAIN, None, []) == ("inactive", "")
     assert current_state_of(PLAIN, Placement("a.service", M, PLAIN.hash, L), []) == ("inactive", M)
     assert current_state_of(GLOBAL, None, []) == ("", "")
+
+
+def test_current_states_of_the_whole_cluster():
+    other = Unit("b.service", PLAIN.file, DesiredState.LAUNCHED)
+    placements = {"a.service": Placement("a.service", M, PLAIN.hash, L)}
+    found = current_states([PLAIN, GLOBAL, other], placements,
+                           [state("active", "launched"), state("active", "launched", machine="n" * 32)])
+    assert found == [(PLAIN, "launched", M), (GLOBAL, "", ""), (other, "inactive", "")]

@@ -21,8 +21,8 @@ from fleetd.api.wire import (
     unit_to_wire,
 )
 from fleetd.errors import UnitError, UnitFileError, UnitNotFound
-from fleetd.jobstate import current_state_of
-from fleetd.model import DesiredState, Unit, UnitState
+from fleetd.jobstate import current_state_of, current_states
+from fleetd.model import DesiredState, Unit
 from fleetd.unit.file import UnitFile
 from fleetd.unit.name import parse_unit_name
 from fleetd.unit.requirements import validate_unit
@@ -74,14 +74,7 @@ def go_quote(text: str) -> str:
 async def _unit_entities(request: web.Request) -> list[dict[str, Any]]:
     reg = ctx_of(request).registry
     units, placements, states = await asyncio.gather(reg.list_units(), reg.placements(), reg.unit_states())
-    by_name: dict[str, list[UnitState]] = {}
-    for s in states:
-        by_name.setdefault(s.name, []).append(s)
-    entities = []
-    for unit in units:
-        current, machine = current_state_of(unit, placements.get(unit.name), by_name.get(unit.name, []))
-        entities.append(unit_to_wire(unit, current, machine))
-    return entities
+    return [unit_to_wire(unit, current, machine) for unit, current, machine in current_states(units, placements, states)]
 
 
 async def unit_entity(request: web.Request, name: str) -> dict[str, Any] | None:
