@@ -4,21 +4,25 @@ A speed-up for tests of the registry's consumers, never the proof: tests/test_re
 runs one behavioural table against this and against a real etcd. One `MemoryCluster` holds the
 state (with a revision counter and leases that expire by the clock, TTLs rounded as etcd
 rounds them); `MemoryRegistry` composes the stores with `Registry`'s flat method names.
-Not implemented: watches and per-request counting (etcd-only concerns).
+Watches see the keys etcd would change (fleetd/registry/keys.py), one revision per write;
+values in watch events are b"" (None for deletions): watchers here only wake up and read.
+Not implemented: per-request counting (an etcd concern).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Sequence
+from typing import AsyncIterator, Callable, Iterable, Sequence
 
 from fleetd.config import EtcdSettings
 from fleetd.errors import DuplicateMachine, RegistryError, UnitConflict, UnitError, UnitNotFound
 from fleetd.lease_timing import lease_ttl_seconds
 from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement, Unit, UnitState
-from fleetd.registry.core import MAX_TXN_OPS
+from fleetd.registry.core import MAX_TXN_OPS, WatchEvent
+from fleetd.registry.keys import KeyLayout
 from fleetd.registry.stores import MachineView, NotLeader, UnitRecord
 from fleetd.unit.file import UnitFile
 from fleetd.unit.name import is_template_name, parse_unit_name
@@ -47,10 +51,33 @@ class MemoryCluster:
     states: dict[tuple[str, str], tuple[UnitState, int]] = field(default_factory=dict)  # (name, mid) -> (state, lease)
     leases: dict[int, _Lease] = field(default_factory=dict)
     next_lease: int = 0x1000
+    keys: KeyLayout = field(default_factory=lambda: KeyLayout("/fleet-memory/"))
+    history: list[WatchEvent] = field(default_factory=list)
+    watchers: set[asyncio.Queue] = field(default_factory=set)
 
-    def bump(self) -> int:
+    def bump(self, *changes: tuple[str, bool]) -> int:
+        """A new revision for one write, with its (key, still there) changes for watchers."""
         self.revision += 1
+        for key, present in changes:
+            event = WatchEvent(key, b"" if present else None, self.revision)
+            self.history.append(event)
+            for queue in self.watchers:
+                queue.put_nowait(event)
         return self.revision
+
+    async def watch(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[WatchEvent]:
+        queue: asyncio.Queue = asyncio.Queue()
+        self.watchers.add(queue)  # with the replay below: no await in between, nothing missed
+        try:
+            for event in [e for e in self.history if e.revision >= start_revision]:
+                if any(event.key.startswith(p) for p in prefixes):
+                    yield event
+            while True:
+                event = await queue.get()
+                if event.revision >= start_revision and any(event.key.startswith(p) for p in prefixes):
+                    yield event
+        finally:
+            self.watchers.discard(queue)
 
     def expire(self) -> None:
         """Drop leases past their deadline and what they held (etcd does this on its own)."""
@@ -61,11 +88,15 @@ class MemoryCluster:
     def drop_lease(self, lease_id: int) -> None:
         if self.leases.pop(lease_id, None) is None:
             return
+        keys = self.keys
+        gone = [(keys.machine_object(m), False) for m, v in self.machines.items() if v[1] == lease_id]
+        gone += [(keys.state(*k), False) for k, v in self.states.items() if v[1] == lease_id]
         self.machines = {m: v for m, v in self.machines.items() if v[1] != lease_id}
         self.states = {k: v for k, v in self.states.items() if v[1] != lease_id}
         if self.leader is not None and self.leader[1] == lease_id:
             self.leader = None
-        self.bump()
+            gone.append((keys.engine_leader, False))
+        self.bump(*gone)
 
     def alive(self, lease_id: int) -> bool:
         self.expire()
@@ -118,7 +149,7 @@ class MemoryUnitStore:
             self.cluster.jobs[u.name] = (u.hash, u.desired_state)
             created.append(u.name)
         if created:
-            self.cluster.bump()
+            self.cluster.bump(*((self.cluster.keys.job(n), True) for n in created))
         return created
 
     async def replace_unit(self, unit: Unit, *, expected_hash: str | None = None) -> None:
@@ -128,7 +159,7 @@ class MemoryUnitStore:
             raise UnitConflict(f"unit {unit.name} changed concurrently; try again")
         self.cluster.bodies[unit.hash] = unit.file
         self.cluster.jobs[unit.name] = (unit.hash, unit.desired_state)
-        self.cluster.bump()
+        self.cluster.bump((self.cluster.keys.job(unit.name), True))
 
     async def set_desired_state(self, names: Sequence[str], state: DesiredState) -> None:
         names = list(dict.fromkeys(names))
@@ -145,12 +176,12 @@ class MemoryUnitStore:
             changes[name] = (unit_hash, state)
         if changes:
             self.cluster.jobs.update(changes)
-            self.cluster.bump()
+            self.cluster.bump(*((self.cluster.keys.job(n), True) for n in changes))
 
     async def destroy_units(self, names: Sequence[str]) -> list[str]:
         destroyed = [n for n in dict.fromkeys(names) if self.cluster.jobs.pop(n, None) is not None]
         if destroyed:
-            self.cluster.bump()
+            self.cluster.bump(*((self.cluster.keys.job(n), False) for n in destroyed))
         return destroyed
 
 
@@ -170,11 +201,11 @@ class MemoryMachineStore:
 
     async def set_machine_metadata(self, machine_id: str, key: str, value: str | None) -> None:
         self.cluster.metadata.setdefault(machine_id, {})[key] = value or ""
-        self.cluster.bump()
+        self.cluster.bump((self.cluster.keys.machine_metadata(machine_id, key), True))
 
     async def set_draining(self, machine_id: str, draining: bool) -> None:
         (self.cluster.draining.add if draining else self.cluster.draining.discard)(machine_id)
-        self.cluster.bump()
+        self.cluster.bump((self.cluster.keys.machine_draining(machine_id), draining))
 
     async def register_machine(self, machine: Machine, lease_id: int, *, adopt_lease: int | None = None) -> int:
         self.cluster.expire()
@@ -194,7 +225,7 @@ class MemoryMachineStore:
         if not self.cluster.alive(lease_id):
             raise RegistryError(f"etcd: requested lease {lease_id:x} not found")
         self.cluster.machines[machine.id] = (machine, lease_id)
-        self.cluster.bump()
+        self.cluster.bump((self.cluster.keys.machine_object(machine.id), True))
 
     async def grant_lease(self, ttl: float) -> int:
         self.cluster.next_lease += 1
@@ -241,17 +272,23 @@ class MemoryScheduleStore:
         if self.cluster.leader is None or self.cluster.leader[0] != fence_machine_id:
             if unplace or retract_globals or place or publish_globals:
                 raise NotLeader(f"machine {fence_machine_id} is no longer the engine leader")
-        schedule = self.cluster.schedule
+        schedule, keys = self.cluster.schedule, self.cluster.keys
+        changes = []
         for name, mid in unplace:
             if name in schedule and schedule[name].machine_id == mid:
                 del schedule[name]
+            changes.append((keys.placement(mid, name), False))
         for name in retract_globals:
             self.cluster.globals.pop(name, None)
+            changes.append((keys.global_unit(name), False))
         for p in place:
             schedule[p.name] = p
+            changes.append((keys.placement(p.machine_id, p.name), True))
         for name, unit_hash, state in publish_globals:
             self.cluster.globals[name] = (unit_hash, state)
-        self.cluster.bump()
+            changes.append((keys.global_unit(name), True))
+        if changes:
+            self.cluster.bump(*changes)
         removals = len(unplace) + len(retract_globals)
         additions = len(place) + len(publish_globals)
         return math.ceil(removals / MAX_TXN_OPS) + math.ceil(additions / MAX_TXN_OPS)
@@ -266,7 +303,7 @@ class MemoryLeadershipStore:
     async def campaign(self, machine_id: str, lease_id: int) -> bool:
         self.cluster.expire()
         if self.cluster.leader is None and lease_id in self.cluster.leases:
-            self.cluster.leader = (machine_id, lease_id, self.cluster.bump())
+            self.cluster.leader = (machine_id, lease_id, self.cluster.bump((self.cluster.keys.engine_leader, True)))
             return True
         return self.cluster.leader is not None and self.cluster.leader[:2] == (machine_id, lease_id)
 
@@ -283,7 +320,7 @@ class MemoryLeadershipStore:
     async def resign(self, machine_id: str) -> None:
         if self.cluster.leader is not None and self.cluster.leader[0] == machine_id:
             self.cluster.leader = None
-            self.cluster.bump()
+            self.cluster.bump((self.cluster.keys.engine_leader, False))
 
 
 class MemoryStateStore:
@@ -296,12 +333,13 @@ class MemoryStateStore:
         for s in states:
             self.cluster.states[(s.name, s.machine_id)] = (s, lease_id)
         if states:
-            self.cluster.bump()
+            self.cluster.bump(*((self.cluster.keys.state(s.name, s.machine_id), True) for s in states))
 
     async def delete_states(self, names: Sequence[str], machine_id: str) -> None:
         for name in names:
             self.cluster.states.pop((name, machine_id), None)
-        self.cluster.bump()
+        if names:
+            self.cluster.bump(*((self.cluster.keys.state(n, machine_id), False) for n in names))
 
     async def unit_states(self, name: str | None = None, machine_id: str | None = None) -> list[UnitState]:
         self.cluster.expire()
@@ -364,6 +402,13 @@ class MemoryRegistry:
 
     async def current_revision(self) -> int:
         return self.cluster.revision
+
+    @property
+    def keys(self) -> KeyLayout:
+        return self.cluster.keys
+
+    def watch(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[WatchEvent]:
+        return self.cluster.watch(prefixes, start_revision)
 
     def set_call_observer(self, observer) -> None:
         """No etcd calls to observe: observers are accepted and never called."""
