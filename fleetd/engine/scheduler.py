@@ -457,14 +457,15 @@ class _Reconciler:
         (Category.CONFLICT, _check_conflict),
         (Category.RESOURCES, _check_resources),
     )
-    _PLACED = (Category.MACHINE_ID, Category.METADATA)  # pass 1 checks these on every placement first
+    assert [c for c, _ in CHECKS] == list(Category)[:-1]  # the Enum's order is the checks' order
+    # pass 1: MachineID and MachineMetadata on every placement first, then the rest, in order
+    # (a kept unit on a draining machine stays until _drain moves it: no draining check)
+    KEEP_FIRST = CHECKS[1:3]
+    KEEP_REST = CHECKS[3:]
 
-    def _first_failure(self, a: _Attempt, only: tuple[Category, ...] | None = None,
-                       skip: tuple[Category, ...] = ()) -> tuple[Category, str] | None:
-        """The first check `a` fails, in CHECKS order, as (category, detail)."""
-        for category, check in self.CHECKS:
-            if (only is not None and category not in only) or category in skip:
-                continue
+    def _first_failure(self, a: _Attempt, checks=CHECKS) -> tuple[Category, str] | None:
+        """The first of `checks` (in CHECKS order) that `a` fails, as (category, detail)."""
+        for category, check in checks:
             detail = check(self, a)
             if detail is not None:
                 return category, detail
@@ -634,12 +635,12 @@ class _Reconciler:
         st = self.ms.get(placement.machine_id)
         if st is None:
             return f"machine {placement.machine_id} went away"
-        failure = self._first_failure(_Attempt(name, info.requirements, st, keep=True), only=self._PLACED)
+        failure = self._first_failure(_Attempt(name, info.requirements, st, keep=True), self.KEEP_FIRST)
         return failure[1] if failure else None
 
     def _kept_reason(self, name: str, reqs: Requirements, st: _MachineState) -> str | None:
         """Checks against the units already kept on `st` (peers come first in the order)."""
-        failure = self._first_failure(_Attempt(name, reqs, st, keep=True), skip=self._PLACED)
+        failure = self._first_failure(_Attempt(name, reqs, st, keep=True), self.KEEP_REST)
         return failure[1] if failure else None
 
     def _pass1(self) -> None:
