@@ -1,4 +1,4 @@
-"""Names vulture (tests/test_dead_code.py) cannot see being used. Keep this list short: every
+"""Names vulture (tests/unit/test_dead_code.py) cannot see being used. Keep this list short: every
 entry says who uses the name. Read by vulture only, never imported."""
 
 # ruff: noqa

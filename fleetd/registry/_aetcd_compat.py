@@ -5,7 +5,7 @@ after a failure (fleetd/registry/connection.py `Connection.failover`), a transac
 returns the revision it was served at (`Connection.txn`), a side channel with the shared
 channel's options and credentials, and a connect that authenticates on our counted channel.
 `AetcdClientBase` wraps those internals in public methods; nothing else in the project touches
-an aetcd name that starts with "_". tests/test_aetcd_compat.py fails loudly when an aetcd
+an aetcd name that starts with "_". tests/unit/test_aetcd_compat.py fails loudly when an aetcd
 upgrade renames or removes any of `AETCD_INTERNALS`.
 """
 

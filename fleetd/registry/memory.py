@@ -1,6 +1,6 @@
 """The registry's stores in memory: the Protocols of fleetd/registry/stores.py without etcd.
 
-A speed-up for tests of the registry's consumers, never the proof: tests/test_registry_stores.py
+A speed-up for tests of the registry's consumers, never the proof: tests/etcd/test_registry.py
 runs one behavioural table against this and against a real etcd. One `MemoryCluster` holds the
 state (with a revision counter and leases that expire by the clock, TTLs rounded as etcd
 rounds them); `MemoryRegistry` composes the stores with `Registry`'s flat method names.

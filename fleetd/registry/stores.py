@@ -2,7 +2,7 @@
 
 Two implementations: etcd (fleetd/registry/units.py, machines.py, schedule.py, leadership.py,
 states.py over one RegistryCore) and memory (fleetd/registry/memory.py, for fast tests; the
-same behavioural tests run against both, tests/test_registry_stores.py). `Registry` composes
+same behavioural tests run against both, tests/etcd/test_registry.py). `Registry` composes
 the etcd stores and keeps the flat method names callers use.
 """
 

@@ -1,10 +1,12 @@
-"""The engine loop's tests of tests/test_engine_loop.py, run again over the registry's stores in
+"""The engine loop's tests of tests/etcd/test_engine_loop.py, run again over the registry's stores in
 memory (fleetd/registry/memory.py: one MemoryCluster shared by every participant, watches
-included): no etcd. A speed-up, not the proof: tests/test_engine_loop.py runs them on etcd."""
+included): no etcd. A speed-up, not the proof: tests/etcd/test_engine_loop.py runs them on etcd."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,8 @@ from fleetd.engine.leader import Engine
 from fleetd.model import Machine
 from fleetd.registry.memory import MemoryCluster, MemoryRegistry
 from fleetlab.testing.simagent import SimulatedAgent
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "etcd"))  # where test_engine_loop.py lives
 
 # the tests themselves, collected here with this module's `cluster` fixture
 from test_engine_loop import (  # noqa: F401

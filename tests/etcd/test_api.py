@@ -486,8 +486,8 @@ async def test_systemd_socket_activation(etcd_settings, tmp_path):
     proc = subprocess.Popen(
         ["systemd-socket-activate", "-l", str(activated), sys.executable, str(script),
          etcd_settings.endpoints[0], etcd_settings.key_prefix, str(unused)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2],
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
     )
     try:
         for _ in range(100):

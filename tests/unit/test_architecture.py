@@ -16,7 +16,7 @@ from pathlib import Path
 import grimp
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("fleetd", "fleetctl", "fleetlab")
 
 #: Contracts written but not enforced yet: the fleetctl half of issue 11 (the fleetctl split,
@@ -184,7 +184,7 @@ def test_private_uses_detects():
 
 
 #: Modules allowed to use other code's private names: the one module that adapts aetcd's
-#: internals (its names are checked by tests/test_aetcd_compat.py).
+#: internals (its names are checked by tests/unit/test_aetcd_compat.py).
 PRIVATE_ALLOWED = {"fleetd/registry/_aetcd_compat.py"}
 #: Files being rewritten on another branch (the fleetctl split of issue 11).
 #: EMPTY THIS once that is merged.
@@ -200,3 +200,33 @@ def test_no_module_uses_another_modules_private_names():
                 continue
             found += private_uses(path.read_text(), rel)
     assert not found, "private names used across modules:\n" + "\n".join(found)
+
+
+# --- the test folders --------------------------------------------------------------------------
+
+ETCD_FIXTURES = {"etcd_server", "etcd_settings", "registry"}
+LAB_FIXTURES = {"lab", "lab_factory", "fleet"}
+
+
+def _fixtures_used(path: Path) -> set[str]:
+    used = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            used.update(a.arg for a in node.args.args + node.args.kwonlyargs)
+        elif isinstance(node, ast.Attribute) and node.attr == "lab" and isinstance(node.value, ast.Attribute) \
+                and node.value.attr == "mark":
+            used.add("lab")  # pytest.mark.lab
+    return used
+
+
+def test_unit_tests_need_neither_etcd_nor_a_lab():
+    """tests/unit is the folder without markers: its tests must not take etcd or lab fixtures
+    (those belong in tests/etcd and tests/lab, whose conftest markers `-m` selects on)."""
+    wrong = {}
+    for path in sorted((ROOT / "tests" / "unit").glob("test_*.py")):
+        found = _fixtures_used(path) & (ETCD_FIXTURES | LAB_FIXTURES)
+        if found:
+            wrong[path.name] = sorted(found)
+    assert not wrong, f"tests/unit modules that need etcd or a lab (move them): {wrong}"
+    etcd_users = [p.name for p in (ROOT / "tests" / "etcd").glob("test_*.py") if _fixtures_used(p) & ETCD_FIXTURES]
+    assert len(etcd_users) >= 5  # the scan sees fixtures at all

@@ -23,7 +23,7 @@ from fleetd.unit import (
     validate_unit,
 )
 
-UNITS_DIR = Path(__file__).resolve().parent.parent / "units"
+UNITS_DIR = Path(__file__).resolve().parents[2] / "units"
 
 
 def req(text: str, name: str = "echo.service") -> Requirements:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VULTURE_ARGS = [
     "fleetd", "fleetctl", "fleetlab", "tests", "tests/vulture_whitelist.py",
     "--min-confidence", "60",

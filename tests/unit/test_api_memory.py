@@ -1,8 +1,11 @@
-"""The HTTP API's behavioural tests of tests/test_api.py, run again over the registry's stores
+"""The HTTP API's behavioural tests of tests/etcd/test_api.py, run again over the registry's stores
 in memory (fleetd/registry/memory.py): no etcd, a fast loop for API work. A speed-up, not the
-proof: tests/test_api.py runs the same tests on a real etcd."""
+proof: tests/etcd/test_api.py runs the same tests on a real etcd."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +13,8 @@ from _api_server import ApiHarness
 from fleetd.config import EtcdSettings
 from fleetd.model import Machine
 from fleetd.registry.memory import MemoryRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "etcd"))  # where test_api.py lives
 
 # the tests themselves, collected here with this module's `api` fixture
 from test_api import (  # noqa: F401

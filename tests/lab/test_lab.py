@@ -24,7 +24,7 @@ from fleetlab.sysutil import ProcRef, memory_v1_hierarchy, wait_until
 pytest_plugins = ["fleetlab.pytest_plugin"]
 pytestmark = pytest.mark.lab(nodes=3)
 
-CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def tcp_ok(node, ip: str, port: int, timeout: float = 2.0) -> bool:

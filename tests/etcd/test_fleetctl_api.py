@@ -27,7 +27,7 @@ from fleetd.unit.file import UnitFile
 
 from _api_server import ThreadedApiServer, publish_state, register_machine
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HELLO = (REPO / "units" / "hello.service").read_text()
 MID_A = "0123456789abcdef0123456789abcdef"
 MID_B = "fedcba9876543210fedcba9876543210"

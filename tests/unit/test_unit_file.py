@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from fleetd.errors import UnitFileError
 from fleetd.unit import UnitFile, UnitOption
 
-UNITS_DIR = Path(__file__).resolve().parent.parent / "units"
+UNITS_DIR = Path(__file__).resolve().parents[2] / "units"
 
 O = UnitOption
 

@@ -2,7 +2,7 @@
 
 The test process stays on the host and talks to the node's system bus through
 /proc/<init>/root/run/dbus/system_bus_socket; the units directory is bind-mounted into the node
-at the same path (see tests/_sdx_node.py). One test runs the adapter inside the node to check
+at the same path (see tests/lab/_sdx_node.py). One test runs the adapter inside the node to check
 the default (system bus) connection.
 """
 
@@ -30,7 +30,7 @@ from _sdx_node import SdxNode  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def service(description: str, extra: str = "", body: str = "ExecStart=/bin/sleep infinity") -> str:

@@ -16,7 +16,7 @@ import pytest
 from fleetd.config import load_config
 from fleetd.unit.file import UnitFile
 
-VAGRANT = Path(__file__).resolve().parent.parent / "vagrant"
+VAGRANT = Path(__file__).resolve().parents[2] / "vagrant"
 
 
 def provision(tmp_path: Path, index: int, count: int) -> Path:

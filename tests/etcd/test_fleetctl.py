@@ -16,7 +16,7 @@ from fleetctl.output import tabwrite
 from fleetd.model import DesiredState, Machine, Placement, UnitState
 from fleetd.registry import Registry
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HELLO = (REPO / "units" / "hello.service").read_text()
 
 
