@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fleetd.errors import ConfigError
+from fleetd.values import parse_bool as parse_boolean_word
 
 DEFAULT_CONFIG_PATH = Path("/etc/fleet/fleet.conf")
 DEFAULT_KEY_PREFIX = "/_coreos.com/fleet/"
@@ -59,7 +60,6 @@ class FleetConfig:
     agent_ttl: float = 5.0
     engine_reconcile_interval: float = 2.0
     disable_engine: bool = False
-    disable_watches: bool = False
     units_directory: str = "/run/fleet/units/"
     systemd_user: bool = False
     token_limit: int = 100
@@ -123,12 +123,11 @@ def parse_metadata(text: str, key: str = "metadata") -> dict[str, str]:
 
 
 def parse_bool(text: str, key: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "t", "true", "yes", "on", "y"):
-        return True
-    if lowered in ("0", "f", "false", "no", "off", "n", ""):
-        return False
-    raise ConfigError(f"{key}: invalid boolean {text!r}")
+    """A fleet.conf boolean (an empty value is false)."""
+    value = parse_boolean_word(text) if text.strip() else False
+    if value is None:
+        raise ConfigError(f"{key}: invalid boolean {text!r}")
+    return value
 
 
 def read_config_file(path: Path) -> dict[str, str]:
@@ -164,7 +163,8 @@ _ETCD_KEYS = {
     "etcd_password": "password",
     "etcd_request_timeout": "request_timeout",
 }
-_IGNORED_KEYS = {"verify_units", "authorized_keys_file", "enable_grpc", "public_ip_autodetect"}
+# fleet keys accepted and ignored (disable_watches: fleetd always watches etcd and D-Bus)
+_IGNORED_KEYS = {"verify_units", "authorized_keys_file", "enable_grpc", "public_ip_autodetect", "disable_watches"}
 
 
 def _convert(name: str, raw: str, fields: dict[str, dataclasses.Field]) -> Any:

@@ -6,11 +6,11 @@ Shared by the HTTP API (fleetd.api) and fleetctl's etcd driver so that both repo
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
-from fleetd.model import DesiredState, Placement, Unit, UnitState
+from fleetd.model import ACTIVE_STATES, DesiredState, Placement, Unit, UnitState
 
-ACTIVE_STATES = frozenset({"active", "reloading", "activating", "deactivating"})
+__all__ = ["ACTIVE_STATES", "current_state_of", "current_states"]
 
 
 def current_state_of(unit: Unit, placement: Placement | None, states: Sequence[UnitState]) -> tuple[str, str]:
@@ -32,3 +32,14 @@ def current_state_of(unit: Unit, placement: Placement | None, states: Sequence[U
     else:  # a record without `applied` (older agent): judge by systemd alone
         current = DesiredState.LAUNCHED if active else DesiredState.LOADED
     return current.value, placement.machine_id
+
+
+def current_states(units: Iterable[Unit], placements: Mapping[str, Placement],
+                   states: Iterable[UnitState]) -> list[tuple[Unit, str, str]]:
+    """(unit, current state, target machine) of each unit, in the order given, from the whole
+    cluster's records (the API's /units, fleetctl list-units)."""
+    by_name: dict[str, list[UnitState]] = {}
+    for s in states:
+        by_name.setdefault(s.name, []).append(s)
+    return [(unit, *current_state_of(unit, placements.get(unit.name), by_name.get(unit.name, [])))
+            for unit in units]

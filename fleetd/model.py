@@ -62,15 +62,6 @@ class Resources:
     cpu: float = 0.0
     memory: int = 0
 
-    def __add__(self, other: "Resources") -> "Resources":
-        return Resources(self.cpu + other.cpu, self.memory + other.memory)
-
-    def __sub__(self, other: "Resources") -> "Resources":
-        return Resources(self.cpu - other.cpu, self.memory - other.memory)
-
-    def fits_in(self, available: "Resources") -> bool:
-        return self.cpu <= available.cpu + 1e-9 and self.memory <= available.memory
-
 
 @dataclass(frozen=True)
 class Machine:
@@ -103,6 +94,15 @@ class Placement:
     machine_id: str
     hash: str
     desired_state: DesiredState
+
+
+#: systemd active states in which a unit runs or is on its way up: the agent neither starts it
+#: (desired launched) nor leaves it running (desired loaded). `deactivating` is not one of them:
+#: a unit that is stopping needs a start if it should run.
+RUNNING_STATES = frozenset({"active", "activating", "reloading"})
+#: systemd active states fleet reports as launched (fleet's job state): the running ones and
+#: `deactivating` (a unit that is still stopping is not down yet).
+ACTIVE_STATES = RUNNING_STATES | {"deactivating"}
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,12 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
-from fleetd.jobstate import current_state_of
+from fleetd.jobstate import current_state_of, current_states
 from fleetd.model import DesiredState, Machine, Placement, Resources, Unit, UnitState
 from fleetd.unit.file import UnitFile, UnitOption
 
 T = TypeVar("T")
 
-DEFAULT_TOKEN_LIMIT = 100
 _URLSAFE_B64 = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
@@ -129,10 +128,8 @@ def unit_info(unit: Unit, placement: Placement | None, states: Sequence[UnitStat
 def unit_infos(units: Sequence[Unit], placements: Mapping[str, Placement],
                states: Sequence[UnitState]) -> list[UnitInfo]:
     """Every unit's API view from one read of units, the schedule and the published states."""
-    by_name: dict[str, list[UnitState]] = {}
-    for s in states:
-        by_name.setdefault(s.name, []).append(s)
-    return [unit_info(u, placements.get(u.name), by_name.get(u.name, [])) for u in units]
+    return [UnitInfo(u.name, u.file, u.desired_state, current, machine, u.is_global)
+            for u, current, machine in current_states(units, placements, states)]
 
 
 # ---------------------------------------------------------------------------- entities -> wire

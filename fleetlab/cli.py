@@ -289,7 +289,7 @@ def _run_bench(fn, as_json: bool, quiet: bool, **options) -> None:
 
 
 class _BenchGroup(click.Group):
-    """`lookup`, `scale` and `scheduler` are fleetd.bench's own commands, imported only when
+    """`lookup`, `scale` and `scheduler` are fleetlab.bench.pure's commands, imported only when
     used (they pull in grpc: every other fleet-lab command would start slower)."""
 
     PURE = ("lookup", "scale", "scheduler")
@@ -299,7 +299,7 @@ class _BenchGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.PURE:
-            from fleetd.bench import __main__ as pure
+            from .bench import pure
 
             return getattr(pure, name)
         return super().get_command(ctx, name)
@@ -321,7 +321,7 @@ def bench() -> None:
 @_bench_command
 def bench_start(as_json, quiet, **options) -> None:
     """Start one unit until active: fleetctl as a process, the client library, the API."""
-    from .bench import start
+    from .bench.start import start
 
     _run_bench(start, as_json, quiet, **options)
 
@@ -337,7 +337,7 @@ def bench_start(as_json, quiet, **options) -> None:
 @_bench_command
 def bench_burst(as_json, quiet, via, **options) -> None:
     """Start many units without blocking until all are active."""
-    from .bench import burst
+    from .bench.burst import burst
     from .bench.burst import VIAS
 
     _run_bench(burst, as_json, quiet, via=tuple(via) or VIAS, **options)
@@ -356,7 +356,7 @@ def bench_burst(as_json, quiet, via, **options) -> None:
 @_bench_command
 def bench_failover(as_json, quiet, agent_ttls, **options) -> None:
     """Node kill and leader kill until the units run elsewhere; no failover on hiccups."""
-    from .bench import failover
+    from .bench.failover import failover
 
     _run_bench(failover, as_json, quiet, agent_ttls=tuple(agent_ttls) or ("5s", "2s"), **options)
 
@@ -370,7 +370,7 @@ def bench_failover(as_json, quiet, agent_ttls, **options) -> None:
 @_bench_command
 def bench_footprint(as_json, quiet, **options) -> None:
     """fleetd's idle RSS and CPU, without units and with N units on the node."""
-    from .bench import footprint
+    from .bench.footprint import footprint
 
     _run_bench(footprint, as_json, quiet, **options)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: install what is needed, then run every test (lab tests included).
-# Extra arguments go to pytest, e.g. `scripts/test.sh -m "not lab"` or `scripts/test.sh tests/test_registry.py`.
+# Extra arguments go to pytest, e.g. `scripts/test.sh -m "not lab"` or `scripts/test.sh tests/etcd/test_registry.py`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh || exit 1

@@ -49,8 +49,10 @@ async def publish_state(reg: Registry, lease: int, name: str, machine_id: str, u
 class ApiHarness:
     """An ApiServer on its own registry connection, plus an HTTP session to its TCP listener."""
 
-    def __init__(self, settings: EtcdSettings, tmp: Path, machine: Machine | None = None, **config: Any):
+    def __init__(self, settings: EtcdSettings, tmp: Path, machine: Machine | None = None, *,
+                 registry: Any = None, **config: Any):
         self.settings = settings
+        self.given_registry = registry  # e.g. a MemoryRegistry; None: connect to etcd
         self.config = api_config(settings, tmp, **config)
         self.tmp = tmp
         self.machine = machine
@@ -59,7 +61,7 @@ class ApiHarness:
         self.session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "ApiHarness":
-        self.registry = await Registry.connect(self.settings)
+        self.registry = self.given_registry or await Registry.connect(self.settings)
         presence = None
         if self.machine is not None:  # the server only reads presence.machine (its machine ID)
             presence = Presence(self.registry, self.machine, 30, self.tmp / "state")

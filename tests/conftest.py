@@ -1,14 +1,38 @@
-"""Shared fixtures: a real etcd server per test session, a fresh key prefix per test."""
+"""Shared fixtures (a real etcd server per test session, a fresh key prefix per test) and the
+markers of the test folders, arranged by what their tests need:
+
+    tests/unit/        neither etcd nor a lab (some need root for namespaces, and skip without)
+    tests/etcd/        a real etcd server, started by the session fixture  -> marker `etcd`
+    tests/lab/         a local nspawn lab (root, systemd-nspawn)            -> marker `lab`
+    tests/functional/  fleet's functional tests on a lab                    -> marker `lab`
+
+so `scripts/test.sh -m "not lab"` is the fast loop and `-m "not lab and not etcd"` needs nothing.
+"""
 
 from __future__ import annotations
 
 import shutil
 import uuid
+from pathlib import Path
 
 import pytest
 
 from fleetd.config import EtcdSettings
-from fleetd.testing.etcd import EtcdServer
+from fleetlab.testing.etcd import EtcdServer
+
+TESTS = Path(__file__).resolve().parent
+FOLDER_MARKERS = {"etcd": "etcd", "lab": "lab", "functional": "lab"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        marker = FOLDER_MARKERS.get(folder)
+        if marker is not None and item.get_closest_marker(marker) is None:  # keep lab(nodes=...) options
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fleetd.agent.executor import execute
 from fleetd.agent.plan import DesiredUnit, desired_aware_hash, observe, plan
 from fleetd.agent.systemd import SystemdManager, UnitSystemdState
-from fleetd.engine.constraints import global_units_for
+from fleetd.constraints import global_units_for
 from fleetd.errors import FleetError, RegistryError
 from fleetd.model import DesiredState, Unit, UnitState
 from fleetd.presence import Presence
@@ -36,7 +36,7 @@ class AgentStats:
     failures: int = 0
     states_published: int = 0
     last_error: str = ""
-    desired: dict[str, DesiredUnit] = field(default_factory=dict)
+    desired_units: int = 0  # units this agent should run (a gauge; the units are Agent._desired)
 
 
 def unit_text(unit_file_text: str) -> str:
@@ -56,7 +56,8 @@ class Agent:
         # told the units this machine runs and every systemd state seen (e.g. the service
         # endpoint publisher, fleetd/discovery/publisher.py): units_desired(files), unit_states(states)
         self.observer = observer
-        self.stats = AgentStats()
+        self.stats = AgentStats()  # metrics only: the agent never reads them back
+        self._desired: dict[str, DesiredUnit] = {}  # the last pass's desired units
         self._launched: dict[str, str] = {}
         self._applied: dict[str, tuple[str, str]] = {}  # name -> (hash, desired state applied)
         self._global_names: set[str] = set()
@@ -96,7 +97,7 @@ class Agent:
     async def unit_texts(self, units: dict) -> dict[str, str]:
         """What to write to disk for each unit: plain units as they are, container units
         rendered for this machine (their images fetched first, see fleetd/container/node.py)."""
-        from fleetd.container.spec import is_container_unit
+        from fleetd.unit.container import is_container_unit
 
         if self.containers is not None:
             return await self.containers.texts(units)
@@ -124,7 +125,8 @@ class Agent:
         observed = observe(installed, states, desired_aware_hash(desired))
         the_plan = plan(desired, observed, self._launched)
         self.stats.passes += 1
-        self.stats.desired = desired
+        self._desired = desired
+        self.stats.desired_units = len(desired)
         if the_plan:
             for task in the_plan.tasks:
                 log.info("agent: %s", task)
@@ -211,7 +213,7 @@ class Agent:
         return state if applied_hash == unit_hash else ""
 
     def _state_of(self, s: UnitSystemdState) -> UnitState | None:
-        desired = self.stats.desired.get(s.name)
+        desired = self._desired.get(s.name)
         if desired is None:
             return None
         return UnitState(s.name, self.machine_id, desired.hash, s.load_state, s.active_state, s.sub_state,
@@ -249,7 +251,7 @@ class Agent:
 
     async def republish_all(self) -> None:
         """After a new lease (states expire with the old one), publish every known state again."""
-        names = sorted(self.stats.desired)
+        names = sorted(self._desired)
         if not names or self.presence.lease_id is None:
             return
         async with self._publishing:

@@ -50,11 +50,9 @@ from typing import Callable, Iterable, Mapping, Protocol
 
 from fleetd.container.marker import stored_hash_of
 from fleetd.errors import UnitFileError
-from fleetd.model import DesiredState
+from fleetd.model import RUNNING_STATES, DesiredState
 from fleetd.unit.file import UnitFile
 
-#: active states in which a unit counts as running (it needs no start, or needs a stop).
-RUNNING_STATES = frozenset({"active", "activating", "reloading"})
 
 
 class TaskKind(enum.IntEnum):
@@ -110,9 +108,6 @@ class Plan:
 
     def __bool__(self) -> bool:
         return bool(self.tasks)
-
-    def of_kind(self, kind: TaskKind) -> tuple[Task, ...]:
-        return tuple(t for t in self.tasks if t.kind == kind)
 
     def launched_after(self, attempted: Iterable[Task], completed: Iterable[Task] | None = None) -> dict[str, str]:
         """The memory after a partial run: a START that was never attempted is not recorded,

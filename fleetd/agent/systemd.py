@@ -88,19 +88,9 @@ def check_unit_name(name: str) -> str:
     return name
 
 
-def unit_object_path(name: str) -> str:
-    """systemd's object path of a unit (bus_label_escape of the unit name)."""
-    out = []
-    for i, ch in enumerate(name):
-        if ch.isascii() and (ch.isalpha() or (ch.isdigit() and i > 0)):
-            out.append(ch)
-        else:
-            out.extend(f"_{b:02x}" for b in ch.encode())
-    return UNIT_PATH_PREFIX + ("".join(out) or "_")
-
-
 def unit_name_from_path(path: str) -> str | None:
-    """Inverse of `unit_object_path`; None for paths that are not unit objects."""
+    """The unit name of systemd's object path of a unit (bus_label_unescape: `_2d` is "-",
+    ...); None for paths that are not unit objects."""
     if not path.startswith(UNIT_PATH_PREFIX):
         return None
     label = path[len(UNIT_PATH_PREFIX):]

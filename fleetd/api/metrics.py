@@ -115,7 +115,7 @@ class _Families:
             yield prom.CounterMetricFamily("fleet_agent_states_published", "Unit states published to etcd",
                                            value=stats.states_published)
             yield prom.GaugeMetricFamily("fleet_agent_desired_units", "Units this agent should run",
-                                         value=len(stats.desired))
+                                         value=stats.desired_units)
 
 
 class ApiMetrics:

@@ -14,10 +14,6 @@ HASH_COMMENT = "# fleet-hash: "
 _HASH_LINE_RE = re.compile(r"^# fleet-hash: ([0-9a-f]{40})$")
 
 
-def hash_line(stored_hash: str) -> str:
-    return f"{HASH_COMMENT}{stored_hash}"
-
-
 def stored_hash_of(text: str) -> str | None:
     """The stored unit's hash recorded in a rendered file's first line, or None."""
     first = text.split("\n", 1)[0].strip()

@@ -30,7 +30,7 @@ from typing import Mapping
 import aiohttp
 
 from fleetd.container.render import CannotRun, ImageInfo, NodeFacts, render_or_explain
-from fleetd.container.spec import ContainerSpec, container_spec, is_container_unit
+from fleetd.unit.container import ContainerSpec, container_spec, is_container_unit
 from fleetd.errors import FleetError, ImageError, ImageNotFound, InvalidUnitOptions
 from fleetd.images.oci import ImageConfig
 from fleetd.images.rootpath import resolve_in_root
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGES_API = "/fleet/images/v1/images"
 CONFIG_HEADER = "X-Fleet-Image-Config"
-DIGEST_HEADER = "X-Fleet-Image-Digest"
 FETCH_RETRY_AFTER = 5.0  # seconds before a failed fetch of the same image is tried again
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleetd.container.marker import HASH_COMMENT, stored_hash_of  # noqa: F401 (re-exported)
-from fleetd.container.spec import ContainerSpec, container_spec
+from fleetd.unit.container import ContainerSpec, container_spec
 from fleetd.errors import FleetError
 from fleetd.unit.file import UnitFile, UnitOption
 

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from fleetd.engine.constraints import RequirementsCache
+from fleetd.constraints import RequirementsCache
 from fleetd.engine.hold import Hold, HoldState, policy_for, restrain, with_ghosts
 from fleetd.engine.scheduler import reconcile
 from fleetd.errors import RegistryError

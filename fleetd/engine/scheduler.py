@@ -33,22 +33,24 @@ unit gets a reason.
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from typing import Iterable, Sequence
 
-from fleetd.engine.constraints import (
+from fleetd.constraints import (
+    EQ_OPS,
     RequirementsCache,
     UnitInfo,
     active_globals,
     format_metadata,
     globals_matching,
     global_units_for,
-    is_template,
     metadata_matches,
 )
 from fleetd.engine.decisions import Decisions, Place, Unplace
 from fleetd.engine.pool import LoadOrder
 from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement
+from fleetd.unit.name import is_template_name
 from fleetd.unit.requirements import MetadataConstraint, Requirements
 
 __all__ = [
@@ -64,19 +66,42 @@ _EPSILON = 1e-9
 #: Metadata-constrained candidate sets up to this size are sorted on demand instead of
 #: being kept in a LoadOrder of their own.
 _SMALL_SET = 48
-_EQ_OPS = frozenset({"=", "=="})
 
-# Failure categories, in the order fleet checks them (for explanations).
-_CATEGORY_ORDER = ("machine_id", "metadata", "draining", "peer", "conflict", "replace", "resources")
-_CATEGORY_TEXT = {
-    "machine_id": "do not match its MachineID",
-    "metadata": "do not satisfy its MachineMetadata",
-    "draining": "are draining",
-    "peer": "do not hold its MachineOf peers",
-    "conflict": "hold a conflicting unit",
-    "replace": "hold a unit that replaces it",
-    "resources": "lack free cpu/memory",
-}
+class Category(enum.Enum):
+    """Why a machine cannot take a unit. Declared in the order of `_Reconciler.CHECKS` (the
+    order the checks run in), which is also the order an explanation lists them in; the
+    value is the explanation's text ("3 machines <text>")."""
+
+    DRAINING = "are draining"
+    MACHINE_ID = "do not match its MachineID"
+    METADATA = "do not satisfy its MachineMetadata"
+    PEER = "do not hold its MachineOf peers"
+    REPLACE = "hold a unit that replaces it"
+    CONFLICT = "hold a conflicting unit"
+    RESOURCES = "lack free cpu/memory"
+    UNKNOWN = "cannot run it"  # every check passed (not a check: a machine the index ruled out)
+
+
+class _Attempt:
+    """One unit against one machine: what the checks need and what they find.
+
+    `keep` is pass 1 (an existing placement: may it stay?), else a placement: `full=False`
+    skips MachineID/MachineMetadata when the candidates already satisfy them,
+    `conflicts_checked=True` skips Conflicts when the caller used the conflict index.
+    """
+
+    __slots__ = ("name", "reqs", "st", "keep", "full", "allow_displace", "conflicts_checked", "displaced")
+
+    def __init__(self, name: str, reqs: Requirements, st: "_MachineState", *, keep: bool = False,
+                 full: bool = True, allow_displace: bool = True, conflicts_checked: bool = False) -> None:
+        self.name = name
+        self.reqs = reqs
+        self.st = st
+        self.keep = keep
+        self.full = full
+        self.allow_displace = allow_displace
+        self.conflicts_checked = conflicts_checked
+        self.displaced: list[str] = []
 
 
 def reconcile(snapshot: ClusterSnapshot, *, cache: RequirementsCache | None = None) -> Decisions:
@@ -359,48 +384,100 @@ class _Reconciler:
                         f"needs {reqs.memory}")
         return None
 
-    def _check(self, name: str, reqs: Requirements, st: _MachineState, *, full: bool,
-               allow_displace: bool = True,
-               conflicts_checked: bool = False) -> tuple[tuple[str, str] | None, list[str]]:
-        """Can `name` be placed on `st` now? (failure (category, detail) or None, units to displace).
+    # The checks, one per category, each returning why `a` fails (None: it passes). A
+    # placement runs them all in this order; pass 1 runs MachineID and MachineMetadata on every
+    # placement first, then the others on the survivors, peers first (`_first_failure`).
 
-        `full=False` skips MachineID/MachineMetadata when the candidates already satisfy them;
-        `conflicts_checked=True` skips Conflicts when the caller used the conflict index.
-        """
-        if st.draining:
-            return ("draining", f"machine {st.short} is draining"), []
-        if full:
-            if reqs.machine_id and not st.machine.matches_id(reqs.machine_id):
-                return ("machine_id", f"machine {st.short} does not match MachineID={reqs.machine_id}"), []
-            if reqs.metadata and not metadata_matches(st.machine.metadata, reqs.metadata):
-                return ("metadata", f"machine {st.short} does not satisfy {format_metadata(reqs.metadata)}"), []
-        for peer in reqs.machine_of:
-            if not st.holds(peer):
-                return ("peer", f"MachineOf peer {peer} is not on machine {st.short}"), []
-        match = self.match
+    def _check_draining(self, a: _Attempt) -> str | None:
+        if a.keep or not a.st.draining:  # a kept unit leaves a draining machine in _drain
+            return None
+        return f"machine {a.st.short} is draining"
+
+    def _check_machine_id(self, a: _Attempt) -> str | None:
+        wanted = a.reqs.machine_id
+        if not a.full or not wanted or a.st.machine.matches_id(wanted):
+            return None
+        return f"machine {a.st.short} does not match MachineID={wanted}"
+
+    def _check_metadata(self, a: _Attempt) -> str | None:
+        if not a.full or not a.reqs.metadata or metadata_matches(a.st.machine.metadata, a.reqs.metadata):
+            return None
+        verb = "no longer satisfies" if a.keep else "does not satisfy"
+        return f"machine {a.st.short} {verb} {format_metadata(a.reqs.metadata)}"
+
+    def _check_peers(self, a: _Attempt) -> str | None:
+        for peer in a.reqs.machine_of:
+            if not a.st.holds(peer):
+                where = "is no longer on" if a.keep else "is not on"
+                return f"MachineOf peer {peer} {where} machine {a.st.short}"
+        return None
+
+    def _check_replace(self, a: _Attempt) -> str | None:
+        """A unit on the machine replaces this one (or they replace each other); for a
+        placement, the units this one replaces are to be displaced (`a.displaced`)."""
+        name, reqs, st, match = a.name, a.reqs, a.st, self.match
         for other, patterns in st.replacers.items():
             if other != name and match.any(patterns, name):
                 if match.any(reqs.replaces, other):
-                    return ("replace", f"{other} on {st.short} and it replace each other"), []
-                return ("replace", f"{other} on {st.short} replaces it"), []
-        displaced: list[str] = []
-        if reqs.replaces:
+                    return f"{other} on {st.short} and it replace each other"
+                if not a.keep:
+                    return f"{other} on {st.short} replaces it"
+        if reqs.replaces and not a.keep:
             for other in st.units:
                 if other != name and match.any(reqs.replaces, other):
-                    if not allow_displace or other in self.displaced or other in reqs.machine_of:
-                        return ("replace", f"it cannot displace {other} on {st.short}"), []
-                    displaced.append(other)
-        if not conflicts_checked:
-            conflict = self._conflict_on(name, reqs, st, displaced)
-            if conflict is not None:
-                return ("conflict", f"conflicts with {conflict} on {st.short}"), []
-        if reqs.cpu > 0 or reqs.memory > 0:
-            freed_cpu = sum(st.units[d].cpu for d in displaced)
-            freed_memory = sum(st.units[d].memory for d in displaced)
-            why = self._fits(reqs, st, freed_cpu, freed_memory)
-            if why is not None:
-                return ("resources", why), []
-        return None, displaced
+                    if not a.allow_displace or other in self.displaced or other in reqs.machine_of:
+                        a.displaced = []
+                        return f"it cannot displace {other} on {st.short}"
+                    a.displaced.append(other)
+        return None
+
+    def _check_conflict(self, a: _Attempt) -> str | None:
+        if a.conflicts_checked:
+            return None
+        conflict = self._conflict_on(a.name, a.reqs, a.st, a.displaced)
+        return None if conflict is None else f"conflicts with {conflict} on {a.st.short}"
+
+    def _check_resources(self, a: _Attempt) -> str | None:
+        reqs, st = a.reqs, a.st
+        if reqs.cpu <= 0 and reqs.memory <= 0:
+            return None
+        freed_cpu = sum(st.units[d].cpu for d in a.displaced)
+        freed_memory = sum(st.units[d].memory for d in a.displaced)
+        why = self._fits(reqs, st, freed_cpu, freed_memory)
+        if why is None:
+            return None
+        return f"over capacity: {why}" if a.keep else why
+
+    CHECKS = (
+        (Category.DRAINING, _check_draining),
+        (Category.MACHINE_ID, _check_machine_id),
+        (Category.METADATA, _check_metadata),
+        (Category.PEER, _check_peers),
+        (Category.REPLACE, _check_replace),
+        (Category.CONFLICT, _check_conflict),
+        (Category.RESOURCES, _check_resources),
+    )
+    assert [c for c, _ in CHECKS] == list(Category)[:-1]  # the Enum's order is the checks' order
+    # pass 1: MachineID and MachineMetadata on every placement first, then the rest, in order
+    # (a kept unit on a draining machine stays until _drain moves it: no draining check)
+    KEEP_FIRST = CHECKS[1:3]
+    KEEP_REST = CHECKS[3:]
+
+    def _first_failure(self, a: _Attempt, checks=CHECKS) -> tuple[Category, str] | None:
+        """The first of `checks` (in CHECKS order) that `a` fails, as (category, detail)."""
+        for category, check in checks:
+            detail = check(self, a)
+            if detail is not None:
+                return category, detail
+        return None
+
+    def _check(self, name: str, reqs: Requirements, st: _MachineState, *, full: bool,
+               allow_displace: bool = True,
+               conflicts_checked: bool = False) -> tuple[tuple[Category, str] | None, list[str]]:
+        """Can `name` be placed on `st` now? (failure (category, detail) or None, units to displace)."""
+        a = _Attempt(name, reqs, st, full=full, allow_displace=allow_displace, conflicts_checked=conflicts_checked)
+        failure = self._first_failure(a)
+        return failure, ([] if failure is not None else a.displaced)
 
     # -- candidates -----------------------------------------------------------------------
 
@@ -415,7 +492,7 @@ class _Reconciler:
         """Machines that can satisfy the "=" terms (via the metadata index), or None: all."""
         wanted: dict[str, set[str]] = {}
         for c in constraints:
-            if c.op in _EQ_OPS:
+            if c.op in EQ_OPS:
                 wanted.setdefault(c.key, set()).add(c.value)
         result: set[str] | None = None
         for key, values in wanted.items():
@@ -514,12 +591,12 @@ class _Reconciler:
         eligible = [st for st in self.ms.values() if metadata_matches(st.machine.metadata, reqs.metadata)]
         if not eligible:
             return f"no machine satisfies {format_metadata(reqs.metadata)}"
-        found: dict[str, list] = {}
+        found: dict[Category, list] = {}
         indexed = not reqs.replaces
         tables = self._conflicting_machines(name, reqs) if indexed else []
         for st in eligible:
             if not st.draining and tables and any(st.id in table for table in tables):
-                category = "conflict"
+                category = Category.CONFLICT
                 if category not in found:
                     other = self._conflict_on(name, reqs, st)
                     found[category] = [0, f"conflicts with {other} on {st.short}"]
@@ -527,15 +604,16 @@ class _Reconciler:
                 continue
             failure, _ = self._check(name, reqs, st, full=False, allow_displace=allow_displace,
                                      conflicts_checked=indexed)
-            category, detail = failure or ("unknown", "feasible")
+            category, detail = failure or (Category.UNKNOWN, "feasible")
             entry = found.setdefault(category, [0, detail])
             entry[0] += 1
         if len(eligible) == 1:
             return f"cannot run on machine {eligible[0].short}: {next(iter(found.values()))[1]}"
         parts = []
-        for category in sorted(found, key=lambda c: _CATEGORY_ORDER.index(c) if c in _CATEGORY_ORDER else 99):
+        order = list(Category)
+        for category in sorted(found, key=order.index):
             count, example = found[category]
-            text = _CATEGORY_TEXT.get(category, "cannot run it")
+            text = category.value
             parts.append(f"{count} {'machine' if count == 1 else 'machines'} {text} (e.g. {example})")
         return "no machine can run it: " + "; ".join(parts)
 
@@ -552,34 +630,18 @@ class _Reconciler:
             return "global units are not scheduled"
         if unit.desired_state is DesiredState.INACTIVE:
             return "desired state inactive"
-        if is_template(name):
+        if is_template_name(name):
             return "a template cannot run"
         st = self.ms.get(placement.machine_id)
         if st is None:
             return f"machine {placement.machine_id} went away"
-        reqs = info.requirements
-        if reqs.machine_id and not st.machine.matches_id(reqs.machine_id):
-            return f"machine {st.short} does not match MachineID={reqs.machine_id}"
-        if reqs.metadata and not metadata_matches(st.machine.metadata, reqs.metadata):
-            return f"machine {st.short} no longer satisfies {format_metadata(reqs.metadata)}"
-        return None
+        failure = self._first_failure(_Attempt(name, info.requirements, st, keep=True), self.KEEP_FIRST)
+        return failure[1] if failure else None
 
     def _kept_reason(self, name: str, reqs: Requirements, st: _MachineState) -> str | None:
         """Checks against the units already kept on `st` (peers come first in the order)."""
-        for peer in reqs.machine_of:
-            if not st.holds(peer):
-                return f"MachineOf peer {peer} is no longer on machine {st.short}"
-        conflict = self._conflict_on(name, reqs, st)
-        if conflict is not None:
-            return f"conflicts with {conflict} on {st.short}"
-        match = self.match
-        for other, patterns in st.replacers.items():
-            if other != name and match.any(patterns, name) and match.any(reqs.replaces, other):
-                return f"{other} on {st.short} and it replace each other"
-        why = self._fits(reqs, st)
-        if why is not None:
-            return f"over capacity: {why}"
-        return None
+        failure = self._first_failure(_Attempt(name, reqs, st, keep=True), self.KEEP_REST)
+        return failure[1] if failure else None
 
     def _pass1(self) -> None:
         survivors = []
@@ -628,7 +690,7 @@ class _Reconciler:
                 self.unschedulable[name] = info.error or "invalid unit"
             elif info.is_global:
                 continue
-            elif is_template(name):
+            elif is_template_name(name):
                 self.unschedulable[name] = "a template cannot run; start an instance of it"
             else:
                 todo.append(name)

@@ -71,9 +71,3 @@ def resolve_in_root(root: str | os.PathLike, path: str, *, follow_final: bool = 
                                      "/" + "/".join(done + [comp]))
         done.append(comp)
     return Path(root_path, *done)
-
-
-def inside_path(root: str | os.PathLike, path: str | os.PathLike) -> str:
-    """The image-relative spelling ("/etc/passwd") of a host path below `root`."""
-    rel = os.path.relpath(os.fspath(path), os.fspath(root))
-    return "/" if rel == "." else "/" + rel

@@ -19,6 +19,7 @@ from aetcd import rpc
 
 from fleetd.config import EtcdSettings
 from fleetd.errors import ConfigError, RegistryError, RegistryUnavailable
+from fleetd.registry._aetcd_compat import AetcdClientBase
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class _CountingChannel:
         return _CountedStream(inner, _method_name(path), self._counter, request_stream=True)
 
 
-class _Client(aetcd.Client):
+class _Client(AetcdClientBase):
     """aetcd's client with a multi-endpoint target, TLS and client certificates."""
 
     def __init__(self, settings: EtcdSettings, counter: RequestCounter | None = None):
@@ -269,6 +270,11 @@ class _Client(aetcd.Client):
         )
 
     @property
+    def credentials(self) -> Any:
+        """The TLS channel credentials (None without TLS)."""
+        return self._credentials
+
+    @property
     def preferred_endpoint(self) -> str:
         return self._endpoints[0]
 
@@ -278,14 +284,14 @@ class _Client(aetcd.Client):
         self._target, _ = grpc_target(self._endpoints)
 
     async def connect(self) -> None:
-        if self._connected.is_set():
+        if self.is_connected:
             return
         async with self._connect_lock:  # concurrent callers after a failover: one channel
-            if not self._connected.is_set():
+            if not self.is_connected:
                 await self._open_channel()
 
     async def _open_channel(self) -> None:
-        options = list(self._options.items())
+        options = self.channel_options
         if self._credentials is not None and len(self._endpoints) > 1:
             # A target of several addresses has no single host name, and gRPC checks every
             # member's certificate against the whole list (which nothing matches): check them
@@ -298,24 +304,18 @@ class _Client(aetcd.Client):
         else:
             self.channel = rpc.insecure_channel(self._target, options=options)
         stubs = self.channel if self._counter is None else _CountingChannel(self.channel, self._counter)
-        if self._username:
+        username, password = self.credentials_user
+        if username:
             auth = rpc.AuthStub(stubs)
             try:
                 resp = await auth.Authenticate(
-                    rpc.AuthenticateRequest(name=self._username, password=self._password),
-                    timeout=self._timeout,
+                    rpc.AuthenticateRequest(name=username, password=password),
+                    timeout=self.request_timeout,
                 )
             except rpc.AioRpcError as exc:
                 raise translate(exc) from None
             self.metadata = (("token", resp.token),)
-        self.kvstub = rpc.KVStub(stubs)
-        self.clusterstub = rpc.ClusterStub(stubs)
-        self.leasestub = rpc.LeaseStub(stubs)
-        self.maintenancestub = rpc.MaintenanceStub(stubs)
-        from aetcd import watcher
-
-        self._watcher = watcher.Watcher(rpc.WatchStub(stubs), timeout=None, metadata=self.metadata)
-        self._connected.set()
+        self.install_stubs(stubs)
 
 
 def _read(path: str | None) -> bytes | None:
@@ -405,10 +405,9 @@ class Connection:
             return
         self._generation += 1
         client = self.client
-        old_channel, old_watcher = client.channel, client._watcher
+        old_channel, old_watcher = client.channel, client.current_watcher
         client.rotate()
-        client._init_channel_attrs()
-        client._connected.clear()
+        client.drop_channel()
         log.warning("etcd did not answer; reconnecting to %s first", client.preferred_endpoint)
         if old_channel is not None:
             self._retired_channels.append(old_channel)
@@ -433,7 +432,7 @@ class Connection:
         await client.connect()
         async for reply in client.leasestub.LeaseKeepAlive(
             [rpc.LeaseKeepAliveRequest(ID=lease_id)],
-            timeout=client._timeout if timeout is None else timeout,
+            timeout=client.request_timeout if timeout is None else timeout,
             metadata=client.metadata,
         ):
             return reply
@@ -450,9 +449,9 @@ class Connection:
         """
         client = self.client
         target, _ = grpc_target((endpoint,))
-        options = list(client._options.items())
-        if client._credentials is not None:
-            channel = rpc.secure_channel(target, client._credentials, options=options)
+        options = client.channel_options
+        if client.credentials is not None:
+            channel = rpc.secure_channel(target, client.credentials, options=options)
         else:
             channel = rpc.insecure_channel(target, options=options)
         try:
@@ -478,10 +477,10 @@ class Connection:
         await client.connect()
         request = rpc.TxnRequest(
             compare=[c.build_message() for c in compare],
-            success=client._ops_to_requests(success),
-            failure=client._ops_to_requests(failure),
+            success=client.ops_to_requests(success),
+            failure=client.ops_to_requests(failure),
         )
-        response = await client.kvstub.Txn(request, timeout=client._timeout, metadata=client.metadata)
+        response = await client.kvstub.Txn(request, timeout=client.request_timeout, metadata=client.metadata)
         results: list = []
         for item in response.responses:
             kind = item.WhichOneof("response")

@@ -101,23 +101,19 @@ def _decode(raw: bytes, what: str) -> dict[str, Any]:
 
 
 class ImageDirectory:
-    """The registry's image keys (see the module docstring), over a connected Registry."""
+    """The registry's image keys (see the module docstring), over a connected Registry:
+    fleetd.registry.stores.ImageRecords in etcd."""
 
-    def __init__(self, registry: Registry):
-        self.registry = registry
-        self.keys = registry.keys
-        self._conn = registry._conn  # same package: the registry's connection
+    def __init__(self, registry: "Registry"):
+        self.core = registry.core
+        self.keys = registry.core.keys
 
     async def publish(self, record: MachineImages, lease_id: int) -> None:
         payload = json.dumps(record.to_json(), sort_keys=True, separators=(",", ":")).encode()
-        await self._conn.call(self._conn.client.put, enc(self.keys.machine_images(record.machine_id)),
-                              payload, lease=lease_id)
-
-    async def withdraw(self, machine_id: str) -> None:
-        await self._conn.call(self._conn.client.delete, enc(self.keys.machine_images(machine_id)))
+        await self.core.put(self.keys.machine_images(record.machine_id), payload, lease=lease_id)
 
     async def list(self) -> list[MachineImages]:
-        kvs = await self._conn.call(self._conn.client.get_prefix, enc(self.keys.images))
+        kvs = await self.core.range(self.keys.images)
         out = []
         for kv in kvs:
             key = kv.key.decode()
@@ -128,7 +124,7 @@ class ImageDirectory:
         return sorted(out, key=lambda m: m.machine_id)
 
     async def get(self, machine_id: str) -> MachineImages | None:
-        kv = await self._conn.call(self._conn.client.get, enc(self.keys.machine_images(machine_id)))
+        kv = await self.core.get(self.keys.machine_images(machine_id))
         if kv is None:
             return None
         return MachineImages.from_json(_decode(kv.value, self.keys.machine_images(machine_id)))
@@ -141,11 +137,10 @@ class ImageDirectory:
         return request
 
     async def _put_request(self, machine_id: str, request: ImportRequest) -> None:
-        await self._conn.call(self._conn.client.put, enc(self.keys.image_import(machine_id, request.id)),
-                              json.dumps(request.to_json()).encode())
+        await self.core.put(self.keys.image_import(machine_id, request.id), json.dumps(request.to_json()).encode())
 
     async def import_requests(self, machine_id: str) -> list[ImportRequest]:
-        kvs = await self._conn.call(self._conn.client.get_prefix, enc(self.keys.image_imports(machine_id)))
+        kvs = await self.core.range(self.keys.image_imports(machine_id))
         out = []
         for kv in kvs:
             try:
@@ -156,14 +151,14 @@ class ImageDirectory:
 
     async def answer_import(self, machine_id: str, request: ImportRequest) -> bool:
         """Write the outcome, unless fleetctl gave up and deleted the request meanwhile."""
-        tx = self._conn.tx
+        tx = self.core.tx
         key = enc(self.keys.image_import(machine_id, request.id))
-        ok, _ = await self.registry._txn([tx.version(key) > 0], [tx.put(key, json.dumps(request.to_json()).encode())])
+        ok, _ = await self.core.txn([tx.version(key) > 0], [tx.put(key, json.dumps(request.to_json()).encode())])
         return ok
 
     async def import_request(self, machine_id: str, request_id: str) -> ImportRequest | None:
-        kv = await self._conn.call(self._conn.client.get, enc(self.keys.image_import(machine_id, request_id)))
+        kv = await self.core.get(self.keys.image_import(machine_id, request_id))
         return None if kv is None else ImportRequest.from_json(_decode(kv.value, "image import"))
 
     async def delete_import(self, machine_id: str, request_id: str) -> None:
-        await self._conn.call(self._conn.client.delete, enc(self.keys.image_import(machine_id, request_id)))
+        await self.core.delete(self.keys.image_import(machine_id, request_id))

@@ -154,6 +154,14 @@ def parse_unit_arg(arg: str) -> UnitName:
     return parse_unit_name(mangle_unit_name(arg))
 
 
+def is_template_name(name: str) -> bool:
+    """`foo@.service` (a template, which cannot run) as opposed to `foo@1.service` or
+    `foo.service`; the one template rule, without validation (fleet's UnitNameInfo.IsTemplate:
+    an "@" right before the last ".")."""
+    at = name.find("@")
+    return at >= 0 and name.rfind(".") == at + 1
+
+
 def unit_name_info(name: str) -> tuple[str, str, str, str] | None:
     """fleet's lenient NewUnitNameInfo without validation: (full, name, prefix, instance),
     or None when `name` has no "." (then fleet expands no specifiers)."""

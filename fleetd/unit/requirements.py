@@ -29,8 +29,10 @@ import re
 from dataclasses import dataclass
 
 from fleetd.errors import InvalidUnitOptions
+from fleetd.unit.container import validate_container
 from fleetd.unit.file import UnitFile, go_trim_space
-from fleetd.unit.name import unit_name_info
+from fleetd.unit.values import expand_specifiers, is_number, parse_cores, parse_cpu_quota, parse_size
+from fleetd.values import is_truthy
 
 
 @dataclass(frozen=True)
@@ -79,16 +81,7 @@ KNOWN_OPTIONS = frozenset(
     + (GLOBAL_KEY, REPLACES_KEY, RESERVE_CPU_KEY, RESERVE_MEMORY_KEY)
 )
 
-METADATA_OPS = ("=", "!=", "<", "<=", ">", ">=")
 ORDERING_OPS = frozenset({"<", "<=", ">", ">="})
-
-_TRUTHY = frozenset({"true", "yes", "1", "on", "t"})
-
-
-def is_truthy(value: str) -> bool:
-    """fleet's isTruthyValue."""
-    return value.lower() in _TRUTHY
-
 
 # --- value helpers -------------------------------------------------------------------------
 
@@ -115,57 +108,6 @@ def split_multivalue(line: str) -> list[str]:
     if have:
         words.append("".join(cur))
     return [w for w in words if w]
-
-
-_SPECIFIER = re.compile(r"%(.)", re.DOTALL)
-
-
-def expand_specifiers(value: str, name: str) -> str:
-    """fleet's unitPrintf for `name`: %n full name, %N name without suffix, %p prefix,
-    %i instance, plus %% -> %. Unknown specifiers are kept. No-op for a name without ".".
-    """
-    info = unit_name_info(name)
-    if info is None or "%" not in value:
-        return value
-    full, base, prefix, instance = info
-    table = {"n": full, "N": base, "p": prefix, "i": instance, "%": "%"}
-    return _SPECIFIER.sub(lambda m: table.get(m.group(1), m.group(0)), value)
-
-
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([BKMGTPE]?)", re.IGNORECASE)
-_SIZE_FACTOR = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
-                "P": 1 << 50, "E": 1 << 60}
-_PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
-
-
-def is_number(value: str) -> bool:
-    return _NUMBER.fullmatch(value) is not None
-
-
-def parse_size(value: str) -> int | None:
-    """A systemd size with base-1024 suffixes (512M, 1.5G, 1024); "infinity" -> 0."""
-    value = value.strip()
-    if value == "infinity":
-        return 0
-    m = _SIZE.fullmatch(value)
-    if m is None:
-        return None
-    return int(float(m.group(1)) * _SIZE_FACTOR[m.group(2).upper()])
-
-
-def parse_cpu_quota(value: str) -> float | None:
-    """systemd CPUQuota= ("150%") as cores (1.5)."""
-    m = _PERCENT.fullmatch(value.strip())
-    return float(m.group(1)) / 100.0 if m else None
-
-
-def parse_cores(value: str) -> float | None:
-    """ReserveCPU= as a non-negative number of cores."""
-    if not is_number(value):
-        return None
-    cores = float(value)
-    return cores if cores >= 0 else None
 
 
 _METADATA_TERM = re.compile(r"([^=!<>]+)(!=|<=|>=|=|<|>)([^=]+)", re.DOTALL)
@@ -338,8 +280,6 @@ def validate_unit(unit: UnitFile, name: str) -> Requirements:
             raise bad(f"MachineMetadata {constraint.key}{constraint.op}{constraint.value!r}: "
                       f"operator {constraint.op!r} needs a number")
     # [X-Container] (container units rendered on the node): unknown keys and bad values are errors
-    from fleetd.container.spec import validate_container  # late: that module imports this one
-
     validate_container(unit, name)
     from fleetd.unit.service import validate_services  # [X-Service]: the unit's services
 

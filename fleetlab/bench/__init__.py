@@ -1,17 +1,13 @@
-"""Lab benchmarks: real systemd in nspawn nodes, a real etcd cluster, real fleetd processes.
+"""Benchmarks. Each is a function returning a dict of figures, exposed as `fleet-lab bench <name>`
+(see docs/performance.md).
 
-Each is a function returning a dict of figures, booting a uniquely named lab of its own and
-always tearing it down (or using a running lab, `keep_lab=NAME`, left running); exposed as
-`fleet-lab bench <name>`. See docs/performance.md.
+- Lab benchmarks (start, burst, failover, footprint): real systemd in nspawn nodes, a real etcd
+  cluster, real fleetd processes; each boots a uniquely named lab of its own and always tears it
+  down (or uses a running lab, `keep_lab=NAME`, left running).
+- Benchmarks without a lab (lookup, scale, scheduler; `python -m fleetlab.bench <name>`): a real
+  etcd started for the run, or no etcd at all (scheduler).
+
+Nothing is imported here: import the benchmark's own module (`fleetlab.bench.start.start`,
+`fleetlab.bench.scale.scale`, ...), so that one benchmark (and the scale benchmark's child
+processes, whose footprint is measured) loads only what it uses.
 """
-
-from .burst import burst
-from .discovery import discovery
-from .failover import failover
-from .footprint import footprint
-from .start import start
-
-LAB_BENCHMARKS = {"start": start, "burst": burst, "failover": failover, "footprint": footprint,
-                  "discovery": discovery}
-
-__all__ = ["LAB_BENCHMARKS", "burst", "discovery", "failover", "footprint", "start"]

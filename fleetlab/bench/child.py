@@ -1,0 +1,151 @@
+"""Benchmark roles run in processes of their own, so that their CPU, memory and event-loop
+latency are their own: the engine (one fleetd's engine) and the client (fleetctl).
+
+Protocol (JSON lines): the parent passes one JSON argument {"role": ..., ...}. The child
+prints {"event": "ready", ...} when set up, then:
+- engine: answers "probe" with {"event": "probe", ...} (figures so far) and, after "stop",
+  prints {"event": "done", ...} with its EngineStats and the size of its state;
+- client: after "go" on stdin, creates the units and prints {"event": "done", ...}; then
+  each "start N" creates unit N alone and prints {"event": "started", ...}.
+Every report carries the role's etcd traffic (RequestCounter.as_dict()), CPU and RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import dataclasses
+import gc
+import json
+import os
+import resource
+import sys
+import time
+import tracemalloc
+from typing import Any
+
+from fleetd.config import EtcdSettings
+from fleetd.engine.leader import Engine
+from fleetd.engine.scheduler import RequirementsCache, reconcile
+from fleetd.registry import Registry, RequestCounter
+
+
+def rss_bytes() -> tuple[int, int]:
+    """(current RSS, peak RSS) of this process in bytes, from /proc/self/status."""
+    current = peak = 0
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                current = int(line.split()[1]) * 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+    return current, peak
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def emit(event: str, counter: RequestCounter, **fields: Any) -> None:
+    rss, peak = rss_bytes()
+    report = {"event": event, "rss": rss, "peak_rss": peak, "cpu": cpu_seconds(),
+              "monotonic": time.monotonic(), "counter": counter.as_dict()}
+    report.update(fields)
+    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.flush()
+
+
+async def next_line() -> str:
+    """The next line on stdin, without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(sys.stdin.fileno(), readable.set)
+    try:
+        await readable.wait()
+    finally:
+        loop.remove_reader(sys.stdin.fileno())
+    return sys.stdin.readline().strip()
+
+
+async def engine(config: dict, registry: Registry, counter: RequestCounter) -> None:
+    eng = Engine(registry, config["machine_id"], config.get("interval", 2.0), lease_ttl=config.get("lease_ttl"))
+    task = asyncio.create_task(eng.run())
+    while not eng.is_leader:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    emit("ready", counter)
+    profiler = cProfile.Profile() if config.get("profile") else None
+    if profiler:
+        profiler.enable()
+    while await next_line() == "probe":
+        emit("probe", counter, stats=dataclasses.asdict(eng.stats))
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(config["profile"])
+    traffic, stats, rss, cpu = counter.copy(), dataclasses.asdict(eng.stats), rss_bytes(), cpu_seconds()
+    now = time.monotonic()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await eng.resign()
+    state_bytes, pass_peak = await state_memory(registry)
+    emit("done", traffic, stats=stats, rss=rss[0], peak_rss=rss[1], cpu=cpu, monotonic=now,
+         state_bytes=state_bytes, pass_peak_bytes=pass_peak)
+
+
+async def state_memory(registry: Registry) -> tuple[int, int]:
+    """Python heap held by the engine's view of the cluster (a fresh registry's snapshot, its
+    decode caches and a reconcile cache), and the peak during that snapshot and pass."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fresh = Registry(registry.connection)
+        cache = RequirementsCache()
+        snapshot = await fresh.snapshot()
+        reconcile(snapshot, cache=cache)
+        gc.collect()
+        held, peak = tracemalloc.get_traced_memory()
+        del snapshot, cache, fresh
+        return held, peak
+    finally:
+        tracemalloc.stop()
+
+
+async def client(config: dict, registry: Registry, counter: RequestCounter) -> None:
+    from fleetlab.bench.scale import bench_unit
+
+    units = [bench_unit(i) for i in range(config["units"])]
+    for unit in units:  # what fleetctl does before talking to etcd
+        unit.file.serialize()
+        _ = unit.hash
+    emit("ready", counter)
+    await next_line()
+    started = time.monotonic()
+    created = await registry.create_units(units)
+    emit("done", counter, started=started, created=len(created))
+    while (line := await next_line()).startswith("start "):  # one more unit, as `fleetctl start`
+        unit = bench_unit(int(line.split()[1]))
+        started = time.monotonic()
+        created = await registry.create_units([unit])
+        emit("started", counter, started=started, name=unit.name, created=len(created))
+
+
+ROLES = {"engine": engine, "client": client}
+
+
+async def main(config: dict) -> None:
+    settings = EtcdSettings(endpoints=tuple(config["endpoints"]), key_prefix=config["key_prefix"],
+                            request_timeout=config.get("request_timeout", 30.0))
+    counter = RequestCounter()
+    registry = await Registry.connect(settings, counter=counter)
+    try:
+        await ROLES[config["role"]](config, registry, counter)
+    finally:
+        await registry.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(json.loads(sys.argv[1])))
+    sys.stdout.flush()
+    os._exit(0)  # skip gRPC's slow interpreter-exit cleanup

@@ -1,0 +1,377 @@
+"""Scale benchmark: N simulated agents and one engine against one real etcd.
+
+The benchmark starts its own etcd (free loopback ports, temporary data dir), an engine in a
+process of its own (so that its CPU and memory are measured apart), and N SimulatedAgents in
+this process: each registers a machine under its lease, watches its own schedule keys and
+publishes unit states through the real registry code (an in-memory "systemd"). Agents share
+`connections` etcd connections (one gRPC channel each); every agent has its own watches.
+
+Then a client submits `units` launched units (distinct bodies, as `fleetctl start` would, in
+batched transactions), and the clock runs until every unit is placed and reported active.
+The result is checked against etcd (one placement and one active state per unit, on the same
+machine, with the unit's hash) before any figure is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleetd.config import EtcdSettings
+from fleetd.errors import BenchmarkError
+from fleetd.model import DesiredState, Machine, Resources, Unit
+from fleetd.registry import Registry, RequestCounter
+from fleetlab.testing.etcd import EtcdServer
+from fleetlab.testing.simagent import SimulatedAgent
+from fleetd.unit.file import UnitFile
+
+#: (machines, units) of the issue's target and of --quick.
+FULL = (1000, 10_000)
+QUICK = (100, 1000)
+KEY_PREFIX = "/fleet-bench/"
+REGIONS = ("us", "eu", "ap")
+MB = 1024 * 1024
+
+
+def machine_id(i: int) -> str:
+    """Distinct 32-hex IDs whose 8-character short IDs are distinct too."""
+    return f"{i * 2654435761 % 2**32:08x}{i:024x}"
+
+
+def bench_unit(i: int) -> Unit:
+    text = f"[Unit]\nDescription=bench unit {i}\n\n[Service]\nExecStart=/bin/sleep infinity\n"
+    return Unit(f"bench-{i:05d}.service", UnitFile.parse(text, source=f"bench-{i}"), DesiredState.LAUNCHED)
+
+
+def proc_usage(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    return cpu, rss
+
+
+@dataclass
+class _Child:
+    """A benchmark role in a child process (fleetlab.bench.child)."""
+
+    role: str
+    process: asyncio.subprocess.Process
+    ready: dict
+
+    @classmethod
+    async def start(cls, config: dict, timeout: float) -> "_Child":
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fleetlab.bench.child", json.dumps(config),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        child = cls(config["role"], process, {})
+        child.ready = await child.read("ready", timeout)
+        return child
+
+    async def send(self, line: str) -> None:
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def read(self, event: str, timeout: float) -> dict:
+        try:
+            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        except asyncio.TimeoutError:
+            raise BenchmarkError(f"{self.role} process: no {event!r} report within {timeout:.0f}s") from None
+        if not line:
+            raise BenchmarkError(f"{self.role} process exited ({await self.process.wait()}) before {event!r}")
+        message = json.loads(line)
+        if message.get("event") != event:
+            raise BenchmarkError(f"{self.role} process: expected {event!r}, got {message.get('event')!r}")
+        return message
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+def _traffic_between(earlier: dict, later: dict) -> RequestCounter:
+    """A child's etcd traffic between two of its reports."""
+    return RequestCounter.from_dict(later["counter"]) - RequestCounter.from_dict(earlier["counter"])
+
+
+async def _gather_limited(coroutines, limit: int) -> list:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(coroutine):
+        async with semaphore:
+            return await coroutine
+
+    return await asyncio.gather(*(one(c) for c in coroutines))
+
+
+def _active_count(agents: list[SimulatedAgent]) -> int:
+    return sum(agent.active for agent in agents)
+
+
+async def _start_latencies(client: "_Child", agents: list[SimulatedAgent], first: int, count: int,
+                           timeout: float) -> list[float]:
+    """Seconds from `fleetctl start` of one more unit (on the settled cluster) until an agent
+    reports it active, for `count` units one after the other."""
+    latencies = []
+    for number in range(first, first + count):
+        await client.send(f"start {number}")
+        started = await client.read("started", timeout)
+        name, deadline = started["name"], started["started"] + timeout
+        while not any(name in agent.running for agent in agents):
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"scale benchmark: {name} not active {timeout:.0f}s after its start")
+            await asyncio.sleep(0.002)
+        latencies.append(time.monotonic() - started["started"])
+    return latencies
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def _verify(client: Registry, units: list[Unit], machines: set[str]) -> dict[str, Any]:
+    """Check in etcd that every unit is placed once and reported active where it is placed."""
+    placements = await client.placements()
+    states = await client.unit_states()
+    expected = {u.name: u for u in units}
+    problems: list[str] = []
+    missing = sorted(set(expected) - set(placements))
+    if missing:
+        problems.append(f"{len(missing)} units not placed (first: {missing[0]})")
+    stray = sorted(set(placements) - set(expected))
+    if stray:
+        problems.append(f"{len(stray)} unexpected placements (first: {stray[0]})")
+    per_unit: dict[str, list] = {}
+    for state in states:
+        per_unit.setdefault(state.name, []).append(state)
+    for name, unit in expected.items():
+        placement = placements.get(name)
+        reported = per_unit.get(name, [])
+        if placement is None:
+            continue
+        if placement.machine_id not in machines:
+            problems.append(f"{name}: placed on unknown machine {placement.machine_id}")
+        elif placement.hash != unit.hash:
+            problems.append(f"{name}: placement hash {placement.hash} != unit hash {unit.hash}")
+        elif len(reported) != 1:
+            problems.append(f"{name}: {len(reported)} states reported (expected 1)")
+        elif (reported[0].machine_id, reported[0].hash, reported[0].active_state) != (
+            placement.machine_id, unit.hash, "active"
+        ):
+            problems.append(f"{name}: state {reported[0]} does not match placement on {placement.machine_id}")
+        if len(problems) > 10:
+            break
+    if problems:
+        raise BenchmarkError("scale benchmark result inconsistent: " + "; ".join(problems))
+    load: dict[str, int] = {m: 0 for m in machines}
+    for placement in placements.values():
+        load[placement.machine_id] += 1
+    return {
+        "placed": len(placements),
+        "active": sum(1 for s in states if s.active_state == "active"),
+        "states": len(states),
+        "machines_used": sum(1 for n in load.values() if n),
+        "min_per_machine": min(load.values()),
+        "max_per_machine": max(load.values()),
+    }
+
+
+def _traffic(counter: RequestCounter, units: int) -> dict[str, Any]:
+    return {
+        "requests": counter.requests,
+        "bytes_sent": counter.bytes_sent,
+        "bytes_received": counter.bytes_received,
+        "requests_per_unit": round(counter.requests / units, 2),
+        "bytes_per_unit": round((counter.bytes_sent + counter.bytes_received) / units, 1),
+        "by_method": counter.as_dict()["by_method"],
+    }
+
+
+async def _scale(machines: int, units: int, connections: int, timeout: float, agent_ttl: float,
+                 engine_interval: float, etcd_binary: str, profile_dir: Path | None,
+                 idle_seconds: float, single_starts: int) -> dict[str, Any]:
+    with EtcdServer(binary=etcd_binary) as etcd:
+        settings = EtcdSettings(endpoints=(etcd.endpoint,), key_prefix=KEY_PREFIX, request_timeout=30.0)
+        ids = [machine_id(i) for i in range(machines)]
+        common = {"endpoints": [etcd.endpoint], "key_prefix": KEY_PREFIX}
+        engine_config = {
+            **common, "role": "engine", "machine_id": ids[0],
+            "interval": engine_interval, "lease_ttl": max(10.0, 5 * engine_interval),
+            "profile": str(profile_dir / "engine.prof") if profile_dir else None,
+        }
+        children: list[_Child] = []
+        registries: list[Registry] = []
+        agents: list[SimulatedAgent] = []
+        agent_counter = RequestCounter()
+        try:
+            started = time.monotonic()
+            engine = await _Child.start(engine_config, timeout=60)
+            children.append(engine)
+            client = await _Child.start({**common, "role": "client", "units": units}, timeout=60)
+            children.append(client)
+            for _ in range(max(1, min(connections, machines))):
+                registries.append(await Registry.connect(settings, counter=agent_counter))
+            for i, mid in enumerate(ids):
+                machine = Machine(mid, f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
+                                  {"region": REGIONS[i % len(REGIONS)]}, capacity=Resources(16.0, 64 << 30))
+                agents.append(SimulatedAgent(registries[i % len(registries)], machine, ttl=agent_ttl))
+            await _gather_limited((agent.start() for agent in agents), limit=100)
+            await asyncio.wait_for(asyncio.gather(*(agent.synced.wait() for agent in agents)), timeout)
+            setup_seconds = time.monotonic() - started
+
+            await engine.send("probe")
+            before = await engine.read("probe", 30)  # the engine with every machine, no unit yet
+            agents_before = agent_counter.copy()
+            passes_before = sum(agent.passes for agent in agents)
+            etcd_cpu_before, _ = proc_usage(etcd.process.pid)
+            self_cpu_before = time.process_time()
+            load_before = os.getloadavg()[0]
+            profiler = cProfile.Profile() if profile_dir else None
+            if profiler:
+                profiler.enable()
+
+            await client.send("go")
+            created = await client.read("done", timeout)
+            t0 = created["started"]
+            if created["created"] != units:
+                raise BenchmarkError(f"created {created['created']} of {units} units (stale data in etcd?)")
+            deadline = t0 + timeout
+            while _active_count(agents) < units:
+                if time.monotonic() > deadline:
+                    raise BenchmarkError(
+                        f"scale benchmark: {_active_count(agents)} of {units} units active after {timeout:.0f}s")
+                await asyncio.sleep(0.01)
+            total_seconds = time.monotonic() - t0
+
+            if profiler:
+                profiler.disable()
+                profiler.dump_stats(profile_dir / "agents.prof")
+            agents_cpu = time.process_time() - self_cpu_before
+            agent_passes = sum(agent.passes for agent in agents) - passes_before
+            etcd_cpu, etcd_rss = proc_usage(etcd.process.pid)
+            agent_traffic = agent_counter - agents_before
+            await engine.send("probe")
+            busy = await engine.read("probe", 30)
+            if idle_seconds > 0:  # the settled cluster: resyncs only
+                await asyncio.sleep(idle_seconds)
+            await engine.send("probe")
+            idle = await engine.read("probe", 30)
+            latencies = await _start_latencies(client, agents, units, single_starts, timeout)
+            await engine.send("stop")
+            done = await engine.read("done", 30)
+            engine_traffic = _traffic_between(before, busy)
+            client_traffic = _traffic_between(client.ready, created)
+            async with await Registry.connect(settings) as checker:
+                verified = await _verify(checker, [bench_unit(i) for i in range(units + single_starts)], set(ids))
+        finally:
+            for agent in agents:
+                await agent.crash()
+            for registry in registries:
+                await registry.close()
+            for child in children:
+                await child.kill()
+
+    stats = {key: busy["stats"][key] - before["stats"][key]  # the run itself, without setup or idle phase
+             for key in ("passes", "skipped_passes", "placements", "transactions", "reconcile_seconds",
+                         "reconcile_cpu_seconds", "snapshot_seconds", "apply_seconds")}
+    placed_seconds = busy["stats"]["last_write_at"] - t0
+    total_traffic = agent_traffic + client_traffic + engine_traffic
+    return {
+        "benchmark": "scale",
+        "machines": machines,
+        "units": units,
+        "connections": len(registries),
+        "load_average_before": round(load_before, 2),
+        "setup_seconds": round(setup_seconds, 2),
+        "create_seconds": round(created["monotonic"] - t0, 3),
+        "placed_seconds": round(placed_seconds, 3),
+        "total_seconds": round(total_seconds, 3),
+        "placements_per_second_end_to_end": round(units / placed_seconds),
+        "start_one_unit_seconds": {
+            "count": len(latencies),
+            "p50": round(_percentile(latencies, 0.5), 3),
+            "p90": round(_percentile(latencies, 0.9), 3),
+            "max": round(max(latencies), 3),
+        } if latencies else None,
+        "engine": {
+            "passes": stats["passes"],
+            "placements": stats["placements"],
+            "transactions": stats["transactions"],
+            "reconcile_seconds": round(stats["reconcile_seconds"], 3),
+            "reconcile_cpu_seconds": round(stats["reconcile_cpu_seconds"], 3),
+            "placements_per_second_reconcile": round(stats["placements"] / stats["reconcile_seconds"])
+            if stats["reconcile_seconds"] else None,
+            "placements_per_cpu_second_reconcile": round(stats["placements"] / stats["reconcile_cpu_seconds"])
+            if stats["reconcile_cpu_seconds"] else None,
+            "skipped_passes": stats["skipped_passes"],
+            "snapshot_seconds": round(stats["snapshot_seconds"], 3),
+            "apply_seconds": round(stats["apply_seconds"], 3),
+            "cpu_seconds": round(busy["cpu"] - before["cpu"], 2),
+            "rss_mb_before_units": round(before["rss"] / MB, 1),
+            "rss_mb_peak": round(done["peak_rss"] / MB, 1),
+            "rss_mb_end": round(done["rss"] / MB, 1),
+            "rss_mb_growth": round((done["peak_rss"] - before["rss"]) / MB, 1),
+            "idle_cpu_percent": round(100 * (idle["cpu"] - busy["cpu"]) / (idle["monotonic"] - busy["monotonic"]), 1)
+            if idle_seconds > 0 else None,
+            "idle_passes": idle["stats"]["passes"] + idle["stats"]["skipped_passes"]
+            - busy["stats"]["passes"] - busy["stats"]["skipped_passes"],
+            "state_mb_tracemalloc": round(done["state_bytes"] / MB, 1),
+            "pass_peak_mb_tracemalloc": round(done["pass_peak_bytes"] / MB, 1),
+        },
+        "agents_process_cpu_seconds": round(agents_cpu, 2),
+        "client_process_cpu_seconds": round(created["cpu"] - client.ready["cpu"], 2),
+        "agent_passes": agent_passes,
+        "etcd_server": {
+            "cpu_seconds": round(etcd_cpu - etcd_cpu_before, 2),
+            "rss_mb": round(etcd_rss / MB, 1),
+        },
+        "etcd_traffic": {
+            "total": _traffic(total_traffic, units),
+            "engine": _traffic(engine_traffic, units),
+            "agents": _traffic(agent_traffic, units),
+            "client": _traffic(client_traffic, units),
+        },
+        "verified": verified,
+    }
+
+
+def scale(machines: int | None = None, units: int | None = None, *, quick: bool = False,
+          connections: int = 50, timeout: float = 300.0, agent_ttl: float = 30.0,
+          engine_interval: float = 2.0, idle_seconds: float | None = None, single_starts: int = 20,
+          etcd_binary: str = "etcd",
+          profile_dir: str | None = None) -> dict[str, Any]:
+    """Run the scale benchmark; returns its figures (raises BenchmarkError on failure).
+
+    Defaults to 1,000 machines x 10,000 units; `quick` to 100 x 1,000. Afterwards the settled
+    cluster idles for `idle_seconds` (default: 5 engine intervals; 0 with `quick`) to measure
+    the engine's idle CPU. Then `single_starts` more units are started one at a time on the
+    settled cluster (start-to-active latency at scale). `profile_dir` writes cProfile data of this process (agents, client)
+    and of the engine process there.
+    """
+    if idle_seconds is None:
+        idle_seconds = 0.0 if quick else 5 * engine_interval
+    default = QUICK if quick else FULL
+    machines = default[0] if machines is None else machines
+    units = default[1] if units is None else units
+    if machines < 1 or units < 1:
+        raise BenchmarkError(f"scale benchmark needs at least one machine and one unit, got {machines} x {units}")
+    profile = Path(profile_dir) if profile_dir else None
+    if profile:
+        profile.mkdir(parents=True, exist_ok=True)
+    result = asyncio.run(_scale(machines, units, connections, timeout, agent_ttl, engine_interval,
+                                etcd_binary, profile, idle_seconds, single_starts))
+    result["date"] = time.strftime("%Y-%m-%d")
+    result["cpus"] = os.cpu_count()
+    return result

@@ -1,0 +1,165 @@
+"""The registry's performance features against a real etcd: request counting, cached snapshot
+decoding, one-transaction machine views, pipelined schedule writes; the engine's idle skip."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fleetd.engine.leader import Engine
+from fleetd.model import DesiredState, Machine, Placement, Unit
+from fleetd.registry import NotLeader, Registry, RequestCounter
+from fleetd.registry.connection import _CountedUnary
+from fleetd.registry.registry import MAX_TXN_OPS
+from fleetd.unit.file import UnitFile
+
+MID_A = "a" * 32
+MID_B = "b" * 32
+
+
+def unit(name: str, state: DesiredState = DesiredState.LAUNCHED, extra: str = "") -> Unit:
+    text = f"[Unit]\nDescription={name}\n\n[Service]\nExecStart=/bin/sleep 1000\n{extra}"
+    return Unit(name, UnitFile.parse(text), state)
+
+
+async def test_counter_counts_requests_and_protobuf_bytes(etcd_settings):
+    counter = RequestCounter()
+    async with await Registry.connect(etcd_settings, counter=counter) as reg:
+        await reg.current_revision()  # one empty Txn
+        assert counter.requests == 1
+        assert counter.calls == {"KV/Txn": 1}
+        assert counter.sent_bytes["KV/Txn"] == 0  # an empty TxnRequest
+        assert counter.received_bytes["KV/Txn"] > 0  # its header
+
+        before = counter.copy()
+        await reg.create_units([unit("a.service"), unit("b.service")])
+        delta = counter - before
+        assert delta.calls == {"KV/Txn": 1}
+        body = unit("a.service").file.serialize().encode()
+        assert delta.bytes_sent > 2 * len(body)  # both bodies and both jobs went out
+
+        before = counter.copy()
+        revision = await reg.current_revision()
+        events = []
+
+        async def watch():
+            async for event in reg.watch([reg.keys.jobs], revision + 1):
+                events.append(event)
+                return
+
+        task = asyncio.create_task(watch())
+        while not (counter - before).sent.get("Watch/Watch"):
+            await asyncio.sleep(0.01)
+        await reg.set_desired_state(["a.service"], DesiredState.LOADED)
+        await asyncio.wait_for(task, 5)
+        delta = counter - before
+        assert events and events[0].key.endswith("/a.service")
+        assert delta.sent["Watch/Watch"] >= 1  # the create request
+        assert delta.received["Watch/Watch"] >= 2  # "created" and the event
+        assert delta.received_bytes["Watch/Watch"] > len(b"a.service")
+        lease = await reg.grant_lease(5)
+        await reg.keepalive(lease)
+        assert counter.calls["Lease/LeaseGrant"] == 1 and counter.sent["Lease/LeaseKeepAlive"] == 1
+        summary = counter.as_dict()
+        assert summary["requests"] == counter.requests
+        assert RequestCounter.from_dict(summary).as_dict() == summary
+
+
+async def test_no_counter_means_aetcd_stubs(registry: Registry):
+    await registry.current_revision()
+    assert registry.connection.counter is None
+    assert not isinstance(registry.connection.client.kvstub.Txn, _CountedUnary)
+
+
+async def test_snapshot_cache_follows_changes(registry: Registry):
+    await registry.create_units([unit(f"u{i}.service") for i in range(5)])
+    lease = await registry.grant_lease(10)
+    await registry.register_machine(Machine(MID_A, metadata={"role": "web"}), lease)
+    first = await registry.snapshot()
+    second = await registry.snapshot()
+    assert first == second
+    assert all(second.units[n] is first.units[n] for n in first.units)  # decoded once
+
+    await registry.set_desired_state(["u1.service"], DesiredState.INACTIVE)
+    await registry.destroy_units(["u2.service"])
+    await registry.set_machine_metadata(MID_A, "role", "db")
+    await registry.campaign(MID_A, lease)
+    await registry.apply_schedule(fence_machine_id=MID_A, place=[
+        Placement("u0.service", MID_A, first.units["u0.service"].hash, DesiredState.LAUNCHED)])
+    third = await registry.snapshot()
+    assert third.units["u1.service"].desired_state is DesiredState.INACTIVE
+    assert "u2.service" not in third.units
+    assert third.units["u3.service"] is first.units["u3.service"]
+    assert third.machines[MID_A].metadata == {"role": "db"}
+    assert set(third.placements) == {"u0.service"}
+    await registry.revoke_lease(lease)
+    assert (await registry.snapshot()).machines == {}
+
+
+async def test_machine_view_is_one_transaction(etcd_settings):
+    counter = RequestCounter()
+    async with await Registry.connect(etcd_settings, counter=counter) as reg:
+        lease = await reg.grant_lease(10)
+        await reg.register_machine(Machine(MID_A, metadata={"role": "web"}), lease)
+        await reg.set_machine_metadata(MID_A, "disk", "ssd")
+        await reg.campaign(MID_A, lease)
+        g = unit("g.service", extra="[X-Fleet]\nGlobal=true\n")
+        await reg.apply_schedule(
+            fence_machine_id=MID_A,
+            place=[Placement("a.service", MID_A, "h1", DesiredState.LOADED),
+                   Placement("b.service", MID_B, "h2", DesiredState.LAUNCHED)],
+            publish_globals=[("g.service", g.hash, DesiredState.LAUNCHED)],
+        )
+        before = counter.copy()
+        view = await reg.machine_view(MID_A)
+        assert (counter - before).requests == 1
+        assert view.placements == {"a.service": Placement("a.service", MID_A, "h1", DesiredState.LOADED)}
+        assert view.globals == {"g.service": (g.hash, DesiredState.LAUNCHED)}
+        assert view.machine.metadata == {"role": "web", "disk": "ssd"}
+        assert view.revision == await reg.current_revision()
+        assert (await reg.machine_view(MID_B)).machine is None
+
+
+async def test_large_schedule_write_removes_before_it_adds(registry: Registry):
+    count = MAX_TXN_OPS + 30  # several transactions per phase
+    lease = await registry.grant_lease(10)
+    await registry.campaign(MID_A, lease)
+    old = [Placement(f"u{i:03d}.service", MID_A, "h", DesiredState.LAUNCHED) for i in range(count)]
+    await registry.apply_schedule(fence_machine_id=MID_A, place=old)
+    revision = await registry.current_revision()
+    moved = [Placement(p.name, MID_B, "h", DesiredState.LAUNCHED) for p in old]
+    txns = await registry.apply_schedule(
+        fence_machine_id=MID_A, unplace=[(p.name, MID_A) for p in old], place=moved)
+    assert txns == 4
+    deletes, puts = [], []
+
+    async def collect():
+        async for event in registry.watch([registry.keys.schedule], revision + 1):
+            (puts if event.value is not None else deletes).append(event.revision)
+            if len(deletes) + len(puts) == 2 * count:
+                return
+
+    await asyncio.wait_for(collect(), 10)
+    assert max(deletes) < min(puts)
+    placements = await registry.placements()
+    assert {p.machine_id for p in placements.values()} == {MID_B} and len(placements) == count
+    with pytest.raises(NotLeader):
+        await registry.apply_schedule(fence_machine_id=MID_B, place=old)
+
+
+async def test_engine_skips_only_unchanged_idle_inputs(registry: Registry):
+    lease = await registry.grant_lease(10)
+    await registry.register_machine(Machine(MID_A), lease)
+    await registry.campaign(MID_A, lease)
+    engine = Engine(registry, MID_A, interval=1.0)
+    await registry.create_units([unit("a.service")])
+    await engine.reconcile(await registry.snapshot())  # places a.service
+    assert engine.stats.placements == 1
+    await engine.reconcile(await registry.snapshot())  # the write changed the input: runs
+    await engine.reconcile(await registry.snapshot())  # same input as an idle pass: skipped
+    assert (engine.stats.passes, engine.stats.skipped_passes) == (2, 1)
+    await registry.create_units([unit("b.service")])
+    await engine.reconcile(await registry.snapshot())
+    assert engine.stats.placements == 2
+    assert set(await registry.placements()) == {"a.service", "b.service"}

@@ -1,0 +1,232 @@
+"""The architecture's rules, checked: import-linter's contracts (pyproject.toml), no import
+cycle among the project's modules, no use of another module's private names outside tests.
+
+These read the source only (no etcd, no lab): part of the fast suite.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("fleetd", "fleetctl", "fleetlab")
+
+#: Contracts written but not enforced yet: the fleetctl half of issue 11 (the fleetctl split,
+#: a client interface that no longer needs fleetd.api/fleetd.registry) lands on another
+#: branch. EMPTY THIS once that is merged.
+PENDING_CONTRACTS = frozenset({"fleetctl-client-only"})
+
+#: Import cycles known and being removed on another branch (fleetctl/cli.py <-> containers.py).
+#: EMPTY THIS once the fleetctl split is merged.
+PENDING_CYCLES = frozenset({frozenset({"fleetctl.cli", "fleetctl.containers"})})
+
+
+def _contract_ids() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return [c["id"] for c in config["tool"]["importlinter"]["contracts"]]
+
+
+def _lint_imports() -> str:
+    found = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    if found is None:
+        pytest.fail("lint-imports not found: install the test extras (pip install -e '.[test]')")
+    return found
+
+
+def test_every_contract_has_an_id_and_pending_ones_exist():
+    ids = _contract_ids()
+    assert len(ids) == len(set(ids)) >= 5
+    assert PENDING_CONTRACTS <= set(ids)
+
+
+@pytest.mark.parametrize("contract", [c for c in _contract_ids() if c not in PENDING_CONTRACTS])
+def test_import_contract_kept(contract):
+    run = subprocess.run([_lint_imports(), "--no-cache", "--contract", contract], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"import-linter contract {contract} broken:\n{run.stdout}\n{run.stderr}"
+
+
+def _graph() -> grimp.ImportGraph:
+    sys.path.insert(0, str(ROOT))
+    try:
+        return grimp.build_graph(*PACKAGES, cache_dir=None, exclude_type_checking_imports=True)
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+def strongly_connected(edges: dict[str, set[str]]) -> list[set[str]]:
+    """Tarjan's strongly connected components of a directed graph (iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[set[str]] = []
+    counter = 0
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges.get(root, ()))))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in edges.get(node, ()):
+                    found.append(component)
+    return found
+
+
+def test_strongly_connected_finds_cycles():
+    """The cycle finder itself: a test that can fail."""
+    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+    assert strongly_connected({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_among_project_modules():
+    graph = _graph()
+    edges = {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
+    cycles = [c for c in strongly_connected(edges) if frozenset(c) not in PENDING_CYCLES]
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in cycles)
+
+
+# --- private names -----------------------------------------------------------------------------
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+#: Private-looking names that are documented public API of the standard library.
+STDLIB_PRIVATE_API = {("os", "_exit"), ("sys", "_getframe")}
+
+
+def _own_private_names(tree: ast.AST) -> set[str]:
+    """Private names a file defines itself (functions, classes, attributes it assigns): using
+    them on other objects of its own classes is the module's own business."""
+    own = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            own.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for sub in ast.walk(target):
+                    if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id in ("self", "cls"):
+                        own.add(sub.attr)
+                    elif isinstance(sub, ast.Name):
+                        own.add(sub.id)
+    return {name for name in own if _is_private(name)}
+
+
+def private_uses(source: str, filename: str = "<source>") -> list[str]:
+    """`x._name` where x is not self/cls/super() and `_name` is not defined in this file, and
+    `from m import _name` / `import m._name`: each as "file:line: text"."""
+    found = []
+    tree = ast.parse(source, filename)
+    own = _own_private_names(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _is_private(node.attr):
+            base = node.value
+            if isinstance(base, ast.Name) and (base.id in ("self", "cls") or (base.id, node.attr) in STDLIB_PRIVATE_API):
+                continue
+            if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "super":
+                continue
+            if node.attr in own:
+                continue
+            found.append(f"{filename}:{node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if _is_private(alias.name):
+                    found.append(f"{filename}:{node.lineno}: from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if any(_is_private(part) for part in alias.name.split(".")[1:]):
+                    found.append(f"{filename}:{node.lineno}: import {alias.name}")
+    return sorted(found, key=lambda line: int(line.split(":")[1]))
+
+
+def test_private_uses_detects():
+    assert private_uses("self._a; cls._b; super()._c; os._exit(0)\n") == []
+    assert private_uses("class A:\n    def _own(self): pass\nA()._own()\n") == []  # the file's own
+    assert private_uses("x._theirs = 1\n") == ["<source>:1: ._theirs"]  # setting one is a use too
+    assert private_uses("other._a\nfrom m import _b\nimport m._c\n") == [
+        "<source>:1: ._a", "<source>:2: from m import _b", "<source>:3: import m._c"]
+
+
+#: Modules allowed to use other code's private names: the one module that adapts aetcd's
+#: internals (its names are checked by tests/unit/test_aetcd_compat.py).
+PRIVATE_ALLOWED = {"fleetd/registry/_aetcd_compat.py"}
+#: Files being rewritten on another branch (the fleetctl split of issue 11).
+#: EMPTY THIS once that is merged.
+PENDING_PRIVATE = {"fleetctl/cli.py", "fleetctl/client.py", "fleetctl/containers.py"}
+
+
+def test_no_module_uses_another_modules_private_names():
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel in PRIVATE_ALLOWED | PENDING_PRIVATE:
+                continue
+            found += private_uses(path.read_text(), rel)
+    assert not found, "private names used across modules:\n" + "\n".join(found)
+
+
+# --- the test folders --------------------------------------------------------------------------
+
+ETCD_FIXTURES = {"etcd_server", "etcd_settings", "registry"}
+LAB_FIXTURES = {"lab", "lab_factory", "fleet"}
+
+
+def _fixtures_used(path: Path) -> set[str]:
+    used = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            used.update(a.arg for a in node.args.args + node.args.kwonlyargs)
+        elif isinstance(node, ast.Attribute) and node.attr == "lab" and isinstance(node.value, ast.Attribute) \
+                and node.value.attr == "mark":
+            used.add("lab")  # pytest.mark.lab
+    return used
+
+
+def test_unit_tests_need_neither_etcd_nor_a_lab():
+    """tests/unit is the folder without markers: its tests must not take etcd or lab fixtures
+    (those belong in tests/etcd and tests/lab, whose conftest markers `-m` selects on)."""
+    wrong = {}
+    for path in sorted((ROOT / "tests" / "unit").glob("test_*.py")):
+        found = _fixtures_used(path) & (ETCD_FIXTURES | LAB_FIXTURES)
+        if found:
+            wrong[path.name] = sorted(found)
+    assert not wrong, f"tests/unit modules that need etcd or a lab (move them): {wrong}"
+    etcd_users = [p.name for p in (ROOT / "tests" / "etcd").glob("test_*.py") if _fixtures_used(p) & ETCD_FIXTURES]
+    assert len(etcd_users) >= 5  # the scan sees fixtures at all
