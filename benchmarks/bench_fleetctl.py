@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import fleetctl.api_client as api_client  # noqa: E402
 from fleetd.config import EtcdSettings  # noqa: E402
 from fleetd.model import Machine  # noqa: E402
-from fleetd.testing.etcd import EtcdServer  # noqa: E402
+from fleetlab.testing.etcd import EtcdServer  # noqa: E402
 from fleetd.unit.file import UnitFile  # noqa: E402
 
 from _api_server import ThreadedApiServer, publish_state, register_machine  # noqa: E402

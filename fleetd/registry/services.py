@@ -23,7 +23,8 @@ from typing import Any, AsyncIterator, Iterable, Sequence
 
 from fleetd.errors import RegistryError
 from fleetd.registry.connection import enc, prefix_end
-from fleetd.registry.registry import Registry, WatchCompacted, _chunks
+from fleetd.registry.core import WatchCompacted, chunks
+from fleetd.registry.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class ServiceRecords:
     def __init__(self, registry: Registry, *, domain: str = "fleet.local",
                  skydns_prefix: str = DEFAULT_SKYDNS_PREFIX, ttl: int = 5):
         self.registry = registry
-        self._conn = registry._conn  # same package: the registry's connection
+        self.core = registry.core  # the registry's public core: requests, transactions, watches
         self.base = f"{registry.keys.prefix}services/"
         self.domain = domain
         self.skydns_base = (skydns_prefix.rstrip("/") + "/" + skydns_path(domain)) if skydns_prefix else ""
@@ -136,7 +137,7 @@ class ServiceRecords:
 
     async def publish(self, endpoints: Sequence[Endpoint], lease_id: int) -> None:
         """Write each endpoint's record (and its SkyDNS key while healthy) under the lease."""
-        tx = self._conn.tx
+        tx = self.core.tx
         ops = []
         for ep in endpoints:
             ops.append(tx.put(enc(self.key(ep)), json.dumps(ep.to_json()).encode(), lease=lease_id))
@@ -145,18 +146,18 @@ class ServiceRecords:
                     ops.append(tx.put(enc(self.skydns_key(ep)), self.skydns_value(ep), lease=lease_id))
                 else:
                     ops.append(tx.delete(enc(self.skydns_key(ep))))
-        for chunk in _chunks(ops):
-            await self.registry._txn([], list(chunk))
+        for chunk in chunks(ops):
+            await self.core.txn([], list(chunk))
 
     async def withdraw(self, endpoints: Iterable[Endpoint]) -> None:
-        tx = self._conn.tx
+        tx = self.core.tx
         ops = []
         for ep in endpoints:
             ops.append(tx.delete(enc(self.key(ep))))
             if self.skydns_base:
                 ops.append(tx.delete(enc(self.skydns_key(ep))))
-        for chunk in _chunks(ops):
-            await self.registry._txn([], list(chunk))
+        for chunk in chunks(ops):
+            await self.core.txn([], list(chunk))
 
     # ------------------------------------------------------------------ reading
 
@@ -171,9 +172,9 @@ class ServiceRecords:
 
     async def read(self, service: str | None = None) -> tuple[dict[str, Endpoint], int]:
         """Every endpoint (of one service, or of all) by key, and the revision it was read at."""
-        tx = self._conn.tx
+        tx = self.core.tx
         prefix = enc(self.service_prefix(service))
-        _, (kvs,), revision = await self.registry._txn_at([], [tx.get(prefix, prefix_end(prefix))])
+        _, (kvs,), revision = await self.core.txn_at([], [tx.get(prefix, prefix_end(prefix))])
         endpoints = {}
         for kv in kvs:
             key = kv.key.decode(errors="replace")
@@ -197,7 +198,7 @@ class ServiceRecords:
         prefix = self.service_prefix(service)
         while True:
             try:
-                async for event in self.registry.watch([prefix], revision + 1):
+                async for event in self.core.watch([prefix], revision + 1):
                     revision = event.revision
                     if event.value is None:
                         if current.pop(event.key, None) is None:

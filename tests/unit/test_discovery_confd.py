@@ -13,7 +13,7 @@ from fleetd.discovery.view import ServiceView
 from fleetd.errors import FleetError
 from fleetd.registry.services import CRITICAL, Endpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def view(*hosts: str, sick: str = "") -> ServiceView:

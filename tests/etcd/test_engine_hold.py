@@ -155,7 +155,7 @@ def test_no_unit_leaves_a_held_machine(unit_names, data):
 async def test_three_of_four_machines_vanishing_at_once_move_nothing(etcd_settings):
     from fleetd.engine.leader import Engine
     from fleetd.registry import Registry
-    from fleetd.testing.simagent import SimulatedAgent
+    from fleetlab.testing.simagent import SimulatedAgent
 
     regs, agents = [], []
     reg = await Registry.connect(etcd_settings)

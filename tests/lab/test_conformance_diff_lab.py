@@ -28,7 +28,7 @@ from fleetlab.peer_mode import PEER_FLEETCTL, PeerLab, find_peer_dir
 pytest_plugins = ["fleetlab.pytest_plugin"]
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PEER = find_peer_dir(REPO)
 DOC = REPO / "docs" / "fleetctl.md"
 

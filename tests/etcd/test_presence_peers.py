@@ -22,7 +22,7 @@ from fleetd.disruption import PeerAnswer
 from fleetd.model import Machine
 from fleetd.presence import Presence
 from fleetd.registry import Registry
-from fleetd.testing.etcd import EtcdServer, free_port
+from fleetlab.testing.etcd import EtcdServer, free_port
 
 TTL = 2.0
 

@@ -25,7 +25,7 @@ from fleetlab.sysutil import eventually
 pytest_plugins = ["fleetlab.pytest_plugin"]
 pytestmark = pytest.mark.lab(nodes=3, wait_fleetd=True)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PEER = find_peer_dir(REPO)
 NODE_CTL = "/opt/fleet-peer/fleetctl"
 WORK = "/root/hf-conf"

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.lab(nodes=3, wait_fleetd=True)
 
 DOMAIN = "fleet.local"
 PAGE = b"fleet busybox image"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WEB = ["web@1.service", "web@2.service", "web@3.service"]
 WEB_TEMPLATE = """\
 [Unit]

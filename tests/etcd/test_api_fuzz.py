@@ -19,7 +19,7 @@ from fleetd.unit.file import UnitFile
 
 from _api_server import HELLO_OPTIONS, ThreadedApiServer, publish_state, register_machine
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: _schemathesis_hooks.py
 MID = "f" * 32
 HELLO = UnitFile.from_options([(o["section"], o["name"], o["value"]) for o in HELLO_OPTIONS])
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"

@@ -14,12 +14,12 @@ from fleetd.api.server import build_app
 from fleetd.config import EtcdSettings
 from fleetd.model import DesiredState, Machine, Placement, Unit
 from fleetd.pki import ClusterPKI
-from fleetd.testing.etcd import EtcdServer
+from fleetlab.testing.etcd import EtcdServer
 from fleetd.unit.file import UnitFile
 
 from _api_server import HELLO_OPTIONS, ApiHarness, publish_state, register_machine
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MID = "e" * 32
 HELLO = UnitFile.from_options([(o["section"], o["name"], o["value"]) for o in HELLO_OPTIONS])
 GLOBAL = UnitFile.parse("[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n")

@@ -17,7 +17,7 @@ from _api_server import ThreadedApiServer
 from _browser import chromium, screenshot, wait_for
 from fleetd.engine.leader import Engine
 from fleetd.model import DesiredState, Machine, Resources, Unit, UnitState
-from fleetd.testing.simagent import SimulatedAgent
+from fleetlab.testing.simagent import SimulatedAgent
 from fleetd.unit.file import UnitFile
 
 UNITS = 1000

@@ -128,7 +128,7 @@ def test_schemathesis_against_a_lab_fleetd(lab, tmp_path):
     assert exe, "schemathesis is not installed (pip install -e .[test])"
     ca, cert, key = lab.client_files("viewer")
     base = lab.api_url(1)
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # tests/: _schemathesis_hooks.py
     env = dict(os.environ, SCHEMATHESIS_HOOKS="_schemathesis_hooks",
                PYTHONPATH=os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(

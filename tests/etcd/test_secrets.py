@@ -12,7 +12,7 @@ from fleetd.api.server import ApiServer
 from fleetd.config import EtcdSettings, FleetConfig
 from fleetd.errors import FleetError
 from fleetd.registry import Registry
-from fleetd.testing.etcd import EtcdServer
+from fleetlab.testing.etcd import EtcdServer
 
 PASSWORD = "s3cr3t-Pa55-w0rd-17"
 WRONG = "wr0ng-Pa55-w0rd-42"

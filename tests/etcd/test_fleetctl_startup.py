@@ -16,7 +16,7 @@ from fleetd.unit.file import UnitFile
 
 from _api_server import ThreadedApiServer, publish_state, register_machine
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MID = "0123456789abcdef0123456789abcdef"
 NEVER_WITH_THE_API = ("asyncio", "grpc", "aetcd", "aiohttp", "fleetd.registry", "jinja2", "yarl")
 

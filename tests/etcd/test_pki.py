@@ -19,7 +19,7 @@ from fleetd.errors import RegistryError
 from fleetd.model import Unit
 from fleetd.pki import ClusterPKI, PKIError, role_of
 from fleetd.registry import Registry
-from fleetd.testing.etcd import EtcdServer
+from fleetlab.testing.etcd import EtcdServer
 from fleetd.unit.file import UnitFile
 from fleetlab.etcd import EtcdTLS, enable_rbac, etcdctl
 
