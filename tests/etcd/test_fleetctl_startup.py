@@ -5,6 +5,7 @@ driver, which needs them, is the control that the check sees imports at all."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,27 @@ def test_list_units_with_the_api_driver_imports_no_asyncio_grpc_aiohttp(server, 
     assert etcd.returncode == 0, etcd.stderr[-2000:]
     assert etcd.stdout == done.stdout
     assert {"asyncio", "aetcd"} <= set(forbidden(imported(etcd.stderr)))
+
+
+def test_every_command_of_the_table_loads_under_its_name_and_is_listed():
+    """The lazy table (fleetctl/commands/__init__.py) is the only registration: each entry must
+    import, be a click command of that name, and show in `fleetctl help`."""
+    import click
+    from click.testing import CliRunner
+
+    from fleetctl.cli import cli
+    from fleetctl.commands import COMMANDS
+
+    ctx = click.Context(cli, info_name="fleetctl")
+    for name, target in COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert isinstance(command, click.Command) and command.name == name, target
+    listed = CliRunner().invoke(cli, ["help"]).output.split("Commands:", 1)[1]
+    assert re.findall(r"^  (\S+)", listed, re.M) == sorted(COMMANDS)
+
+
+def test_cli_imports_no_command_module():
+    done = subprocess.run([sys.executable, "-c", "import sys, fleetctl.cli; "
+                           "print(sorted(m for m in sys.modules if m.startswith('fleetctl.commands.')))"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.stdout.strip() == "['fleetctl.commands.common']", done.stderr
