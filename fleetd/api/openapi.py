@@ -5,7 +5,10 @@ docs/openapi.json is it written out (`python -m fleetd.api.openapi > docs/openap
 keeps the two equal, checks that every route of the aiohttp app is described and that every
 documented status code is reachable, and fuzzes the server with schemathesis against it).
 
-Every route is served under both prefixes, /fleet/v1 and fleet's older /v1-alpha.
+Every route of fleet's API is served under both prefixes, /fleet/v1 and fleet's older /v1-alpha;
+/metrics, /peer/v1/etcd and the web dashboard (`/`, /dashboard/...) only once, without a prefix.
+Streams are described by their content type: text/event-stream (/dashboard/events) and
+application/x-ndjson (endpoints?watch=true) last until the client hangs up.
 """
 
 from __future__ import annotations
@@ -53,6 +56,23 @@ MACHINE_ID = {
     "schema": {"type": "string"},
 }
 UNAVAILABLE = _error("fleet server unable to communicate with etcd")
+WATCH = {
+    "name": "watch", "in": "query", "required": False,
+    "description": "true (or 1, yes): stream application/x-ndjson, one {\"endpoints\": [...]} line now and "
+                   "one after every change, until the client hangs up",
+    "schema": {"type": "string", "enum": ["true", "false"]},
+}
+HTML = "text/html"
+
+
+def _endpoints(description: str) -> dict[str, Any]:
+    return {"description": description + " (a stream of such lines with watch=true)",
+            "content": {JSON: {"schema": _ref("EndpointList")},
+                        "application/x-ndjson": {"schema": _S}}}
+
+
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {HTML: {"schema": _S}}}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -110,6 +130,32 @@ SCHEMAS: dict[str, Any] = {
             "desiredState": {"type": "string", "enum": ["inactive", "loaded", "launched"]},
             "options": {"type": "array", "items": _ref("UnitOption")},
         },
+    },
+    "WatchResult": {
+        "type": "object", "required": ["revision"],
+        "description": "without since: the current revision only; with since: the first change after it",
+        "properties": {"revision": {"type": "integer"}, "changed": {"type": "boolean"}},
+    },
+    "ServiceList": {
+        "type": "object", "required": ["services"],
+        "properties": {"services": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"name": _S, "healthy": {"type": "integer"}, "total": {"type": "integer"}},
+        }}},
+    },
+    "Endpoint": {
+        "type": "object",
+        "properties": {"service": _S, "unit": _S, "machineID": _S, "host": _S, "port": {"type": "integer"},
+                       "protocol": _S, "tags": {"type": "array", "items": _S}, "health": _S, "label": _S,
+                       "weight": {"type": "integer"}, "priority": {"type": "integer"}},
+    },
+    "EndpointList": {
+        "type": "object", "required": ["endpoints"],
+        "properties": {"endpoints": {"type": "array", "items": _ref("Endpoint")}},
+    },
+    "PeerAnswer": {
+        "type": "object", "required": ["machineID", "answer"],
+        "properties": {"machineID": _S, "answer": {"type": "string", "enum": ["reaches-etcd", "cut-off"]}},
     },
     "MachinePatch": {
         "type": "array",
@@ -224,6 +270,40 @@ def _operations() -> dict[str, dict[str, Any]]:
                               "503": UNAVAILABLE},
             },
         },
+        "/_watch/units": {"get": {
+            "summary": "beyond fleet: a change feed of units for blocking waits (long poll; docs/api.md)",
+            "parameters": [
+                {"name": "since", "in": "query", "required": False,
+                 "description": "wait for the first change after this revision; without it the answer is "
+                                "the current revision, at once",
+                 "schema": {"type": "integer", "minimum": 0}},
+                {"name": "timeout", "in": "query", "required": False,
+                 "description": "seconds to hold the request (default 30, capped at 60)",
+                 "schema": {"type": "number", "minimum": 0}},
+                {"name": "unitName", "in": "query", "required": False,
+                 "description": "only changes of these units count (repeatable)",
+                 "schema": {"type": "array", "items": _S}, "style": "form", "explode": True},
+            ],
+            "responses": {"200": _json(_ref("WatchResult"), "the revision, and whether a change came before the timeout"),
+                          "400": _error("since or timeout not a non-negative number"), "503": UNAVAILABLE},
+        }},
+        "/services": {"get": {
+            "summary": "beyond fleet: services of the cluster with their healthy and total endpoints",
+            "responses": {"200": _json(_ref("ServiceList"), "the services"), "503": UNAVAILABLE},
+        }},
+        "/endpoints": {"get": {
+            "summary": "beyond fleet: every service endpoint (sorted by service, unit label)",
+            "parameters": [WATCH],
+            "responses": {"200": _endpoints("the endpoints"), "503": UNAVAILABLE},
+        }},
+        "/services/{service}/endpoints": {"get": {
+            "summary": "beyond fleet: the endpoints of one service",
+            "parameters": [{"name": "service", "in": "path", "required": True,
+                            "description": "the service name (a DNS label)", "schema": {"type": "string", "minLength": 1}},
+                           WATCH],
+            "responses": {"200": _endpoints("the service's endpoints"),
+                          "400": _error("the service name is not a DNS label"), "503": UNAVAILABLE},
+        }},
         "/discovery": {"get": {
             "summary": "fleet's discovery document (Google API discovery format)",
             "responses": {"200": _json({"type": "object"}, "the discovery document")},
@@ -239,6 +319,82 @@ def _operations() -> dict[str, dict[str, Any]]:
     }
 
 
+def _dashboard() -> dict[str, Any]:
+    """The web dashboard (fleetd/api/dashboard.py): `/` and /dashboard/...; other methods than the
+    ones described answer 405."""
+    forbidden = _error("not an operator, or without the header X-Fleet-Dashboard: 1")
+    action_header = {"name": "X-Fleet-Dashboard", "in": "header", "required": True,
+                     "description": "must be 1 (the page's script sets it; a cross-site form cannot)",
+                     "schema": {"type": "string", "enum": ["1"]}}
+    overview = {"get": {
+        "summary": "the dashboard: machines and units, failed units first",
+        "responses": {"200": _html("the page"), "503": UNAVAILABLE},
+    }}
+    return {
+        "/": overview,
+        "/dashboard": copy.deepcopy(overview),
+        "/dashboard/placement": {"get": {
+            "summary": "the dashboard: machines x units",
+            "responses": {"200": _html("the page"), "503": UNAVAILABLE},
+        }},
+        "/dashboard/services": {"get": {
+            "summary": "the dashboard: services and endpoints",
+            "responses": {"200": _html("the page")},
+        }},
+        "/dashboard/units/{name}": {"get": {
+            "summary": "the dashboard: one unit, its state, file, status and journal",
+            "parameters": [UNIT_NAME],
+            "responses": {"200": _html("the page"), "404": _error("unit does not exist"), "503": UNAVAILABLE},
+        }},
+        "/dashboard/events": {"get": {
+            "summary": "the dashboard's live updates: Server-Sent Events until the client hangs up",
+            "parameters": [
+                {"name": "view", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["overview", "placement", "unit", "services"]}},
+                {"name": "unit", "in": "query", "required": False, "schema": _S},
+                {"name": "since", "in": "query", "required": False,
+                 "description": "the revision the page was rendered at", "schema": {"type": "integer"}},
+            ],
+            "responses": {"200": {"description": "an event stream: hello, then page fragments as HTML",
+                                  "content": {"text/event-stream": {"schema": _S}}},
+                          "400": _error("invalid view or since"), "503": UNAVAILABLE},
+        }},
+        "/dashboard/static/{file}": {"get": {
+            "summary": "the dashboard's script and style sheet",
+            "parameters": [{"name": "file", "in": "path", "required": True,
+                            "schema": {"type": "string", "minLength": 1}}],
+            "responses": {"200": {"description": "dashboard.js or dashboard.css",
+                                  "content": {"application/javascript": {"schema": _S},
+                                              "text/css": {"schema": _S}}},
+                          "404": _error("no such file")},
+        }},
+        "/dashboard/actions/unit/{name}/{action}": {"post": {
+            "summary": "the dashboard's unit buttons: start, stop or destroy (operators)",
+            "parameters": [UNIT_NAME, {"name": "action", "in": "path", "required": True,
+                                       "schema": {"type": "string", "enum": ["start", "stop", "destroy"]}},
+                           action_header],
+            "responses": {
+                "200": _json({"type": "object", "properties": {"unit": _S, "action": _S}}, "done"),
+                "400": _error("invalid unit name, or start of a template"),
+                "403": forbidden, "404": _error("unit does not exist, or no such action"),
+                "503": UNAVAILABLE,
+            },
+        }},
+        "/dashboard/actions/machine/{id}/{action}": {"post": {
+            "summary": "the dashboard's machine buttons: drain or undrain (operators)",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}},
+                           {"name": "action", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": ["drain", "undrain"]}},
+                           action_header],
+            "responses": {
+                "200": _json({"type": "object", "properties": {"machine": _S, "action": _S}}, "done"),
+                "403": forbidden, "404": _error("machine not registered, or no such action"),
+                "503": UNAVAILABLE,
+            },
+        }},
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for prefix in PREFIXES:
@@ -249,7 +405,12 @@ def openapi_document() -> dict[str, Any]:
                     if isinstance(op, dict) and "responses" in op:
                         op["deprecated"] = True  # fleet's old prefix, kept for old clients
             paths[prefix + rel] = ops
-    paths["/"] = {"get": {"summary": "no resource", "responses": {"405": _error("no resource here")}}}
+    paths.update(_dashboard())
+    paths["/peer/v1/etcd"] = {"get": {
+        "summary": "fleetds asking each other whether they reach etcd (fleetd/api/peer.py)",
+        "responses": {"200": _json(_ref("PeerAnswer"), "this machine's answer, as of now"),
+                      "404": _error("no presence on this fleetd (it is not a cluster member)")},
+    }}
     paths["/metrics"] = {"get": {
         "summary": "Prometheus metrics of this fleetd (and cluster gauges)",
         "responses": {"200": {"description": "Prometheus text format",

@@ -4,6 +4,7 @@ described, and every documented status code of every operation is reached by a r
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -24,6 +25,7 @@ MID = "e" * 32
 HELLO = UnitFile.from_options([(o["section"], o["name"], o["value"]) for o in HELLO_OPTIONS])
 GLOBAL = UnitFile.parse("[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n")
 NEW = {"desiredState": "inactive", "options": HELLO_OPTIONS}
+DASH = {"X-Fleet-Dashboard": "1"}  # the dashboard's action header
 DOC = openapi_document()
 
 
@@ -45,7 +47,7 @@ def test_the_document_is_valid_openapi():
 
     schema = schemathesis.openapi.from_dict(DOC)
     assert len(list(schema.get_all_operations())) == sum(
-        1 for ops in DOC["paths"].values() for m in ops if m in ("get", "put", "delete", "patch"))
+        1 for ops in DOC["paths"].values() for m in ops if m in ("get", "put", "delete", "patch", "post"))
 
 
 def documented() -> set[tuple[str, str, str]]:
@@ -69,7 +71,8 @@ def rel(path: str) -> tuple[str, str]:
 
 # (relative path, METHOD, status) -> (server, METHOD, URL suffix, body or raw, headers)
 # servers: "main" (insecure TCP, data below), "ro" (TLS, a read-only certificate), "down" (etcd
-# paused), "nometrics" (metrics disabled)
+# paused), "nometrics" (metrics disabled, no presence: not a cluster member)
+# Endless streams (text/event-stream, application/x-ndjson) are read up to their first line.
 REQUESTS = {
     ("", "GET", "405"): ("main", "GET", "", None, {}),
     ("/units", "GET", "200"): ("main", "GET", "/units", None, {}),
@@ -118,10 +121,58 @@ REQUESTS = {
     ("/discovery", "GET", "200"): ("main", "GET", "/discovery", None, {}),
     ("/discovery.json", "GET", "200"): ("main", "GET", "/discovery.json", None, {}),
     ("/openapi.json", "GET", "200"): ("main", "GET", "/openapi.json", None, {}),
-    ("/", "GET", "405"): ("main", "GET", "/", None, {}),
+    ("/_watch/units", "GET", "200"): ("main", "GET", "/_watch/units?since=1&timeout=0.2&unitName=hello.service",
+                                      None, {}),
+    ("/_watch/units", "GET", "400"): ("main", "GET", "/_watch/units?since=-1", None, {}),
+    ("/_watch/units", "GET", "503"): ("down", "GET", "/_watch/units", None, {}),
+    ("/services", "GET", "200"): ("main", "GET", "/services", None, {}),
+    ("/services", "GET", "503"): ("down", "GET", "/services", None, {}),
+    ("/endpoints", "GET", "200"): ("main", "GET", "/endpoints", None, {}),
+    ("/endpoints", "GET", "503"): ("down", "GET", "/endpoints?watch=true", None, {}),
+    ("/services/{service}/endpoints", "GET", "200"): ("main", "GET", "/services/web/endpoints?watch=true", None, {}),
+    ("/services/{service}/endpoints", "GET", "400"): ("main", "GET", "/services/no_label/endpoints", None, {}),
+    ("/services/{service}/endpoints", "GET", "503"): ("down", "GET", "/services/web/endpoints", None, {}),
+    ("/", "GET", "200"): ("main", "GET", "/", None, {}),
+    ("/", "GET", "503"): ("down", "GET", "/", None, {}),
+    ("/dashboard", "GET", "200"): ("main", "GET", "/dashboard", None, {}),
+    ("/dashboard", "GET", "503"): ("down", "GET", "/dashboard", None, {}),
+    ("/dashboard/placement", "GET", "200"): ("main", "GET", "/dashboard/placement", None, {}),
+    ("/dashboard/placement", "GET", "503"): ("down", "GET", "/dashboard/placement", None, {}),
+    ("/dashboard/services", "GET", "200"): ("main", "GET", "/dashboard/services", None, {}),
+    ("/dashboard/units/{name}", "GET", "200"): ("main", "GET", "/dashboard/units/hello.service", None, {}),
+    ("/dashboard/units/{name}", "GET", "404"): ("main", "GET", "/dashboard/units/nope.service", None, {}),
+    ("/dashboard/units/{name}", "GET", "503"): ("down", "GET", "/dashboard/units/x.service", None, {}),
+    ("/dashboard/events", "GET", "200"): ("main", "GET", "/dashboard/events?view=overview&since=0", None, {}),
+    ("/dashboard/events", "GET", "400"): ("main", "GET", "/dashboard/events?view=nope", None, {}),
+    ("/dashboard/events", "GET", "503"): ("down", "GET", "/dashboard/events", None, {}),
+    ("/dashboard/static/{file}", "GET", "200"): ("main", "GET", "/dashboard/static/dashboard.js", None, {}),
+    ("/dashboard/static/{file}", "GET", "404"): ("main", "GET", "/dashboard/static/nope.js", None, {}),
+    ("/dashboard/actions/unit/{name}/{action}", "POST", "200"): (
+        "main", "POST", "/dashboard/actions/unit/hello.service/start", None, DASH),
+    ("/dashboard/actions/unit/{name}/{action}", "POST", "400"): (
+        "main", "POST", "/dashboard/actions/unit/web@.service/start", None, DASH),
+    ("/dashboard/actions/unit/{name}/{action}", "POST", "403"): (
+        "main", "POST", "/dashboard/actions/unit/hello.service/start", None, {}),
+    ("/dashboard/actions/unit/{name}/{action}", "POST", "404"): (
+        "main", "POST", "/dashboard/actions/unit/nope.service/destroy", None, DASH),
+    ("/dashboard/actions/unit/{name}/{action}", "POST", "503"): (
+        "down", "POST", "/dashboard/actions/unit/x.service/stop", None, DASH),
+    ("/dashboard/actions/machine/{id}/{action}", "POST", "200"): (
+        "main", "POST", f"/dashboard/actions/machine/{MID}/undrain", None, DASH),
+    ("/dashboard/actions/machine/{id}/{action}", "POST", "403"): (
+        "ro", "POST", f"/dashboard/actions/machine/{MID}/drain", None, DASH),
+    ("/dashboard/actions/machine/{id}/{action}", "POST", "404"): (
+        "main", "POST", f"/dashboard/actions/machine/{'0' * 32}/drain", None, DASH),
+    ("/dashboard/actions/machine/{id}/{action}", "POST", "503"): (
+        "down", "POST", f"/dashboard/actions/machine/{MID}/drain", None, DASH),
+    ("/peer/v1/etcd", "GET", "200"): ("main", "GET", "/peer/v1/etcd", None, {}),
+    ("/peer/v1/etcd", "GET", "404"): ("nometrics", "GET", "/peer/v1/etcd", None, {}),
     ("/metrics", "GET", "200"): ("main", "GET", "/metrics", None, {}),
     ("/metrics", "GET", "404"): ("nometrics", "GET", "/metrics", None, {}),
 }
+
+
+ABSOLUTE = {p for p in DOC["paths"] if rel(p)[0] == ""}  # served without the /fleet/v1 prefixes
 
 
 def test_the_request_table_covers_exactly_the_documented_responses():
@@ -162,13 +213,14 @@ async def test_every_documented_status_is_reachable(etcd_settings, tmp_path):
                 ApiHarness(down_settings, tmp_path / "down", machine) as down, \
                 ApiHarness(etcd_settings, tmp_path / "nm", machine) as nometrics:
             nometrics.server.context.metrics = None
+            nometrics.server.context.extras.pop("presence", None)  # peer: not a cluster member
             await _seed(main.registry)
             lonely.pause()
             try:
                 reached = set()
                 counter = 0
                 for (relpath, method, status), (kind, verb, suffix, body, headers) in sorted(REQUESTS.items()):
-                    prefixes = [""] if relpath in ("/", "/metrics") else list(PREFIXES)
+                    prefixes = [""] if relpath in ABSOLUTE else list(PREFIXES)
                     for prefix in prefixes:
                         counter += 1
                         url = prefix + suffix.replace("{new}", f"new{counter}.service")
@@ -178,8 +230,18 @@ async def test_every_documented_status_is_reachable(etcd_settings, tmp_path):
                             base = f"https://{ro.server.tcp_addresses[0]}"
                             data = json.dumps(body).encode() if body is not None else None
                             async with ro.session.request(verb, base + url, data=data, ssl=ro_ctx,
-                                                          headers={"Content-Type": "application/json"}) as resp:
+                                                          headers={"Content-Type": "application/json",
+                                                                   **headers}) as resp:
                                 got = resp.status
+                        elif "watch=true" in url or relpath == "/dashboard/events":  # endless: one line
+                            harness = {"main": main, "down": down}[kind]
+                            async with harness.session.request(verb, harness.base + url) as resp:
+                                got = resp.status
+                                if got == 200:
+                                    ctype = resp.headers["Content-Type"]
+                                    assert ctype.startswith(("text/event-stream", "application/x-ndjson")), ctype
+                                    first = await asyncio.wait_for(resp.content.readline(), 10)
+                                    assert first.strip(), (url, first)
                         else:
                             harness = {"main": main, "down": down, "nometrics": nometrics}[kind]
                             raw = body if isinstance(body, bytes) else None
