@@ -153,6 +153,8 @@ def read_config_file(path: Path) -> dict[str, str]:
     return values
 
 
+API_ROLES = ("operator", "read-only")  # the API's roles (fleetd/api/auth.py)
+
 _ETCD_KEYS = {
     "etcd_servers": "endpoints",
     "etcd_key_prefix": "key_prefix",
@@ -175,6 +177,10 @@ def _convert(name: str, raw: str, fields: dict[str, dataclasses.Field]) -> Any:
         return parse_metadata(raw)
     if name in ("agent_ttl",):
         return parse_duration(raw, name)
+    if name == "api_tcp_role":
+        if raw not in API_ROLES:
+            raise ConfigError(f"api_tcp_role: {raw!r} is not a role (expected {' or '.join(API_ROLES)})")
+        return raw
     if kind in ("float", float) or name in ("request_timeout", "engine_reconcile_interval"):
         try:
             return float(raw)

@@ -13,17 +13,7 @@ from aiohttp import web
 
 from fleetd.api.auth import IDENTITY, OPERATOR, READ_ONLY, identify
 from fleetd.api.context import HttpError, ctx_of
-from fleetd.config import FleetConfig
-from fleetd.errors import ConfigError
 
-ROLES = (OPERATOR, READ_ONLY)
-
-
-def check_config(config: FleetConfig) -> None:
-    """Refuse an api_tcp_role that names no role (fleetd then exits with this one line)."""
-    value = getattr(config, "api_tcp_role", OPERATOR)
-    if value not in ROLES:
-        raise ConfigError(f"api_tcp_role: {value!r} is not a role (expected {' or '.join(ROLES)})")
 
 
 def request_role(request: web.Request) -> str:

@@ -20,12 +20,13 @@ from fleetd.errors import RegistryError
 from fleetd.model import DesiredState, Machine, Placement, Unit, UnitState
 from fleetd.registry import codec
 from fleetd.registry.connection import enc, prefix_end
+from fleetd.registry.machines import machines_from
 from fleetd.registry.registry import Registry
 
 log = logging.getLogger(__name__)
 
 
-class _KV(NamedTuple):  # what Registry._machines_from reads of a key-value
+class _KV(NamedTuple):  # what machines_from reads of a key-value
     key: bytes
     value: bytes
 
@@ -56,10 +57,10 @@ class Change:
 
 async def read_cluster(registry: Registry) -> ClusterView:
     keys = registry.keys
-    tx = registry._conn.tx  # same package: the registry's connection
+    tx = registry.core.tx
     prefixes = [keys.jobs, keys.schedule, keys.states, keys.machines]
     ranges = [tx.get(enc(p), prefix_end(enc(p))) for p in prefixes] + [tx.get(enc(keys.engine_leader))]
-    _, (jobs, schedule, states, machines, leader), revision = await registry._txn_at([], ranges)
+    _, (jobs, schedule, states, machines, leader), revision = await registry.core.txn_at([], ranges)
     view = ClusterView(revision=revision)
     decoded = [codec.decode_job(kv.value) for kv in jobs]
     bodies = await registry.bodies(h for _, h, _ in decoded)
@@ -85,7 +86,7 @@ async def read_cluster(registry: Registry) -> ClusterView:
 
 def _refresh_machine(registry: Registry, view: ClusterView, machine_id: str) -> None:
     kvs = [_KV(k, v) for k, v in view.machine_keys.get(machine_id, {}).items()]
-    machine = registry._machines_from(kvs).get(machine_id) if kvs else None
+    machine = machines_from(registry.keys, kvs).get(machine_id) if kvs else None
     if machine is None:
         view.machines.pop(machine_id, None)
     else:

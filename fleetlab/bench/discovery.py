@@ -209,10 +209,10 @@ async def _sidekick(lab: Lab, client: Client, log: Log) -> dict[str, Any]:
             await client.fleet.set_desired_state([main, side], DesiredState.LAUNCHED)
 
             async def present() -> bool:
-                return await reg._get(key) is not None
+                return await reg.core.get(key) is not None
 
             await _wait(present, 60, "the sidekick's key", interval=0.01)
-            value = json.loads((await reg._get(key)).value)  # the unit's quoting makes valid JSON
+            value = json.loads((await reg.core.get(key)).value)  # the unit's quoting makes valid JSON
             if sorted(value) != ["host", "port", "ttl"]:
                 raise BenchmarkError(f"sidekick wrote {value!r}")
             async with EventLog(reg, [key]) as events:
@@ -220,7 +220,7 @@ async def _sidekick(lab: Lab, client: Client, log: Log) -> dict[str, Any]:
                 await client.fleet.set_desired_state([main], DesiredState.LOADED)
 
                 async def absent() -> bool:
-                    return await reg._get(key) is None
+                    return await reg.core.get(key) is None
 
                 await _wait(absent, 30, "the sidekick's key to go", interval=0.01)
                 await asyncio.sleep(0.05)

@@ -313,12 +313,14 @@ async def test_read_only_client_sees_no_buttons_and_is_refused(read_only_api):
     assert (await api.registry.get_unit("hello-1.service")).desired_state is DesiredState.LOADED
 
 
-async def test_unknown_role_is_refused_at_start(etcd_settings, tmp_path):
+def test_unknown_role_is_refused_at_start(tmp_path):
+    from fleetd.config import load_config
     from fleetd.errors import ConfigError
 
+    (tmp_path / "fleet.conf").write_text("api_tcp_role=admin\n")
     with pytest.raises(ConfigError, match="api_tcp_role: 'admin' is not a role"):
-        async with ApiHarness(etcd_settings, tmp_path, api_tcp_role="admin"):
-            pass
+        load_config(tmp_path / "fleet.conf", env={})
+    assert load_config(tmp_path / "fleet.conf", env={}, overrides={"api_tcp_role": "read-only"}).api_tcp_role == "read-only"
 
 
 # ---------------------------------------------------------------------------- functional core
