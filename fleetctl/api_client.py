@@ -251,7 +251,7 @@ class ApiFleetClient(FleetClient):
         self.request("PATCH", self.path("machines"), body=[op])
 
     async def endpoints(self, service: str | None = None) -> list:
-        from fleetd.registry.services import Endpoint
+        from fleetd.model import Endpoint
 
         path = self.url("services", service, "endpoints") if service else self.url("endpoints")
         _, data = await self.request("GET", path)
@@ -259,7 +259,7 @@ class ApiFleetClient(FleetClient):
 
     async def watch_endpoints(self, service: str | None = None):
         """GET ...endpoints?watch=true: one JSON line now and one per change (no timeout)."""
-        from fleetd.registry.services import Endpoint
+        from fleetd.model import Endpoint
 
         url = self.url("services", service, "endpoints") if service else self.url("endpoints")
         try:
@@ -280,7 +280,7 @@ class ApiFleetClient(FleetClient):
         self.request("PATCH", self.path("machines"), body=[op])
 
     async def endpoints(self, service: str | None = None) -> list:
-        from fleetd.registry.services import Endpoint
+        from fleetd.model import Endpoint
 
         path = self.path("services", service, "endpoints") if service else self.path("endpoints")
         _, data = self.request("GET", path)
@@ -288,7 +288,7 @@ class ApiFleetClient(FleetClient):
 
     async def watch_endpoints(self, service: str | None = None):
         """GET ...endpoints?watch=true: one JSON line now and one per change (no timeout)."""
-        from fleetd.registry.services import Endpoint
+        from fleetd.model import Endpoint
 
         path = self.path("services", service, "endpoints") if service else self.path("endpoints")
         conn = self._new_connection()  # its own: the stream holds it while other requests go on
@@ -339,7 +339,7 @@ class ApiFleetClient(FleetClient):
     # ------------------------------------------------------------------ images (from each machine's image server)
 
     async def image_records(self, image_port: int, warn: Callable[[str], None] = lambda _: None) -> list:
-        from fleetd.registry.images import MachineImages
+        from fleetd.model import MachineImages
 
         records = []
         for machine in await self.machines():

@@ -104,7 +104,7 @@ class FleetClient(abc.ABC):
 
     # service discovery (fleetctl/commands/discovery.py)
     async def endpoints(self, service: str | None = None) -> list:
-        """Published service endpoints (fleetd.registry.services.Endpoint), of one service or all."""
+        """Published service endpoints (fleetd.model.Endpoint), of one service or all."""
         raise NotImplementedError
 
     def watch_endpoints(self, service: str | None = None):
@@ -123,7 +123,7 @@ class FleetClient(abc.ABC):
     # ------------------------------------------------------------------ images
 
     async def image_records(self, image_port: int, warn: Callable[[str], None] = lambda _: None) -> list:
-        """Every machine's image record (fleetd.registry.images.MachineImages); `warn` is told
+        """Every machine's image record (fleetd.model.MachineImages); `warn` is told
         (one line) about a machine whose record could not be read."""
         raise NotImplementedError
 

@@ -34,13 +34,12 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from aiohttp import web
+
 OPERATOR = "operator"
 READ_ONLY = "read-only"
 READ_METHODS = frozenset({"GET", "HEAD"})
 _ROLE_OF_ORG = {"operator": OPERATOR, "read-only": READ_ONLY, "machine": READ_ONLY}
-
-
-IDENTITY = "fleet_identity"  # the key of a request's Identity (set by the API's middleware)
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,10 @@ class Identity:
     via: str
     name: str
     role: str
+
+
+# the key of a request's Identity (set by the API's middleware); aiohttp's typed request key
+IDENTITY = getattr(web, "RequestKey", lambda name, _type: name)("fleet_identity", Identity)
 
 
 def role_allows(role: str, method: str) -> bool:

@@ -15,58 +15,13 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fleetd.errors import RegistryError
 from fleetd.registry.connection import enc
 from fleetd.registry.registry import Registry
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    digest: str
-    names: tuple[str, ...] = ()
-    size: int = 0
-    rootfs: str = ""
-    config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"digest": self.digest, "names": list(self.names), "size": self.size,
-                "rootfs": self.rootfs, "config": self.config}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ImageRecord":
-        return cls(digest=str(data["digest"]), names=tuple(str(n) for n in data.get("names") or ()),
-                   size=int(data.get("size") or 0), rootfs=str(data.get("rootfs") or ""),
-                   config=dict(data.get("config") or {}))
-
-    def matches(self, ref: str) -> bool:
-        """Whether Image=`ref` (a name, a full digest or a sha256: prefix) means this image."""
-        if ref in self.names or ref == self.digest:
-            return True
-        return ref.startswith("sha256:") and len(ref) >= 13 and self.digest.startswith(ref)
-
-
-@dataclass(frozen=True)
-class MachineImages:
-    machine_id: str
-    url: str = ""  # http://<public IP>:<image port>, "" when the machine serves no images
-    facts: dict[str, str] = field(default_factory=dict)
-    images: tuple[ImageRecord, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"machineID": self.machine_id, "url": self.url, "facts": self.facts,
-                "images": [i.to_json() for i in self.images]}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "MachineImages":
-        return cls(machine_id=str(data["machineID"]), url=str(data.get("url") or ""),
-                   facts=dict(data.get("facts") or {}),
-                   images=tuple(ImageRecord.from_json(i) for i in data.get("images") or ()))
-
-    def find(self, ref: str) -> list[ImageRecord]:
-        return [i for i in self.images if i.matches(ref)]
+from fleetd.model import ImageRecord, MachineImages  # noqa: F401  (data classes of the model layer)
 
 
 @dataclass(frozen=True)

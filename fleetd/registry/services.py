@@ -18,67 +18,17 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import AsyncIterator, Iterable, Sequence
 
 from fleetd.errors import RegistryError
 from fleetd.registry.connection import enc, prefix_end
+from fleetd.model import CRITICAL, PASSING, Endpoint  # noqa: F401  (data classes of the model layer)
 from fleetd.registry.core import WatchCompacted, chunks
 from fleetd.registry.registry import Registry
 
 log = logging.getLogger(__name__)
 
-PASSING = "passing"
-CRITICAL = "critical"
 DEFAULT_SKYDNS_PREFIX = "/skydns/"
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    service: str
-    unit: str
-    machine_id: str
-    host: str
-    port: int
-    protocol: str = "tcp"
-    tags: tuple[str, ...] = ()
-    health: str = PASSING
-    label: str = ""  # the unit's DNS label: <label>.<service>.<domain>
-    weight: int = 10
-    priority: int = 10
-
-    @property
-    def healthy(self) -> bool:
-        return self.health == PASSING
-
-    @property
-    def transport(self) -> str:
-        return "udp" if self.protocol == "udp" else "tcp"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"service": self.service, "unit": self.unit, "machineID": self.machine_id, "host": self.host,
-                "port": self.port, "protocol": self.protocol, "tags": list(self.tags), "health": self.health,
-                "label": self.label, "weight": self.weight, "priority": self.priority}
-
-    @classmethod
-    def from_json(cls, data: Any) -> "Endpoint":
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        port = data["port"]
-        if not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"bad port {port!r}")
-        tags = data.get("tags") or []
-        if not isinstance(tags, list):
-            raise ValueError("tags is not a list")
-        return cls(service=str(data["service"]), unit=str(data["unit"]), machine_id=str(data["machineID"]),
-                   host=str(data["host"]), port=port, protocol=str(data.get("protocol") or "tcp"),
-                   tags=tuple(str(t) for t in tags), health=str(data.get("health") or PASSING),
-                   label=str(data.get("label") or ""), weight=int(data.get("weight", 10)),
-                   priority=int(data.get("priority", 10)))
-
-    @property
-    def key_parts(self) -> tuple[str, str, str]:
-        return self.service, self.machine_id, self.unit
 
 
 def skydns_path(domain: str) -> str:

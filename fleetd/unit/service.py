@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from fleetd.errors import InvalidUnitOptions
 from fleetd.unit.file import UnitFile
+from fleetd.unit.values import expand_specifiers
 
 SECTION = "X-Service"
 PROTOCOLS = ("http", "tcp", "udp")
@@ -100,7 +101,6 @@ def parse_duration(text: str) -> float | None:
 
 def expand(value: str, unit_name: str, hostname: str | None = None) -> str:
     """%n %N %p %i %% from the unit name; %H from `hostname` (kept as is when None)."""
-    from fleetd.unit.requirements import expand_specifiers  # that module imports this one
 
     if hostname is not None and "%H" in value:
         # expand %H first, leaving %% alone
