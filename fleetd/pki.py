@@ -163,15 +163,6 @@ def role_of(cert: x509.Certificate) -> str:
     return str(found[0].value) if found else ""
 
 
-def subject_fields(subject: Sequence) -> dict[str, str]:
-    """ssl's getpeercert()['subject'] (tuples of (key, value) pairs) as a dict."""
-    fields: dict[str, str] = {}
-    for rdn in subject:
-        for key, value in rdn:
-            fields.setdefault(key, value)
-    return fields
-
-
 class ClusterPKI:
     """The PKI directory: `ClusterPKI(dir).init()`, then `.machine(...)`, `.client(...)`."""
 

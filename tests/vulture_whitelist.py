@@ -22,3 +22,9 @@ _.maintenancestub
 _.__qualname__                 # the registry facade's delegating methods
 _.__doc__
 _.multiple_endpoints           # fleetctl/api_client.py, being rewritten on the fleetctl branch (issue 11)
+_.connection_made              # asyncio protocol callbacks (fleetd/discovery/dns.py, fleetlab/bench/discovery.py)
+_.datagram_received
+_.error_received
+_.reserved_cpus                # dashboard rows, read by templates/dashboard/_macros.j2
+_.reserved_memory
+_.undone                       # fleetlab/soak.py: when a fault was undone (kept with the fault's record)

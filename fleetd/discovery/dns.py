@@ -96,27 +96,6 @@ def answer_local(request: DNSRecord, view: ServiceView, ttl: int, memo: dict | N
     reply.rr = list(answers)
     reply.ar = list(additional)
     return reply
-    q = request.q
-    qtype = QTYPE.get(q.qtype, str(q.qtype))
-    result = resolve(view, str(q.qname), qtype)
-    if result.kind == FOREIGN:
-        return None
-    if result.kind == NXDOMAIN:
-        reply.header.rcode = RCODE.NXDOMAIN
-        return reply
-    def rr(record):  # dnslib RRs are built once per record and view (`rrs`), then reused
-        if rrs is None:
-            return _rr(record, ttl)
-        made = rrs.get(record)
-        if made is None:
-            made = rrs[record] = _rr(record, ttl)
-        return made
-
-    for record in result.answers:
-        reply.add_answer(rr(record))
-    for record in result.additional:
-        reply.add_ar(rr(record))
-    return reply
 
 
 def error_reply(data: bytes, rcode: int) -> bytes | None:
@@ -153,7 +132,6 @@ class DnsResponder:
         self._forwards = asyncio.Semaphore(MAX_FORWARDS)
         self._tcp_slots = MAX_TCP_CONNECTIONS
         self._tasks: set[asyncio.Task] = set()
-        self.queries = 0
         self.errors = 0
         # answers from the view by the request's bytes after its ID (flags, question, EDNS):
         # a repeated question costs a dict lookup; emptied whenever the view changes
@@ -169,7 +147,6 @@ class DnsResponder:
     def answer_now(self, data: bytes, udp: bool = True) -> tuple[bool, bytes | None]:
         """(True, reply or None to drop) when the packet is answered without waiting;
         (False, None) when it must be forwarded. Never raises."""
-        self.queries += 1
         view = self.view()
         if view is not self._cache_view:
             self._cache = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from fleetd.discovery.view import ServiceView
 from fleetd.errors import RegistryError
@@ -25,7 +24,6 @@ class ViewFeed:
         self.domain = domain
         self.view = ServiceView.build((), domain)
         self.stale = True  # until the first read
-        self.updated = 0.0  # time.monotonic() of the last change
         self.ready = asyncio.Event()
         self._dirty = asyncio.Event()
         self._current: dict = {}
@@ -33,7 +31,6 @@ class ViewFeed:
 
     def _set(self, view: ServiceView) -> None:
         self.view = view
-        self.updated = time.monotonic()
         self.version += 1
 
     async def run(self) -> None:

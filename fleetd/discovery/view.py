@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from fleetd.registry.services import Endpoint
 
@@ -77,10 +77,6 @@ class ServiceView:
                    healthy={k: tuple(v) for k, v in healthy.items()},
                    by_label={k: tuple(v) for k, v in by_label.items()},
                    known_services=frozenset(ep.service for ep in all_eps))
-
-    @classmethod
-    def from_records(cls, records: Mapping[str, Endpoint], domain: str = "fleet.local") -> "ServiceView":
-        return cls.build(records.values(), domain)
 
     def services(self) -> list[ServiceSummary]:
         totals: dict[str, list[int]] = {}
