@@ -18,6 +18,10 @@ from fleetd.images.store import ImageStore
 from fleetd.launcher.users import ResolvedUser
 
 DEFAULT_STATE_ROOT = Path("/run/fleet/containers")
+#: the container's init with --init (Debian's tini-static: static, so it runs in any image)
+DEFAULT_INIT = Path("/usr/bin/tini-static")
+#: where the init is bind-mounted (read-only) inside the container, as docker's --init does
+INIT_IN_CONTAINER = "/dev/init"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -82,6 +86,8 @@ class ContainerSpec:
     keep_state: bool = False
     stop_timeout: float = 10.0
     privileged: bool = False
+    init: Path | None = None            # --init: PID 1 is this binary (tini), the command PID 2
+    detach: bool = False                # --detach: leave PID 1 to systemd (Type=forking) and exit
 
     @property
     def state_dir(self) -> Path:
