@@ -123,3 +123,21 @@ def test_restart_policy_restarts_the_container(lab, busybox):
         lab.fleetctl("destroy", unit, check=False)
     eventually(lambda: node.exec(["sh", "-c", "ls /run/fleet/containers/ 2>/dev/null"],
                                  check=False).stdout.split().count("again") == 0, 20, "state dir removed")
+
+
+def test_fleetd_restart_leaves_the_container_alone(lab, busybox):
+    """fleetd is not the container's parent: a fleetd SIGKILL leaves PID 1 and the unit as they were."""
+    node, unit = lab.node(1), "keep.service"
+    run(lab, "keep", "--", "sleep", "1000")
+    try:
+        main = show(node, unit, "MainPID")
+        node.exec(["systemctl", "kill", "-s", "KILL", "fleetd.service"])
+        eventually(lambda: show(node, "fleetd.service", "ActiveState") == "active" and
+                   show(node, "fleetd.service", "NRestarts") != "0", 30, "fleetd to come back")
+        lab.wait_fleetd()
+        eventually(lambda: [r for r in lab.fleetctl("list-units", "--no-legend").stdout.splitlines()
+                            if r.startswith(unit) and "active" in r.split()], 20, "the unit listed active")
+        assert show(node, unit, "MainPID") == main
+        assert show(node, unit, "ActiveState") == "active"
+    finally:
+        lab.fleetctl("destroy", unit, check=False)
