@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 from fleetd.errors import LaunchError
-from fleetd.images.store import DEFAULT_ROOT
 from fleetd.launcher import spec as specmod
 from fleetd.launcher.supervisor import run
 from fleetd.launcher.users import resolve_user
@@ -37,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                 description="Run a command in a container made from a fleet image.")
     p.add_argument("--name", help="container name (default: IMAGE-<random>)")
     p.add_argument("--image", required=True, help="image name, digest or rootfs directory")
-    p.add_argument("--images-dir", type=Path, default=DEFAULT_ROOT,
-                   help=f"image store root (default {DEFAULT_ROOT})")
+    p.add_argument("--images-dir", type=Path, default=None,
+                   help="image store root (default /var/lib/fleet/images)")
     p.add_argument("--hostname", help="hostname inside (default: the container name)")
     p.add_argument("--env", "-e", action="append", default=[], metavar="K=V",
                    help="environment variable (the environment starts empty)")
@@ -79,7 +78,10 @@ def build_spec(argv: list[str], host_env: dict[str, str]) -> specmod.ContainerSp
         raise LaunchError(f'invalid --workdir "{args.workdir}": must be an absolute path')
     if args.stop_timeout < 0:
         raise LaunchError("invalid --stop-timeout: must not be negative")
-    rootfs = specmod.resolve_image(args.image, args.images_dir)
+    images_dir = args.images_dir
+    if images_dir is None:
+        from fleetd.images.store import DEFAULT_ROOT as images_dir
+    rootfs = specmod.resolve_image(args.image, images_dir)
     name = specmod.validate_name(args.name or specmod.default_name(args.image))
     hostname = args.hostname or name
     if len(hostname.encode()) > 64 or not hostname:
