@@ -103,7 +103,7 @@ def _measure(node: Node, runtime: str, count: int, image: ImageInfo, settle: flo
     for name in names:
         script.append(f"cat > /run/systemd/system/{name} <<'FLEET_BENCH_EOF'\n{_unit_text(name, runtime, image)}"
                       "FLEET_BENCH_EOF\n")
-    node.exec(["sh", "-c", "".join(script) + "systemctl daemon-reload\n"], timeout=120)
+    node.exec(["sh"], input="".join(script) + "systemctl daemon-reload\n", timeout=120)  # (too long for argv)
     try:
         time.sleep(1.0)
         before = _node_memory(node)
