@@ -43,7 +43,8 @@ class EngineStats:
     planned_passes: int = 0  # passes decided by the incremental planner (no reconcile())
     full_reads: int = 0  # whole-range reads (start, compaction, broken watch, periodic resync)
     view_passes: int = 0  # passes on the watch-fed view (no range read)
-    last_engine_seconds: float = 0.0  # view update + decision of the last pass that wrote
+    last_engine_seconds: float = 0.0  # view update + decision + write of the last pass that wrote
+    last_decide_seconds: float = 0.0  # the decision alone (planner or reconcile()) of that pass
 
 
 def global_targets(snapshot: ClusterSnapshot,
@@ -204,7 +205,8 @@ class Engine:
             decisions = reconcile(snapshot, cache=self._cache)
             self._planner.remember(snapshot, decisions)
             wanted_globals = global_targets(snapshot, self._cache)
-        self.stats.reconcile_seconds += time.perf_counter() - started
+        decided = time.perf_counter() - started
+        self.stats.reconcile_seconds += decided
         self.stats.reconcile_cpu_seconds += time.thread_time() - started_cpu
         self.stats.passes += 1
         if self._globals_written is None:
@@ -236,6 +238,7 @@ class Engine:
             raise
         if self._view is not None:
             self._view.note_written(decisions)
+        self.stats.last_decide_seconds = decided
         self.stats.last_write_at = time.monotonic()
         self.stats.apply_seconds += self.stats.last_write_at - started
         self._globals_written = wanted_globals
