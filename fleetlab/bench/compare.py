@@ -9,11 +9,12 @@ time of whole fleetctl processes, as a user sees them:
 * list_units: `fleetctl list-units` (p50 of `samples`);
 * start_one: `fleetctl start UNIT` of one new unit until it returns (p50 of `samples` units);
 * burst_30: `fleetctl start` of 30 units in one blocking command;
-* no_block_300: `fleetctl start --no-block` of 300 units, then `list-units` until all are active.
+* no_block_300: `fleetctl start --no-block` of 300 units, then `list-units` until all are active;
+* failover: 6 units running, the last node crashed (SIGKILL to its init), then `list-units`
+  until every unit that ran there is active on another machine (the node is booted again).
 
 Ratios are original / project (above 1: the project is faster). Skips with the reason when the
-peer binaries are absent. Failover after a node kill is not compared here (fleet-lab bench
-failover measures the project's).
+peer binaries are absent.
 """
 
 from __future__ import annotations
@@ -47,18 +48,23 @@ def compare(samples: int = 5, *, burst: int = 30, no_block: int = 300, nodes: in
         project = _project_ctl(lab)
         log("project: running the scenarios")
         result["project"] = _scenarios(project, Path(tmp), "p", samples, burst, no_block, timeout, log)
+        result["project"]["failover_seconds"] = _try_failover(lab, project, Path(tmp), "p", timeout, log)
         log("turning the lab's nodes into original fleet v1.0.0 nodes")
         to_original_fleet(lab)
         try:
             original = lambda *args, check=True, timeout=120.0: peer_fleetctl(lab, *args, check=check, timeout=timeout)  # noqa: E731
             log("original fleet: running the scenarios")
             result["fleet_v1"] = _scenarios(original, Path(tmp), "o", samples, burst, no_block, timeout, log)
+            result["fleet_v1"]["failover_seconds"] = _try_failover(
+                lab, original, Path(tmp), "o", timeout, log, after_boot=lambda node: _peer_node_again(lab, node))
         finally:
             if keep_lab:
                 back_to_project(lab)
     result["ratio_fleet_v1_over_project"] = {
         key: round(result["fleet_v1"][key] / result["project"][key], 1)
-        for key in result["project"] if result["project"][key]
+        for key in result["project"]
+        if isinstance(result["project"][key], float) and result["project"][key]
+        and isinstance(result["fleet_v1"].get(key), float)
     }
     result["after"] = conditions()
     return result
@@ -127,3 +133,68 @@ def _scenarios(ctl, tmp: Path, side: str, samples: int, burst: int, no_block: in
     log(f"{side}: {no_block} units --no-block until active: {figures[f'no_block_{no_block}_seconds']}s")
     ctl("destroy", *lots, check=False, timeout=timeout)
     return figures
+
+
+def _placed(ctl, names: list[str]) -> dict[str, tuple[str, str]]:
+    out = ctl("list-units", "--no-legend", "--full", "--fields=unit,machine,active", check=False).stdout
+    found = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] in names:
+            found[parts[0]] = (parts[1], parts[2])
+    return found
+
+
+def _failover(lab: Lab, ctl, tmp: Path, side: str, timeout: float, log: Log,
+              after_boot: Callable[[Any], None] | None = None) -> float:
+    tag = new_tag(f"f{side}")
+    names = [f"{tag}-{i}.service" for i in range(6)]
+    ctl("start", "--no-block", *_files(tmp, names), timeout=timeout)
+    victim = lab.nodes[-1]
+    deadline = time.monotonic() + timeout
+    while True:
+        placed = _placed(ctl, names)
+        if len(placed) == len(names) and all(a == "active" for _, a in placed.values()):
+            break
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"{side}: failover units not active before the kill")
+        time.sleep(0.1)
+    moving = [n for n, (m, _) in placed.items() if m.endswith("/" + victim.ip)]
+    if not moving:
+        ctl("destroy", *names, check=False)
+        log(f"{side}: no unit on {victim.name}: failover not measured")
+        return 0.0
+    started = time.monotonic()
+    victim.kill()
+    while True:
+        placed = _placed(ctl, names)
+        if all(n in placed and placed[n][1] == "active" and not placed[n][0].endswith("/" + victim.ip)
+               for n in moving):
+            break
+        if time.monotonic() - started > timeout:
+            raise BenchmarkError(f"{side}: {len(moving)} units not active elsewhere {timeout:g}s after the kill")
+        time.sleep(0.05)
+    seconds = round(time.monotonic() - started, 3)
+    log(f"{side}: failover of {len(moving)} units after killing {victim.name}: {seconds}s")
+    victim.start()
+    lab.wait_etcd_healthy(timeout=60)
+    if after_boot is not None:
+        after_boot(victim)
+    ctl("destroy", *names, check=False)
+    return seconds
+
+
+def _try_failover(lab: Lab, ctl, tmp: Path, side: str, timeout: float, log: Log, **kw) -> float | str:
+    """The failover figure, or why it could not be taken (the other figures are kept)."""
+    try:
+        return _failover(lab, ctl, tmp, side, timeout, log, **kw)
+    except Exception as exc:  # noqa: BLE001 - reported in the result
+        log(f"{side}: failover not measured: {exc}")
+        return f"not measured: {str(exc).splitlines()[0][-200:]}"
+
+
+def _peer_node_again(lab: Lab, node) -> None:
+    """A re-booted node starts the project's fleetd: make it an original-fleet node again."""
+    from ..peer import to_original_fleet
+
+    to_original_fleet(lab)
