@@ -7,7 +7,7 @@ the units `run` and `run-pod` submit. Pure functions of the options (no cluster 
     fleetctl images
     fleetctl image import FILE [--name N] [--machine M]
 
-`run` composes container units (an [X-Container] section, see fleetd/container/spec.py),
+`run` composes container units (an [X-Container] section, see fleetd/unit/container.py),
 NAME.service or NAME@1..N.service with --count, submits and starts them, and waits until each
 runs or fails. `run-pod` does the same for a pod: the first container is the main one, the
 others are its helpers (POD-<name>.service, each with MachineOf= and BindsTo=/After= the main
@@ -27,7 +27,7 @@ import click
 
 from fleetctl.commands.common import CommandFailed
 from fleetctl.commands.unitops import check_unit
-from fleetd.container.spec import DEFAULT_RUNTIME, RUNTIMES
+from fleetd.unit.container import DEFAULT_RUNTIME, RUNTIMES
 from fleetd.unit.file import UnitFile
 from fleetd.unit.name import parse_unit_name
 

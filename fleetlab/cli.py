@@ -361,6 +361,34 @@ def bench_failover(as_json, quiet, agent_ttls, **options) -> None:
     _run_bench(failover, as_json, quiet, agent_ttls=tuple(agent_ttls) or ("5s", "2s"), **options)
 
 
+@bench.command("containers")
+@click.option("--count", default=200, show_default=True, help="Containers started (one at a time) per runtime.")
+@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["launcher", "nspawn"]),
+              help="Runtime to measure (repeatable; default: launcher, i.e. fleet-run).")
+@click.option("--settle-seconds", default=5.0, show_default=True, help="Quiet time before memory is read.")
+@click.option("--agent-ttl", default=DEFAULT_AGENT_TTL, show_default=True, help="fleetd agent_ttl of the lab.")
+@_bench_command
+def bench_containers(as_json, quiet, runtimes, **options) -> None:
+    """Memory charged and start time per container on one node, beyond the bare workload."""
+    from .bench.containers import containers
+
+    _run_bench(containers, as_json, quiet, runtimes=tuple(runtimes) or ("launcher",), **options)
+
+
+@bench.command("compare")
+@click.option("--samples", default=5, show_default=True, help="Samples of list-units and of one-unit starts.")
+@click.option("--burst", default=30, show_default=True, help="Units of the blocking burst.")
+@click.option("--no-block", "no_block", default=300, show_default=True, help="Units started with --no-block.")
+@click.option("--nodes", "-N", default=3, show_default=True, help="Nodes of the lab.")
+@click.option("--agent-ttl", default=DEFAULT_AGENT_TTL, show_default=True, help="agent_ttl of both fleets.")
+@_bench_command
+def bench_compare(as_json, quiet, **options) -> None:
+    """This project next to the original fleet v1.0.0 (../shared/peer/) in one lab and run."""
+    from .bench.compare import compare
+
+    _run_bench(compare, as_json, quiet, **options)
+
+
 @bench.command("footprint")
 @click.option("--units", default=100, show_default=True, help="Units running on the lab.")
 @click.option("--idle-seconds", default=30.0, show_default=True, help="Idle time CPU is measured over.")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from fleetd.container.spec import container_spec, is_container_unit
+from fleetd.unit.container import container_spec, is_container_unit
 from fleetd.errors import FleetError
 from fleetd.model import Machine
 from fleetctl import output

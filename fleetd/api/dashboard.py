@@ -454,7 +454,7 @@ async def unit_page(request: web.Request) -> web.Response:
         unit = await ctx_of(request).registry.get_unit(name)  # created a moment ago?
         if unit is None:
             raise HttpError(404, f"unit {name} does not exist")
-    from fleetd.container.spec import is_container_unit
+    from fleetd.unit.container import is_container_unit
 
     rendered = None
     if is_container_unit(unit.file):
@@ -485,7 +485,7 @@ async def rendered_text(registry: Any, name: str, unit: Any, row: UnitRow | None
     """What the unit's machine writes for a container unit (the same pure function as the agent's,
     from the machine's published facts and images); an explanation when it cannot be known."""
     from fleetd.container.render import CannotRun, ImageInfo, NodeFacts, render_or_explain
-    from fleetd.container.spec import container_spec
+    from fleetd.unit.container import container_spec
     from fleetd.images.store import ImageStore
     from fleetd.registry.images import ImageDirectory
 

@@ -275,6 +275,7 @@ def render_unit(name: str, unit: UnitFile, facts: NodeFacts, image: ImageInfo | 
         workdir=spec.workdir or image.workdir,
         user=spec.user or image.user,
         rundir=f"/run/fleet/nspawn/{cname}",
+        state_dir=f"/run/fleet/containers/{cname}",
         stop_timeout=_seconds(spec.stop_timeout),
         kill_timeout=_seconds(spec.stop_timeout + 5),
         userns=(f"{userns_base(cname)}:{USERNS_SIZE}"

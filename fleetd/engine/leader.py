@@ -1,8 +1,12 @@
 """The engine's imperative shell: leader election, watches, and applying the pure decisions.
 
-Event-driven: a watch on units (job/) and machines (machines/) from the snapshot's revision wakes
-the loop; a periodic resync (engine_reconcile_interval) is the safety net. Every schedule write
-is fenced on this machine still holding the leader key.
+Event-driven: a watch on units (job/), machines (machines/) and the schedule (schedule/) from the
+snapshot's revision wakes the loop and feeds the leader's in-memory view (fleetd.engine.view), so
+a pass reads no range; whole ranges are re-read only when leading starts, after a compaction or
+a broken watch, and at the periodic resync (engine_reconcile_interval, the safety net). A pass
+whose only news are new plain units is planned incrementally (fleetd.engine.incremental), with
+the same decisions as reconcile(). Every schedule write is fenced on this machine still holding
+the leader key.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from dataclasses import dataclass
 
 from fleetd.constraints import RequirementsCache
 from fleetd.engine.hold import Hold, HoldState, policy_for, restrain, with_ghosts
+from fleetd.engine.incremental import IncrementalPlanner
 from fleetd.engine.scheduler import reconcile
+from fleetd.engine.view import ClusterView
 from fleetd.errors import RegistryError
 from fleetd.model import ClusterSnapshot, DesiredState
 from fleetd.registry import NotLeader, Registry, WatchCompacted
@@ -35,6 +41,11 @@ class EngineStats:
     apply_seconds: float = 0.0  # total time writing decisions
     transactions: int = 0  # schedule-writing transactions
     last_write_at: float = 0.0  # time.monotonic() when the last decisions were written
+    planned_passes: int = 0  # passes decided by the incremental planner (no reconcile())
+    full_reads: int = 0  # whole-range reads (start, compaction, broken watch, periodic resync)
+    view_passes: int = 0  # passes on the watch-fed view (no range read)
+    last_engine_seconds: float = 0.0  # view update + decision + write of the last pass that wrote
+    last_decide_seconds: float = 0.0  # the decision alone (planner or reconcile()) of that pass
 
 
 def global_targets(snapshot: ClusterSnapshot,
@@ -65,6 +76,9 @@ class Engine:
         self.hold_policy = policy_for(machine_ttl)
         self._hold_state = HoldState()
         self.hold = Hold()
+        self._planner = IncrementalPlanner(self._cache)
+        self._view: ClusterView | None = None
+        self._events: list = []
 
     async def run(self) -> None:
         while True:
@@ -124,15 +138,30 @@ class Engine:
         keepalive = asyncio.create_task(self._keep_lease())
         dirty = asyncio.Event()
         watcher: asyncio.Task | None = None
+        view = self._view = ClusterView(reg)
+        self._planner.forget()
+        resync = True
         try:
             while True:
                 if keepalive.done():
                     keepalive.result()  # raises NotLeader / RegistryError
                 started = time.monotonic()
-                snapshot = await reg.snapshot()
+                if watcher is not None and watcher.done():
+                    resync = True
+                if resync or not view.loaded:
+                    self._events = []
+                    snapshot = await view.load()
+                    self.stats.full_reads += 1
+                else:
+                    events, self._events = self._events, []
+                    await view.apply(events)
+                    snapshot = view.snapshot()
+                    self.stats.view_passes += 1
                 self.stats.snapshot_seconds += time.monotonic() - started
-                await self.reconcile(snapshot)
+                wrote = await self.reconcile(snapshot)
                 self.stats.last_pass_seconds = time.monotonic() - started
+                if wrote:
+                    self.stats.last_engine_seconds = self.stats.last_pass_seconds
                 if watcher is None or watcher.done():
                     if watcher is not None and watcher.done() and not watcher.cancelled():
                         exc = watcher.exception()
@@ -144,8 +173,9 @@ class Engine:
                     wait = max(0.05, min(wait, self.hold.wake_at - time.monotonic() + 0.01))
                 try:
                     await asyncio.wait_for(dirty.wait(), wait)
+                    resync = False
                 except asyncio.TimeoutError:
-                    pass
+                    resync = True  # the periodic safety net: re-read everything
                 dirty.clear()
         finally:
             keepalive.cancel()
@@ -155,7 +185,8 @@ class Engine:
 
     async def _watch(self, revision: int, dirty: asyncio.Event) -> None:
         reg = self.registry
-        async for _ in reg.watch([reg.keys.jobs, reg.keys.machines], revision):
+        async for event in reg.watch([reg.keys.jobs, reg.keys.machines, reg.keys.schedule], revision):
+            self._events.append(event)
             dirty.set()
 
     async def _keep_lease(self) -> None:
@@ -176,28 +207,44 @@ class Engine:
         self.hold = hold
         return hold
 
-    async def reconcile(self, snapshot: ClusterSnapshot) -> None:
+    async def reconcile(self, snapshot: ClusterSnapshot) -> bool:
+        """One pass on `snapshot`; True if it wrote to the schedule."""
         hold = self._update_hold(snapshot)
-        # reconcile() is pure: the same inputs as a pass that wrote nothing decide nothing again.
-        inputs = (snapshot.units, snapshot.machines, snapshot.placements, hold.key)
-        if self._idle_inputs is not None and all(a == b for a, b in zip(inputs, self._idle_inputs)):
-            self.stats.skipped_passes += 1
-            return
-        self._idle_inputs = None
+        holding = bool(hold.held) or hold.in_grace
+        if holding:  # the incremental planner knows nothing of held machines: full passes
+            self._planner.forget()
         started, started_cpu = time.perf_counter(), time.thread_time()
-        decisions = reconcile(with_ghosts(snapshot, hold), cache=self._cache)
-        decisions = restrain(decisions, snapshot, hold)
-        self.stats.reconcile_seconds += time.perf_counter() - started
+        planned = self._planner.plan(snapshot) if self._globals_written is not None and not holding else None
+        if planned is not None:
+            # only new plain units since an idle pass: the global units are as written
+            decisions, wanted_globals = planned, self._globals_written
+            self.stats.planned_passes += 1
+            if decisions.empty:
+                return False
+        else:
+            # reconcile() is pure: the same inputs as a pass that wrote nothing decide nothing again.
+            inputs = (snapshot.units, snapshot.machines, snapshot.placements, hold.key)
+            if self._idle_inputs is not None and all(a == b for a, b in zip(inputs, self._idle_inputs)):
+                self.stats.skipped_passes += 1
+                return False
+            self._idle_inputs = None
+            decisions = reconcile(with_ghosts(snapshot, hold), cache=self._cache)
+            decisions = restrain(decisions, snapshot, hold)
+            if not holding:
+                self._planner.remember(snapshot, decisions)
+            wanted_globals = global_targets(snapshot, self._cache)
+        decided = time.perf_counter() - started
+        self.stats.reconcile_seconds += decided
         self.stats.reconcile_cpu_seconds += time.thread_time() - started_cpu
         self.stats.passes += 1
-        wanted_globals = global_targets(snapshot, self._cache)
         if self._globals_written is None:
             self._globals_written = await self.registry.global_targets()
         publish = [(n, h, s) for n, (h, s) in sorted(wanted_globals.items()) if self._globals_written.get(n) != (h, s)]
         retract = sorted(set(self._globals_written) - set(wanted_globals))
         if decisions.empty and not publish and not retract:
-            self._idle_inputs = inputs
-            return
+            if planned is None:
+                self._idle_inputs = inputs
+            return False
         if log.isEnabledFor(logging.INFO):
             for unplace in decisions.unplaces:
                 log.info("unscheduling %s from %s: %s", unplace.name, unplace.machine_id[:8], unplace.reason)
@@ -206,18 +253,26 @@ class Engine:
                 log.info("scheduling %s (%s) to %s%s", p.name, p.desired_state.value, p.machine_id[:8],
                          f": {place.reason}" if place.reason else "")
         started = time.monotonic()
-        self.stats.transactions += await self.registry.apply_schedule(
-            fence_machine_id=self.machine_id,
-            unplace=[(u.name, u.machine_id) for u in decisions.unplaces],
-            place=[p.placement for p in decisions.places],
-            publish_globals=publish,
-            retract_globals=retract,
-        )
+        try:
+            self.stats.transactions += await self.registry.apply_schedule(
+                fence_machine_id=self.machine_id,
+                unplace=[(u.name, u.machine_id) for u in decisions.unplaces],
+                place=[p.placement for p in decisions.places],
+                publish_globals=publish,
+                retract_globals=retract,
+            )
+        except BaseException:
+            self._planner.forget()
+            raise
+        if self._view is not None:
+            self._view.note_written(decisions)
+        self.stats.last_decide_seconds = decided
         self.stats.last_write_at = time.monotonic()
         self.stats.apply_seconds += self.stats.last_write_at - started
         self._globals_written = wanted_globals
         self.stats.placements += len(decisions.places)
         self.stats.unplacements += len(decisions.unplaces)
+        return True
 
     async def resign(self) -> None:
         """Give up leadership at shutdown, so that another engine takes over at once instead of

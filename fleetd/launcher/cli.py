@@ -3,10 +3,12 @@
     fleet-run [--name N] --image NAME_OR_PATH [--images-dir DIR] [--hostname H]
               [--env K=V]... [--bind SRC:DST[:ro]]... [--workdir D] [--user U]
               [--net host|none|netns:PATH] [--keep-state] [--stop-timeout S]
-              [--privileged] -- CMD ARGS...
+              [--privileged] [--init [--init-path PATH]] [--detach] -- CMD ARGS...
 
-Meant to be a unit's ExecStart: it stays the unit's main process (see
-:mod:`fleetd.launcher.supervisor` for signals, exit codes and cleanup).
+Without --detach it stays in the foreground as the container's supervisor (see
+:mod:`fleetd.launcher.supervisor` for signals, exit codes and cleanup). With --detach (a
+unit's ExecStart with Type=forking and PIDFile=<state>/init.pid) it builds the container,
+writes the PID of the container's PID 1 and exits: systemd itself supervises the container.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import sys
 from pathlib import Path
 
 from fleetd.errors import LaunchError
-from fleetd.images.store import DEFAULT_ROOT
 from fleetd.launcher import spec as specmod
 from fleetd.launcher.supervisor import run
 from fleetd.launcher.users import resolve_user
@@ -35,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                 description="Run a command in a container made from a fleet image.")
     p.add_argument("--name", help="container name (default: IMAGE-<random>)")
     p.add_argument("--image", required=True, help="image name, digest or rootfs directory")
-    p.add_argument("--images-dir", type=Path, default=DEFAULT_ROOT,
-                   help=f"image store root (default {DEFAULT_ROOT})")
+    p.add_argument("--images-dir", type=Path, default=None,
+                   help="image store root (default /var/lib/fleet/images)")
     p.add_argument("--hostname", help="hostname inside (default: the container name)")
     p.add_argument("--env", "-e", action="append", default=[], metavar="K=V",
                    help="environment variable (the environment starts empty)")
@@ -51,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds between a forwarded SIGTERM and SIGKILL (default 10)")
     p.add_argument("--privileged", action="store_true",
                    help="keep all capabilities and leave /proc unmasked")
+    p.add_argument("--init", action="store_true",
+                   help="run a minimal init (tini) as PID 1: it reaps zombies and forwards "
+                        "signals to the command (PID 2)")
+    p.add_argument("--init-path", type=Path, default=specmod.DEFAULT_INIT,
+                   help=f"the init binary for --init (default {specmod.DEFAULT_INIT}; "
+                        "a static one, bind-mounted read-only on /dev/init)")
+    p.add_argument("--detach", action="store_true",
+                   help="for a systemd unit with Type=forking and PIDFile=STATE/NAME/init.pid: "
+                        "exit once the container runs, leaving its PID 1 to systemd")
     p.add_argument("--state-root", type=Path, default=specmod.DEFAULT_STATE_ROOT,
                    help=argparse.SUPPRESS)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
@@ -68,7 +78,10 @@ def build_spec(argv: list[str], host_env: dict[str, str]) -> specmod.ContainerSp
         raise LaunchError(f'invalid --workdir "{args.workdir}": must be an absolute path')
     if args.stop_timeout < 0:
         raise LaunchError("invalid --stop-timeout: must not be negative")
-    rootfs = specmod.resolve_image(args.image, args.images_dir)
+    images_dir = args.images_dir
+    if images_dir is None:
+        from fleetd.images.store import DEFAULT_ROOT as images_dir
+    rootfs = specmod.resolve_image(args.image, images_dir)
     name = specmod.validate_name(args.name or specmod.default_name(args.image))
     hostname = args.hostname or name
     if len(hostname.encode()) > 64 or not hostname:
@@ -76,12 +89,19 @@ def build_spec(argv: list[str], host_env: dict[str, str]) -> specmod.ContainerSp
     net = specmod.NetMode.parse(args.net)
     binds = tuple(specmod.BindMount.parse(b) for b in args.bind)
     user = resolve_user(rootfs, args.user, args.image)
+    init = None
+    if args.init:
+        init = args.init_path.resolve()
+        if not init.is_file() or not os.access(init, os.X_OK):
+            raise LaunchError(f'init "{args.init_path}" not found or not executable '
+                              "(Debian package tini: /usr/bin/tini-static)")
     env = specmod.build_env(specmod.parse_env(args.env, host_env), hostname, user.home)
     return specmod.ContainerSpec(
         name=name, image_ref=args.image, rootfs=rootfs, command=tuple(command),
         hostname=hostname, env=env, binds=binds, workdir=os.path.normpath(args.workdir),
         user=user, net=net, state_root=args.state_root, keep_state=args.keep_state,
-        stop_timeout=args.stop_timeout, privileged=args.privileged)
+        stop_timeout=args.stop_timeout, privileged=args.privileged, init=init,
+        detach=args.detach)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,10 @@ and everything disappears with the namespace):
 * /dev: a tmpfs with null zero full random urandom tty bind-mounted from the host's
   /dev, a new devpts instance (+ ptmx link), /dev/shm, /dev/mqueue, fd/stdin/... links;
 * /sys: sysfs mounted read-only (a read-only recursive bind of the host's as fallback);
-* --bind mounts last (recursive; ":ro" makes the whole subtree read-only).
+* --bind mounts last (recursive; ":ro" makes the whole subtree read-only);
+* with --init, the init binary (tini-static) bind-mounted read-only on /dev/init: it is exec'd
+  as PID 1 and runs the command as PID 2 (the command is looked up first, so that a missing
+  one still fails with 127 and one line).
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import os
 import select
 import signal
 import socket
+import stat
 import struct
 from pathlib import Path
 
 from fleetd.errors import LaunchError
 from fleetd.images.rootpath import resolve_in_root
 from fleetd.launcher import libc
-from fleetd.launcher.spec import BindMount, ContainerSpec
+from fleetd.launcher.spec import INIT_IN_CONTAINER, BindMount, ContainerSpec
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
@@ -55,7 +59,7 @@ def enter_and_exec(spec: ContainerSpec, *, err_fd: int, alive_fd: int, netns_fd:
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _exit_if_parent_gone(alive_fd)
         _setup(spec, netns_fd)
-        _exec(spec, err_fd, parent_mask)
+        _exec(spec, err_fd, parent_mask, alive_fd)
     except LaunchError as exc:
         _fail(err_fd, exc.exit_code, str(exc))
     except BaseException as exc:  # noqa: BLE001 - anything here must end the child
@@ -86,7 +90,7 @@ def _setup(spec: ContainerSpec, netns_fd: int | None) -> None:
                f"lowerdir={spec.rootfs},upperdir={state / 'upper'},workdir={state / 'work'}")
     cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     _mount_proc(root, spec.privileged)
-    _mount_dev(root)
+    _mount_dev(root, spec.init)
     _mount_sys(root)
     for bind in spec.binds:
         _bind(root, bind)
@@ -143,7 +147,7 @@ def _mount_proc(root: Path, privileged: bool) -> None:
             libc.mount("/dev/null", path, None, libc.MS_BIND)
 
 
-def _mount_dev(root: Path) -> None:
+def _mount_dev(root: Path, init: Path | None = None) -> None:
     dev = _mountpoint(root, "/dev")
     libc.mount("tmpfs", dev, "tmpfs", libc.MS_NOSUID | libc.MS_STRICTATIME,
                "mode=755,size=65536k")
@@ -164,6 +168,12 @@ def _mount_dev(root: Path) -> None:
                    libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
     except OSError:
         os.rmdir(dev / "mqueue")  # no mqueue filesystem: leave it out
+    if init is not None:
+        target = dev / INIT_IN_CONTAINER.rsplit("/", 1)[1]
+        target.touch(mode=0o755)
+        libc.mount(os.fspath(init), target, None, libc.MS_BIND)
+        libc.mount(None, target, None,
+                   libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, dev / name)
@@ -214,7 +224,8 @@ def _chdir(workdir: str) -> None:
         raise LaunchError(f'cannot use working directory "{workdir}": {exc.strerror}') from None
 
 
-def _exec(spec: ContainerSpec, err_fd: int, parent_mask: set[signal.Signals]) -> None:
+def _exec(spec: ContainerSpec, err_fd: int, parent_mask: set[signal.Signals],
+          alive_fd: int) -> None:
     for sig in RESET_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
@@ -225,6 +236,15 @@ def _exec(spec: ContainerSpec, err_fd: int, parent_mask: set[signal.Signals]) ->
         candidates = [cmd]
     else:
         candidates = [os.path.join(d or ".", cmd) for d in spec.env_value("PATH").split(":")]
+    where = f"image {spec.image_ref}"
+    if spec.init is not None:
+        _check_command(candidates, cmd, where, err_fd)
+        candidates = [INIT_IN_CONTAINER]
+        argv = [INIT_IN_CONTAINER, "--", *argv]
+    if spec.detach:
+        # the launcher exits after the hand-over: the container must outlive it from here
+        libc.prctl(libc.PR_SET_PDEATHSIG, 0)
+        _exit_if_parent_gone(alive_fd)
     denied: OSError | None = None
     exists = False
     for path in candidates:
@@ -240,7 +260,10 @@ def _exec(spec: ContainerSpec, err_fd: int, parent_mask: set[signal.Signals]) ->
                 continue
             denied = exc
             break
-    where = f"image {spec.image_ref}"
+    _exec_failed(err_fd, cmd if spec.init is None else INIT_IN_CONTAINER, where, denied, exists)
+
+
+def _exec_failed(err_fd: int, cmd: str, where: str, denied: OSError | None, exists: bool) -> None:
     if denied is not None:
         _fail(err_fd, 126, f'command "{cmd}" cannot be executed in {where}: '
                            f"{os.strerror(denied.errno or 0)}")
@@ -248,3 +271,21 @@ def _exec(spec: ContainerSpec, err_fd: int, parent_mask: set[signal.Signals]) ->
         _fail(err_fd, 127, f'command "{cmd}" cannot be executed in {where}: its interpreter '
                            "(ELF loader or #! line) is missing")
     _fail(err_fd, 127, f'command "{cmd}" not found in {where}')
+
+
+def _check_command(candidates: list[str], cmd: str, where: str, err_fd: int) -> None:
+    """With an init, the command is exec'd by the init: find it first (as execvp would), so
+    that a missing or non-executable command fails here with its one-line message."""
+    denied: OSError | None = None
+    for path in candidates:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue
+            denied = denied or exc
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK):
+            return
+        denied = denied or OSError(errno.EACCES, os.strerror(errno.EACCES))
+    _exec_failed(err_fd, cmd, where, denied, False)

@@ -1,6 +1,20 @@
-"""The supervisor: the launcher process itself, which stays in the host's namespaces.
+"""The launcher process itself: it builds the container, then supervises it or hands it over.
 
-Process model (chosen so that systemd's view of the unit is right)::
+Two modes. With ``--detach`` (what a fleet unit uses: Type=forking, PIDFile=) nothing stays::
+
+    systemd (the node's PID 1)
+      `- fleet-run: forks the container, writes its PID 1 to init.pid (PIDFile=), exits
+      `- tini (PID 1 of a new PID namespace; /dev/init, read-only): reaps, forwards signals
+           `- CMD (PID 2) and whatever it starts
+
+  systemd takes the container's PID 1 as the unit's main process (it became its parent when
+  fleet-run exited, so it gets the exit status itself): stop (SIGTERM to the main
+  process, SIGKILL to the cgroup after TimeoutStopSec=), kill, Restart= and exit codes are
+  systemd's own. tini exits with the command's status, or 128+N when it died of signal N.
+  The state directory stays until ``ExecStopPost=`` removes it; a later launcher of the same
+  name refuses while the recorded PID 1 (init.pid + its start time) is alive.
+
+Without it, in the foreground (a shell, tests), the launcher supervises::
 
     fleet-run (unit's main PID, host namespaces)  -- supervisor: signals, exit status
       `- CMD  (PID 1 of a new PID namespace; new mount/UTS/IPC[/net] namespaces)
@@ -42,6 +56,33 @@ FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 STOPPING = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT}
 
 
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): a PID plus it names one process.
+    None if there is no such process or it is a zombie (dead, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    return None if fields[0] in (b"Z", b"X") else fields[19].decode()
+
+
+def _recorded_init_alive(state: Path) -> bool:
+    """Whether the container PID 1 recorded in `state` (init.pid, init.start) still runs."""
+    try:
+        pid = int((state / "init.pid").read_text())
+        started = (state / "init.start").read_text().strip()
+    except (OSError, ValueError):
+        return False
+    return _start_time(pid) == started
+
+
+def _record_init(state: Path, pid: int) -> None:
+    (state / "init.start").write_text(f"{_start_time(pid)}\n")
+    (state / "init.pid").write_text(f"{pid}\n")
+
+
 def _lock_state_dir(state: Path, name: str) -> int:
     """Create `state` if needed and take its lock; the lock lives as long as the returned fd.
 
@@ -62,6 +103,9 @@ def _lock_state_dir(state: Path, name: str) -> int:
             raise LaunchError(f'container name "{name}" is already in use ({state})') from None
         try:
             if os.fstat(fd).st_ino == os.stat(state / "lock").st_ino:
+                if _recorded_init_alive(state):   # handed to systemd by an earlier launcher
+                    os.close(fd)
+                    raise LaunchError(f'container name "{name}" is already in use ({state})')
                 return fd
         except FileNotFoundError:
             pass
@@ -123,6 +167,15 @@ def run(spec: ContainerSpec) -> int:
             raise LaunchError(f'network namespace "{spec.net.path}": {exc.strerror}') from None
     try:
         state, lock_fd = create_state_dir(spec)
+        if spec.detach:
+            try:
+                return _hand_over(spec, state, netns_fd)
+            except BaseException:
+                if not spec.keep_state:
+                    remove_state_dir(state)
+                raise
+            finally:
+                os.close(lock_fd)
         try:
             return _run_in(spec, state, netns_fd)
         finally:
@@ -134,27 +187,61 @@ def run(spec: ContainerSpec) -> int:
             os.close(netns_fd)
 
 
+def _start_container(spec: ContainerSpec, netns_fd: int | None,
+                     old_mask: set[signal.Signals]) -> tuple[int, int]:
+    """Fork the container and wait until its PID 1 exec'd (or failed: LaunchError).
+
+    Returns (pid, alive_w): the write end of the pipe whose EOF tells the child that the
+    launcher died before the exec (close it when done)."""
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+    pid = _fork_into_new_pidns()
+    if pid == 0:
+        os.close(err_r)
+        os.close(alive_w)
+        container.enter_and_exec(spec, err_fd=err_w, alive_fd=alive_r, netns_fd=netns_fd,
+                                 parent_mask=old_mask)
+    os.close(err_w)
+    os.close(alive_r)
+    try:
+        error = _read_all(err_r)
+        if error:
+            os.waitpid(pid, 0)
+            code_text, _, message = error.decode(errors="replace").partition("\t")
+            raise LaunchError(message, int(code_text) if code_text.isdigit() else 125)
+    except BaseException:
+        os.close(alive_w)
+        raise
+    return pid, alive_w
+
+
+def _hand_over(spec: ContainerSpec, state: Path, netns_fd: int | None) -> int:
+    """--detach: start the container, record its PID 1 in init.pid (the unit's PIDFile=), return 0.
+
+    The unit is Type=forking: when this process exits the kernel re-parents the container's
+    PID 1 to systemd, which then reads init.pid and takes it as the unit's main process, *its
+    own child*. (Type=notify with MAINPID= from here would name a process that is not yet
+    systemd's child: systemd 252 then marks it "alien" for good and, at stop, SIGKILLs the
+    whole unit at once instead of waiting TimeoutStopSec= after SIGTERM.)"""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    try:
+        pid, alive_w = _start_container(spec, netns_fd, old_mask)
+        try:
+            _record_init(state, pid)
+        finally:
+            os.close(alive_w)
+        return 0
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
 def _run_in(spec: ContainerSpec, state: Path, netns_fd: int | None) -> int:
     waited = FORWARDED | {signal.SIGCHLD}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
-        err_r, err_w = os.pipe()
-        alive_r, alive_w = os.pipe()
-        pid = _fork_into_new_pidns()
-        if pid == 0:
-            os.close(err_r)
-            os.close(alive_w)
-            container.enter_and_exec(spec, err_fd=err_w, alive_fd=alive_r, netns_fd=netns_fd,
-                                     parent_mask=old_mask)
-        os.close(err_w)
-        os.close(alive_r)
+        pid, alive_w = _start_container(spec, netns_fd, old_mask)
         try:
-            error = _read_all(err_r)
-            if error:
-                os.waitpid(pid, 0)
-                code_text, _, message = error.decode(errors="replace").partition("\t")
-                raise LaunchError(message, int(code_text) if code_text.isdigit() else 125)
-            (state / "init.pid").write_text(f"{pid}\n")
+            _record_init(state, pid)
             return _supervise(pid, spec.stop_timeout, waited)
         finally:
             os.close(alive_w)

@@ -120,9 +120,11 @@ def _active_count(agents: list[SimulatedAgent]) -> int:
 
 
 async def _start_latencies(client: "_Child", agents: list[SimulatedAgent], first: int, count: int,
-                           timeout: float) -> list[float]:
+                           timeout: float, engine: "_Child | None" = None,
+                           engine_times: list[tuple[float, float]] | None = None) -> list[float]:
     """Seconds from `fleetctl start` of one more unit (on the settled cluster) until an agent
-    reports it active, for `count` units one after the other."""
+    reports it active, for `count` units one after the other; with `engine`, the engine's time
+    for the pass that placed each (view update, decision and schedule write) into `engine_times`."""
     latencies = []
     for number in range(first, first + count):
         await client.send(f"start {number}")
@@ -133,6 +135,10 @@ async def _start_latencies(client: "_Child", agents: list[SimulatedAgent], first
                 raise BenchmarkError(f"scale benchmark: {name} not active {timeout:.0f}s after its start")
             await asyncio.sleep(0.002)
         latencies.append(time.monotonic() - started["started"])
+        if engine is not None and engine_times is not None:
+            await engine.send("probe")
+            probe = (await engine.read("probe", 30))["stats"]
+            engine_times.append((probe["last_engine_seconds"], probe["last_decide_seconds"]))
     return latencies
 
 
@@ -268,7 +274,8 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
                 await asyncio.sleep(idle_seconds)
             await engine.send("probe")
             idle = await engine.read("probe", 30)
-            latencies = await _start_latencies(client, agents, units, single_starts, timeout)
+            engine_times: list[tuple[float, float]] = []
+            latencies = await _start_latencies(client, agents, units, single_starts, timeout, engine, engine_times)
             await engine.send("stop")
             done = await engine.read("done", 30)
             engine_traffic = _traffic_between(before, busy)
@@ -285,7 +292,8 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
 
     stats = {key: busy["stats"][key] - before["stats"][key]  # the run itself, without setup or idle phase
              for key in ("passes", "skipped_passes", "placements", "transactions", "reconcile_seconds",
-                         "reconcile_cpu_seconds", "snapshot_seconds", "apply_seconds")}
+                         "reconcile_cpu_seconds", "snapshot_seconds", "apply_seconds",
+                         "planned_passes", "view_passes", "full_reads")}
     placed_seconds = busy["stats"]["last_write_at"] - t0
     total_traffic = agent_traffic + client_traffic + engine_traffic
     return {
@@ -305,8 +313,19 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             "p90": round(_percentile(latencies, 0.9), 3),
             "max": round(max(latencies), 3),
         } if latencies else None,
+        "engine_seconds_one_more_unit": {
+            "count": len(engine_times),
+            "p50": round(_percentile([e for e, _ in engine_times], 0.5), 4),
+            "p90": round(_percentile([e for e, _ in engine_times], 0.9), 4),
+            "max": round(max(e for e, _ in engine_times), 4),
+            "decision_only_p50": round(_percentile([d for _, d in engine_times], 0.5), 4),
+            "decision_only_max": round(max(d for _, d in engine_times), 4),
+        } if engine_times else None,
         "engine": {
             "passes": stats["passes"],
+            "planned_passes": stats["planned_passes"],
+            "view_passes": stats["view_passes"],
+            "full_reads": stats["full_reads"],
             "placements": stats["placements"],
             "transactions": stats["transactions"],
             "reconcile_seconds": round(stats["reconcile_seconds"], 3),

@@ -1,6 +1,6 @@
 """The dashboard with 1,000 units in headless Chromium: time to first render and an update's
 latency, printed (not asserted). A real fleetd API and engine on a real etcd; 10 simulated agents
-(fleetd/testing/simagent.py: real machine records, watches and state publishing) run the units.
+(fleetlab/testing/simagent.py: real machine records, watches and state publishing) run the units.
 
     .venv/bin/python -m pytest -q -s tests/test_dashboard_browser.py
 """

@@ -214,11 +214,16 @@ def test_launcher_rendering():
     text = render_unit("web@1.service", LAUNCHER, FACTS, IMAGE)
     assert stored_hash_of(text) == LAUNCHER.hash
     assert exec_start(text) == [
-        "/opt/fleet/bin/fleet-run", f"--name={container_name('web@1.service')}", f"--image={DIGEST}",
-        "--images-dir=/var/lib/fleet/images", "--hostname=web-1",
+        "/opt/fleet/bin/fleet-run", "--detach", "--init", f"--name={container_name('web@1.service')}",
+        f"--image={DIGEST}", "--images-dir=/var/lib/fleet/images", "--hostname=web-1",
         "--env=A=1", "--env=B=two words", "--bind=/srv:/data:ro", "--workdir=/www",
-        "--user=nobody", "--stop-timeout=2", "--",
+        "--user=nobody", "--",
         "httpd", "-f", "-p", "801", "-h", "/w w", "$HOME", "50%"]
+    # fleet-run leaves the container's PID 1 to systemd and exits: systemd supervises it
+    assert service_values(text, "Type") == ["forking"]
+    assert service_values(text, "PIDFile") == [f"/run/fleet/containers/{container_name('web@1.service')}/init.pid"]
+    assert exec_start(text, "ExecStopPost") == [
+        "-/bin/rm", "-rf", "--one-file-system", f"/run/fleet/containers/{container_name('web@1.service')}"]
     assert service_values(text, "KillMode") == ["mixed"]
     assert service_values(text, "SuccessExitStatus") == ["137 143"]
     assert service_values(text, "MemoryMax") == [str(64 << 20)]
@@ -229,7 +234,7 @@ def test_launcher_rendering():
     assert "@mount" not in service_values(text, "SystemCallFilter")[0]
     assert "CAP_SYS_MODULE" in service_values(text, "CapabilityBoundingSet")[0]
     # the user's [Service] options come after ours: theirs win (TimeoutStopSec=30 is last)
-    assert service_values(text, "TimeoutStopSec") == ["7", "30"]
+    assert service_values(text, "TimeoutStopSec") == ["2", "30"]
     assert service_values(text, "Restart") == ["always"]
     assert "\n[X-Container]" not in text and "Description=test" in text
     assert "8081/tcp" in text

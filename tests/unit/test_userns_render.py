@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fleetd.container.render import USERNS_SIZE, ImageInfo, NodeFacts, render_unit, userns_base
-from fleetd.container.spec import container_spec
+from fleetd.unit.container import container_spec
 from fleetd.errors import InvalidUnitOptions
 from fleetd.unit.file import UnitFile
 
