@@ -93,7 +93,7 @@ def test_a_compacted_revision_answers_at_once_with_the_current_one(server):
     _, now = get(server, "/fleet/v1/_watch/units")
     server.run(server.registry.create_unit(Unit("c.service", BODY)))
     _, current = get(server, "/fleet/v1/_watch/units")
-    server.run(server.registry._conn.client.compact(current["revision"]))  # test-only: etcd's compaction
+    server.run(server.registry.core.connection.client.compact(current["revision"]))  # test-only: etcd's compaction
     assert get(server, f"/fleet/v1/_watch/units?since={now['revision']}&timeout=20") == (
         200, {"revision": current["revision"], "changed": True})
 

@@ -39,7 +39,7 @@ async def eventually(predicate, timeout: float = 5.0, what: str = "condition"):
 
 
 async def raw(registry, prefix: str) -> dict[str, bytes]:
-    kvs = await registry._conn.call(registry._conn.client.get_prefix, prefix.encode())
+    kvs = await registry.core.connection.call(registry.core.connection.client.get_prefix, prefix.encode())
     return {kv.key.decode(): kv.value for kv in kvs}
 
 
@@ -59,7 +59,7 @@ async def test_publish_under_lease_skydns_only_when_healthy_and_lease_loss_remov
     assert json.loads(sky[f"{etcd_prefix}skydns/local/fleet/web/web-1"]) == {
         "host": "10.0.0.1", "port": 8080, "priority": 10, "weight": 10, "ttl": 7}
     key = f"{etcd_prefix}services/web/m1/web@1.service"
-    kv = await registry._conn.call(registry._conn.client.get, key.encode())
+    kv = await registry.core.connection.call(registry.core.connection.client.get, key.encode())
     assert kv.lease == lease
     await registry.revoke_lease(lease)
     assert await records.endpoints() == [] and await raw(registry, f"{etcd_prefix}skydns/") == {}
@@ -83,15 +83,15 @@ async def test_withdraw_and_recover(registry, etcd_prefix):
 
 async def test_bad_and_foreign_records_are_skipped_with_one_log_line(registry, etcd_prefix, caplog):
     records = records_for(registry, etcd_prefix)
-    client = registry._conn.client
+    client = registry.core.connection.client
     lease = await registry.grant_lease(30)
     try:
         await records.publish([ep(1)], lease)
-        await registry._conn.call(client.put, f"{etcd_prefix}services/web/m9/x.service".encode(), b"{oops")
+        await registry.core.connection.call(client.put, f"{etcd_prefix}services/web/m9/x.service".encode(), b"{oops")
         foreign = {**ep(2).to_json(), "service": "db"}  # does not match the key it sits under
-        await registry._conn.call(client.put, f"{etcd_prefix}services/web/m2/web@2.service".encode(),
+        await registry.core.connection.call(client.put, f"{etcd_prefix}services/web/m2/web@2.service".encode(),
                                   json.dumps(foreign).encode())
-        await registry._conn.call(client.put, f"{etcd_prefix}services/web/stray".encode(), b"{}")
+        await registry.core.connection.call(client.put, f"{etcd_prefix}services/web/stray".encode(), b"{}")
         with caplog.at_level(logging.WARNING, logger="fleetd.registry.services"):
             assert await records.endpoints() == [ep(1)]
             assert await records.endpoints() == [ep(1)]  # read again: no new complaint

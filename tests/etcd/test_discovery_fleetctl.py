@@ -119,35 +119,3 @@ def test_malformed_service_refused_at_submit_nothing_written(etcd_settings, tmp_
     assert out.exit_code == 1
     assert "unit w.service: [X-Service] service 'web': Check= 'ftp://nope/': unknown check scheme" in out.output
     assert "w.service" not in run(etcd_settings, "list-unit-files").output
-
-
-async def _next(gen, timeout: float = 10.0):
-    return await asyncio.wait_for(gen.__anext__(), timeout)
-
-
-async def test_watch_endpoints_through_both_drivers(etcd_settings, tmp_path):
-    """list-endpoints --watch's feed: the etcd driver's watch and the API's stream."""
-    from fleetctl.api_client import ApiFleetClient
-    from fleetctl.etcd_client import EtcdFleetClient
-    from tests._api_server import ApiHarness
-
-    async with ApiHarness(etcd_settings, tmp_path, skydns_prefix="") as api, \
-            await Registry.connect(etcd_settings) as reg:
-        records = ServiceRecords(reg, skydns_prefix="")
-        lease = await reg.grant_lease(60)
-        etcd_client, api_client = EtcdFleetClient(etcd_settings), ApiFleetClient(api.base)
-        feeds = [etcd_client.watch_endpoints("web"), api_client.watch_endpoints("web")]
-        try:
-            assert [await _next(f) for f in feeds] == [[], []]
-            await records.publish([ep(1)], lease)
-            assert [await _next(f) for f in feeds] == [[ep(1)], [ep(1)]]
-            await records.publish([ep(3, "db")], lease)  # another service: not in this feed
-            await records.withdraw([ep(1)])
-            assert [await _next(f) for f in feeds] == [[], []]
-            assert await api_client.endpoints() == [ep(3, "db")]
-        finally:
-            for f in feeds:
-                await f.aclose()
-            await etcd_client.close()
-            await api_client.close()
-            await reg.revoke_lease(lease)
