@@ -87,7 +87,7 @@ class Daemon:
                 machine_ttl=cfg.agent_ttl)
             if engine is not None:
                 stack.push_async_callback(engine.resign)
-            api = await self._start_api(registry, presence, agent, engine)
+            api = await self._start_api(registry, presence, agent, engine, discovery)
             if api is not None:
                 stack.push_async_callback(api.stop)
             stack.push_async_callback(self._cancel_tasks)
@@ -193,10 +193,21 @@ class Daemon:
         write_resolv_conf(Path(cfg.state_directory) / "resolv.conf", host, cfg.dns_domain)
         return (publisher, feed)
 
-    async def _start_api(self, registry, presence, agent, engine):
+    async def _start_api(self, registry, presence, agent, engine, discovery=()):
+        from fleetd.api.dashboard import endpoints_provider, set_services_provider
         from fleetd.api.server import ApiServer
 
         server = ApiServer(self.config, registry, presence, agent, engine)
+        # the dashboard's services page: this fleetd's watch-fed view when it serves DNS (no
+        # etcd read per page), else one read of the endpoint records per page view
+        feed = discovery[1] if len(discovery) > 1 else None
+        if feed is not None:
+            async def endpoints():
+                return feed.view.endpoints
+        else:
+            endpoints = discovery[0].records.endpoints if discovery else None
+        if endpoints is not None:
+            set_services_provider(server.context, endpoints_provider(endpoints))
         await server.start()
         return server
 

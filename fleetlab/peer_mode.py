@@ -91,6 +91,8 @@ class PeerLab(Lab):
 
     def __init__(self, name: str, nodes: int = 3, *, peer_dir: Path, **options) -> None:
         options["fleetd"] = False  # our fleetd: not started; the peer's instead
+        # fleet v1.0.0 speaks etcd's v2 API without TLS client certificates or RBAC
+        options.setdefault("insecure", True)
         super().__init__(name, nodes, **options)
         self.peer_dir = Path(peer_dir)
         for binary in ("fleetd", "fleetctl"):

@@ -28,3 +28,8 @@ _.error_received
 _.reserved_cpus                # dashboard rows, read by templates/dashboard/_macros.j2
 _.reserved_memory
 _.undone                       # fleetlab/soak.py: when a fault was undone (kept with the fault's record)
+EngineStats.full_reads         # read through dataclasses.asdict by the scale benchmark (fleetlab/bench/scale.py)
+EngineStats.view_passes
+EngineStats.last_engine_seconds
+EngineStats.last_decide_seconds
+_.__getattr__                  # fleetd/images/__init__.py: the module's lazy attributes (PEP 562)

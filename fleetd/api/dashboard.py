@@ -187,6 +187,24 @@ async def no_services(request: web.Request) -> list[dict[str, Any]]:
     return []
 
 
+def services_of_endpoints(endpoints: Iterable[Any]) -> list[dict[str, Any]]:
+    """The services page's rows from service discovery's endpoints (fleetd.model.Endpoint)."""
+    by_service: dict[str, list[dict[str, Any]]] = {}
+    for ep in sorted(endpoints, key=lambda e: (e.service, e.unit, e.machine_id)):
+        by_service.setdefault(ep.service, []).append(
+            {"address": ep.host, "port": ep.port, "machine": ep.machine_id, "unit": ep.unit, "healthy": ep.healthy})
+    return [{"name": name, "endpoints": eps} for name, eps in sorted(by_service.items())]
+
+
+def endpoints_provider(endpoints: Callable[[], Awaitable[Iterable[Any]]]) -> ServicesProvider:
+    """A services provider over a source of endpoints (service discovery's records or view)."""
+
+    async def provider(request: web.Request) -> list[dict[str, Any]]:
+        return services_of_endpoints(await endpoints())
+
+    return provider
+
+
 def set_services_provider(target: Any, provider: ServicesProvider | None) -> None:
     """Use `provider` for the services page. `target`: the API's ApiContext (e.g.
     `ApiServer.context`, before or after start) or its aiohttp application."""

@@ -55,8 +55,6 @@ class IncrementalPlanner:
         self._placements: Mapping[str, Placement] = {}
         self._order: LoadOrder | None = None
         self._load: dict[str, int] = {}
-        self.hits = 0
-        self.misses = 0
 
     @property
     def ready(self) -> bool:
@@ -100,16 +98,13 @@ class IncrementalPlanner:
         if self._units is None or not self._order:
             return None
         if not _same(snapshot.machines, self._machines) or not _same(snapshot.placements, self._placements):
-            self.misses += 1
             return None
         units, base = snapshot.units, self._units
         if len(units) < len(base):
-            self.misses += 1
             return None
         for name, unit in base.items():
             other = units.get(name)
             if other is not unit and other != unit:
-                self.misses += 1
                 return None
         new = sorted(name for name in units if name not in base) if len(units) != len(base) else []
         todo = []
@@ -120,7 +115,6 @@ class IncrementalPlanner:
             reqs = self.cache.info(unit).requirements
             if (reqs is None or is_template_name(name) or reqs.is_global or reqs.machine_id or reqs.machine_of
                     or reqs.metadata or reqs.conflicts or reqs.replaces or reqs.cpu > 0 or reqs.memory > 0):
-                self.misses += 1
                 return None
             todo.append(name)
         places = []
@@ -137,5 +131,4 @@ class IncrementalPlanner:
         self._units = units
         if places:
             self._placements = decisions.apply(snapshot.placements)
-        self.hits += 1
         return decisions

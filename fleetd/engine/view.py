@@ -113,7 +113,7 @@ class ClusterView:
         if not decoded:
             return
         wanted = [h for _, h, _ in decoded.values()]
-        bodies = await self.registry._bodies_for(wanted)   # cached: bodies are immutable
+        bodies = await self.registry.bodies(wanted)   # cached: bodies are immutable
         for key_name, (name, unit_hash, desired) in decoded.items():
             current = self.units.get(name)
             if current is not None and current.hash == unit_hash and current.desired_state == desired:

@@ -91,7 +91,8 @@ def lab_name(kind: str) -> str:
 
 
 @contextlib.contextmanager
-def bench_lab(kind: str, *, nodes: int, agent_ttl: str, keep_lab: str | None, log: Log) -> Iterator[Lab]:
+def bench_lab(kind: str, *, nodes: int, agent_ttl: str, keep_lab: str | None, log: Log,
+              insecure: bool = False) -> Iterator[Lab]:
     """A running lab with fleetd on every node: `keep_lab` (an existing lab, left running), or a
     new uniquely named one that is ALWAYS torn down, whatever happens in between."""
     if keep_lab:
@@ -101,7 +102,7 @@ def bench_lab(kind: str, *, nodes: int, agent_ttl: str, keep_lab: str | None, lo
         log(f"using lab {lab.name} ({len(lab.nodes)} nodes, agent_ttl {lab.agent_ttl})")
         yield lab
         return
-    lab = Lab(lab_name(kind), nodes=nodes, agent_ttl=agent_ttl)
+    lab = Lab(lab_name(kind), nodes=nodes, agent_ttl=agent_ttl, insecure=insecure)
     log(f"booting lab {lab.name}: {nodes} nodes, agent_ttl {agent_ttl}")
     try:
         started = time.monotonic()

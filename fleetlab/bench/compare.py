@@ -42,7 +42,9 @@ def compare(samples: int = 5, *, burst: int = 30, no_block: int = 300, nodes: in
     if problem:
         return {"benchmark": "compare", "skipped": problem}
     result: dict[str, Any] = {"benchmark": "compare", "before": conditions()}
-    with bench_lab("compare", nodes=nodes, agent_ttl=agent_ttl, keep_lab=keep_lab, log=log) as lab, \
+    # insecure: fleet v1.0.0 speaks etcd's v2 API without client certificates
+    with bench_lab("compare", nodes=nodes, agent_ttl=agent_ttl, keep_lab=keep_lab, log=log,
+                   insecure=True) as lab, \
             tempfile.TemporaryDirectory(prefix="fleet-compare-") as tmp:
         result["lab"] = {"name": lab.name, "nodes": len(lab.nodes), "agent_ttl": lab.agent_ttl}
         project = _project_ctl(lab)

@@ -11,7 +11,7 @@ from fleetd.engine.view import ClusterView
 from fleetd.errors import UnitNotFound
 from fleetd.model import DesiredState, Machine, Placement
 from fleetd.registry import Registry
-from tests.test_scheduler import unit
+from tests.unit.test_scheduler import unit
 
 NAMES = [f"v{i}.service" for i in range(6)]
 MACHINES = [f"{i:032x}" for i in range(1, 4)]

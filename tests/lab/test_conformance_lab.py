@@ -72,8 +72,11 @@ class Fleet:
         return self.n1.exec(cmd, check=False, timeout=timeout)
 
     def tcp(self, *args: str, node: int = 2, timeout: float = 90) -> subprocess.CompletedProcess:
-        endpoint = f"http://{self.lab.node(node).ip}:{LAB_API_PORT}"
-        return subprocess.run([str(PEER / "fleetctl"), f"--endpoint={endpoint}", *args], cwd=self.host_dir,
+        # the lab's TCP API wants a cluster client certificate (fleet's --ca-file/--cert-file/--key-file)
+        tls = self.lab.client_files()
+        flags = [f"--ca-file={tls[0]}", f"--cert-file={tls[1]}", f"--key-file={tls[2]}"] if tls else []
+        endpoint = self.lab.api_url(node)
+        return subprocess.run([str(PEER / "fleetctl"), f"--endpoint={endpoint}", *flags, *args], cwd=self.host_dir,
                               capture_output=True, text=True, timeout=timeout)
 
     def ok(self, proc: subprocess.CompletedProcess) -> str:

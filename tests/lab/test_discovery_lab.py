@@ -118,7 +118,7 @@ def test_three_endpoints_in_fleetctl_dns_and_by_name_from_a_container(lab, web):
     table = lab.fleetctl("list-endpoints", "web").stdout
     assert table.splitlines()[0].split() == ["SERVICE", "UNIT", "MACHINE", "ADDRESS", "PORT", "HEALTH", "TAGS"]
     assert lab.fleetctl("list-services", "--no-legend").stdout.split() == ["web", "3/3"]
-    api = ["--driver", "api", "--endpoint", f"http://{lab.node(2).ip}:{LAB_API_PORT}"]
+    api = lab.fleetctl_api_args(2)
     assert sorted(e["host"] for e in json.loads(lab.fleetctl(*api, "list-endpoints", "web", "--output",
                                                                "json").stdout)) == ips
     for node in lab.nodes:  # every node's fleetd answers, over UDP and TCP

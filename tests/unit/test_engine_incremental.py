@@ -9,7 +9,7 @@ from fleetd.constraints import RequirementsCache
 from fleetd.engine.incremental import IncrementalPlanner
 from fleetd.engine.scheduler import reconcile
 from fleetd.model import ClusterSnapshot
-from tests.test_scheduler import applied, machine, settle, snapshot, unit
+from tests.unit.test_scheduler import applied, machine, settle, snapshot, unit
 
 # unit shapes: mostly plain, some the planner must refuse (or, in the base, refuse to remember)
 SHAPES = [(), (), (), ("Conflicts=u-1*",), ("MachineOf=u-02.service",), ("Replaces=u-03.service",),
