@@ -161,6 +161,18 @@ async def find_units(client: FleetClient, args: Sequence[str]) -> list[UnitInfo]
     return await client.units_named(unit_names(args))
 
 
+async def units_to_act_on(client: FleetClient, args: Sequence[str]) -> list[UnitInfo]:
+    """The named units that exist, for stop/unload/destroy; as fleet, says "No units given" or
+    "Units not found in registry" (stderr) when there are none, and the command exits 0."""
+    if not args:
+        click.echo("No units given", err=True)
+        return []
+    found = await find_units(client, args)
+    if not found:
+        click.echo("Units not found in registry", err=True)
+    return found
+
+
 class MachineLegends:
     """'<id>.../<ip>' of machines, read once when first needed."""
 

@@ -28,6 +28,7 @@ from fleetctl.commands.unitops import (
     find_units,
     resolve_units,
     submit_and_set,
+    units_to_act_on,
     wait_for_states,
 )
 
@@ -93,13 +94,9 @@ async def start(g: Globals, replace, no_block, block_attempts, sign, units) -> i
 @run
 async def stop(g: Globals, no_block, block_attempts, units) -> int:
     """Stop one or more units in the cluster (they stay loaded)."""
-    if not units:
-        click.echo("No units given", err=True)
-        return 0
     client = g.client()
-    found = await find_units(client, units)
+    found = await units_to_act_on(client, units)
     if not found:
-        click.echo("Units not found in registry", err=True)
         return 0
     stopping, globals_ = [], []
     for u in found:
@@ -127,13 +124,9 @@ async def stop(g: Globals, no_block, block_attempts, units) -> int:
 @run
 async def unload(g: Globals, no_block, block_attempts, units) -> int:
     """Unload one or more units from the cluster (they stay submitted)."""
-    if not units:
-        click.echo("No units given", err=True)
-        return 0
     client = g.client()
-    found = await find_units(client, units)
+    found = await units_to_act_on(client, units)
     if not found:
-        click.echo("Units not found in registry", err=True)
         return 0
     found = [u for u in found if u.desired_state is not DesiredState.INACTIVE]
     if found:
@@ -156,13 +149,9 @@ async def unload(g: Globals, no_block, block_attempts, units) -> int:
 @run
 async def destroy(g: Globals, no_block, block_attempts, units) -> int:
     """Destroy one or more units in the cluster: stop, unload and delete them."""
-    if not units:
-        click.echo("No units given", err=True)
-        return 0
     client = g.client()
-    found = await find_units(client, units)
+    found = await units_to_act_on(client, units)
     if not found:
-        click.echo("Units not found in registry", err=True)
         return 0
     destroyed = await client.destroy_units([u.name for u in found])
     for name in destroyed:

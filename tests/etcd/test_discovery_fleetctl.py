@@ -109,13 +109,3 @@ def test_watch_endpoints_api_driver(etcd_settings, tmp_path):
             run_without_loop(feed.aclose())
             run_without_loop(client.close())
             server.run(server.registry.revoke_lease(lease))
-
-
-def test_malformed_service_refused_at_submit_nothing_written(etcd_settings, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "w.service").write_text("[Service]\nExecStart=/bin/true\n\n[X-Service]\nName=web\nPort=80\n"
-                                        "Check=ftp://nope/\n")
-    out = run(etcd_settings, "submit", "w.service")
-    assert out.exit_code == 1
-    assert "unit w.service: [X-Service] service 'web': Check= 'ftp://nope/': unknown check scheme" in out.output
-    assert "w.service" not in run(etcd_settings, "list-unit-files").output
