@@ -568,9 +568,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         await response.write(_sse({"revision": feed.revision}, "hello"))
         while True:
-            try:
-                await asyncio.wait_for(sub.wake.wait(), KEEPALIVE)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout: 3.11's wait_for can swallow a cancellation
+                async with asyncio.timeout(KEEPALIVE):
+                    await sub.wake.wait()
+            except TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
             change = sub.take()

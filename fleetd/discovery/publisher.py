@@ -186,9 +186,10 @@ class EndpointPublisher:
                     log.warning("publishing service endpoints: %s", exc)  # the diff is retried
                     await asyncio.sleep(1.0)
                     continue
-                try:
-                    await asyncio.wait_for(self._dirty.wait(), timeout=5.0)  # also notices a new lease
-                except asyncio.TimeoutError:
+                try:  # asyncio.timeout: 3.11's wait_for can swallow a cancellation
+                    async with asyncio.timeout(5.0):  # also notices a new lease
+                        await self._dirty.wait()
+                except TimeoutError:
                     pass
         finally:
             for _, task in self._checks.values():

@@ -171,10 +171,13 @@ class Engine:
                 wait = self.interval
                 if self.hold.wake_at is not None:
                     wait = max(0.05, min(wait, self.hold.wake_at - time.monotonic() + 0.01))
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+                # that arrives as the event is set, and the engine would then never stop
                 try:
-                    await asyncio.wait_for(dirty.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await dirty.wait()
                     resync = False
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     resync = True  # the periodic safety net: re-read everything
                 dirty.clear()
         finally:

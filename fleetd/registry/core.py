@@ -28,6 +28,9 @@ PIPELINE_DEPTH = 8
 CAS_ATTEMPTS = 10
 
 
+WATCH_CANCEL_TIMEOUT = 1.0  # seconds a cancelled watch waits for etcd to confirm
+
+
 class WatchCompacted(RegistryError):
     """The requested start revision was compacted: the watcher must resync from a snapshot."""
 
@@ -237,8 +240,11 @@ class RegistryCore:
                 for task in pumps:
                     task.cancel()
         finally:
+            # bounded: aetcd's cancel waits for etcd's answer on the shared watch stream, which
+            # may never come (seen with several watches of one consumer being cancelled at once);
+            # the consumer's own cancellation must not hang on it
             for watch in watches:
                 try:
-                    await watch.cancel()
-                except Exception:
+                    await asyncio.wait_for(watch.cancel(), WATCH_CANCEL_TIMEOUT)
+                except Exception:  # asyncio.TimeoutError included
                     pass
