@@ -69,10 +69,9 @@ def test_feed_answers_the_first_change_of_the_named_units(server):
     assert get(server, f"/fleet/v1/_watch/units?since={since}&timeout=0.3") == (200, {"revision": since, "changed": False})
     assert time.monotonic() - started >= 0.3
     # a change of another unit does not answer a watch of a.service; a.service's state does
-    other = later(0.2, lambda: server.run(server.registry.create_unit(Unit("b.service", BODY))))
-    state = later(0.6, lambda: server.run(publish_state(server.registry, server.lease, "a.service", MID, BODY.hash)))
+    server.run(server.registry.create_unit(Unit("b.service", BODY)))  # after `since`: not a.service's
+    state = later(0.3, lambda: server.run(publish_state(server.registry, server.lease, "a.service", MID, BODY.hash)))
     status, answer = get(server, f"/fleet/v1/_watch/units?since={since}&timeout=20&unitName=a.service")
-    other.join()
     state.join()
     assert status == 200 and answer["changed"] is True
     _, after = get(server, "/fleet/v1/_watch/units")
