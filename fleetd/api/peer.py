@@ -70,7 +70,7 @@ class PeerClient:
             return None
         ctx = None
         if config.api_cafile and config.api_certfile and config.api_keyfile:
-            from fleetd.api.listeners import client_ssl_context
+            from fleetd.wire import client_ssl_context
 
             ctx = client_ssl_context(config.api_cafile, config.api_certfile, config.api_keyfile)
         return cls(port, ctx)
