@@ -21,6 +21,7 @@ from fleetd.config import EtcdSettings
 from fleetd.errors import DuplicateMachine, RegistryError, UnitConflict, UnitError, UnitNotFound
 from fleetd.lease_timing import lease_ttl_seconds
 from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement, Unit, UnitState
+from fleetd.registry import codec
 from fleetd.registry.core import MAX_TXN_OPS, WatchEvent
 from fleetd.registry.keys import KeyLayout
 from fleetd.registry.stores import MachineView, NotLeader, UnitRecord
@@ -55,15 +56,22 @@ class MemoryCluster:
     history: list[WatchEvent] = field(default_factory=list)
     watchers: set[asyncio.Queue] = field(default_factory=set)
 
-    def bump(self, *changes: tuple[str, bool]) -> int:
-        """A new revision for one write, with its (key, still there) changes for watchers."""
+    def bump(self, *changes: tuple[str, bool | bytes]) -> int:
+        """A new revision for one write, with its (key, still there) changes for watchers; a
+        change may carry the key's value as etcd would hold it (jobs and placements do, for
+        the engine's watch-fed view), else the event's value is b"" (or None: deleted)."""
         self.revision += 1
         for key, present in changes:
-            event = WatchEvent(key, b"" if present else None, self.revision)
+            value = present if isinstance(present, bytes) else (b"" if present else None)
+            event = WatchEvent(key, value, self.revision)
             self.history.append(event)
             for queue in self.watchers:
                 queue.put_nowait(event)
         return self.revision
+
+    def job_value(self, name: str) -> bytes:
+        unit_hash, desired = self.jobs[name]
+        return codec.encode_job(name, unit_hash, desired)
 
     async def watch(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[WatchEvent]:
         queue: asyncio.Queue = asyncio.Queue()
@@ -149,7 +157,7 @@ class MemoryUnitStore:
             self.cluster.jobs[u.name] = (u.hash, u.desired_state)
             created.append(u.name)
         if created:
-            self.cluster.bump(*((self.cluster.keys.job(n), True) for n in created))
+            self.cluster.bump(*((self.cluster.keys.job(n), self.cluster.job_value(n)) for n in created))
         return created
 
     async def replace_unit(self, unit: Unit, *, expected_hash: str | None = None) -> None:
@@ -159,7 +167,7 @@ class MemoryUnitStore:
             raise UnitConflict(f"unit {unit.name} changed concurrently; try again")
         self.cluster.bodies[unit.hash] = unit.file
         self.cluster.jobs[unit.name] = (unit.hash, unit.desired_state)
-        self.cluster.bump((self.cluster.keys.job(unit.name), True))
+        self.cluster.bump((self.cluster.keys.job(unit.name), self.cluster.job_value(unit.name)))
 
     async def set_desired_state(self, names: Sequence[str], state: DesiredState) -> None:
         names = list(dict.fromkeys(names))
@@ -176,7 +184,7 @@ class MemoryUnitStore:
             changes[name] = (unit_hash, state)
         if changes:
             self.cluster.jobs.update(changes)
-            self.cluster.bump(*((self.cluster.keys.job(n), True) for n in changes))
+            self.cluster.bump(*((self.cluster.keys.job(n), self.cluster.job_value(n)) for n in changes))
 
     async def destroy_units(self, names: Sequence[str]) -> list[str]:
         destroyed = [n for n in dict.fromkeys(names) if self.cluster.jobs.pop(n, None) is not None]
@@ -283,7 +291,7 @@ class MemoryScheduleStore:
             changes.append((keys.global_unit(name), False))
         for p in place:
             schedule[p.name] = p
-            changes.append((keys.placement(p.machine_id, p.name), True))
+            changes.append((keys.placement(p.machine_id, p.name), codec.encode_target(p.hash, p.desired_state)))
         for name, unit_hash, state in publish_globals:
             self.cluster.globals[name] = (unit_hash, state)
             changes.append((keys.global_unit(name), True))
