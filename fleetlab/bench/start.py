@@ -67,7 +67,7 @@ async def _start(lab: Lab, runs: int, warmup: int, api: bool, api_poll: float, l
             out["fleetctl_process"] = await _fleetctl_runs(lab, client, Path(tmp), f"{tag}-cli", runs, warmup, names)
             if api:
                 log(f"(a') fleetctl start as a process, API driver (the default) on {lab.nodes[0].name}, {runs} runs")
-                api_args = ("--driver=api", f"--endpoint=http://{lab.nodes[0].ip}:{LAB_API_PORT}")
+                api_args = tuple(lab.fleetctl_api_args(lab.nodes[0].name))  # with the lab's certificate
                 out["fleetctl_process_api"] = await _fleetctl_runs(lab, client, Path(tmp), f"{tag}-cla", runs, warmup,
                                                                    names, api_args)
         log(f"(b) client library (etcd driver), {runs} runs")
