@@ -250,30 +250,6 @@ class ApiFleetClient(FleetClient):
             op = {"op": "add", "path": op["path"], "value": {"value": value}}
         self.request("PATCH", self.path("machines"), body=[op])
 
-    async def endpoints(self, service: str | None = None) -> list:
-        from fleetd.model import Endpoint
-
-        path = self.url("services", service, "endpoints") if service else self.url("endpoints")
-        _, data = await self.request("GET", path)
-        return [Endpoint.from_json(e) for e in (data or {}).get("endpoints") or []]
-
-    async def watch_endpoints(self, service: str | None = None):
-        """GET ...endpoints?watch=true: one JSON line now and one per change (no timeout)."""
-        from fleetd.model import Endpoint
-
-        url = self.url("services", service, "endpoints") if service else self.url("endpoints")
-        try:
-            async with self.session.get(url, params={"watch": "true"},
-                                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)) as resp:
-                if resp.status != 200:
-                    raise self.error("GET", url, resp.status, await resp.read())
-                async for line in resp.content:
-                    if line.strip():
-                        yield [Endpoint.from_json(e) for e in json.loads(line).get("endpoints") or []]
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise self._unreachable(exc) from None
-        raise self._unreachable(ConnectionError("the watch stream ended"))
-
     async def set_draining(self, machine_id: str, draining: bool) -> None:
         path = f"/{machine_id}/draining"
         op = {"op": "add", "path": path, "value": {"value": "true"}} if draining else {"op": "remove", "path": path}

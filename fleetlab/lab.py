@@ -40,7 +40,6 @@ from .config import (
     NODE_PKI_DIR,
     NODE_TARGET,
     EtcdMember,
-    LAB_API_PORT,
     FleetConf,
     check_agent_ttl,
     check_metadata,
