@@ -49,6 +49,9 @@ class EtcdSettings:
             raise ConfigError("etcd_username and etcd_password must be given together")
 
 
+DEFAULT_SKYDNS_PREFIX = "/skydns/"  # where service discovery writes SkyDNS's keys (docs/discovery.md)
+
+
 @dataclass(frozen=True)
 class FleetConfig:
     etcd: EtcdSettings = EtcdSettings()
@@ -84,7 +87,7 @@ class FleetConfig:
     dns_domain: str = "fleet.local"
     dns_upstream: str = ""
     dns_ttl: int = 5
-    skydns_prefix: str = "/skydns/"
+    skydns_prefix: str = DEFAULT_SKYDNS_PREFIX
     check_concurrency: int = 16
 
 

@@ -79,11 +79,12 @@ def registered_machines(endpoints: Sequence[str], key_prefix: str, tls: EtcdTLS 
 
 
 def enable_rbac(endpoints: Sequence[str], tls: EtcdTLS, key_prefix: str, writers: Sequence[str],
-                readers: Sequence[str] = ()) -> None:
+                readers: Sequence[str] = (), extra_prefixes: Sequence[str] = ()) -> None:
     """Turn on etcd's authentication with certificate-named users and no passwords at all.
 
     `root` (role root; the lab's own etcdctl uses a certificate with CN=root) and, limited to
-    `key_prefix`, role `fleet` (readwrite) for `writers` and `fleet-read` (read) for `readers`.
+    `key_prefix` (and `extra_prefixes`: service discovery's SkyDNS keys), role `fleet` (readwrite)
+    for `writers` and `fleet-read` (read) for `readers`.
     Users have no password (`--no-password`): etcd takes the user name from the client
     certificate's CN, so there is no etcd secret to leak besides the keys themselves.
     Idempotent: what exists already is kept.
@@ -96,9 +97,10 @@ def enable_rbac(endpoints: Sequence[str], tls: EtcdTLS, key_prefix: str, writers
             raise LabError(f"etcdctl {' '.join(args)}: exit {proc.returncode}: {why}")
 
     ctl("role", "add", FLEET_ROLE)
-    ctl("role", "grant-permission", FLEET_ROLE, "--prefix=true", "readwrite", key_prefix)
     ctl("role", "add", FLEET_READ_ROLE)
-    ctl("role", "grant-permission", FLEET_READ_ROLE, "--prefix=true", "read", key_prefix)
+    for prefix in (key_prefix, *extra_prefixes):
+        ctl("role", "grant-permission", FLEET_ROLE, "--prefix=true", "readwrite", prefix)
+        ctl("role", "grant-permission", FLEET_READ_ROLE, "--prefix=true", "read", prefix)
     for user, role in [("root", "root"), *((w, FLEET_ROLE) for w in writers),
                        *((r, FLEET_READ_ROLE) for r in readers)]:
         ctl("user", "add", user, "--no-password")

@@ -26,6 +26,8 @@ from typing import Iterator, Mapping
 from fleetd.errors import LabError
 from fleetd.pki import ROLE_OPERATOR, ROLE_READ_ONLY, ClusterPKI
 
+from fleetd.config import DEFAULT_SKYDNS_PREFIX
+
 from . import boot, etcd, network
 from .config import (
     DEFAULT_AGENT_TTL,
@@ -251,7 +253,8 @@ class Lab:
     def _enable_etcd_auth(self) -> None:
         etcd.enable_rbac(self.etcd_endpoints, self.etcd_tls, self.etcd_key_prefix,
                          writers=[n.name for n in self._state().nodes] + [LAB_OPERATOR_CERT],
-                         readers=[LAB_READER_CERT])
+                         readers=[LAB_READER_CERT],
+                         extra_prefixes=[DEFAULT_SKYDNS_PREFIX])  # fleetd writes SkyDNS's keys there
 
     @property
     def tolerated_units(self) -> frozenset[str]:

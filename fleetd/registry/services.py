@@ -28,7 +28,7 @@ from fleetd.registry.registry import Registry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SKYDNS_PREFIX = "/skydns/"
+from fleetd.config import DEFAULT_SKYDNS_PREFIX  # noqa: E402,F401  (one definition)
 
 
 def skydns_path(domain: str) -> str:
