@@ -155,14 +155,16 @@ def test_stopped_instance_leaves_and_comes_back(lab, web):
     print(f"\nfleetctl stop --no-block -> gone from etcd {gone_etcd:.2f}s, from DNS {time.monotonic() - started:.2f}s "
           "(each probe is a fleetctl or dig process: an upper bound)")
     assert [e["unit"] for e in endpoints(lab)] == ["web@1.service", "web@3.service"]
-    # withdrawn when the unit began to stop (deactivating), not when it was finally stopped:
-    # busybox httpd, PID 1 of its container, ignores SIGTERM, so the stop takes StopTimeout=2s
+    # withdrawn as the unit stops: when it begins to stop (deactivating), at the latest within
+    # 1 s of systemd reporting it stopped (tini, the container's PID 1, forwards SIGTERM to
+    # httpd, so the stop itself is quick now)
     journal = node.exec(["journalctl", "--no-pager", "-o", "short-unix", "-u", "fleetd.service",
                          "-u", "web@2.service"]).stdout
     withdrew = [float(line.split()[0]) for line in journal.splitlines() if "withdrew" in line and "web@2" in line]
     stopped = [float(line.split()[0]) for line in journal.splitlines() if "Stopped web@2.service" in line]
-    print(f"withdrawn {stopped[-1] - withdrew[-1]:.2f}s before systemd reported web@2 stopped")
-    assert withdrew and stopped and withdrew[-1] < stopped[-1]
+    assert withdrew and stopped, journal[-2000:]
+    print(f"withdrawn {stopped[-1] - withdrew[-1]:+.3f}s before systemd reported web@2 stopped")
+    assert withdrew[-1] - stopped[-1] < 1.0
     lab.fleetctl("start", "web@2.service", timeout=120)
     eventually(lambda: len(dig(lab.node(1), f"web.{DOMAIN}")) == 3, 20, "web@2 back in DNS")
 
