@@ -260,10 +260,18 @@ def test_classic_sidekick_still_works(lab, web):
     key = "/skydns/local/fleet/web/sidekick-1"
 
     def value() -> dict | None:
-        out = etcdctl(lab.etcd_endpoints, "get", key, "--print-value-only", check=False).stdout.strip()
+        out = etcdctl(lab.etcd_endpoints, "get", key, "--print-value-only", tls=lab.etcd_tls,
+                      check=False).stdout.strip()
         return json.loads(out) if out else None
 
     host = node_of(lab, "web@1.service")
+    if not lab.insecure:  # the sidekick's etcdctl reads its TLS settings from /etc/environment
+        from fleetlab.config import NODE_CA, NODE_CERT, NODE_KEY
+
+        env = (f"ETCDCTL_ENDPOINTS={','.join(lab.etcd_endpoints)}\nETCDCTL_CACERT={NODE_CA}\n"
+               f"ETCDCTL_CERT={NODE_CERT}\nETCDCTL_KEY={NODE_KEY}\n")
+        for node in lab.nodes:
+            node.exec(["sh", "-c", f"printf '{env}' >> /etc/environment"])
     try:
         lab.fleetctl("start", str(REPO / "units" / "web-sidekick@.service").replace("@.", "@1."), timeout=120)
         found = eventually(value, 20, "the sidekick's key")
