@@ -16,6 +16,7 @@ of the agent's report. If R was compacted away the answer is the current revisio
 from __future__ import annotations
 
 import asyncio
+import os.path
 
 from aiohttp import web
 
@@ -64,9 +65,13 @@ async def watch_units(request: web.Request) -> web.Response:
     ranges = (keys.jobs, keys.schedule, keys.states)
 
     async def first_change() -> int:
-        events = reg.watch(list(ranges), since + 1)
+        # one watch of the ranges' common prefix, not one per range: events of separate watch
+        # streams arrive in no common order, and the answer must be the FIRST change after since
+        events = reg.watch([os.path.commonprefix(ranges)], since + 1)
         try:
             async for event in events:
+                if not event.key.startswith(ranges):
+                    continue
                 if not names or unit_of_key(event.key, *ranges) in names:
                     return event.revision
         finally:

@@ -18,6 +18,7 @@ Skipped, with the reason, where ../shared/peer/ (the original binaries) is absen
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,16 @@ def _run(node, fleetctl: str, timings: dict) -> dict[str, C.Outcome]:
                           fleetctl, _writer(node), timings=timings)
 
 
+def _wait_no_units(node, fleetctl: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = node.exec(f"{fleetctl} list-units --no-legend", check=False, timeout=30).stdout
+        if not out.strip():
+            return
+        assert time.monotonic() < deadline, f"units still listed {timeout:g}s after destroy: {out!r}"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def runs(lab_factory):
     if PEER is None:
@@ -74,8 +85,11 @@ def runs(lab_factory):
         (bin_dir / "fleetctl").chmod(0o755)
         result = {
             "ours": _run(n1, shlex.join(ours.fleetctl_command()), timings["ours"]),
-            "peer-ctl": _run(n1, PEER_FLEETCTL, timings["peer-ctl"]),
         }
+        # the scenario ends with `destroy`; agents report the stop of the global unit's three
+        # copies asynchronously: the second run starts from an empty list, as the first did
+        _wait_no_units(n1, shlex.join(ours.fleetctl_command()))
+        result["peer-ctl"] = _run(n1, PEER_FLEETCTL, timings["peer-ctl"])
     finally:
         lab_factory.labs.remove(ours)
         warnings = ours.down()
