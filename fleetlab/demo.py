@@ -31,7 +31,6 @@ PLAIN_UNITS = ("units/hello.service", "units/global-monitor.service")
 WEB_UNITS = tuple(f"units/web@{i}.service" for i in (1, 2, 3))
 SIDEKICKS = tuple(f"units/web-discovery@{i}.service" for i in (1, 2, 3))
 PROXY_UNIT = "units/nginx-confd.service"
-DEMO_UNITS = tuple(Path(u).name for u in (*PLAIN_UNITS, *WEB_UNITS, *SIDEKICKS, PROXY_UNIT))
 WAIT = 120.0  # seconds for the endpoints and the proxy (a loaded machine is slow)
 
 
