@@ -1,5 +1,6 @@
-"""Every command the README shows, as shown: its ```sh blocks, in order, in one bash (as a new
-user would paste them into a shell at the checkout), on a lab of this test's own name.
+"""Every command the README (and docs/tutorial.md) shows, as shown: its ```sh blocks, in order,
+in one bash (as a new user would paste them into a shell at the checkout), on a lab of this
+test's own name.
 
 * The lab's name comes from `$FLEETLAB_NAME` (the README's commands give no `--name`), so this
   test cannot touch a lab someone else runs; the lab is removed at the end whatever happens.
@@ -24,6 +25,7 @@ from fleetlab.lab import host_problem, list_labs
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
+TUTORIAL = REPO / "docs" / "tutorial.md"
 VM_MARK = "needs the vm set-up"
 NOT_RUN = {"./scripts/test.sh"}  # the suite itself (see the module's docstring)
 
@@ -64,10 +66,9 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^exec \./scripts/test\.sh\b", ci, re.M), ci
 
 
-def test_every_readme_command_works_as_shown(tmp_path):
-    if host_problem():
-        pytest.skip(host_problem())
-    script, skipped = script_of(sh_blocks(README.read_text()))
+def run_doc(doc: Path, tmp_path: Path) -> str:
+    """Run the sh blocks of `doc` as shown, on a lab of a fresh name; return their output."""
+    script, skipped = script_of(sh_blocks(doc.read_text()))
     for block in skipped:
         print(f"skipped (needs the vm set-up, docs/vagrant.md):\n{block}")
     name = f"de{secrets.token_hex(2)}"
@@ -75,22 +76,36 @@ def test_every_readme_command_works_as_shown(tmp_path):
            if not k.startswith(("FLEETCTL_", "ETCDCTL_", "VIRTUAL_ENV", "FLEETLAB_"))}
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if "/.venv/" not in p)
     env["FLEETLAB_NAME"] = name
-    path = tmp_path / "readme.sh"
+    path = tmp_path / f"{doc.stem}.sh"
     path.write_text("set -euo pipefail\nset -x\n" + script)
     try:
         proc = subprocess.run(["bash", str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=840)
         print(proc.stdout[-6000:])
-        assert proc.returncode == 0, f"README commands failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}"
-        out = proc.stdout
-        # what the demo and the cheat sheet show
-        assert "X-Upstream:" in out and "fleet busybox image" in out
-        assert re.search(r"^web\s+web@1\.service\s.*\spassing\b", out, re.M), out[-3000:]
-        assert "Triggered global unit global-monitor.service start" in out
-        assert "Destroyed box.service" in out and "Built busybox image in /tmp/busybox.tar" in out
-        assert re.search(r"Imported busybox\.tar on [0-9a-f]{8} as bb: sha256:", out)
-        assert "Hello World" in out  # fleetctl journal through the API driver (no ssh)
-        assert name not in list_labs()  # the README's last command removed it
+        assert proc.returncode == 0, f"{doc.name} commands failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}"
+        assert name not in list_labs()  # the document's last command removed it
+        return proc.stdout
     finally:
         subprocess.run([str(REPO / ".venv" / "bin" / "fleet-lab"), "down", "--name", name],
                        capture_output=True, timeout=300)
-    assert name not in list_labs()
+
+
+def test_every_readme_command_works_as_shown(tmp_path):
+    if host_problem():
+        pytest.skip(host_problem())
+    out = run_doc(README, tmp_path)
+    # what the demo and the cheat sheet show
+    assert "X-Upstream:" in out and "fleet busybox image" in out
+    assert re.search(r"^web\s+web@1\.service\s.*\spassing\b", out, re.M), out[-3000:]
+    assert "Triggered global unit global-monitor.service start" in out
+    assert "Destroyed box.service" in out and "Built busybox image in /tmp/busybox.tar" in out
+    assert re.search(r"Imported busybox\.tar on [0-9a-f]{8} as bb: sha256:", out)
+    assert "Hello World" in out  # fleetctl journal through the API driver (no ssh)
+
+
+def test_every_tutorial_command_works_as_shown(tmp_path):
+    if host_problem():
+        pytest.skip(host_problem())
+    out = run_doc(TUTORIAL, tmp_path)
+    assert "Unit shop-log.service launched on " in out and "Destroyed shop-log.service" in out
+    assert re.search(r"^web\s+3/3$", out, re.M), out[-3000:]
+    assert "X-Upstream:" in out and "fleet busybox image" in out
