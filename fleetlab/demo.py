@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from fleetd.errors import LabError
+
 from .lab import Lab, list_labs
 from .provision import install_commands, provide_busybox
 from .sysutil import eventually
@@ -52,16 +54,20 @@ class Demo:
             if text.strip():
                 self.echo(text.rstrip())
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
+            raise LabError(f"demo: `{shlex.join(argv)}` failed with exit status {proc.returncode} (output above)")
         return proc.stdout
 
     def quiet(self, *args: str) -> str:
-        return subprocess.run([*self.fleetctl_exe, *args], env=self.env, capture_output=True, text=True,
-                              check=True, timeout=60).stdout
+        """fleetctl's stdout, not printed ("" if it failed: the callers poll)."""
+        proc = subprocess.run([*self.fleetctl_exe, *args], env=self.env, capture_output=True, text=True, timeout=60)
+        return proc.stdout if proc.returncode == 0 else ""
 
     def passing(self) -> list[dict]:
-        rows = json.loads(self.quiet("list-endpoints", "web", "--output", "json") or "[]")
-        return [r for r in rows if r["health"] == "passing"]
+        try:
+            rows = json.loads(self.quiet("list-endpoints", "web", "--output", "json") or "[]")
+        except ValueError:
+            return []
+        return [r for r in rows if r.get("health") == "passing"]
 
 
 def _name_flag(name: str) -> str:
@@ -88,7 +94,10 @@ def run_demo(name: str = "lab", nodes: int = 3, *, echo: Callable[[str], None] =
         lab.wait_fleetd()
         install_commands(lab)
         provide_busybox(lab, echo)
-        _show(lab, Demo(lab, echo), echo)
+        try:
+            _show(lab, Demo(lab, echo), echo)
+        except AssertionError as exc:  # an `eventually` that timed out: one line, as other errors
+            raise LabError(f"demo: {exc}".splitlines()[0]) from None
     except BaseException:
         if not keep:
             lab.down()
