@@ -76,7 +76,10 @@ def main() -> None:
 @click.option("--insecure", is_flag=True,
               help="No TLS and no etcd authentication: etcd, the fleet API and the image server in "
                    "plaintext, open to anyone on the lab's bridge.")
-def up(name, nodes, agent_ttl, metadata, etcd_key_prefix, fleetd, wait_fleetd, timeout, insecure) -> None:
+@click.option("--busybox/--no-busybox", default=True, show_default=True,
+              help="Import the busybox image (fleetctl image build-busybox) on every node, and put the "
+                   "checkout's fleetctl/fleet-confd/fleet-run on the nodes' PATH (fleetlab/provision.py).")
+def up(name, nodes, agent_ttl, metadata, etcd_key_prefix, fleetd, wait_fleetd, timeout, insecure, busybox) -> None:
     """Boot a lab of N nodes and wait until its systemds and etcd are up.
 
     By default the lab has a cluster PKI (<run dir>/<name>/pki): etcd with client certificates
@@ -101,7 +104,13 @@ def up(name, nodes, agent_ttl, metadata, etcd_key_prefix, fleetd, wait_fleetd, t
         click.echo("WARNING: --insecure: etcd, the fleet API and the image server speak plaintext without "
                    "authentication; anyone on the lab's bridge controls the cluster (root on every node)",
                    err=True)
-    lab.up(wait_fleetd=wait_fleetd, fleetd_timeout=timeout)
+    busybox = busybox and fleetd
+    lab.up(wait_fleetd=wait_fleetd or busybox, fleetd_timeout=timeout)
+    if busybox:
+        from .provision import install_commands, provide_busybox
+
+        install_commands(lab)
+        provide_busybox(lab, click.echo)
     _print_status(lab)
 
 
@@ -205,7 +214,7 @@ def logs(name, node, unit, lines, follow) -> None:
 @name_option
 def env(name) -> None:
     """Shell exports that point fleetctl at the lab: eval "$(fleet-lab env)"."""
-    for key, value in Lab.attach(name or DEFAULT_LAB).env().items():
+    for key, value in Lab.attach(name or DEFAULT_LAB).user_env().items():
         click.echo(f"export {key}={shlex.quote(value)}")
 
 
@@ -220,15 +229,17 @@ def ctl(name, args) -> None:
 
 
 @main.command()
-@click.option("--name", "-n", "name", default="demo", show_default=True, help="Lab name.")
+@name_option
 @click.option("--nodes", "-N", default=3, show_default=True, help="Number of nodes (a new lab only).")
 @click.option("--down", "tear_down", is_flag=True, help="Remove the lab again at the end.")
-def demo(name: str, nodes: int, tear_down: bool) -> None:
-    """Boot (or reuse) a lab and run the example units from units/ on it."""
+def demo(name: str | None, nodes: int, tear_down: bool) -> None:
+    """Boot (or reuse) a lab and show the three uses on it: unit files started with fleetctl,
+    web containers from the busybox image, their service found through etcd (list-endpoints,
+    DNS, an nginx proxy), a global unit, and the dashboard's address (fleetlab/demo.py)."""
     from .demo import run_demo
 
     _raise_on_signal()
-    run_demo(name, nodes, echo=click.echo, keep=not tear_down)
+    run_demo(name or DEFAULT_LAB, nodes, echo=click.echo, keep=not tear_down)
 
 
 @main.command()

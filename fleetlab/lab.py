@@ -492,6 +492,14 @@ class Lab:
                         "ETCDCTL_CACERT": ca, "ETCDCTL_CERT": cert, "ETCDCTL_KEY": key})
         return env
 
+    def user_env(self) -> dict[str, str]:
+        """What `fleet-lab env` exports for a user's shell: fleetctl on the API driver of node 1's
+        TCP API (so `status` and `journal` are relayed by fleetd, no ssh), etcdctl on etcd, both
+        with the operator certificate. (`env()` keeps the etcd driver for the lab's own calls.)"""
+        env = self.env()
+        env.update({"FLEETCTL_DRIVER": "api", "FLEETCTL_ENDPOINT": self.api_url(1)})
+        return env
+
     def fleetctl_command(self) -> list[str]:
         exe = self.checkout / ".venv" / "bin" / "fleetctl"
         if exe.exists():
@@ -530,7 +538,7 @@ class Lab:
         """The web dashboard of a node's fleetd (its TCP API listener); None without fleetd."""
         if not self._state().fleetd:
             return None
-        return f"http://{self.node(ref).ip}:{LAB_API_PORT}/"
+        return self.api_url(ref) + "/"  # https with client certificates unless --insecure
 
     # --- down ----------------------------------------------------------------------
 

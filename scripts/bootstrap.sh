@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(etcd-server etcd-client systemd-container busybox-static iproute2 iptables dbus tini chromium chromium-driver bind9-dnsutils nginx-light)
+APT_PACKAGES=(etcd-server etcd-client systemd-container busybox-static iproute2 iptables dbus tini chromium chromium-driver bind9-dnsutils nginx-light curl)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -70,6 +70,33 @@ def image_group() -> None:
     """Manage images on the machines (import)."""
 
 
+@image_group.command("build-busybox")
+@click.argument("dest", type=click.Path())
+@click.option("--busybox", default="/bin/busybox", show_default=True,
+              help="The static busybox binary to copy (Debian: busybox-static).")
+def image_build_busybox(dest: str, busybox: str) -> None:
+    """Build a busybox image (no Python, no distribution) from Debian's busybox-static.
+
+    DEST is a new directory (a root filesystem: bin/busybox and its applets, /etc/passwd, a page
+    in /www for httpd) or, if it ends in .tar, a rootfs tarball. Import it with
+    fleetctl image import DEST --name busybox --machine MACHINE. Two builds from the same binary
+    have the same image digest.
+    """
+    from fleetd.images import build_busybox_image
+
+    target = Path(dest)
+    try:
+        if target.suffix == ".tar":
+            with tempfile.TemporaryDirectory(prefix="fleetctl-busybox-") as tmp:
+                root = build_busybox_image(Path(tmp) / "rootfs", busybox)
+                _tar_directory(root, target)
+        else:
+            build_busybox_image(target, busybox)
+    except FleetError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Built busybox image in {target}")
+
+
 def _route_source(ip: str) -> str:
     """The local address the kernel would use to reach `ip` (nothing is sent)."""
     with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM) as probe:

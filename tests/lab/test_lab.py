@@ -148,7 +148,9 @@ def test_env_and_cli_reach_the_lab(lab):
     out = subprocess.run([*cli, "exec", f"{lab.name}-n3", "cat", "/etc/hostname"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"{lab.name}-n3"
     exports = subprocess.run([*cli, "env", "--name", lab.name], capture_output=True, text=True, check=True).stdout
-    assert f"export FLEETCTL_ENDPOINT={env['FLEETCTL_ENDPOINT']}" in exports
+    # a user's shell gets the API driver (status and journal relayed by fleetd, no ssh), etcdctl etcd
+    assert f"export FLEETCTL_ENDPOINT={lab.api_url(1)}" in exports and "export FLEETCTL_DRIVER=api" in exports
+    assert f"export ETCDCTL_ENDPOINTS={env['ETCDCTL_ENDPOINTS']}" in exports
 
 
 def unit_memory_limit(node, unit: str) -> str | None:
