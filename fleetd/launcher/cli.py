@@ -29,7 +29,7 @@ from fleetd.errors import LaunchError
 from fleetd.launcher import spec as specmod
 from fleetd.launcher.supervisor import run
 from fleetd.launcher.users import resolve_user
-from fleetd.launcher.userns import parse_private_users
+from fleetd.launcher.idrange import parse_private_users
 
 PROG = "fleet-run"
 

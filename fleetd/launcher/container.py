@@ -46,7 +46,7 @@ from fleetd.images.rootpath import resolve_in_root
 from fleetd.launcher import libc, userns
 from fleetd.launcher.seccomp import Filter
 from fleetd.launcher.spec import INIT_IN_CONTAINER, BindMount, ContainerSpec
-from fleetd.launcher.userns import IdRange
+from fleetd.launcher.idrange import IdRange
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")

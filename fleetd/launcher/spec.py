@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fleetd.errors import ImageNotFound, LaunchError
 from fleetd.launcher.users import ResolvedUser
-from fleetd.launcher.userns import IdRange
+from fleetd.launcher.idrange import IdRange
 
 DEFAULT_STATE_ROOT = Path("/run/fleet/containers")
 #: the container's init with --init (Debian's tini-static: static, so it runs in any image)
