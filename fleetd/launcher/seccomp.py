@@ -18,6 +18,8 @@ Denied with EPERM (the list is :data:`DENIED`):
   (the "shocker" escape), acct, quotactl, nfsservctl, and io_uring (as Docker's default).
 
 System calls a libseccomp of this machine does not know on this architecture are skipped.
+The filter covers the native ABI only: a system call of another ABI (i386 or x32 code on
+x86_64) kills the process, as the unit's SystemCallArchitectures=native does.
 --privileged loads no filter.
 """
 
