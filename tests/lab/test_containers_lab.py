@@ -374,7 +374,8 @@ def test_launcher_containers_get_a_user_namespace_and_seccomp_by_default(lab, bu
     probe = ("cat /proc/self/uid_map; ls -ln /bin/busybox; "
              'grep -E "^(NoNewPrivs|Seccomp):" /proc/self/status; '
              "mount -t tmpfs x /mnt; echo mount=$?; unshare -U true; echo unshare=$?; "
-             "reboot -f; echo reboot=$?; hostname other; echo hostname=$?")
+             "reboot -f; echo reboot=$?; hostname other; echo hostname=$?; "
+             "ping -c1 -W2 127.0.0.1 >/dev/null; echo ping=$?")
     units = {"lnuserns.service": ("", 18188), "lnhostns.service": ("PrivateUsers=no\n", 18189)}
     try:
         for name, (extra, port) in units.items():
@@ -396,7 +397,8 @@ def test_launcher_containers_get_a_user_namespace_and_seccomp_by_default(lab, bu
         owner = next(line for line in report.splitlines() if line.endswith("/bin/busybox")).split()
         assert owner[2:4] == ["0", "0"]                 # the image's files are its root's
         assert re.search(r"NoNewPrivs:\s+1", report) and re.search(r"Seccomp:\s+2", report)
-        for what in ("mount", "unshare", "reboot", "hostname"):
+        # ping: a raw socket needs CAP_NET_RAW in the user namespace owning the (node's) network
+        for what in ("mount", "unshare", "reboot", "hostname", "ping"):
             assert re.search(rf"^{what}=[1-9]", report, re.M), report
         assert "unshare(0x10000000): Operation not permitted" in report
         # a node's root is an overlay (fleet-lab), which takes no idmapped mount: the image is
@@ -414,5 +416,6 @@ def test_launcher_containers_get_a_user_namespace_and_seccomp_by_default(lab, bu
         assert "--private-users=no" in lab.fleetctl("cat", "--rendered", "lnhostns.service").stdout
         report = http_get(other.ip, port, "/probe.txt").decode()
         assert re.search(r"^unshare=[1-9]", report, re.M)   # the seccomp filter stays
+        assert re.search(r"^ping=0", report, re.M), report   # root's CAP_NET_RAW is real here
     finally:
         destroy(lab, *units)

@@ -150,3 +150,18 @@ def test_on_a_filesystem_without_idmapped_mounts_a_cached_shifted_copy(store, na
     subprocess.run(["cp", "-a", f"{store.root}/names", f"{tmp_path}/upper/"], check=True)
     upper_store.remove(store.get("busybox").digest)
     assert list((tmp_path / "upper" / "userns").iterdir()) == []
+
+
+def test_privileged_ports_and_raw_sockets_need_the_hosts_root(store, name):
+    """The container's network namespace belongs to the host's user namespace (it is made before
+    the container joins its own): root inside holds CAP_NET_BIND_SERVICE and CAP_NET_RAW only
+    in its namespace, so a port below 1024 and a raw socket (ping) are refused; with
+    --private-users=no both work (Docker's capability set keeps them)."""
+    script = ("httpd -p 80 -h /www; echo port80=$?; httpd -p 8080 -h /www; echo port8080=$?; "
+              "ping -c1 -W2 127.0.0.1 >/dev/null 2>&1; echo ping=$?")
+    r = run(store.root, "--name", name, "--image", "busybox", "--net=none", "--", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["port80=1", "port8080=0", "ping=1"]
+    r = run(store.root, "--name", name, "--image", "busybox", "--net=none", "--private-users=no",
+            "--", "sh", "-c", script)
+    assert r.stdout.split() == ["port80=0", "port8080=0", "ping=0"]
