@@ -401,13 +401,9 @@ def test_launcher_containers_get_a_user_namespace_and_seccomp_by_default(lab, bu
         for what in ("mount", "unshare", "reboot", "hostname", "ping"):
             assert re.search(rf"^{what}=[1-9]", report, re.M), report
         assert "unshare(0x10000000): Operation not permitted" in report
-        # a node's root is an overlay (fleet-lab), which takes no idmapped mount: the image is
-        # shown through its cached copy with owners shifted into the container's range
-        copy = node.exec(["sh", "-c", f"ls -d /var/lib/fleet/images/userns/*-{uid_map[1]}-65536"],
-                         check=False).stdout.split()
-        assert len(copy) == 1, copy
-        assert node.exec(["stat", "-c", "%u:%g", f"{copy[0]}/rootfs/bin/busybox"]).stdout.split() == \
-            [f"{uid_map[1]}:{uid_map[1]}"]
+        # the node's image store is on a tmpfs (fleet-lab), which takes idmapped mounts: the image
+        # is shown through one, no copy is made (the copy, for overlayfs: test_launcher_hardening)
+        assert node.exec(["ls", "/var/lib/fleet/images/userns"], check=False).returncode != 0
 
         other, _ = placement(lab, "lnhostns.service")
         port = units["lnhostns.service"][1]
