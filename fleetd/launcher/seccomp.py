@@ -84,9 +84,11 @@ class SeccompError(OSError):
 
 @lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL:
-    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
     try:
-        lib = ctypes.CDLL(name, use_errno=True)
+        try:
+            lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)   # (find_library runs ldconfig)
+        except OSError:
+            lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so", use_errno=True)
     except OSError as exc:
         raise SeccompError(errno.ENOENT, f"libseccomp not found ({exc}); Debian package "
                                          "libseccomp2, or --privileged") from None
