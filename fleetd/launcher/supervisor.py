@@ -122,7 +122,12 @@ def prepare_userns(spec: ContainerSpec) -> UsernsPlan | None:
         return None
     fd = userns.create_userns(spec.userns)
     try:
-        if userns.can_idmap(spec.rootfs, fd):
+        try:
+            idmap = userns.can_idmap(spec.rootfs, fd)
+        except OSError as exc:
+            raise LaunchError(f'image "{spec.image_ref}": cannot make an idmapped mount of '
+                              f"{spec.rootfs}: {exc.strerror or exc}") from None
+        if idmap:
             return UsernsPlan(fd, spec.userns, spec.rootfs, idmap=True)
         from fleetd.images.store import DEFAULT_ROOT
 

@@ -20,7 +20,7 @@ import pytest
 
 from fleetd.images import ImageStore, build_busybox_image
 from fleetd.launcher.spec import DEFAULT_STATE_ROOT
-from fleetd.launcher.userns import userns_base
+from fleetd.launcher.idrange import userns_base
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fleet-run needs root")
 
