@@ -55,7 +55,8 @@ DROPPED_CAPABILITIES = ("CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_TIME", "CAP_
                         "CAP_SYS_PACCT")
 #: system call groups denied (EPERM) to the runtime and the container. Not @mount/@privileged
 #: (the runtimes build the container with them), not @reboot (nspawn's stub init powers the
-#: container off with reboot(2) inside its PID namespace).
+#: container off with reboot(2) inside its PID namespace). fleet-run then loads a stricter
+#: filter of its own into the container (fleetd/launcher/seccomp.py: @mount, namespaces, ...).
 DENIED_SYSCALLS = ("@clock", "@cpu-emulation", "@debug", "@module", "@obsolete", "@raw-io", "@swap")
 
 
