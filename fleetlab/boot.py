@@ -45,6 +45,7 @@ from .sysutil import (
 )
 
 NSPAWN = "/usr/bin/systemd-nspawn"
+IMAGE_STORE = "/var/lib/fleet/images"  # fleetd's images_directory default (fleetd/config.py)
 # Runs as the nspawn process before exec: joins the node's cgroups, then becomes systemd-nspawn.
 _CGROUP_EXEC = 'for cg in $FLEETLAB_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 125; done; exec "$@"'
 
@@ -124,6 +125,16 @@ def memory_mount_args(names: LabNames, node: str) -> list[str]:
     return ["--tmpfs=/sys/fs/cgroup", f"--bind={memory / names.cgroup_rel / node}:{MEMORY_V1_MOUNT}"]
 
 
+def image_store_args(names: LabNames, node: str) -> list[str]:
+    """The node's image store on the lab's tmpfs itself, not on the node's overlay root: as on a
+    real machine (ext4, xfs ...), fleet-run can then show an image in a container's user
+    namespace through an idmapped mount, which overlayfs does not take (it would copy the image
+    per container instead, see fleetd/launcher/userns.py). Kept across node restarts."""
+    store = names.node_dir(node) / "images"
+    store.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return [f"--bind={store}:{IMAGE_STORE}"]
+
+
 def spawn(names: LabNames, node: NodeState, read_only_binds: Sequence[str] = ()) -> subprocess.Popen:
     """Start systemd-nspawn for `node` (detached, logging to the lab dir); return its process.
 
@@ -147,6 +158,7 @@ def spawn(names: LabNames, node: NodeState, read_only_binds: Sequence[str] = ())
         "--link-journal=no",
         f"--network-namespace-path=/run/netns/{node.netns}",
         *memory_mount_args(names, node.name),
+        *image_store_args(names, node.name),
         *(f"--bind-ro={path}" for path in read_only_binds),
         "--",
         f"systemd.unit={NODE_TARGET}",

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from fleetd.container.marker import HASH_COMMENT, stored_hash_of  # noqa: F401 (re-exported)
 from fleetd.unit.container import ContainerSpec, container_spec
 from fleetd.errors import FleetError
+from fleetd.launcher.idrange import USERNS_SIZE, userns_base
 from fleetd.unit.file import UnitFile, UnitOption
 
 if TYPE_CHECKING:  # imported when a container unit is rendered: ~2 MB of fleetd's idle RSS otherwise
@@ -54,7 +55,8 @@ DROPPED_CAPABILITIES = ("CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_TIME", "CAP_
                         "CAP_SYS_PACCT")
 #: system call groups denied (EPERM) to the runtime and the container. Not @mount/@privileged
 #: (the runtimes build the container with them), not @reboot (nspawn's stub init powers the
-#: container off with reboot(2) inside its PID namespace).
+#: container off with reboot(2) inside its PID namespace). fleet-run then loads a stricter
+#: filter of its own into the container (fleetd/launcher/seccomp.py: @mount, namespaces, ...).
 DENIED_SYSCALLS = ("@clock", "@cpu-emulation", "@debug", "@module", "@obsolete", "@raw-io", "@swap")
 
 
@@ -171,22 +173,9 @@ def default_hostname(unit_name: str) -> str:
     return host or "container"
 
 
-#: nspawn user namespaces: 64 Ki ids per container, at a base derived from the container name in
-#: nspawn's own range for picked ranges (0x80000 .. 0x6fff0000). nspawn's `pick` cannot be used
-#: with the image overlay ("may not be combined with custom root mounts"), hence a fixed range.
-USERNS_SIZE = 0x10000
-_USERNS_FIRST = 0x80000
-_USERNS_SLOTS = (0x6FFF0000 - _USERNS_FIRST) // USERNS_SIZE
-
-
-def userns_base(cname: str) -> int:
-    """The first host uid/gid of a container's user namespace (pure, stable per container name)."""
-    import hashlib
-
-    slot = int.from_bytes(hashlib.sha256(cname.encode()).digest()[:4], "big") % _USERNS_SLOTS
-    return _USERNS_FIRST + slot * USERNS_SIZE
-
-
+# user namespaces (both runtimes): USERNS_SIZE ids at userns_base(container name), see
+# fleetd.launcher.idrange. nspawn's `pick` cannot be used with the image overlay ("may not be
+# combined with custom root mounts"), hence a fixed range.
 def effective_command(spec: ContainerSpec, image: ImageInfo) -> tuple[str, ...]:
     """Command= if given (it replaces the image's Entrypoint and Cmd), else Entrypoint + Cmd."""
     if spec.command:
@@ -278,8 +267,7 @@ def render_unit(name: str, unit: UnitFile, facts: NodeFacts, image: ImageInfo | 
         state_dir=f"/run/fleet/containers/{cname}",
         stop_timeout=_seconds(spec.stop_timeout),
         kill_timeout=_seconds(spec.stop_timeout + 5),
-        userns=(f"{userns_base(cname)}:{USERNS_SIZE}"
-                if spec.runtime == "nspawn" and spec.private_users and facts.userns else ""),
+        userns=(f"{userns_base(cname)}:{USERNS_SIZE}" if spec.private_users and facts.userns else ""),
         dropped_caps=" ".join(DROPPED_CAPABILITIES),
         denied_syscalls=" ".join(DENIED_SYSCALLS),
     )

@@ -6,6 +6,8 @@ Layout below the root (default ``/var/lib/fleet/images``)::
     images/<hex>/image.json   metadata (digest, source kind, size, config, ...)
     names/<name>              "sha256:<hex>\\n": a name pointing at an image
     tmp/                      staging area (same filesystem: commits are renames)
+    userns/<hex>-<base>-<n>/  fleet-run's copy of an image with owners shifted for a user
+                              namespace (where idmapped mounts are not possible); removed with it
     lock                      flock(2) serialising commits and removals
 
 An image is addressed by its digest, the content digest of its tree (see
@@ -276,6 +278,10 @@ class ImageStore:
             # rename first: a half-deleted tree is never visible under its digest
             doomed = Path(tempfile.mkdtemp(prefix="remove-", dir=self._tmp_dir()))
             os.rename(self._images_dir() / digest[7:], doomed / "image")
+            # fleet-run's copies of it with shifted owners (user namespaces; fleetd.launcher.userns)
+            shifted = self.root / "userns"
+            for i, copy in enumerate(shifted.glob(f"{digest[7:]}-*") if shifted.is_dir() else ()):
+                os.rename(copy, doomed / f"userns-{i}")
         shutil.rmtree(doomed, ignore_errors=True)
 
     def export(self, name_or_digest: str) -> Iterator[bytes]:

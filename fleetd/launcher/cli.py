@@ -3,7 +3,14 @@
     fleet-run [--name N] --image NAME_OR_PATH [--images-dir DIR] [--hostname H]
               [--env K=V]... [--bind SRC:DST[:ro]]... [--workdir D] [--user U]
               [--net host|none|netns:PATH] [--keep-state] [--stop-timeout S]
-              [--privileged] [--init [--init-path PATH]] [--detach] -- CMD ARGS...
+              [--privileged] [--private-users yes|no|BASE[:SIZE]]
+              [--init [--init-path PATH]] [--detach] -- CMD ARGS...
+
+By default the container runs in its own user namespace (root inside is host uid BASE, an
+unprivileged range derived from the name; see :mod:`fleetd.launcher.userns`), with Docker's
+default capability bounding set, no_new_privs and a seccomp filter (see
+:mod:`fleetd.launcher.seccomp`); --privileged drops all three (and the user namespace unless
+--private-users asks for one).
 
 Without --detach it stays in the foreground as the container's supervisor (see
 :mod:`fleetd.launcher.supervisor` for signals, exit codes and cleanup). With --detach (a
@@ -22,6 +29,7 @@ from fleetd.errors import LaunchError
 from fleetd.launcher import spec as specmod
 from fleetd.launcher.supervisor import run
 from fleetd.launcher.users import resolve_user
+from fleetd.launcher.idrange import parse_private_users
 
 PROG = "fleet-run"
 
@@ -51,7 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-timeout", type=float, default=10.0,
                    help="seconds between a forwarded SIGTERM and SIGKILL (default 10)")
     p.add_argument("--privileged", action="store_true",
-                   help="keep all capabilities and leave /proc unmasked")
+                   help="keep all capabilities, no seccomp filter or no_new_privs, /proc "
+                        "unmasked, and no user namespace unless --private-users asks for one")
+    p.add_argument("--private-users", metavar="yes|no|BASE[:SIZE]", default=None,
+                   help="run in a user namespace mapping container uid/gid 0.. to host BASE.. "
+                        "(default: yes where the kernel allows, with a 65536-id range derived "
+                        "from the name, as the nspawn runtime's; no: the host's ids)")
     p.add_argument("--init", action="store_true",
                    help="run a minimal init (tini) as PID 1: it reaps zombies and forwards "
                         "signals to the command (PID 2)")
@@ -95,13 +108,18 @@ def build_spec(argv: list[str], host_env: dict[str, str]) -> specmod.ContainerSp
         if not init.is_file() or not os.access(init, os.X_OK):
             raise LaunchError(f'init "{args.init_path}" not found or not executable '
                               "(Debian package tini: /usr/bin/tini-static)")
+    ids = parse_private_users(args.private_users, name, args.privileged)
+    if ids is not None and max(user.uid, user.gid, *user.groups) >= ids.size:
+        raise LaunchError(f'--user "{args.user}": id {max(user.uid, user.gid, *user.groups)} is '
+                          f"outside the container's user namespace (0..{ids.size - 1})")
     env = specmod.build_env(specmod.parse_env(args.env, host_env), hostname, user.home)
     return specmod.ContainerSpec(
         name=name, image_ref=args.image, rootfs=rootfs, command=tuple(command),
         hostname=hostname, env=env, binds=binds, workdir=os.path.normpath(args.workdir),
         user=user, net=net, state_root=args.state_root, keep_state=args.keep_state,
         stop_timeout=args.stop_timeout, privileged=args.privileged, init=init,
-        detach=args.detach)
+        detach=args.detach, images_dir=images_dir,
+        userns=ids)
 
 
 def main(argv: list[str] | None = None) -> int:

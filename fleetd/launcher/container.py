@@ -15,9 +15,17 @@ and everything disappears with the namespace):
   /dev, a new devpts instance (+ ptmx link), /dev/shm, /dev/mqueue, fd/stdin/... links;
 * /sys: sysfs mounted read-only (a read-only recursive bind of the host's as fallback);
 * --bind mounts last (recursive; ":ro" makes the whole subtree read-only);
+* with a user namespace (--private-users, the default), the image is the overlay's lower layer
+  through an idmapped mount or as a cached copy with shifted owners (see
+  :mod:`fleetd.launcher.userns`); /dev and /dev/shm belong to the container's root;
 * with --init, the init binary (tini-static) bind-mounted read-only on /dev/init: it is exec'd
   as PID 1 and runs the command as PID 2 (the command is looked up first, so that a missing
   one still fails with 127 and one line).
+
+Then, in this order: sethostname; join the user namespace (every mount and namespace above
+stays owned by the host's user namespace, so root inside cannot undo any of it); chdir; drop
+the capability bounding set to Docker's default set; setgroups/setgid/setuid; no_new_privs and
+the seccomp filter (:mod:`fleetd.launcher.seccomp`) — the last two not with --privileged.
 """
 
 from __future__ import annotations
@@ -30,12 +38,15 @@ import signal
 import socket
 import stat
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from fleetd.errors import LaunchError
 from fleetd.images.rootpath import resolve_in_root
-from fleetd.launcher import libc
+from fleetd.launcher import libc, userns
+from fleetd.launcher.seccomp import Filter
 from fleetd.launcher.spec import INIT_IN_CONTAINER, BindMount, ContainerSpec
+from fleetd.launcher.idrange import IdRange
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
@@ -43,6 +54,16 @@ PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug")
 # docker's default capability set (capability numbers from <linux/capability.h>)
 DEFAULT_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})
 RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class UsernsPlan:
+    """The container's user namespace (an fd for setns) and its image's lower directory."""
+
+    fd: int
+    ids: IdRange
+    lower: Path        # the image rootfs (idmap) or its shifted copy
+    idmap: bool        # mount `lower` idmapped through `fd`
 
 
 def _fail(err_fd: int, code: int, message: str) -> None:
@@ -53,12 +74,13 @@ def _fail(err_fd: int, code: int, message: str) -> None:
 
 
 def enter_and_exec(spec: ContainerSpec, *, err_fd: int, alive_fd: int, netns_fd: int | None,
-                   parent_mask: set[signal.Signals]) -> None:
+                   parent_mask: set[signal.Signals], userns_plan: UsernsPlan | None = None,
+                   seccomp_filter: Filter | None = None) -> None:
     """Child entry point after fork(); never returns."""
     try:
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _exit_if_parent_gone(alive_fd)
-        _setup(spec, netns_fd)
+        _setup(spec, netns_fd, userns_plan, seccomp_filter)
         _exec(spec, err_fd, parent_mask, alive_fd)
     except LaunchError as exc:
         _fail(err_fd, exc.exit_code, str(exc))
@@ -74,7 +96,22 @@ def _exit_if_parent_gone(alive_fd: int) -> None:
         os._exit(125)
 
 
-def _setup(spec: ContainerSpec, netns_fd: int | None) -> None:
+def _lower_dir(spec: ContainerSpec, plan: UsernsPlan | None) -> Path:
+    if plan is None:
+        return spec.rootfs
+    if not plan.idmap:
+        return plan.lower
+    target = spec.state_dir / "lower"
+    tree = userns.idmapped_tree(plan.lower, plan.fd)
+    try:
+        libc.move_mount(tree, target)
+    finally:
+        os.close(tree)
+    return target
+
+
+def _setup(spec: ContainerSpec, netns_fd: int | None, plan: UsernsPlan | None,
+           seccomp_filter: Filter | None) -> None:
     if netns_fd is not None:
         libc.setns(netns_fd, libc.CLONE_NEWNET)
     flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
@@ -86,16 +123,22 @@ def _setup(spec: ContainerSpec, netns_fd: int | None) -> None:
         _loopback_up()
     state = spec.state_dir
     root = state / "rootfs"
+    lower = _lower_dir(spec, plan)
     libc.mount("overlay", root, "overlay", 0,
-               f"lowerdir={spec.rootfs},upperdir={state / 'upper'},workdir={state / 'work'}")
+               f"lowerdir={lower},upperdir={state / 'upper'},workdir={state / 'work'}")
     cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     _mount_proc(root, spec.privileged)
-    _mount_dev(root, spec.init)
+    _mount_dev(root, spec.init, plan.ids if plan else None)
     _mount_sys(root)
     for bind in spec.binds:
         _bind(root, bind)
     _pivot(root)
     libc.sethostname(spec.hostname)
+    if plan is not None:
+        # from here on root is the range's first uid; joining resets the bounding set to full
+        libc.setns(plan.fd, libc.CLONE_NEWUSER)
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
     _chdir(spec.workdir)
     if not spec.privileged:
         for cap in range(cap_last + 1):
@@ -107,6 +150,10 @@ def _setup(spec: ContainerSpec, netns_fd: int | None) -> None:
     os.setuid(user.uid)
     # a credential change clears the parent-death signal: set it again
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if not spec.privileged:
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+    if seccomp_filter is not None:
+        seccomp_filter.load()
 
 
 def _loopback_up() -> None:
@@ -147,21 +194,23 @@ def _mount_proc(root: Path, privileged: bool) -> None:
             libc.mount("/dev/null", path, None, libc.MS_BIND)
 
 
-def _mount_dev(root: Path, init: Path | None = None) -> None:
+def _mount_dev(root: Path, init: Path | None = None, ids: IdRange | None = None) -> None:
     dev = _mountpoint(root, "/dev")
+    owner = f",uid={ids.base},gid={ids.base}" if ids else ""
+    tty_gid = ids.base + 5 if ids else 5
     libc.mount("tmpfs", dev, "tmpfs", libc.MS_NOSUID | libc.MS_STRICTATIME,
-               "mode=755,size=65536k")
+               "mode=755,size=65536k" + owner)
     for name in DEVICES:
         target = dev / name
         target.touch(mode=0o666)
         libc.mount(f"/dev/{name}", target, None, libc.MS_BIND)
     (dev / "pts").mkdir(mode=0o755)
     libc.mount("devpts", dev / "pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
-               "newinstance,ptmxmode=0666,mode=0620,gid=5")
+               f"newinstance,ptmxmode=0666,mode=0620,gid={tty_gid}")
     os.symlink("pts/ptmx", dev / "ptmx")
     (dev / "shm").mkdir(mode=0o1777)
     libc.mount("shm", dev / "shm", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
-               "mode=1777,size=65536k")
+               "mode=1777,size=65536k" + owner)
     (dev / "mqueue").mkdir(mode=0o755)
     try:
         libc.mount("mqueue", dev / "mqueue", "mqueue",

@@ -20,6 +20,8 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWCGROUP = 0x02000000
 
 # <sys/mount.h>
 MS_RDONLY = 1
@@ -35,17 +37,25 @@ MNT_DETACH = 2
 
 # <linux/mount.h>, <fcntl.h>
 MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_IDMAP = 0x00100000
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 
 # <sys/prctl.h>
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
 
 # syscall numbers: pivot_root differs per architecture, mount_setattr is 442 everywhere
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217,
                "armv7l": 218, "i686": 217}
 SYS_MOUNT_SETATTR = 442
+# open_tree and move_mount are the same on every architecture (the unified table)
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
 
 
 def _check(result: int, what: str, path: str | None = None) -> int:
@@ -123,6 +133,27 @@ def _mountpoints() -> list[str]:
             # mountinfo escapes space, tab, newline and backslash as octal
             points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field))
     return points
+
+
+def open_tree(path: str | os.PathLike, flags: int) -> int:
+    """open_tree(2): with OPEN_TREE_CLONE a detached copy of the mount (tree) at `path`."""
+    return _check(_libc.syscall(ctypes.c_long(SYS_OPEN_TREE), ctypes.c_int(AT_FDCWD), _b(path),
+                                ctypes.c_uint(flags | os.O_CLOEXEC)), "open_tree", os.fspath(path))
+
+
+def mount_setattr_idmap(tree_fd: int, userns_fd: int) -> None:
+    """Make the detached mount tree `tree_fd` idmapped through the user namespace `userns_fd`."""
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    _check(_libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(tree_fd), b"",
+                         ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr")
+
+
+def move_mount(tree_fd: int, target: str | os.PathLike) -> None:
+    """Attach the detached mount tree `tree_fd` at `target`."""
+    _check(_libc.syscall(ctypes.c_long(SYS_MOVE_MOUNT), ctypes.c_int(tree_fd), b"",
+                         ctypes.c_int(AT_FDCWD), _b(target), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)),
+           "move_mount", os.fspath(target))
 
 
 def sethostname(name: str) -> None:

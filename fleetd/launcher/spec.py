@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fleetd.errors import ImageNotFound, LaunchError
 from fleetd.launcher.users import ResolvedUser
+from fleetd.launcher.idrange import IdRange
 
 DEFAULT_STATE_ROOT = Path("/run/fleet/containers")
 #: the container's init with --init (Debian's tini-static: static, so it runs in any image)
@@ -88,6 +89,8 @@ class ContainerSpec:
     privileged: bool = False
     init: Path | None = None            # --init: PID 1 is this binary (tini), the command PID 2
     detach: bool = False                # --detach: leave PID 1 to systemd (Type=forking) and exit
+    userns: IdRange | None = None       # --private-users: the container's uid/gid range (None: host ids)
+    images_dir: Path | None = None      # the image store (for the shifted copy of an image)
 
     @property
     def state_dir(self) -> Path:

@@ -48,7 +48,8 @@ import time
 from pathlib import Path
 
 from fleetd.errors import LaunchError
-from fleetd.launcher import container, libc
+from fleetd.launcher import container, libc, seccomp, userns
+from fleetd.launcher.container import UsernsPlan
 from fleetd.launcher.spec import ContainerSpec
 
 FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -113,8 +114,33 @@ def _lock_state_dir(state: Path, name: str) -> int:
     raise LaunchError(f"cannot lock state directory {state}")
 
 
-def create_state_dir(spec: ContainerSpec) -> tuple[Path, int]:
-    """Make and lock <state_root>/<name>/ with fresh upper/, work/ and rootfs/.
+def prepare_userns(spec: ContainerSpec) -> UsernsPlan | None:
+    """The container's user namespace (fd) and how its image is shown inside (see
+    :mod:`fleetd.launcher.userns`): an idmapped mount of the image where its filesystem takes
+    one, else the cached shifted copy. None without --private-users."""
+    if spec.userns is None:
+        return None
+    fd = userns.create_userns(spec.userns)
+    try:
+        try:
+            idmap = userns.can_idmap(spec.rootfs, fd)
+        except OSError as exc:
+            raise LaunchError(f'image "{spec.image_ref}": cannot make an idmapped mount of '
+                              f"{spec.rootfs}: {exc.strerror or exc}") from None
+        if idmap:
+            return UsernsPlan(fd, spec.userns, spec.rootfs, idmap=True)
+        from fleetd.images.store import DEFAULT_ROOT
+
+        lower = userns.shifted_copy(spec.rootfs, spec.images_dir or DEFAULT_ROOT, spec.userns,
+                                    spec.image_ref)
+        return UsernsPlan(fd, spec.userns, lower, idmap=False)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def create_state_dir(spec: ContainerSpec, plan: UsernsPlan | None = None) -> tuple[Path, int]:
+    """Make and lock <state_root>/<name>/ with fresh upper/, work/, lower/ and rootfs/.
 
     Returns the directory and the lock fd (keep it open while the container runs).
     """
@@ -132,10 +158,15 @@ def create_state_dir(spec: ContainerSpec) -> tuple[Path, int]:
         (state / "supervisor.pid").write_text(f"{os.getpid()}\n")
         (state / "image").write_text(f"{spec.image_ref}\n{spec.rootfs}\n")
         lower = os.stat(spec.rootfs)
-        for sub in ("upper", "work", "rootfs"):
+        for sub in ("upper", "work", "rootfs", "lower"):
             (state / sub).mkdir(mode=0o755)
-        # the merged root takes the upper directory's owner and mode: copy the image's
-        os.chown(state / "upper", lower.st_uid, lower.st_gid)
+        # the merged root takes the upper directory's owner and mode: copy the image's (as
+        # seen from the container's user namespace, if any)
+        if plan is None:
+            os.chown(state / "upper", lower.st_uid, lower.st_gid)
+        else:
+            os.chown(state / "upper", *userns.upper_owner(spec.rootfs, plan.ids,
+                                                          None if plan.idmap else plan.lower))
         os.chmod(state / "upper", lower.st_mode & 0o7777)
     except BaseException:
         os.close(lock_fd)
@@ -165,11 +196,13 @@ def run(spec: ContainerSpec) -> int:
             netns_fd = os.open(spec.net.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise LaunchError(f'network namespace "{spec.net.path}": {exc.strerror}') from None
+    plan = None
     try:
-        state, lock_fd = create_state_dir(spec)
+        plan = prepare_userns(spec)
+        state, lock_fd = create_state_dir(spec, plan)
         if spec.detach:
             try:
-                return _hand_over(spec, state, netns_fd)
+                return _hand_over(spec, state, netns_fd, plan)
             except BaseException:
                 if not spec.keep_state:
                     remove_state_dir(state)
@@ -177,7 +210,7 @@ def run(spec: ContainerSpec) -> int:
             finally:
                 os.close(lock_fd)
         try:
-            return _run_in(spec, state, netns_fd)
+            return _run_in(spec, state, netns_fd, plan)
         finally:
             if not spec.keep_state:
                 remove_state_dir(state)
@@ -185,14 +218,22 @@ def run(spec: ContainerSpec) -> int:
     finally:
         if netns_fd is not None:
             os.close(netns_fd)
+        if plan is not None:
+            os.close(plan.fd)
 
 
 def _start_container(spec: ContainerSpec, netns_fd: int | None,
-                     old_mask: set[signal.Signals]) -> tuple[int, int]:
+                     old_mask: set[signal.Signals], plan: UsernsPlan | None) -> tuple[int, int]:
     """Fork the container and wait until its PID 1 exec'd (or failed: LaunchError).
 
     Returns (pid, alive_w): the write end of the pipe whose EOF tells the child that the
     launcher died before the exec (close it when done)."""
+    filt = None
+    if not spec.privileged:
+        try:
+            filt = seccomp.default_filter()
+        except OSError as exc:
+            raise LaunchError(f"cannot build the seccomp filter: {exc.strerror or exc}") from None
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
     pid = _fork_into_new_pidns()
@@ -200,9 +241,11 @@ def _start_container(spec: ContainerSpec, netns_fd: int | None,
         os.close(err_r)
         os.close(alive_w)
         container.enter_and_exec(spec, err_fd=err_w, alive_fd=alive_r, netns_fd=netns_fd,
-                                 parent_mask=old_mask)
+                                 parent_mask=old_mask, userns_plan=plan, seccomp_filter=filt)
     os.close(err_w)
     os.close(alive_r)
+    if filt is not None:
+        filt.release()
     try:
         error = _read_all(err_r)
         if error:
@@ -215,7 +258,8 @@ def _start_container(spec: ContainerSpec, netns_fd: int | None,
     return pid, alive_w
 
 
-def _hand_over(spec: ContainerSpec, state: Path, netns_fd: int | None) -> int:
+def _hand_over(spec: ContainerSpec, state: Path, netns_fd: int | None,
+               plan: UsernsPlan | None) -> int:
     """--detach: start the container, record its PID 1 in init.pid (the unit's PIDFile=), return 0.
 
     The unit is Type=forking: when this process exits the kernel re-parents the container's
@@ -225,7 +269,7 @@ def _hand_over(spec: ContainerSpec, state: Path, netns_fd: int | None) -> int:
     whole unit at once instead of waiting TimeoutStopSec= after SIGTERM.)"""
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
-        pid, alive_w = _start_container(spec, netns_fd, old_mask)
+        pid, alive_w = _start_container(spec, netns_fd, old_mask, plan)
         try:
             _record_init(state, pid)
         finally:
@@ -235,11 +279,12 @@ def _hand_over(spec: ContainerSpec, state: Path, netns_fd: int | None) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-def _run_in(spec: ContainerSpec, state: Path, netns_fd: int | None) -> int:
+def _run_in(spec: ContainerSpec, state: Path, netns_fd: int | None,
+            plan: UsernsPlan | None) -> int:
     waited = FORWARDED | {signal.SIGCHLD}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
-        pid, alive_w = _start_container(spec, netns_fd, old_mask)
+        pid, alive_w = _start_container(spec, netns_fd, old_mask, plan)
         try:
             _record_init(state, pid)
             return _supervise(pid, spec.stop_timeout, waited)

@@ -21,7 +21,7 @@ with fleet's specifiers %n %N %p %i %% from the unit name, like [X-Fleet]):
     Tasks=            TasksMax= of the unit
     StopTimeout=      seconds from the stop signal to SIGKILL (default 10)
     Privileged=       yes/no (default no): all capabilities, no seccomp/NoNewPrivileges hardening
-    PrivateUsers=     yes/no (default: yes, no with Privileged=yes): Runtime=nspawn runs the
+    PrivateUsers=     yes/no (default: yes, no with Privileged=yes): both runtimes run the
                       container in its own user namespace (its root is an unprivileged uid range
                       of the node) where the node's kernel allows it; no opts out
 

@@ -364,3 +364,54 @@ def test_nspawn_containers_get_a_user_namespace_by_default(lab, busybox, tmp_pat
         assert "--private-users" not in lab.fleetctl("cat", "--rendered", "hostns.service").stdout
     finally:
         destroy(lab, *units)
+
+
+def test_launcher_containers_get_a_user_namespace_and_seccomp_by_default(lab, busybox, tmp_path):
+    """Runtime=launcher (fleet-run): the container's root is an unprivileged uid range of the node
+    (/proc/PID/uid_map), the image's files still belong to its root, it serves HTTP, and mount,
+    a nested user namespace, reboot and sethostname are refused inside (issue 17);
+    PrivateUsers=no opts out of the namespace only."""
+    probe = ("cat /proc/self/uid_map; ls -ln /bin/busybox; "
+             'grep -E "^(NoNewPrivs|Seccomp):" /proc/self/status; '
+             "mount -t tmpfs x /mnt; echo mount=$?; unshare -U true; echo unshare=$?; "
+             "reboot -f; echo reboot=$?; hostname other; echo hostname=$?; "
+             "ping -c1 -W2 127.0.0.1 >/dev/null; echo ping=$?")
+    units = {"lnuserns.service": ("", 18188), "lnhostns.service": ("PrivateUsers=no\n", 18189)}
+    try:
+        for name, (extra, port) in units.items():
+            path = tmp_path / name
+            command = f"sh -c '({probe}) > /www/probe.txt 2>&1; exec httpd -f -p {port} -h /www'"
+            path.write_text(f"[Unit]\nDescription={name}\n\n[X-Container]\nImage=busybox\n"
+                            f"{extra}Command={command}\n")
+            lab.fleetctl("start", str(path), timeout=180)
+        node, state = placement(lab, "lnuserns.service")
+        assert state == "active"
+        port = units["lnuserns.service"][1]
+        assert PAGE in eventually(lambda: http_get(node.ip, port), 30, "the userns container to serve")
+        uid_map = _payload_uid_map(node, port)
+        assert uid_map[0] == "0" and uid_map[2] == "65536" and int(uid_map[1]) >= 0x80000
+        rendered = lab.fleetctl("cat", "--rendered", "lnuserns.service").stdout
+        assert f"--private-users={uid_map[1]}:65536" in rendered
+        report = http_get(node.ip, port, "/probe.txt").decode()
+        assert report.split()[:3] == uid_map            # what the container itself sees
+        owner = next(line for line in report.splitlines() if line.endswith("/bin/busybox")).split()
+        assert owner[2:4] == ["0", "0"]                 # the image's files are its root's
+        assert re.search(r"NoNewPrivs:\s+1", report) and re.search(r"Seccomp:\s+2", report)
+        # ping: a raw socket needs CAP_NET_RAW in the user namespace owning the (node's) network
+        for what in ("mount", "unshare", "reboot", "hostname", "ping"):
+            assert re.search(rf"^{what}=[1-9]", report, re.M), report
+        assert "unshare(0x10000000): Operation not permitted" in report
+        # the node's image store is on a tmpfs (fleet-lab), which takes idmapped mounts: the image
+        # is shown through one, no copy is made (the copy, for overlayfs: test_launcher_hardening)
+        assert node.exec(["ls", "/var/lib/fleet/images/userns"], check=False).returncode != 0
+
+        other, _ = placement(lab, "lnhostns.service")
+        port = units["lnhostns.service"][1]
+        assert PAGE in eventually(lambda: http_get(other.ip, port), 30, "the opted-out container to serve")
+        assert _payload_uid_map(other, port) == ["0", "0", "4294967295"]
+        assert "--private-users=no" in lab.fleetctl("cat", "--rendered", "lnhostns.service").stdout
+        report = http_get(other.ip, port, "/probe.txt").decode()
+        assert re.search(r"^unshare=[1-9]", report, re.M)   # the seccomp filter stays
+        assert re.search(r"^ping=0", report, re.M), report   # root's CAP_NET_RAW is real here
+    finally:
+        destroy(lab, *units)

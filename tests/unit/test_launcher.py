@@ -20,6 +20,7 @@ import pytest
 
 from fleetd.images import ImageStore, build_busybox_image
 from fleetd.launcher.spec import DEFAULT_STATE_ROOT
+from fleetd.launcher.idrange import userns_base
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fleet-run needs root")
 
@@ -155,6 +156,10 @@ def test_bind_mounts_ro_and_rw(images_dir, name, tmp_path):
     (ro / "f").write_text("from host\n")
     single = tmp_path / "single.conf"
     single.write_text("one file\n")
+    # the container's root is host uid BASE (its user namespace): binds keep their host owners
+    base = userns_base(name)
+    for path in (rw, single):
+        os.chown(path, base, base)
     r = fleet_run(images_dir, "--name", name, "--image", "busybox",
                   "--bind", f"{ro}:/data:ro", "--bind", f"{rw}:/out",
                   "--bind", f"{single}:/etc/app/single.conf:ro", "--",

@@ -217,7 +217,7 @@ def test_launcher_rendering():
         "/opt/fleet/bin/fleet-run", "--detach", "--init", f"--name={container_name('web@1.service')}",
         f"--image={DIGEST}", "--images-dir=/var/lib/fleet/images", "--hostname=web-1",
         "--env=A=1", "--env=B=two words", "--bind=/srv:/data:ro", "--workdir=/www",
-        "--user=nobody", "--",
+        "--user=nobody", "--private-users=no", "--",
         "httpd", "-f", "-p", "801", "-h", "/w w", "$HOME", "50%"]
     # fleet-run leaves the container's PID 1 to systemd and exits: systemd supervises it
     assert service_values(text, "Type") == ["forking"]

@@ -1,5 +1,6 @@
-"""User namespaces for Runtime=nspawn containers (issue 17): PrivateUsers= in [X-Container], the
-rendered --private-users= range, and when it is left out. Pure."""
+"""User namespaces for container units (issue 17): PrivateUsers= in [X-Container], the rendered
+--private-users= range of both runtimes (the same range for the same container), and when it is
+left out (nspawn: no flag; fleet-run: --private-users=no, as its default is a namespace). Pure."""
 
 from __future__ import annotations
 
@@ -21,24 +22,30 @@ def unit(extra: str = "", runtime: str = "nspawn") -> UnitFile:
 
 def flag(text: str) -> str | None:
     found = [w for w in text.split() if w.startswith("--private-users")]
+    assert len(found) <= 1
+    found = [w for w in found if w != "--private-users=no"]  # fleet-run's explicit opt-out
     return found[0] if found else None
 
 
-def test_default_is_a_user_namespace_where_the_kernel_allows():
-    text = render_unit("web.service", unit(), USERNS, IMAGE)
+@pytest.mark.parametrize("runtime", ["nspawn", "launcher"])
+def test_default_is_a_user_namespace_where_the_kernel_allows(runtime):
+    text = render_unit("web.service", unit(runtime=runtime), USERNS, IMAGE)
     base = userns_base("web")
     assert flag(text) == f"--private-users={base}:{USERNS_SIZE}"
-    assert flag(render_unit("web.service", unit(), NodeFacts(userns=False), IMAGE)) is None
+    assert flag(render_unit("web.service", unit(runtime=runtime), NodeFacts(userns=False), IMAGE)) is None
 
 
-@pytest.mark.parametrize("extra, runtime", [("PrivateUsers=no\n", "nspawn"), ("Privileged=yes\n", "nspawn"),
-                                            ("", "launcher")])
-def test_opt_out_privileged_and_the_launcher_have_none(extra, runtime):
-    assert flag(render_unit("web.service", unit(extra, runtime), USERNS, IMAGE)) is None
+@pytest.mark.parametrize("runtime", ["nspawn", "launcher"])
+@pytest.mark.parametrize("extra", ["PrivateUsers=no\n", "Privileged=yes\n"])
+def test_opt_out_and_privileged_have_none(extra, runtime):
+    text = render_unit("web.service", unit(extra, runtime), USERNS, IMAGE)
+    assert flag(text) is None
+    assert ("--private-users=no" in text.split()) == (runtime == "launcher")
 
 
-def test_privileged_may_still_ask_for_one():
-    text = render_unit("web.service", unit("Privileged=yes\nPrivateUsers=yes\n"), USERNS, IMAGE)
+@pytest.mark.parametrize("runtime", ["nspawn", "launcher"])
+def test_privileged_may_still_ask_for_one(runtime):
+    text = render_unit("web.service", unit("Privileged=yes\nPrivateUsers=yes\n", runtime), USERNS, IMAGE)
     assert flag(text) is not None
 
 
