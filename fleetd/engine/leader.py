@@ -188,7 +188,8 @@ class Engine:
 
     async def _watch(self, revision: int, dirty: asyncio.Event) -> None:
         reg = self.registry
-        async for event in reg.watch([reg.keys.jobs, reg.keys.machines, reg.keys.schedule], revision):
+        prefixes = self._view.prefixes if self._view is not None else [reg.keys.jobs, reg.keys.machines, reg.keys.schedule]
+        async for event in reg.watch(prefixes, revision):
             self._events.append(event)
             dirty.set()
 
