@@ -1,3 +1,3 @@
-from fleetctl.cli import main
+from fleetctl.fast import main
 
 main()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover - fleetctl's fast path (fleetctl/fast.py) imports this module alone
+    from typing import Callable, Mapping, Sequence
 
-from fleetd.model import Machine, UnitState
-from fleetd.wire import UnitInfo
+    from fleetd.model import Machine, UnitState
+    from fleetd.wire import UnitInfo
+
+    UnitFileField = Callable[[UnitInfo, bool, Mapping[str, Machine]], str]
+    UnitStateField = Callable[[UnitState, bool, Mapping[str, Machine]], str]
+    MachineField = Callable[[Machine, bool], str]
 
 TAB_WIDTH = 8
 
@@ -45,6 +51,12 @@ def machine_full_legend(machine: Machine, full: bool) -> str:
     return f"{legend}/{machine.public_ip}" if machine.public_ip else legend
 
 
+def _machine_legend(machine_id: str, machines: Mapping[str, Machine], full: bool) -> str:
+    """A machine's legend by ID; an unknown machine (gone from the cluster) shows its ID alone."""
+    machine = machines.get(machine_id)
+    return machine_full_legend(machine, full) if machine is not None else machine_id_legend(machine_id, full)
+
+
 def short_hash(unit_hash: str, full: bool) -> str:
     return unit_hash if full else unit_hash[:7]
 
@@ -55,15 +67,12 @@ def format_metadata(metadata: Mapping[str, str]) -> str:
     return ",".join(f"{k}={metadata[k]}" for k in sorted(metadata))
 
 
-UnitFileField = Callable[[UnitInfo, bool, Mapping[str, Machine]], str]
-
-
 def _target(u: UnitInfo, full: bool, machines: Mapping[str, Machine]) -> str:
     if u.is_global:
         return "global"
     if not u.machine_id:
         return "-"
-    return machine_full_legend(machines.get(u.machine_id) or Machine(u.machine_id), full)
+    return _machine_legend(u.machine_id, machines, full)
 
 
 def _description(u: UnitInfo) -> str:
@@ -83,11 +92,8 @@ UNIT_FILE_FIELDS: dict[str, UnitFileField] = {
 }
 DEFAULT_UNIT_FILE_FIELDS = "unit,hash,dstate,state,target"
 
-UnitStateField = Callable[[UnitState, bool, Mapping[str, Machine]], str]
-
-
 def _state_machine(s: UnitState, full: bool, machines: Mapping[str, Machine]) -> str:
-    return machine_full_legend(machines.get(s.machine_id) or Machine(s.machine_id), full)
+    return _machine_legend(s.machine_id, machines, full)
 
 
 UNIT_FIELDS: dict[str, UnitStateField] = {
@@ -100,7 +106,6 @@ UNIT_FIELDS: dict[str, UnitStateField] = {
 }
 DEFAULT_UNIT_FIELDS = "unit,machine,active,sub"
 
-MachineField = Callable[[Machine, bool], str]
 MACHINE_FIELDS: dict[str, MachineField] = {
     "machine": lambda m, full: machine_id_legend(m.id, full),
     "ip": lambda m, full: m.public_ip or "-",

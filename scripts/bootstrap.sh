@@ -26,6 +26,7 @@ fi
 stamp=.venv/.fleet-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "bootstrap: installing Python dependencies"
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    # compat: a plain path in a .pth; the default finder imports pathlib & co. at every start-up
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
     touch "$stamp"
 fi

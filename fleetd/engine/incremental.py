@@ -35,16 +35,9 @@ from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement, Unit
 
 
 def _same(new: Mapping, old: Mapping) -> bool:
-    """Mappings equal, cheaply when the values are the same objects (the engine's view reuses them)."""
-    if new is old:
-        return True
-    if len(new) != len(old):
-        return False
-    for key, value in old.items():
-        other = new.get(key)
-        if other is not value and other != value:
-            return False
-    return True
+    """Mappings equal, cheaply when the values are the same objects (the engine's view reuses
+    them): dict equality runs in C and takes identical values as equal without calling __eq__."""
+    return new is old or (len(new) == len(old) and new == old)
 
 
 class IncrementalPlanner:
@@ -102,11 +95,10 @@ class IncrementalPlanner:
         units, base = snapshot.units, self._units
         if len(units) < len(base):
             return None
-        for name, unit in base.items():
-            other = units.get(name)
-            if other is not unit and other != unit:
-                return None
-        new = sorted(name for name in units if name not in base) if len(units) != len(base) else []
+        # every unit of the base still there and equal (C-level, identical values taken as equal)
+        if not base.items() <= units.items():
+            return None
+        new = sorted(units.keys() - base.keys()) if len(units) != len(base) else []
         todo = []
         for name in new:
             unit = units[name]

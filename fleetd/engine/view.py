@@ -2,8 +2,9 @@
 
 `ClusterView.load()` reads job/, machines/ and schedule/ once (one transaction: the
 registry's snapshot); then `apply(events)` folds the watch events in, so that a pass needs no
-range read: a job event decodes one key (and fetches a body only for a hash not seen yet), a
-schedule event one placement; a machines/ event re-reads the machines (few keys, rarely
+range read: a job event decodes one key (its body, written in the same transaction, came in a
+unit/ event of the same watch and is handed to the registry's body cache; a body is read from
+etcd only if its event has not arrived yet), a schedule event one placement; a machines/ event re-reads the machines (few keys, rarely
 written). The engine re-loads on start, after a compaction or a broken watch, and at every
 periodic resync (the safety net).
 
@@ -25,6 +26,7 @@ class ClusterView:
         self.registry = registry
         keys = registry.keys
         self._jobs, self._schedule, self._machines_prefix = keys.jobs, keys.schedule, keys.machines
+        self._bodies = keys.bodies
         self.units: dict[str, Unit] = {}
         self.placements: dict[str, Placement] = {}
         self._extra: dict[str, dict[str, Placement]] = {}   # duplicate schedule keys of a unit
@@ -36,7 +38,7 @@ class ClusterView:
 
     @property
     def prefixes(self) -> list[str]:
-        return [self._jobs, self._machines_prefix, self._schedule]
+        return [self._jobs, self._bodies, self._machines_prefix, self._schedule]
 
     async def load(self) -> ClusterSnapshot:
         snap = await self.registry.snapshot()
@@ -70,6 +72,10 @@ class ClusterView:
                     self._set_placement(name, machine_id, codec.decode_placement(name, machine_id, event.value))
             elif key.startswith(self._machines_prefix):
                 machines_changed = True
+            elif key.startswith(self._bodies):
+                # a new unit's body comes in the same transaction as its job: handed to the
+                # registry's body cache, the job's pass needs no read of it
+                self.registry.offer_body(key[len(self._bodies):], event.value)
         if jobs:
             await self._apply_jobs(jobs)
         if machines_changed:

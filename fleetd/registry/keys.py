@@ -10,8 +10,12 @@ class KeyLayout:
     prefix: str  # always ends with "/"
 
     # unit bodies, content-addressed: value = canonical unit text
+    @property
+    def bodies(self) -> str:
+        return f"{self.prefix}unit/"
+
     def body(self, unit_hash: str) -> str:
-        return f"{self.prefix}unit/{unit_hash}"
+        return f"{self.bodies}{unit_hash}"
 
     # one key per unit: value = {"name","hash","desiredState"}
     @property

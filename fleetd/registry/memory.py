@@ -133,6 +133,9 @@ class MemoryUnitStore:
     async def bodies(self, hashes: Iterable[str]) -> dict[str, UnitFile]:
         return {h: self.cluster.bodies[h] for h in hashes if h in self.cluster.bodies}
 
+    def offer_body(self, unit_hash: str, raw: bytes | None) -> None:
+        """Every body is at hand in memory: nothing to keep."""
+
     def current(self, name: str) -> Unit | None:
         job = self.cluster.jobs.get(name)
         return None if job is None else Unit(name, self.cluster.bodies[job[0]], job[1])

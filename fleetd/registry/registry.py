@@ -78,6 +78,7 @@ class Registry:
     watch = _delegate("core", "watch")
 
     bodies = _delegate("units", "bodies")
+    offer_body = _delegate("units", "offer_body")
     get_unit = _delegate("units", "get_unit")
     list_units = _delegate("units", "list_units")
     create_unit = _delegate("units", "create_unit")

@@ -23,23 +23,40 @@ class BodyCache:
     def __init__(self, core: RegistryCore):
         self.core = core
         self.known: dict[str, UnitFile] = {}
+        self.offered: dict[str, bytes] = {}  # raw bodies from watch events, parsed when fetched
 
     def remember(self, unit: UnitFile) -> None:
         self.known[unit.hash] = unit
 
+    def offer(self, unit_hash: str, raw: bytes | None) -> None:
+        """A body key's value seen in a watch event (the engine leader watches bodies): kept raw
+        and parsed only if fetched, which then needs no round trip to etcd. None (the key was
+        deleted) withdraws an offer."""
+        if raw is None:
+            self.offered.pop(unit_hash, None)
+        elif unit_hash not in self.known:
+            self.offered[unit_hash] = raw
+
+    def _learn(self, unit_hash: str, raw: bytes) -> None:
+        try:
+            self.known[unit_hash] = UnitFile.parse(raw, source=f"unit body {unit_hash}")
+        except UnitFileError as exc:  # e.g. a NUL written around the API: never served
+            log.warning("%s; units using it are ignored", exc)
+
     async def fetch(self, hashes: Iterable[str]) -> dict[str, UnitFile]:
         hashes = list(hashes)
         missing = sorted({h for h in hashes if h not in self.known})
+        if self.offered:
+            for unit_hash in [h for h in missing if h in self.offered]:
+                self._learn(unit_hash, self.offered.pop(unit_hash))
+            missing = [h for h in missing if h not in self.known]
         core, tx = self.core, self.core.tx
 
         async def fetch(chunk: Sequence[str]) -> None:
             ok, responses = await core.txn([], [tx.get(enc(core.keys.body(h))) for h in chunk])
             for unit_hash, response in zip(chunk, responses):
                 if response:
-                    try:
-                        self.known[unit_hash] = UnitFile.parse(response[0].value, source=f"unit body {unit_hash}")
-                    except UnitFileError as exc:  # e.g. a NUL written around the API: never served
-                        log.warning("%s; units using it are ignored", exc)
+                    self._learn(unit_hash, response[0].value)
 
         await pipelined([fetch(chunk) for chunk in chunks(missing)])
         return {h: self.known[h] for h in hashes if h in self.known}
@@ -67,6 +84,10 @@ class EtcdUnitStore:
     async def bodies(self, hashes: Iterable[str]) -> dict[str, UnitFile]:
         """Unit bodies by hash (immutable, so cached for the life of this registry)."""
         return await self.body_cache.fetch(hashes)
+
+    def offer_body(self, unit_hash: str, raw: bytes | None) -> None:
+        """A body key's value from a watch event; `bodies()` then needs no read for it."""
+        self.body_cache.offer(unit_hash, raw)
 
     async def get_unit(self, name: str) -> Unit | None:
         kv = await self.core.get(self.core.keys.job(name))

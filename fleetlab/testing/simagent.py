@@ -7,9 +7,12 @@ import asyncio
 from dataclasses import dataclass, field
 
 from fleetd.constraints import RequirementsCache, global_units_for
+from fleetd.errors import RegistryError
 from fleetd.lease_timing import keepalive_interval
 from fleetd.model import DesiredState, Machine, Unit, UnitState
 from fleetd.registry import Registry
+
+KEEPALIVE_RETRY = 0.5  # seconds until another try after a failed keep-alive
 
 
 @dataclass
@@ -44,9 +47,16 @@ class SimulatedAgent:
             await self.registry.revoke_lease(self.lease_id)
 
     async def _keepalive(self) -> None:
+        interval = keepalive_interval(self.ttl)
         while True:
-            await asyncio.sleep(keepalive_interval(self.ttl))  # as often as a real agent
-            await self.registry.keepalive(self.lease_id)
+            await asyncio.sleep(interval)  # as often as a real agent
+            try:
+                await self.registry.keepalive(self.lease_id)
+                interval = keepalive_interval(self.ttl)
+            except RegistryError:
+                # a round that failed or came too late (e.g. on a CPU-starved machine): try
+                # again soon, as the real agent does, instead of letting the lease run out
+                interval = min(KEEPALIVE_RETRY, keepalive_interval(self.ttl))
 
     async def sync(self) -> int:
         """One level-triggered pass, like the real agent's: read this machine's share of the

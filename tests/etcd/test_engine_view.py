@@ -67,9 +67,21 @@ async def _run(reg: Registry, sequence) -> None:
                 await reg.set_machine_metadata(op[1], "role", op[2])
             elif kind == "drain":
                 await reg.set_draining(op[1], op[2])
-        target = await reg.current_revision()
-        for _ in range(200):                      # until the watch delivered everything
-            if events and events[-1].revision >= target or not sequence:
+        # one last write below every watched prefix: each prefix has a watch stream of its own
+        # (delivered in order, but not in order with the others), so everything was delivered
+        # once every stream has shown its last write
+        sentinel = unit("zz-sentinel.service", service="Environment=SENTINEL=1\n")
+        await reg.create_units([sentinel])
+        last = {reg.keys.jobs: await reg.current_revision()}
+        last[reg.keys.bodies] = last[reg.keys.jobs]
+        await reg.apply_schedule(fence_machine_id=MACHINES[0], place=[
+            Placement(sentinel.name, MACHINES[0], sentinel.hash, DesiredState.LAUNCHED)])
+        last[reg.keys.schedule] = await reg.current_revision()
+        await reg.set_machine_metadata(MACHINES[0], "sentinel", "1")
+        last[reg.keys.machines] = await reg.current_revision()
+        assert set(last) == set(view.prefixes)
+        for _ in range(250):
+            if all(any(e.key.startswith(p) and e.revision >= rev for e in events) for p, rev in last.items()):
                 break
             await asyncio.sleep(0.02)
         await view.apply(list(events))

@@ -38,7 +38,8 @@ def forbidden(names: set[str], roots=NEVER_WITH_THE_API) -> list[str]:
 
 
 def fleetctl_importtime(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", *args],
+    """The full CLI (fleetctl.cli), not the fast path of `-m fleetctl` (tests/etcd/test_fleetctl_fast.py)."""
+    return subprocess.run([sys.executable, "-X", "importtime", "-c", "from fleetctl.cli import main; main()", *args],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
 
 

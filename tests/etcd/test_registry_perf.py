@@ -164,3 +164,53 @@ async def test_engine_skips_only_unchanged_idle_inputs(registry: Registry):
     await engine.reconcile(await registry.snapshot())
     assert engine.stats.placements == 2
     assert set(await registry.placements()) == {"a.service", "b.service"}
+
+
+async def test_engine_view_takes_new_bodies_from_its_watch_without_reading_them(etcd_settings):
+    """A new unit's body and job come in one transaction; the engine's view watches both, so
+    its pass finds the body in the registry's cache and reads nothing from etcd for it."""
+    from fleetd.engine.view import ClusterView
+
+    counter = RequestCounter()
+    async with await Registry.connect(etcd_settings, counter=counter) as reg, \
+            await Registry.connect(etcd_settings) as client:
+        view = ClusterView(reg)
+        snap = await view.load()
+        events: list = []
+        await client.create_units([unit("new.service"), unit("other.service", extra="Environment=X=1\n")])
+        target = await client.current_revision()
+        async for event in reg.watch(view.prefixes, snap.revision + 1):
+            events.append(event)
+            if event.revision >= target and len(events) == 4:  # 2 bodies + 2 jobs
+                break
+        assert sorted(e.key.rsplit("/", 2)[-2] for e in events) == ["job", "job", "unit", "unit"]
+        before = counter.copy()
+        await view.apply(events)
+        assert _reads(counter - before) == {}
+        assert view.snapshot().units == (await reg.snapshot()).units
+        assert set(view.units) == {"new.service", "other.service"}
+
+        # without the body's event (e.g. it arrives later), the body is read: same result
+        await client.create_units([unit("late.service")])
+        target = await client.current_revision()
+        jobs_only = [e async for e in _until(reg.watch([reg.keys.jobs], target), target)]
+        before = counter.copy()
+        await view.apply(jobs_only)
+        assert _reads(counter - before) == {"KV/Txn": 1}
+        assert view.units["late.service"] == unit("late.service")
+
+        # a deleted body key withdraws its offer: the unit is then ignored, as a full read does
+        reg.offer_body("f" * 40, b"[Service]\nExecStart=/bin/true\n")
+        reg.offer_body("f" * 40, None)
+        assert await reg.bodies(["f" * 40]) == {}
+
+
+def _reads(delta: RequestCounter) -> dict[str, int]:
+    return {method: n for method, n in delta.calls.items() if method.startswith("KV/") and n}
+
+
+async def _until(events, revision: int):
+    async for event in events:
+        yield event
+        if event.revision >= revision:
+            return

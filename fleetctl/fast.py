@@ -1,0 +1,269 @@
+"""fleetctl's entry point, with a fast path for the read-only listing commands (issue 14).
+
+`fleetctl list-units` and `fleetctl list-machines` with the API driver over a unix socket or
+plain http:// are what scripts and people run most. Through the full CLI (click, the client
+interface, fleetd.model and fleetd.wire, http.client with email and ssl) a process spent
+0.2-0.5 s, nearly all of it importing; the API's answer itself takes milliseconds. So `main()`
+first looks whether the command line is one of these in its plain form, and answers it with the
+standard library's socket and json only (this module imports nothing else at start). Any other
+command line, and anything unexpected on the way (an option it does not know, TLS, a --tunnel,
+an answer that is not a plain 200 JSON page), goes to the full CLI (`fleetctl.cli.main`), which
+then does the whole command itself: the fast path never prints a partial answer.
+
+Its output is the full CLI's (the same `fleetctl.output` functions make the table);
+tests/etcd/test_fleetctl_fast.py runs both against a real fleetd API and compares, and pins
+the set of modules the fast path imports.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+API_PREFIX = "/fleet/v1"
+DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
+UNIX_HOST = "domain-sock"  # fleetctl's Host header over a unix socket (fleetctl.endpoint)
+
+# command -> (resource, key of the page's items, default --fields)
+COMMANDS = {
+    "list-units": ("state", "states", "unit,machine,active,sub"),
+    "list-machines": ("machines", "machines", "machine,ip,metadata"),
+}
+# global flags with a value that the fast path understands; an empty --tunnel is no tunnel
+GLOBAL_VALUES = {"--endpoint", "--driver", "--request-timeout", "--etcd-key-prefix", "--ca-file", "--cert-file",
+                 "--key-file", "--etcd-cafile", "--etcd-certfile", "--etcd-keyfile", "--ssh-username",
+                 "--ssh-timeout", "--known-hosts-file", "--strict-host-key-checking", "--tunnel"}
+# FLEETCTL_* variables that cannot change a plain listing's answer (TLS files apply to https://)
+HARMLESS_ENV = {"FLEETCTL_ENDPOINT", "FLEETCTL_DRIVER", "FLEETCTL_REQUEST_TIMEOUT", "FLEETCTL_ETCD_KEY_PREFIX",
+                "FLEETCTL_CA_FILE", "FLEETCTL_CERT_FILE", "FLEETCTL_KEY_FILE", "FLEETCTL_SSH_USERNAME",
+                "FLEETCTL_SSH_TIMEOUT", "FLEETCTL_STRICT_HOST_KEY_CHECKING", "FLEETCTL_KNOWN_HOSTS_FILE"}
+
+
+class NotFast(Exception):
+    """This command line or answer is for the full CLI."""
+
+
+class Unreachable(Exception):
+    """The API did not answer (the full CLI's one-line error, without waiting a second time)."""
+
+
+def plan(argv: list[str], environ) -> dict | None:
+    """The fast path's reading of a command line, or None when it is the full CLI's."""
+    env = {k: v for k, v in environ.items() if k.startswith("FLEETCTL_")}
+    if set(env) - HARMLESS_ENV or env.get("FLEETCTL_TUNNEL"):
+        return None
+    opts = {"endpoint": env.get("FLEETCTL_ENDPOINT", DEFAULT_ENDPOINT), "driver": env.get("FLEETCTL_DRIVER", ""),
+            "timeout": env.get("FLEETCTL_REQUEST_TIMEOUT", "3.0"), "fields": None, "full": False,
+            "no_legend": False, "output": "table"}
+    args = list(argv)
+    while args and args[0].startswith("-"):  # global flags, before the command
+        flag, eq, value = args.pop(0).partition("=")
+        if flag not in GLOBAL_VALUES:
+            return None
+        if not eq:
+            if not args:
+                return None
+            value = args.pop(0)
+        if flag == "--tunnel" and value:
+            return None
+        if flag in ("--endpoint", "--driver"):
+            opts[flag[2:]] = value
+        elif flag == "--request-timeout":
+            opts["timeout"] = value
+    if not args or args[0] not in COMMANDS:
+        return None
+    opts["command"] = args.pop(0)
+    while args:
+        flag, eq, value = args.pop(0).partition("=")
+        if flag in ("--full", "-l", "--no-legend") and not eq:
+            opts["full" if flag != "--no-legend" else "no_legend"] = True
+        elif flag in ("--fields", "--output"):
+            if not eq:
+                if not args:
+                    return None
+                value = args.pop(0)
+            opts[flag[2:]] = value
+        else:  # --help, arguments, anything else
+            return None
+    if opts["output"] not in ("table", "json"):
+        return None
+    try:
+        opts["timeout"] = float(opts["timeout"])
+    except ValueError:
+        return None
+    endpoint = opts["endpoint"].strip()
+    driver = opts["driver"].lower()
+    if "," in endpoint or (driver and driver != "api"):
+        return None
+    if endpoint.startswith("unix://") and endpoint[7:].startswith("/"):
+        opts["unix"], opts["display"] = endpoint[7:], endpoint
+    elif endpoint.startswith("/"):
+        opts["unix"], opts["display"] = endpoint, "unix://" + endpoint
+    elif "://" not in endpoint or endpoint.startswith("http://"):
+        from urllib.parse import urlsplit
+
+        display = endpoint if "://" in endpoint else "http://" + endpoint
+        try:
+            url = urlsplit(display)
+            port = url.port or 80
+        except ValueError:
+            return None
+        if not url.hostname or url.username or url.query or url.fragment or (not driver and port in (2379, 4001)):
+            return None
+        opts["tcp"] = (url.hostname, port)
+        opts["host"], opts["prefix"], opts["display"] = url.netloc, url.path.rstrip("/"), display
+    else:
+        return None
+    return opts
+
+
+def _get(opts: dict, path: str) -> dict:
+    """GET one API page: HTTP/1.0, the connection closed by the server after its answer."""
+    try:
+        if "unix" in opts:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(opts["timeout"])
+            try:
+                sock.connect(opts["unix"])
+            except OSError:
+                sock.close()
+                raise
+            host = UNIX_HOST
+        else:
+            sock = socket.create_connection(opts["tcp"], timeout=opts["timeout"])
+            host = opts["host"]
+        with sock:
+            sock.sendall(f"GET {opts.get('prefix', '')}{path} HTTP/1.0\r\nHost: {host}\r\n"
+                         f"User-Agent: fleetctl-py\r\nAccept: application/json\r\n\r\n".encode())
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except (socket.timeout, TimeoutError):
+        raise Unreachable(f"no answer within {opts['timeout']:g}s") from None
+    except OSError as exc:
+        if exc.strerror:
+            raise Unreachable(exc.strerror) from None
+        raise NotFast() from None
+    head, sep, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:]))
+    if (not sep or len(status) < 2 or status[1] != "200" or "chunked" in headers.get("transfer-encoding", "")
+            or headers.get("content-length", str(len(body))) != str(len(body))
+            or "json" not in headers.get("content-type", "")):
+        raise NotFast()
+    import json
+
+    page = json.loads(body)
+    if not isinstance(page, dict):
+        raise NotFast()
+    return page
+
+
+def _items(opts: dict, resource: str, key: str) -> list[dict]:
+    items: list[dict] = []
+    token = ""
+    while True:
+        query = ""
+        if token:
+            from urllib.parse import quote
+
+            query = "?nextPageToken=" + quote(token, safe="")
+        page = _get(opts, f"{API_PREFIX}/{resource}{query}")
+        items.extend(page.get(key) or [])
+        token = page.get("nextPageToken") or ""
+        if not token:
+            return items
+
+
+class _Obj:
+    """Attribute access to what fleetctl.output's field functions read."""
+
+    def __init__(self, **attrs):
+        self.__dict__.update(attrs)
+
+
+def _machine(m: dict) -> _Obj:
+    return _Obj(id=m.get("id", ""), public_ip=m.get("primaryIP", ""), metadata=dict(m.get("metadata") or {}),
+                version=m.get("version", ""), draining=bool(m.get("draining", False)),
+                capacity=_Obj(cpu=float(m.get("cpus") or 0), memory=int(m.get("memory") or 0)))
+
+
+def _state(s: dict) -> _Obj:
+    return _Obj(name=s.get("name", ""), machine_id=s.get("machineID", ""), hash=s.get("hash", ""),
+                load_state=s.get("systemdLoadState", ""), active_state=s.get("systemdActiveState", ""),
+                sub_state=s.get("systemdSubState", ""))
+
+
+def answer(opts: dict) -> str:
+    """The command's whole output (raises NotFast or Unreachable)."""
+    from fleetctl import output
+
+    command = opts["command"]
+    resource, key, default_fields = COMMANDS[command]
+    valid = output.UNIT_FIELDS if command == "list-units" else output.MACHINE_FIELDS
+    try:
+        cols = output.parse_fields(opts["fields"] or default_fields, valid)
+    except ValueError:
+        raise NotFast() from None  # the full CLI says what is wrong
+    if command == "list-units":
+        states = [_state(s) for s in _items(opts, resource, key)]
+        if opts["output"] == "json":
+            import json
+
+            return json.dumps([
+                {"name": s.name, "machineID": s.machine_id, "hash": s.hash, "systemdLoadState": s.load_state,
+                 "systemdActiveState": s.active_state, "systemdSubState": s.sub_state} for s in states], indent=2) + "\n"
+        machines = {m.id: m for m in map(_machine, _items(opts, "machines", "machines"))}
+        rows = [[output.UNIT_FIELDS[c](s, opts["full"], machines) for c in cols] for s in states]
+    else:
+        found = [_machine(m) for m in _items(opts, resource, key)]
+        if opts["output"] == "json":
+            import json
+
+            return json.dumps([
+                {"id": m.id, "primaryIP": m.public_ip, "metadata": dict(m.metadata), "cpus": m.capacity.cpu,
+                 "memory": m.capacity.memory, "draining": m.draining, "version": m.version} for m in found],
+                indent=2) + "\n"
+        rows = [[output.MACHINE_FIELDS[c](m, opts["full"]) for c in cols] for m in found]
+    header = [[c.upper() for c in cols]] if not opts["no_legend"] else []
+    return output.tabwrite(header + rows)
+
+
+def _leave(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a broken pipe
+            pass
+    os._exit(code)
+
+
+def main() -> None:
+    """fleetctl: the fast path when it applies, else the full CLI."""
+    opts = plan(sys.argv[1:], os.environ)
+    if opts is not None:
+        try:
+            text = answer(opts)
+        except Unreachable as exc:
+            print(f"Error: fleet API unreachable at {opts['display']}: {exc}", file=sys.stderr)
+            _leave(1)
+        except NotFast:
+            pass
+        else:
+            try:
+                sys.stdout.write(text)
+            except BrokenPipeError:
+                pass
+            _leave(0)
+    from fleetctl.cli import main as full_cli
+
+    full_cli()
+
+
+if __name__ == "__main__":
+    main()
