@@ -7,6 +7,7 @@ These read the source only (no etcd, no lab): part of the fast suite.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import shutil
 import subprocess
@@ -273,6 +274,7 @@ def test_pyflakes_finds_no_undefined_or_redefined_name():
 
 # --- every import of a project name resolves ----------------------------------------------------
 
+@functools.cache
 def _module_path(module: str) -> Path | None:
     base = ROOT.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
@@ -298,7 +300,8 @@ def _bound_at_top(body: list[ast.stmt]) -> set[str]:
     return names
 
 
-def _exports(module: str) -> set[str] | None:
+@functools.cache
+def _exports(module: str) -> frozenset[str] | None:
     """What `from module import x` may name: its top-level names and submodules; None if the
     module answers any name (a module-level __getattr__)."""
     path = _module_path(module)
@@ -309,7 +312,7 @@ def _exports(module: str) -> set[str] | None:
     if path.name == "__init__.py":
         names |= {p.stem for p in path.parent.glob("*.py")} | {p.name for p in path.parent.iterdir()
                                                                if (p / "__init__.py").is_file()}
-    return names
+    return frozenset(names)
 
 
 def _absolute(node: ast.ImportFrom, filename: str) -> str:
