@@ -2,8 +2,8 @@
 loop, `scripts/test.sh -m "not lab"`, under a minute on a 2-core machine).
 
 How many examples a hypothesis property tries depends on the depth, and the tests marked `deep`
-(a long fuzz run, an external validator, a thousand-unit browser run) are skipped by the fast loop;
-the full suite runs every test with every example. tests/conftest.py
+(a long fuzz run, an external validator, a thousand-unit browser run, a second TTL) are skipped
+by the fast loop; the full suite runs every test with every example. tests/conftest.py
 sets the depth once per session: $FLEET_TEST_DEPTH if set (`fast` or `full`), otherwise "fast"
 when the `-m` expression leaves out the lab tests and "full" otherwise; it loads the hypothesis
 profile of the same name (the fast one: 10 examples for properties without their own count).

@@ -11,8 +11,8 @@ so `scripts/test.sh -m "not lab"` is the fast loop and `-m "not lab and not etcd
 The fast loop also digs less deep (tests/_depth.py): hypothesis properties try a tenth of their
 examples and tests marked `deep` (the schemathesis fuzz run, `vagrant validate`, the thousand-unit
 browser run) are skipped, unless FLEET_TEST_DEPTH=full; the full suite (no `-m`, as CI runs it)
-runs everything at full depth. With pytest-xdist, `-n 3` spreads the fast loop over processes
-(its tests wait more than they compute): `scripts/test.sh -m "not lab" -n 3`.
+runs everything at full depth. With pytest-xdist, `-n 4` spreads the fast loop over processes
+(its tests wait more than they compute): `scripts/test.sh -m "not lab" -n 4`.
 """
 
 from __future__ import annotations
