@@ -23,10 +23,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 from urllib.parse import quote, urlencode, urlsplit
 
 from fleetd.errors import ApiError, ApiUnavailable, UnitConflict, UnitError, UnitNotFound
-from fleetd.model import DesiredState, Machine, Unit, UnitState
+from fleetd.model import DesiredState, Machine, MachineImages, Unit, UnitState
+from fleetd.model import Endpoint as ServiceEndpoint  # not fleetctl.endpoint's Endpoint (the API's address)
 from fleetd.wire import go_json, machine_from_wire, options_to_wire, state_from_wire, unit_from_wire
 from fleetctl.client import CommandOutput, FleetClient, UnitInfo, poll_delays
-from fleetctl.endpoint import UNIX_HOST, Endpoint, UnixConnection, parse_endpoint
+from fleetctl.endpoint import Endpoint, UnixConnection, parse_endpoint
 
 API_PREFIX = "/fleet/v1"
 WATCH_PATH = API_PREFIX + "/_watch/units"
@@ -256,16 +257,12 @@ class ApiFleetClient(FleetClient):
         self.request("PATCH", self.path("machines"), body=[op])
 
     async def endpoints(self, service: str | None = None) -> list:
-        from fleetd.model import Endpoint
-
         path = self.path("services", service, "endpoints") if service else self.path("endpoints")
         _, data = self.request("GET", path)
-        return [Endpoint.from_json(e) for e in (data or {}).get("endpoints") or []]
+        return [ServiceEndpoint.from_json(e) for e in (data or {}).get("endpoints") or []]
 
     async def watch_endpoints(self, service: str | None = None):
         """GET ...endpoints?watch=true: one JSON line now and one per change (no timeout)."""
-        from fleetd.model import Endpoint
-
         path = self.path("services", service, "endpoints") if service else self.path("endpoints")
         conn = self._new_connection()  # its own: the stream holds it while other requests go on
         try:
@@ -276,7 +273,7 @@ class ApiFleetClient(FleetClient):
                 raise self.error("GET", path, response.status, response.read())
             while line := response.readline():
                 if line.strip():
-                    yield [Endpoint.from_json(e) for e in json.loads(line).get("endpoints") or []]
+                    yield [ServiceEndpoint.from_json(e) for e in json.loads(line).get("endpoints") or []]
         except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(exc, None) from None
         finally:
@@ -315,8 +312,6 @@ class ApiFleetClient(FleetClient):
     # ------------------------------------------------------------------ images (from each machine's image server)
 
     async def image_records(self, image_port: int, warn: Callable[[str], None] = lambda _: None) -> list:
-        from fleetd.model import MachineImages
-
         records = []
         for machine in await self.machines():
             if not machine.public_ip:

@@ -16,11 +16,14 @@ import json
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, TypeVar
 
 from fleetd.jobstate import current_state_of, current_states
 from fleetd.model import DesiredState, Machine, Placement, Resources, Unit, UnitState
 from fleetd.unit.file import UnitFile, UnitOption
+
+if TYPE_CHECKING:
+    import ssl
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ node's unix socket. `run_scenario` runs it with a given fleetctl and returns one
 two labs does not count: machine IDs, IP addresses, column padding (it follows the width of the
 IPs). `differences` compares two runs step by step.
 
-Used by tests/test_conformance_diff_lab.py: the original fleet v1.0.0 (fleetlab/peer_mode.py)
+Used by tests/test_conformance_diff_lab.py: the original fleet v1.0.0 (fleetlab/peer.py)
 with its own fleetctl is the reference; our fleetd with our fleetctl, and our fleetd with the
 original fleetctl, are compared with it. Every difference that remains is listed, with its
 reason, in the table of docs/fleetctl.md ("Differences from fleet v1.0.0"), which

@@ -7,21 +7,47 @@ markers of the test folders, arranged by what their tests need:
     tests/functional/  fleet's functional tests on a lab                    -> marker `lab`
 
 so `scripts/test.sh -m "not lab"` is the fast loop and `-m "not lab and not etcd"` needs nothing.
+
+The fast loop also digs less deep (tests/_depth.py): hypothesis properties try a tenth of their
+examples and tests marked `deep` (the schemathesis fuzz run, `vagrant validate`, the thousand-unit
+browser run) are skipped, unless FLEET_TEST_DEPTH=full; the full suite (no `-m`, as CI runs it)
+runs everything at full depth. With pytest-xdist, `-n 4` spreads the fast loop over processes
+(its tests wait more than they compute): `scripts/test.sh -m "not lab" -n 4`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
+from _depth import depth_for
 from fleetd.config import EtcdSettings
 from fleetlab.testing.etcd import EtcdServer
 
+# pytest's assertion rewriting costs seconds of CPU per process for every test module: keep its
+# result (and the packages' bytecode) in __pycache__ even where PYTHONDONTWRITEBYTECODE is set
+sys.dont_write_bytecode = False
+
 TESTS = Path(__file__).resolve().parent
 FOLDER_MARKERS = {"etcd": "etcd", "lab": "lab", "functional": "lab"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    chosen = os.environ.get("FLEET_TEST_DEPTH") or depth_for(config.option.markexpr or "")
+    os.environ["FLEET_TEST_DEPTH"] = chosen  # read by tests/_depth.py when test modules are imported
+    if chosen == "fast":  # the full depth keeps hypothesis's own profile (e.g. its "ci" one)
+        settings.register_profile("fast", parent=settings.default, max_examples=10)
+        settings.load_profile("fast")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"test depth: {os.environ.get('FLEET_TEST_DEPTH')} (tests/_depth.py)"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,6 +59,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = FOLDER_MARKERS.get(folder)
         if marker is not None and item.get_closest_marker(marker) is None:  # keep lab(nodes=...) options
             item.add_marker(marker)
+    if os.environ.get("FLEET_TEST_DEPTH") == "fast":
+        skip = pytest.mark.skip(reason="deep: the full suite runs it (FLEET_TEST_DEPTH=full)")
+        for item in items:
+            if item.get_closest_marker("deep") is not None:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -37,16 +37,20 @@ async def find_machine(client: FleetClient, prefix: str) -> Machine:
     return matches[0]
 
 
+async def _set_draining(g: Globals, machine: str, draining: bool, now: str) -> int:
+    client = g.client()
+    m = await find_machine(client, machine)
+    await client.set_draining(m.id, draining)
+    click.echo(f"Machine {m.short_id}... {now}")
+    return 0
+
+
 @click.command()
 @click.argument("machine")
 @run
 async def drain(g: Globals, machine: str) -> int:
     """Stop placing units on MACHINE and move its units elsewhere, one by one (beyond fleet)."""
-    client = g.client()
-    m = await find_machine(client, machine)
-    await client.set_draining(m.id, True)
-    click.echo(f"Machine {m.short_id}... draining")
-    return 0
+    return await _set_draining(g, machine, True, "draining")
 
 
 @click.command()
@@ -54,11 +58,7 @@ async def drain(g: Globals, machine: str) -> int:
 @run
 async def undrain(g: Globals, machine: str) -> int:
     """Allow placement on a drained MACHINE again (beyond fleet)."""
-    client = g.client()
-    m = await find_machine(client, machine)
-    await client.set_draining(m.id, False)
-    click.echo(f"Machine {m.short_id}... accepting units")
-    return 0
+    return await _set_draining(g, machine, False, "accepting units")
 
 
 @click.command("set-metadata")

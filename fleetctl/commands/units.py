@@ -88,16 +88,27 @@ async def start(g: Globals, replace, no_block, block_attempts, sign, units) -> i
     return await _load_or_start(g, units, replace, no_block, block_attempts, DesiredState.LAUNCHED, "start")
 
 
-@click.command()
-@blocking_options()
-@click.argument("units", nargs=-1)
-@run
-async def stop(g: Globals, no_block, block_attempts, units) -> int:
-    """Stop one or more units in the cluster (they stay loaded)."""
+async def _set_and_wait(g: Globals, units, no_block, block_attempts, target: DesiredState, action: str, done: str,
+                        split) -> int:
+    """stop's and unload's frame: find the units (none: nothing to do); `split(found)` says which
+    names to set to `target`, which to wait for and which global units to announce (raising
+    CommandFailed before anything is set); then set, announce, wait and say it is done."""
     client = g.client()
     found = await units_to_act_on(client, units)
     if not found:
         return 0
+    to_set, waiting, globals_ = split(found)
+    if to_set:
+        await client.set_desired_state(to_set, target)
+    for name in globals_:
+        click.echo(f"Triggered global unit {name} {action}")
+    code = await wait_for_states(client, waiting, target, action, no_block, block_attempts)
+    if code == 0 and not no_block:
+        click.echo(f"Successfully {done} units [{' '.join(waiting)}].", err=True)
+    return code
+
+
+def _to_stop(found) -> tuple[list[str], list[str], list[str]]:
     stopping, globals_ = [], []
     for u in found:
         if u.is_global:
@@ -108,14 +119,22 @@ async def stop(g: Globals, no_block, block_attempts, units) -> int:
             raise CommandFailed(f"Unable to stop unit {u.name} in state inactive")
         if u.desired_state is not DesiredState.LOADED:
             stopping.append(u.name)
-    if stopping or globals_:
-        await client.set_desired_state(stopping + globals_, DesiredState.LOADED)
-    for name in globals_:
-        click.echo(f"Triggered global unit {name} stop")
-    code = await wait_for_states(client, stopping, DesiredState.LOADED, "stop", no_block, block_attempts)
-    if code == 0 and not no_block:
-        click.echo(f"Successfully stopped units [{' '.join(stopping)}].", err=True)
-    return code
+    return stopping + globals_, stopping, globals_
+
+
+def _to_unload(found) -> tuple[list[str], list[str], list[str]]:
+    found = [u for u in found if u.desired_state is not DesiredState.INACTIVE]
+    return ([u.name for u in found], [u.name for u in found if not u.is_global],
+            [u.name for u in found if u.is_global])
+
+
+@click.command()
+@blocking_options()
+@click.argument("units", nargs=-1)
+@run
+async def stop(g: Globals, no_block, block_attempts, units) -> int:
+    """Stop one or more units in the cluster (they stay loaded)."""
+    return await _set_and_wait(g, units, no_block, block_attempts, DesiredState.LOADED, "stop", "stopped", _to_stop)
 
 
 @click.command()
@@ -124,23 +143,8 @@ async def stop(g: Globals, no_block, block_attempts, units) -> int:
 @run
 async def unload(g: Globals, no_block, block_attempts, units) -> int:
     """Unload one or more units from the cluster (they stay submitted)."""
-    client = g.client()
-    found = await units_to_act_on(client, units)
-    if not found:
-        return 0
-    found = [u for u in found if u.desired_state is not DesiredState.INACTIVE]
-    if found:
-        await client.set_desired_state([u.name for u in found], DesiredState.INACTIVE)
-    waiting = []
-    for u in found:
-        if u.is_global:
-            click.echo(f"Triggered global unit {u.name} unload")
-        else:
-            waiting.append(u.name)
-    code = await wait_for_states(client, waiting, DesiredState.INACTIVE, "unload", no_block, block_attempts)
-    if code == 0 and not no_block:
-        click.echo(f"Successfully unloaded units [{' '.join(waiting)}].", err=True)
-    return code
+    return await _set_and_wait(g, units, no_block, block_attempts, DesiredState.INACTIVE, "unload", "unloaded",
+                               _to_unload)
 
 
 @click.command()

@@ -37,6 +37,7 @@ async def _seed(reg) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 def test_schemathesis_finds_nothing(etcd_settings, tmp_path):
     exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
     if exe is None:

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _depth import examples
 from fleetd.api import dashboard
 from fleetd.model import DesiredState, Machine, Placement, Unit, UnitState
 from fleetd.registry.cluster_watch import Change, ClusterView, follow_cluster, read_cluster
@@ -388,7 +389,7 @@ async def test_unit_page_renders_a_container_unit_as_its_machine_would(api):
 _ACTIVE = ["active", "failed", "inactive", "activating"]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from(list(DesiredState)), st.integers(0, 3),
                           st.sampled_from(_ACTIVE + [""])), max_size=25),
        st.integers(1, 4))

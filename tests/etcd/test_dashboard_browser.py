@@ -77,6 +77,7 @@ def thousand(etcd_settings, tmp_path):
             server.run(stop())
 
 
+@pytest.mark.deep
 def test_thousand_units_first_render_and_update_latency(thousand, tmp_path):
     server, state = thousand
     url = server.tcp_endpoint + "/"

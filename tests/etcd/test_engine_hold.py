@@ -10,6 +10,7 @@ from collections import Counter
 
 from hypothesis import given, settings, strategies as st
 
+from _depth import examples
 from fleetd.engine.hold import HoldPolicy, HoldState, policy_for, restrain, with_ghosts
 from fleetd.engine.scheduler import reconcile
 from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement, Unit
@@ -128,7 +129,7 @@ def test_restrain_in_grace_places_nothing_new():
 names = st.lists(st.sampled_from([f"u{i}.service" for i in range(12)]), unique=True, min_size=1, max_size=12)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(names, st.data())
 def test_no_unit_leaves_a_held_machine(unit_names, data):
     units = [unit(n, xfleet=data.draw(st.sampled_from(["", "Conflicts=u1*", "MachineOf=u0.service"])))

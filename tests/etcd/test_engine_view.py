@@ -7,6 +7,7 @@ import asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _depth import examples
 from fleetd.engine.view import ClusterView
 from fleetd.errors import UnitNotFound
 from fleetd.model import DesiredState, Machine, Placement
@@ -95,7 +96,7 @@ async def _run(reg: Registry, sequence) -> None:
         await reg.revoke_lease(lease)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(ops, max_size=15))
 def test_view_equals_a_full_read(etcd_settings, sequence):
     import uuid

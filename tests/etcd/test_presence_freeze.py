@@ -103,7 +103,7 @@ async def freeze_before_next_keepalive(presence: Presence, etcd: EtcdServer) -> 
     return time.monotonic()
 
 
-@pytest.mark.parametrize("ttl", [2.0, 5.0])
+@pytest.mark.parametrize("ttl", [2.0, pytest.param(5.0, marks=pytest.mark.deep)])  # 5 s: the full suite
 async def test_a_freeze_of_half_the_ttl_keeps_the_lease_confirmed(own_etcd, own_registry, tmp_path, ttl):
     presence = Presence(own_registry, Machine("a1" * 16, "10.0.0.1"), ttl, tmp_path)
     await presence.register()

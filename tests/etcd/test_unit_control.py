@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from _depth import examples
 from fleetctl.cli import cli
 from fleetd.agent.systemd import _refuse_unreadable
 from fleetd.errors import UnitFileError
@@ -92,7 +93,7 @@ def test_parser_and_from_options_apply_the_rule():
     assert UnitFile.parse("[Unit]\r\nDescription=x\r\n") == UnitFile.parse("[Unit]\nDescription=x\n")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.text(max_size=40), st.sampled_from(["Unit", "Service"]), st.sampled_from(["Description", "ExecStart"]))
 def test_no_accepted_unit_serializes_to_a_refused_character(value, section, name):
     """Whatever from_options accepts, its serialization (what the agent writes) passes the rule,

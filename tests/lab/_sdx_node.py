@@ -9,16 +9,26 @@ bus is reached from the host at /proc/<init>/root/run/dbus/system_bus_socket.
 
 Teardown runs even after a failed boot: SIGTERM to nspawn, wait, SIGKILL the node's init if it
 is still alive, unmount, remove the netns.
+
+The lab modules that use one node take their fixtures from here (only the node's name differs):
+
+    node = node_fixture("hr-fence", "the fence lab tests")   # module-scoped, booted once
+    mgr = manager_fixture(disarm_fence=True)                 # a SystemdManager on it per test
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
+
+import pytest
+
+from fleetd.agent.systemd import SystemdManager
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -196,3 +206,41 @@ class SdxNode:
                 propagate.rmdir()
             except OSError:
                 pass
+
+
+def node_fixture(name: str, what: str):
+    """A module-scoped fixture `node`: one SdxNode called `name` for the module's tests; `what`
+    names them in the failure when root, systemd-nspawn or nsenter is missing."""
+
+    @pytest.fixture(scope="module")
+    def node():
+        if os.geteuid() != 0 or not shutil.which("systemd-nspawn") or not shutil.which("nsenter"):
+            pytest.fail(f"{what} need root, systemd-nspawn and nsenter")
+        n = SdxNode(name)
+        n.start()
+        try:
+            yield n
+        finally:
+            n.stop()
+
+    return node
+
+
+def manager_fixture(*, disarm_fence: bool = False):
+    """A fixture `mgr`: a SystemdManager on the module's `node`, which it leaves clean for the
+    next test (every unit it installed unloaded; with disarm_fence, the fence timer removed)."""
+
+    @pytest.fixture
+    async def mgr(node):
+        m = await SystemdManager.connect(node.units_dir, bus_address=node.bus_address)
+        try:
+            yield m
+        finally:
+            try:
+                if disarm_fence:
+                    await m.disarm_fence()
+                await m.unload(m.installed_units())
+            finally:
+                await m.close()
+
+    return mgr

@@ -13,8 +13,6 @@ tests/_sdx_node.py, node `hr-faults`), with the real engine placing the units:
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,22 +28,13 @@ from fleetd.registry import WatchCompacted
 from fleetd.unit.file import UnitFile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _sdx_node import SdxNode  # noqa: E402
+from _sdx_node import node_fixture  # noqa: E402
 
 pytestmark = pytest.mark.lab
 MID = "4f" * 16
 
 
-@pytest.fixture(scope="module")
-def node():
-    if os.geteuid() != 0 or not shutil.which("systemd-nspawn") or not shutil.which("nsenter"):
-        pytest.fail("the agent fault lab tests need root, systemd-nspawn and nsenter")
-    n = SdxNode("hr-faults")
-    n.start()
-    try:
-        yield n
-    finally:
-        n.stop()
+node = node_fixture("hr-faults", "the agent fault lab tests")
 
 
 @pytest.fixture

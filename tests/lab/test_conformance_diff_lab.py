@@ -3,7 +3,7 @@
 The scenario is fleetlab/conformance.py's table (incl. bad input: a name with a space, a
 2,049-byte line, a forbidden option combination, unknown units, a template without an
 instance). It runs in node 1 of
-  - a 3-node lab of the ORIGINAL fleetd v1.0.0 (fleetlab/peer_mode.py, etcd with the v2 API)
+  - a 3-node lab of the ORIGINAL fleetd v1.0.0 (fleetlab/peer.py, etcd with the v2 API)
     with its own fleetctl: the reference;
   - a 3-node lab of ours with our fleetctl ("ours");
   - the same lab of ours with the original fleetctl ("peer-ctl").
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from fleetlab import conformance as C
-from fleetlab.peer_mode import PEER_FLEETCTL, PeerLab, find_peer_dir
+from fleetlab.peer import PEER_FLEETCTL, PeerLab, find_peer_dir
 
 pytest_plugins = ["fleetlab.pytest_plugin"]
 pytestmark = pytest.mark.lab

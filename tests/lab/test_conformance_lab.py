@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fleetlab.config import LAB_API_PORT
-from fleetlab.peer_mode import find_peer_dir
+from fleetlab.peer import find_peer_dir
 from fleetlab.sysutil import eventually
 
 pytest_plugins = ["fleetlab.pytest_plugin"]

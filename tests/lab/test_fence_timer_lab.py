@@ -6,8 +6,6 @@ time (the units then keep running with the same main PID)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,36 +15,15 @@ from fleetd.agent.systemd import FENCE_UNIT, SystemdManager
 from fleetd.unit.file import UnitFile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _sdx_node import SdxNode  # noqa: E402
+from _sdx_node import manager_fixture, node_fixture  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
 SLEEP = UnitFile.parse("[Service]\nExecStart=/bin/sleep infinity\n").serialize()
 
 
-@pytest.fixture(scope="module")
-def node():
-    if os.geteuid() != 0 or not shutil.which("systemd-nspawn") or not shutil.which("nsenter"):
-        pytest.fail("the fence lab tests need root, systemd-nspawn and nsenter")
-    n = SdxNode("hr-fence")
-    n.start()
-    try:
-        yield n
-    finally:
-        n.stop()
-
-
-@pytest.fixture
-async def mgr(node):
-    m = await SystemdManager.connect(node.units_dir, bus_address=node.bus_address)
-    try:
-        yield m
-    finally:
-        try:
-            await m.disarm_fence()
-            await m.unload(m.installed_units())
-        finally:
-            await m.close()
+node = node_fixture("hr-fence", "the fence lab tests")
+mgr = manager_fixture(disarm_fence=True)
 
 
 async def started(mgr: SystemdManager, *names: str) -> dict[str, int]:

@@ -13,18 +13,16 @@ the current state overtaken by a signal. fleetctl v1.0.0 then waited for `loaded
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from fleetd.agent.systemd import SystemdManager, UnitSystemdState
+from fleetd.agent.systemd import UnitSystemdState
 from fleetd.unit.file import UnitFile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _sdx_node import SdxNode  # noqa: E402
+from _sdx_node import manager_fixture, node_fixture  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -33,28 +31,8 @@ def service(description: str) -> str:
     return UnitFile.parse(f"[Unit]\nDescription={description}\n\n[Service]\nExecStart=/bin/sleep infinity\n").serialize()
 
 
-@pytest.fixture(scope="module")
-def node():
-    if os.geteuid() != 0 or not shutil.which("systemd-nspawn") or not shutil.which("nsenter"):
-        pytest.fail("the state convergence lab tests need root, systemd-nspawn and nsenter")
-    n = SdxNode("hf-sdx")
-    n.start()
-    try:
-        yield n
-    finally:
-        n.stop()
-
-
-@pytest.fixture
-async def mgr(node):
-    m = await SystemdManager.connect(node.units_dir, bus_address=node.bus_address)
-    try:
-        yield m
-    finally:
-        try:
-            await m.unload(m.installed_units())
-        finally:
-            await m.close()
+node = node_fixture("hf-sdx", "the state convergence lab tests")
+mgr = manager_fixture()
 
 
 def systemd_says(node, name: str) -> UnitSystemdState:

@@ -9,9 +9,6 @@ the default (system bus) connection.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +23,7 @@ from fleetd.model import DesiredState
 from fleetd.unit.file import UnitFile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _sdx_node import SdxNode  # noqa: E402
+from _sdx_node import manager_fixture, node_fixture  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -43,28 +40,8 @@ def desired(name: str, text: str, state=DesiredState.LAUNCHED) -> DesiredUnit:
     return DesiredUnit(name, UnitFile.parse(text).hash, text, state)
 
 
-@pytest.fixture(scope="module")
-def node():
-    if os.geteuid() != 0 or not shutil.which("systemd-nspawn") or not shutil.which("nsenter"):
-        pytest.fail("the systemd adapter lab tests need root, systemd-nspawn and nsenter")
-    n = SdxNode("sdx-n1")
-    n.start()
-    try:
-        yield n
-    finally:
-        n.stop()
-
-
-@pytest.fixture
-async def mgr(node):
-    m = await SystemdManager.connect(node.units_dir, bus_address=node.bus_address)
-    try:
-        yield m
-    finally:
-        try:  # leave the node clean for the next test
-            await m.unload(m.installed_units())
-        finally:
-            await m.close()
+node = node_fixture("sdx-n1", "the systemd adapter lab tests")
+mgr = manager_fixture()
 
 
 async def collect_until(watch, predicate, timeout: float = 10.0) -> dict[str, UnitSystemdState]:

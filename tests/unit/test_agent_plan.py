@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _depth import examples
 from fleetd.agent.executor import execute
 from fleetd.agent.plan import (
     RUNNING_STATES, DesiredUnit, ObservedUnit, Plan, Task, TaskKind, file_hash, observe, plan,
@@ -192,7 +193,7 @@ def worlds(draw):
     return desired, observed, memory, failing
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(worlds())
 def test_one_pass_reaches_the_desired_state(world):
     desired, observed, memory, failing = world
@@ -228,7 +229,7 @@ def test_one_pass_reaches_the_desired_state(world):
     assert not again, again.tasks
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(worlds())
 def test_partial_execution_converges_on_the_next_pass(world):
     """Execution stops at the first failing batch; the next pass picks up the rest."""
@@ -246,7 +247,7 @@ def test_partial_execution_converges_on_the_next_pass(world):
     assert p2.tasks == tuple(t for t in p.tasks if not (t.kind == T and t in ran))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.dictionaries(NAMES, st.tuples(HASHES, st.sampled_from([LOADED, LAUNCHED]))),
        st.dictionaries(NAMES, HASHES), st.data())
 def test_plan_is_empty_when_observed_matches_desired(spec, memory, data):

@@ -7,6 +7,8 @@ These read the source only (no etcd, no lab): part of the fast suite.
 from __future__ import annotations
 
 import ast
+import functools
+import re
 import shutil
 import subprocess
 import sys
@@ -234,3 +236,155 @@ def test_unit_tests_need_neither_etcd_nor_a_lab():
     assert not wrong, f"tests/unit modules that need etcd or a lab (move them): {wrong}"
     etcd_users = [p.name for p in (ROOT / "tests" / "etcd").glob("test_*.py") if _fixtures_used(p) & ETCD_FIXTURES]
     assert len(etcd_users) >= 5  # the scan sees fixtures at all
+
+
+# --- pyflakes: undefined names, redefined functions ---------------------------------------------
+
+#: pyflakes' findings that are bugs, not style: a name used but never bound (a NameError waiting
+#: for its code path), a function, method or import bound again before any use of the first.
+FLAKES = ("UndefinedName", "UndefinedLocal", "UndefinedExport", "RedefinedWhileUnused")
+
+
+def flakes(source: str, filename: str = "<source>") -> list[str]:
+    from pyflakes.checker import Checker
+
+    checker = Checker(ast.parse(source, filename), filename=filename)
+    found = [m for m in checker.messages if type(m).__name__ in FLAKES]
+    return [str(m) for m in sorted(found, key=lambda m: (m.lineno, m.col))]
+
+
+def test_flakes_detects():
+    assert flakes("def f():\n    return g()\n") == ["<source>:2:12: undefined name 'g'"]
+    assert flakes("class A:\n    def m(self): pass\n    def m(self): pass\n") == [
+        "<source>:3:5: redefinition of unused 'm' from line 2"]
+    assert flakes("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import ssl\n"
+                  "def f() -> 'ssl.SSLContext': ...\n") == []
+
+
+def _project_files() -> list[Path]:
+    return [path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))]
+
+
+def test_pyflakes_finds_no_undefined_or_redefined_name():
+    found = []
+    for path in _project_files():
+        found += flakes(path.read_text(), path.relative_to(ROOT).as_posix())
+    assert not found, "pyflakes:\n" + "\n".join(found)
+
+
+# --- every import of a project name resolves ----------------------------------------------------
+
+@functools.cache
+def _module_path(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _bound_at_top(body: list[ast.stmt]) -> set[str]:
+    """Names a module binds at its top level (into if/try/with blocks, not into functions)."""
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names |= _bound_at_top(getattr(node, block, []) or [])
+    return names
+
+
+@functools.cache
+def _exports(module: str) -> frozenset[str] | None:
+    """What `from module import x` may name: its top-level names and submodules; None if the
+    module answers any name (a module-level __getattr__)."""
+    path = _module_path(module)
+    assert path is not None
+    names = _bound_at_top(ast.parse(path.read_text(), str(path)).body)
+    if "__getattr__" in names:
+        return None
+    if path.name == "__init__.py":
+        names |= {p.stem for p in path.parent.glob("*.py")} | {p.name for p in path.parent.iterdir()
+                                                               if (p / "__init__.py").is_file()}
+    return frozenset(names)
+
+
+def _absolute(node: ast.ImportFrom, filename: str) -> str:
+    if not node.level:
+        return node.module or ""
+    parts = filename.removesuffix(".py").split("/")
+    package = parts[:-1]  # a module's package; for __init__.py its own folder
+    package = package[:len(package) - (node.level - 1)]
+    return ".".join(package + ([node.module] if node.module else []))
+
+
+#: "module:attribute" references in strings (fleetctl's lazy command table, entry points)
+REFERENCE = re.compile(r"^((?:fleetd|fleetctl|fleetlab)(?:\.\w+)*):(\w+)$")
+
+
+def unresolved_imports(source: str, filename: str) -> list[str]:
+    """Imports of project modules (at any depth, lazy ones too) and "module:attr" strings that
+    name a module or a name that does not exist: each as "file:line: what"."""
+    found = []
+
+    def check(line: int, module: str, names: list[str]) -> None:
+        if _module_path(module) is None:
+            found.append(f"{filename}:{line}: no module {module}")
+            return
+        exports = _exports(module)
+        for name in names:
+            if exports is not None and name != "*" and name not in exports:
+                found.append(f"{filename}:{line}: {module} has no {name}")
+
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.ImportFrom):
+            module = _absolute(node, filename)
+            if module.split(".")[0] in PACKAGES:
+                check(node.lineno, module, [a.name for a in node.names])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in PACKAGES:
+                    check(node.lineno, alias.name, [])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and REFERENCE.match(node.value):
+            module, name = REFERENCE.match(node.value).groups()
+            check(node.lineno, module, [name])
+    return found
+
+
+def test_unresolved_imports_detects():
+    ok = "from fleetd.model import Unit\nfrom fleetd import model\nimport fleetd.unit.file\nX = 'fleetctl.cli:main'\n"
+    assert unresolved_imports(ok, "fleetd/x.py") == []
+    assert unresolved_imports("from .model import Unit\nfrom .unit.file import UnitFile\n", "fleetd/x.py") == []
+    assert unresolved_imports("from fleetd.model import Nope\n", "fleetd/x.py") == [
+        "fleetd/x.py:1: fleetd.model has no Nope"]
+    assert unresolved_imports("def f():\n    from fleetd.nope import x\n", "fleetd/x.py") == [
+        "fleetd/x.py:2: no module fleetd.nope"]
+    assert unresolved_imports("C = {'stop': 'fleetctl.commands.units:stopp'}\n", "fleetctl/commands/__init__.py") == [
+        "fleetctl/commands/__init__.py:1: fleetctl.commands.units has no stopp"]
+    assert unresolved_imports("from .. import model\n", "fleetd/unit/x.py") == []
+
+
+def test_every_project_import_and_command_reference_resolves():
+    found = []
+    for path in _project_files():
+        found += unresolved_imports(path.read_text(), path.relative_to(ROOT).as_posix())
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    found += unresolved_imports("\n".join(repr(target) for target in scripts.values()), "pyproject.toml")
+    assert not found, "imports that do not resolve:\n" + "\n".join(found)
+
+
+# --- small fleetctl modules ---------------------------------------------------------------------
+
+FLEETCTL_MAX_LINES = 400
+
+
+def test_no_fleetctl_module_is_over_400_lines():
+    long = {p.relative_to(ROOT).as_posix(): n for p in sorted((ROOT / "fleetctl").rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > FLEETCTL_MAX_LINES}
+    assert not long, f"fleetctl modules over {FLEETCTL_MAX_LINES} lines (split them by family): {long}"

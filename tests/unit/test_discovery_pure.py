@@ -10,6 +10,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _depth import examples
 from fleetd.discovery.checks import Health, next_health
 from fleetd.discovery.dns import DnsResponder
 from fleetd.discovery.publisher import declared_services, wanted_endpoints
@@ -267,7 +268,7 @@ QUESTIONS = [bytes(DNSRecord.question(n, t).pack())
              for t in ["A", "SRV", "AAAA", "ANY", "TXT", "MX"]]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.one_of(
     st.binary(max_size=600),
     st.builds(lambda q, junk, cut: (q + junk)[:cut],

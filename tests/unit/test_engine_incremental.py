@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _depth import examples
 from fleetd.constraints import RequirementsCache
 from fleetd.engine.incremental import IncrementalPlanner
 from fleetd.engine.scheduler import reconcile
@@ -40,7 +41,7 @@ def clusters(draw):
     return base, new
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(clusters())
 def test_plan_is_reconcile_or_nothing(case):
     base, rounds = case

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from _depth import examples
 from fleetd.errors import InvalidUnitOptions
 from fleetd.unit import (
     MetadataConstraint as MC,
@@ -339,7 +340,7 @@ xfleet_keys = st.sampled_from(["MachineID", "MachineOf", "MachineMetadata", "Con
                                "Replaces", "ReserveCPU", "ReserveMemory", "X-Conflicts", "Other"])
 
 
-@settings(deadline=None, max_examples=500)
+@settings(deadline=None, max_examples=examples(500))
 @given(st.lists(st.tuples(xfleet_keys, xfleet_text), max_size=6),
        st.sampled_from(["a.service", "a@.service", "a@b.service", "noname", "%i@%p.service"]))
 def test_requirements_never_raise_and_validate_raises_only_invalid_options(lines, name):

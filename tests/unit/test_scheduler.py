@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _depth import examples
 from fleetd.constraints import (
     RequirementsCache,
     format_metadata,
@@ -820,7 +821,7 @@ def test_same_snapshot_in_any_insertion_order_gives_the_same_decisions():
 
 def _examples(default: int) -> int:
     """SCHEDULER_EXAMPLES=5000 runs a longer bug hunt."""
-    return int(os.environ.get("SCHEDULER_EXAMPLES", default))
+    return int(os.environ.get("SCHEDULER_EXAMPLES", examples(default)))
 
 
 NAMES = ["a.service", "b.service", "c.service", "web@1.service", "web@2.service", "web@3.service",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from _depth import examples
 from fleetd.errors import UnitFileError
 from fleetd.unit import UnitFile, UnitOption
 
@@ -263,7 +264,7 @@ options = st.lists(st.tuples(st.sampled_from(["Unit", "Service", "X-Fleet", "Ins
                    max_size=8)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(1500), deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.one_of(unit_like_text, sectioned_text))
 def test_serialize_parse_is_stable(text):
     try:
@@ -277,7 +278,7 @@ def test_serialize_parse_is_stable(text):
     assert UnitFile.from_options(unit.options) == unit
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=list(HealthCheck))
 @given(options, st.data())
 def test_hash_depends_only_on_content(opts, data):
     unit = UnitFile.from_options(opts)
@@ -303,7 +304,7 @@ def test_hash_depends_only_on_content(opts, data):
     assert reparsed.hash == unit.hash == hashlib.sha1(unit.serialize().encode()).hexdigest()
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(1500), deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200), unit_like_text,
                  unit_like_text.map(lambda s: s.encode("utf-8", "surrogatepass"))))
 def test_arbitrary_input_only_ever_raises_unitfileerror(data):

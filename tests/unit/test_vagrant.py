@@ -46,6 +46,7 @@ def test_provisioned_config_is_what_fleetd_expects(tmp_path, count):
             assert text.count("=http://172.17.8.") == 4 + members  # 4 own URLs + the initial cluster
 
 
+@pytest.mark.deep  # vagrant (ruby) takes seconds of CPU: the full suite runs it
 def test_vagrantfile_validates():
     if shutil.which("vagrant") is None:
         pytest.skip("Debian's vagrant package is not installed (apt-get install vagrant)")
