@@ -30,6 +30,7 @@ from typing import Iterable, Mapping
 DISRUPTED_FRACTION = 0.55  # Kubernetes' unhealthyZoneThreshold
 PEER_POLL = 0.5  # seconds between two rounds of questions to the peers while holding on
 PEER_TIMEOUT = 1.5  # seconds a peer has to answer (it checks etcd in PEER_TIMEOUT / 3)
+STOP_MARGIN = 0.5  # seconds a fencing machine keeps to stop its units before they may move
 
 
 def settle_seconds(machine_ttl: float) -> float:
@@ -53,7 +54,30 @@ def fence_grace(machine_ttl: float) -> float:
     its units before the engine may move them: the engine releases a vanished machine's units
     `settle_seconds` after the disruption ends, which is after the peer reached etcd; the
     machine hears it PEER_POLL + PEER_TIMEOUT later at most; 0.5 s are left to stop."""
-    return max(0.0, settle_seconds(machine_ttl) - PEER_POLL - PEER_TIMEOUT - 0.5)
+    return max(0.0, settle_seconds(machine_ttl) - PEER_POLL - PEER_TIMEOUT - STOP_MARGIN)
+
+
+def hold_until(last_hold_asked: float, reach_heard: float | None, machine_ttl: float) -> float:
+    """Until when a machine that holds on (its lease may have expired, but etcd is out for a
+    disrupted fraction of the machines) keeps its units running, unless its own keep-alive gets
+    through first (then it carries on) or a newer round of questions says hold again.
+
+    - `last_hold_asked`: when the last round whose verdict was *hold* was asked. Its peers were
+      cut off then, so the engine's disruption had not ended then; it releases the units of a
+      vanished machine `settle_seconds` after the disruption ends at the earliest (after the
+      machine vanished, if there was no disruption: later still). So the units may keep
+      running until `settle_seconds - STOP_MARGIN` after that round was asked, even if no peer
+      answers any more: a round in which some peers are merely silent (their fleetd busy, an
+      answer that missed PEER_TIMEOUT on a loaded machine) proves nothing and stops nothing.
+      A machine that stays silent for that long fences (silence is no evidence of an outage).
+    - `reach_heard`: when this machine first heard, while holding, that a peer reaches etcd
+      again (None: not yet). etcd may be back for everybody (this machine's keep-alive then gets
+      through in a moment), or this machine may be the one left cut off: it waits `fence_grace`.
+    """
+    until = last_hold_asked + settle_seconds(machine_ttl) - STOP_MARGIN
+    if reach_heard is not None:
+        until = min(until, reach_heard + fence_grace(machine_ttl))
+    return until
 
 
 def disrupted(affected: int, known: int) -> bool:
@@ -74,6 +98,7 @@ class PeerAnswer(str, enum.Enum):
 class FenceVerdict:
     fence: bool
     reason: str
+    peer_reaches: bool = False  # fence because a peer reaches etcd (not for want of answers)
 
 
 def fence_decision(me: str, known: Iterable[str], answers: Mapping[str, PeerAnswer]) -> FenceVerdict:
@@ -88,7 +113,7 @@ def fence_decision(me: str, known: Iterable[str], answers: Mapping[str, PeerAnsw
     machines = set(known) | {me}
     reaching = sorted(m for m, a in answers.items() if a is PeerAnswer.REACHES_ETCD and m != me)
     if reaching:
-        return FenceVerdict(True, f"machine {reaching[0][:8]} reaches etcd: this machine is cut off")
+        return FenceVerdict(True, f"machine {reaching[0][:8]} reaches etcd: this machine is cut off", True)
     cut_off = {me} | {m for m, a in answers.items() if a is PeerAnswer.CUT_OFF and m in machines}
     if disrupted(len(cut_off), len(machines)):
         return FenceVerdict(False, f"{len(cut_off)} of {len(machines)} machines cannot reach etcd: "

@@ -4,7 +4,9 @@ a real etcd and real peer endpoints (fleetd's API server on loopback addresses):
 - etcd frozen for everybody (SIGSTOP) for longer than the TTL: nobody fences, every presence
   holds on and carries on once etcd is back;
 - one machine cut off while the others reach etcd: it fences no later than its lease deadline;
-- one machine cut off and its peers silent: it fences, as it always did.
+- one machine cut off and its peers silent: it fences, as it always did;
+- holding on through an outage, peers silent for a moment change nothing; silent for longer
+  than `settle - STOP_MARGIN` after the last round that said hold, the machine fences.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from fleetd.api.peer import PeerClient
 from fleetd.api.server import ApiServer
 from fleetd.config import EtcdSettings, FleetConfig
-from fleetd.disruption import PeerAnswer
+from fleetd.disruption import STOP_MARGIN, PeerAnswer, settle_seconds
 from fleetd.model import Machine
 from fleetd.presence import Presence
 from fleetd.registry import Registry
@@ -150,3 +152,61 @@ async def test_a_machine_that_reaches_nobody_fences(cluster):
         assert time.monotonic() <= deadline + 0.1
     finally:
         heal(p.registry)
+
+
+def silence(node: Node) -> None:
+    """The peer's fleetd stops answering in time (a loaded machine, a slow TLS handshake)."""
+    async def hang():
+        await asyncio.sleep(2.0)  # past the asking PeerClient's timeout (0.5 s)
+        return PeerAnswer.CUT_OFF
+
+    node.presence.answer_peer = hang
+
+
+def speak(node: Node) -> None:
+    del node.presence.answer_peer
+
+
+async def test_silent_peers_for_a_moment_fence_nobody_during_an_outage(cluster, own_etcd):
+    """The CI failure of test_outage[60] (issue 13): holding through a total outage, one round in
+    which the peers were merely silent made a machine fence and restart its units in place."""
+    p = cluster[0].presence
+    own_etcd.pause()
+    until = time.monotonic() + TTL * 3
+    while not p.holding:
+        assert time.monotonic() < until, "did not hold on during the outage"
+        await asyncio.sleep(0.05)
+    for peer in cluster[1:]:
+        silence(peer)
+    try:
+        until = time.monotonic() + 2.0
+        while not (p.verdict is not None and p.verdict[1].fence):  # a round with no answer at all
+            assert time.monotonic() < until, "no round without answers"
+            await asyncio.sleep(0.02)
+        assert not p.verdict[1].peer_reaches
+    finally:
+        for peer in cluster[1:]:
+            speak(peer)
+    await asyncio.sleep(1.0)
+    assert p.holding and not p.lost.is_set(), "a round of silent peers made the machine fence"
+
+
+async def test_peers_silent_for_too_long_fence_a_holding_machine(cluster, own_etcd):
+    p = cluster[0].presence
+    own_etcd.pause()
+    until = time.monotonic() + TTL * 3
+    while not p.holding:
+        assert time.monotonic() < until, "did not hold on during the outage"
+        await asyncio.sleep(0.05)
+    for peer in cluster[1:]:
+        silence(peer)
+    try:
+        silent_from = time.monotonic()
+        await asyncio.wait_for(p.lost.wait(), TTL * 3)
+        # no later than settle - margin after the last round that said hold (asked before the silence)
+        assert p.last_hold_asked is not None and p.last_hold_asked <= silent_from
+        assert time.monotonic() <= p.last_hold_asked + settle_seconds(TTL) - STOP_MARGIN + 0.1
+        assert not p.holding
+    finally:
+        for peer in cluster[1:]:
+            speak(peer)

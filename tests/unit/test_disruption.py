@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fleetd.disruption import PeerAnswer, answer_for, disrupted, fence_decision
+from fleetd.disruption import (PEER_POLL, PEER_TIMEOUT, STOP_MARGIN, PeerAnswer, answer_for, disrupted, fence_decision,
+                               fence_grace, hold_until, settle_seconds)
 
 R, C, U = PeerAnswer.REACHES_ETCD, PeerAnswer.CUT_OFF, PeerAnswer.UNREACHABLE
 
@@ -46,6 +47,8 @@ def test_fence_decision(case, known, answers, fence):
     verdict = fence_decision("a", set(known), answers)
     assert verdict.fence is fence, f"{case}: {verdict.reason}"
     assert verdict.reason
+    # only a peer that reaches etcd is evidence against holding on; silence is not
+    assert verdict.peer_reaches is (R in {a for m, a in answers.items() if m in known})
 
 
 machines = st.lists(st.sampled_from("bcdefghij"), unique=True, max_size=8)
@@ -89,3 +92,41 @@ def test_answer_for():
     assert answer_for(99.5, True, 100.0) is R  # a slow keep-alive: in doubt, the asker fences
     assert answer_for(98.0, True, 100.0) is C
     assert answer_for(None, False, 100.0) is C  # not registered: not reaching etcd
+
+
+# ---------------------------------------------------------------- holding on (hold_until)
+
+TTL5 = 5.0
+SETTLE = settle_seconds(TTL5)  # 3.67 s
+GRACE = fence_grace(TTL5)  # 1.17 s
+
+
+@pytest.mark.parametrize("case, last_hold, reach, now, keeps", [
+    # the CI failure (issue 13, test_outage[60]): holding through a total etcd outage, one round
+    # in which the peers were merely silent (a loaded machine, an answer past PEER_TIMEOUT) made
+    # the machine fence at once and restart its units in place; silence proves nothing
+    ("a silent round right after a hold verdict keeps the units", 100.0, None, 100.6, True),
+    ("silence for less than settle - margin keeps them", 100.0, None, 100.0 + SETTLE - STOP_MARGIN - 0.01, True),
+    # a machine that hears nobody for that long fences: it may be the one cut off from everything
+    ("silence up to settle - margin after the last hold fences", 100.0, None, 100.0 + SETTLE - STOP_MARGIN, False),
+    ("long silence fences", 100.0, None, 130.0, False),
+    # a peer reaches etcd again: this machine may be the one left behind, fence_grace to confirm
+    ("a peer reaching etcd leaves fence_grace", 100.0, 100.5, 100.5 + GRACE - 0.01, True),
+    ("and then fences", 100.0, 100.5, 100.5 + GRACE, False),
+    ("a newer hold verdict does not cancel a peer's reach", 110.0, 100.5, 100.5 + GRACE, False),
+    ("a reach heard long ago still bounds the hold", 200.0, 100.0, 150.0, False),
+])
+def test_hold_until(case, last_hold, reach, now, keeps):
+    assert (now < hold_until(last_hold, reach, TTL5)) is keeps, case
+
+
+@settings(deadline=None)
+@given(st.floats(0, 1e4), st.one_of(st.none(), st.floats(0, 1e4)), st.floats(1, 60))
+def test_hold_until_never_outlasts_the_engine(last_hold, reach, ttl):
+    """The engine releases a vanished machine's units `settle` after the disruption ends, and it
+    had not ended when the last hold verdict was asked (its peers were cut off then), nor before
+    a peer reached etcd minus the time to hear it: the machine has stopped by then."""
+    until = hold_until(last_hold, reach, ttl)
+    assert until <= last_hold + settle_seconds(ttl) - STOP_MARGIN
+    if reach is not None:
+        assert until <= reach - PEER_POLL - PEER_TIMEOUT + settle_seconds(ttl) - STOP_MARGIN + 1e-9
