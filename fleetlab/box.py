@@ -338,6 +338,26 @@ def build_box_file(inputs: BoxInputs, out: Path, digest: str) -> None:
         _log(f"built {out} ({out.stat().st_size >> 20} MB) in {time.monotonic() - started:.0f}s")
 
 
+def drop_base_volumes(name: str = BOX_NAME) -> list[str]:
+    """Delete vagrant-libvirt's copies of an earlier box of this name from libvirt's default pool
+    (`<name>_vagrant_box_image_0_<added>_box.img`, uploaded on the first `vagrant up`): they are
+    never used again once the box is replaced. One that a VM's disk is based on stays. Best effort:
+    nothing if libvirtd does not answer."""
+    from . import vmhost
+
+    if not vmhost.libvirt_answers():
+        return []
+    prefix = name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
+    lines = vmhost.virsh("vol-list", vmhost.POOL, check=False).stdout.splitlines()[2:]
+    vols = [line.split()[0] for line in lines if line.strip()]
+    in_use = "".join(vmhost.virsh("vol-dumpxml", v, "--pool", vmhost.POOL, check=False).stdout
+                     for v in vols if not v.startswith(prefix))
+    dropped = [v for v in vols if v.startswith(prefix) and f"/{v}<" not in in_use]
+    for vol in dropped:
+        vmhost.virsh("vol-delete", vol, "--pool", vmhost.POOL, check=False)
+    return dropped
+
+
 def ensure_box(cache_dir: Path | None = None, name: str = BOX_NAME, force: bool = False,
                add: bool = True) -> tuple[Path, str, bool]:
     """Build the box unless one with the same input hash is cached; add it to Vagrant unless
@@ -361,4 +381,5 @@ def ensure_box(cache_dir: Path | None = None, name: str = BOX_NAME, force: bool 
         else:
             _log(f"vagrant box add --force --name {name}")
             _run(["vagrant", "box", "add", "--force", "--name", name, str(out)], capture_output=True)
+            drop_base_volumes(name)
     return out, digest, built

@@ -21,14 +21,14 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network, ip_network
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from fleetd.errors import LabError
 from fleetd.pki import ClusterPKI
 
 from fleetd.config import DEFAULT_SKYDNS_PREFIX
 
-from . import boot, etcd, network, nodeconfig
+from . import boot, etcd, network
 from .config import (
     DEFAULT_AGENT_TTL,
     DEFAULT_KEY_PREFIX,
@@ -46,6 +46,9 @@ from .config import (
 from .naming import RUN_DIR, LabNames, check_lab_name
 from .node import Node
 from .state import LabState, NodeState
+
+if TYPE_CHECKING:
+    from . import nodeconfig
 from .sysutil import kill_cgroup, mount_at, mounts_under, remove_cgroup, run, wait_until
 
 log = logging.getLogger("fleetlab")
@@ -228,8 +231,10 @@ class Lab:
         return (f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert={NODE_CA} "
                 f"--cert={NODE_CERT} --key={NODE_KEY}")
 
-    def _cluster_spec(self) -> nodeconfig.ClusterSpec:
+    def _cluster_spec(self) -> "nodeconfig.ClusterSpec":
         """The lab as fleetlab.nodeconfig sees it (the one node configuration of both labs)."""
+        from . import nodeconfig  # late: `python -m fleetlab.nodeconfig` runs it as __main__
+
         return nodeconfig.ClusterSpec(
             tuple(nodeconfig.NodeSpec(n.name, n.ip, n.etcd_member, n.metadata) for n in self._state().nodes),
             checkout=self.checkout, token=f"fleetlab-{self.name}", tls=not self.insecure,
@@ -237,6 +242,8 @@ class Lab:
             fleetd=self.fleetd, fleetd_template=self._fleetd_template())
 
     def _issue_certs(self) -> None:
+        from . import nodeconfig
+
         nodeconfig.issue_certs(self.pki, self._cluster_spec(), f"fleet-lab {self.name} CA")
 
     def _enable_etcd_auth(self) -> None:
@@ -393,6 +400,8 @@ class Lab:
             f"{unit_dir}/{NODE_TARGET}": render_target(),
         }
         links = {f"{unit_dir}/default.target": NODE_TARGET}
+        from . import nodeconfig
+
         cluster = self._cluster_spec()
         out = nodeconfig.node_files(cluster, cluster.node(node.name), None if self.insecure else self.pki)
         boot.write_files(root, {**files, **out.files}, {**links, **out.links})

@@ -36,6 +36,7 @@ from .config import (
     FleetConf,
     render_etcd_unit,
     render_fleetd_unit,
+    check_agent_ttl,
     render_hosts,
 )
 from .etcd import member_count
@@ -179,7 +180,7 @@ def vm_ip(subnet: str, index: int) -> str:
 
 
 def vagrant_cluster(nodes: int, subnet: str, checkout: Path, tls: bool = True,
-                    fleetd_template: str | None = None) -> ClusterSpec:
+                    fleetd_template: str | None = None, agent_ttl: str = DEFAULT_AGENT_TTL) -> ClusterSpec:
     """The Vagrant lab: VMs fleet-01..NN at SUBNET.101.., etcd members on the first min(N, 3)
     (as the nspawn lab, fleetlab.etcd.member_count)."""
     members = member_count(nodes)
@@ -189,7 +190,8 @@ def vagrant_cluster(nodes: int, subnet: str, checkout: Path, tls: bool = True,
         for i in range(1, nodes + 1)
     )
     return ClusterSpec(specs, checkout=checkout, token=f"fleet-vagrant-{subnet}", tls=tls,
-                       fleetd_template=fleetd_template, api_socket_group=VM_SOCKET_GROUP)
+                       fleetd_template=fleetd_template, api_socket_group=VM_SOCKET_GROUP,
+                       agent_ttl=agent_ttl)
 
 
 def _template(checkout: Path) -> str | None:
@@ -220,15 +222,18 @@ def pki(pki_dir: Path, nodes: int, subnet: str) -> None:
 @click.option("--pki-dir", type=click.Path(path_type=Path), default=None,
               help="Holds ca.pem and this VM's fleet-NN.pem/.key (omit for --insecure).")
 @click.option("--insecure", is_flag=True, help="No TLS: etcd and the API in the clear on the private network.")
+@click.option("--agent-ttl", default=DEFAULT_AGENT_TTL, show_default=True, help="fleetd's agent_ttl.")
 @click.option("--root", type=click.Path(path_type=Path), default=Path("/"), show_default=True)
-def write(index: int, nodes: int, subnet: str, checkout: Path, pki_dir: Path | None, insecure: bool, root: Path) -> None:
+def write(index: int, nodes: int, subnet: str, checkout: Path, pki_dir: Path | None, insecure: bool,
+          agent_ttl: str, root: Path) -> None:
     """Write one VM's node configuration below ROOT (its etcd member and fleetd units are
     linked into multi-user.target.wants; start them with `systemctl start --no-block`)."""
     if index > nodes:
         raise click.BadParameter(f"{index} > --nodes {nodes}", param_hint="--index")
     if not insecure and pki_dir is None:
         raise click.BadParameter("needed unless --insecure", param_hint="--pki-dir")
-    cluster = vagrant_cluster(nodes, subnet, checkout, tls=not insecure, fleetd_template=_template(checkout))
+    cluster = vagrant_cluster(nodes, subnet, checkout, tls=not insecure, fleetd_template=_template(checkout),
+                              agent_ttl=check_agent_ttl(agent_ttl))
     node = cluster.node(vm_name(index))
     out = node_files(cluster, node, None if insecure else ClusterPKI(pki_dir))
     write_node_files(root, out)

@@ -93,8 +93,27 @@ class LibvirtDaemons:
 
     started: dict[str, int] = field(default_factory=dict)  # daemon -> PID we started
     pool_defined: bool = False
+    kvm_mode: tuple[int, int] | None = None  # /dev/kvm's (gid, mode) before `start` changed them
+
+    def _kvm_access(self) -> None:
+        """Give /dev/kvm the group and mode Debian's udev rule gives it (kvm, 0660) where no udev
+        did: libvirt probes QEMU's capabilities as root (with KVM) but checks /dev/kvm as its
+        qemu user, finds the cache outdated on every call and probes again (~4-17 s per call)."""
+        kvm = Path("/dev/kvm")
+        try:
+            import grp
+
+            gid = grp.getgrnam("kvm").gr_gid
+            st = kvm.stat()
+        except (KeyError, OSError):
+            return
+        if st.st_gid != gid or st.st_mode & 0o060 != 0o060:
+            self.kvm_mode = (st.st_gid, st.st_mode & 0o7777)
+            os.chown(kvm, -1, gid)
+            os.chmod(kvm, 0o660)
 
     def start(self) -> "LibvirtDaemons":
+        self._kvm_access()
         if not libvirt_answers():
             for daemon in ("virtlogd", "libvirtd"):
                 pidfile = Path(f"/run/{daemon}.pid")
@@ -126,7 +145,7 @@ class LibvirtDaemons:
         return self
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop the daemons this object started (by PID), libvirtd first."""
+        """Stop the daemons this object started (by PID), libvirtd first; restore /dev/kvm."""
         for daemon in ("libvirtd", "virtlogd"):
             pid = self.started.pop(daemon, None)
             if pid is None or not _alive(pid):
@@ -137,6 +156,11 @@ class LibvirtDaemons:
                 time.sleep(0.2)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        if self.kvm_mode is not None:
+            gid, mode = self.kvm_mode
+            os.chown("/dev/kvm", -1, gid)
+            os.chmod("/dev/kvm", mode)
+            self.kvm_mode = None
 
 
 def leftovers(name_part: str) -> dict[str, list[str]]:

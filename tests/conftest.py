@@ -5,6 +5,7 @@ markers of the test folders, arranged by what their tests need:
     tests/etcd/        a real etcd server, started by the session fixture  -> marker `etcd`
     tests/lab/         a local nspawn lab (root, systemd-nspawn)            -> marker `lab`
     tests/functional/  fleet's functional tests on a lab                    -> marker `lab`
+    tests/vm/          Vagrant VMs (vagrant-libvirt; docs/vagrant.md)       -> marker `vm`
 
 so `scripts/test.sh -m "not lab"` is the fast loop and `-m "not lab and not etcd"` needs nothing.
 """
@@ -21,7 +22,7 @@ from fleetd.config import EtcdSettings
 from fleetlab.testing.etcd import EtcdServer
 
 TESTS = Path(__file__).resolve().parent
-FOLDER_MARKERS = {"etcd": "etcd", "lab": "lab", "functional": "lab"}
+FOLDER_MARKERS = {"etcd": "etcd", "lab": "lab", "functional": "lab", "vm": "vm"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

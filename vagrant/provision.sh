@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Provision one fleet VM (run by Vagrant as root): provision.sh INDEX COUNT SUBNET [tls|insecure]
+# Provision one fleet VM (run by Vagrant as root):
+#   provision.sh INDEX COUNT SUBNET [tls|insecure] [kvm|emulated]
 #   - the project from the synced checkout /opt/fleet-py into the box's /opt/fleet-venv (--no-deps:
 #     the box built by `fleet-lab box build` holds the dependencies and the system packages)
 #   - the node configuration from fleetlab.nodeconfig (the same render code as the nspawn lab):
@@ -14,6 +15,7 @@ INDEX=${1:?usage: provision.sh INDEX COUNT SUBNET [tls|insecure]}
 COUNT=${2:?usage: provision.sh INDEX COUNT SUBNET [tls|insecure]}
 SUBNET=${3:-172.17.8}
 SECURITY=${4:-tls}
+ACCEL=${5:-kvm}
 PROJECT=/opt/fleet-py
 VENV=/opt/fleet-venv
 PKI_UPLOAD=/tmp/fleet-pki
@@ -43,6 +45,16 @@ getent group "$GROUP" >/dev/null || groupadd --system "$GROUP"
 id vagrant >/dev/null 2>&1 && usermod -aG "$GROUP" vagrant
 
 args=(--index "$INDEX" --nodes "$COUNT" --subnet "$SUBNET" --checkout "$PROJECT")
+dropin=/etc/systemd/system/fleetd.service.d/vm-emulation.conf
+if [ "$ACCEL" = emulated ]; then
+    # under QEMU emulation (TCG) Python runs ~20 times slower: fleetd's start-up takes minutes
+    # and a busy VM misses 5 s leases and a 30 s watchdog
+    args+=(--agent-ttl 30s)
+    mkdir -p "$(dirname "$dropin")"
+    printf '[Service]\nTimeoutStartSec=15min\nWatchdogSec=5min\n' > "$dropin"
+else
+    rm -f "$dropin"
+fi
 if [ "$SECURITY" = insecure ]; then
     args+=(--insecure)
 else
