@@ -39,6 +39,8 @@ from fleetd.errors import LabError
 
 BOX_NAME = "fleet-py/debian12"
 VENV = "/opt/fleet-venv"
+CHECKOUT = "/opt/fleet-py"  # where the Vagrantfile syncs the checkout
+PROJECT_FILES = ("pyproject.toml", "README.md", "fleetd", "fleetctl", "fleetlab")
 SUITE = "bookworm"
 DISK_GIB = 8
 PART_OFFSET = 1 << 20  # the root partition starts at 1 MiB (sector 2048)
@@ -111,6 +113,24 @@ def host_apt_options() -> list[str]:
     return sorted(set(opts))
 
 
+def project_layout(checkout: Path) -> str:
+    """What an editable install depends on: console scripts, package discovery, top-level packages."""
+    data = tomllib.loads((checkout / "pyproject.toml").read_text())
+    tops = sorted(p.name for p in checkout.iterdir() if (p / "__init__.py").is_file())
+    return json.dumps([data["project"].get("scripts", {}), data.get("tool", {}).get("setuptools", {}), tops],
+                      sort_keys=True)
+
+
+def _copy_project(checkout: Path, dest: Path) -> None:
+    dest.mkdir()
+    for name in PROJECT_FILES:
+        src = checkout / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.is_file():
+            shutil.copy(src, dest / name)
+
+
 def vagrant_public_key() -> Path:
     """Vagrant's well-known insecure public key (Vagrant replaces it on first `vagrant up`)."""
     pattern = "/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub"
@@ -161,6 +181,7 @@ def gather_inputs(checkout: Path | None = None) -> BoxInputs:
         ca_certs=host_ca_certs(),
         apt_options=host_apt_options(),
         pubkey=vagrant_public_key(),
+        extra={"project-layout": project_layout(checkout)},
     )
 
 
@@ -205,7 +226,7 @@ def _fetch_wheels(requirements: Sequence[str], dest: Path) -> None:
           "--implementation", "cp", "-d", str(dest), *requirements], capture_output=True)
 
 
-def _customize_script(inputs: BoxInputs, wheels: Path) -> str:
+def _customize_script(inputs: BoxInputs, wheels: Path, project: Path) -> str:
     """The mmdebstrap customize hook (runs on the host with the root directory as $1)."""
     reqs = " ".join(f"'{r}'" for r in inputs.requirements)
     key = inputs.pubkey.read_text().strip()
@@ -232,6 +253,10 @@ printf '[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\ndisable-pip-versi
 mkdir -p "$R/tmp/wheels" && cp {wheels}/* "$R/tmp/wheels/"
 chroot "$R" python3 -m venv {VENV}
 chroot "$R" {VENV}/bin/pip install -q --no-index --find-links /tmp/wheels {reqs}
+# the project itself, editable from {CHECKOUT} (where Vagrant syncs the checkout): its console
+# scripts and import paths exist already, so provisioning needs no pip run (~100 s under TCG)
+mkdir -p "$R{CHECKOUT}" && cp -a {project}/. "$R{CHECKOUT}/"
+chroot "$R" {VENV}/bin/pip install -q --no-index --no-deps --no-build-isolation -e {CHECKOUT}
 rm -rf "$R/tmp/wheels"
 # the box boots fast without a console login or waiting for the network at boot
 chroot "$R" systemctl mask getty@tty1.service 2>/dev/null || true
@@ -301,7 +326,9 @@ def build_box_file(inputs: BoxInputs, out: Path, digest: str) -> None:
         _fetch_wheels(inputs.requirements, wheels)
         root = work / "root"
         hook = work / "customize.sh"
-        hook.write_text(_customize_script(inputs, wheels))
+        project = work / "project"
+        _copy_project(checkout_root(), project)
+        hook.write_text(_customize_script(inputs, wheels, project))
         _log(f"mmdebstrap {SUITE} with {len(inputs.packages)} packages (a few minutes)")
         cmd = ["mmdebstrap", "--mode=root", "--variant=apt", "--format=directory",
                f"--include={','.join(inputs.packages)}",

@@ -36,8 +36,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$VENV/bin/pip" install -q "$PROJECT"
 fi
 ln -sfn "$VENV" "$PROJECT/.venv"   # the units run <checkout>/.venv/bin/fleetd, as in the nspawn lab
-"$VENV/bin/pip" install -q --no-deps --no-build-isolation --no-index --force-reinstall "$PROJECT"
-say "project installed"
+if compgen -G "$VENV/lib/python3*/site-packages/__editable__*fleet_py*" >/dev/null; then
+    say "project installed in the box (editable from $PROJECT)"
+else
+    "$VENV/bin/pip" install -q --no-deps --no-build-isolation --no-index --force-reinstall "$PROJECT"
+    say "project installed"
+fi
 for tool in fleetctl fleetd fleet-run fleet-confd; do ln -sf "$VENV/bin/$tool" "/usr/local/bin/$tool"; done
 
 # fleetctl for the vagrant user: the API's unix socket, group fleet (fleetd's api_socket_group)
