@@ -428,3 +428,9 @@ def bench_discovery(as_json, quiet, **options) -> None:
     from .bench import discovery
 
     _run_bench(discovery, as_json, quiet, **options)
+
+
+# the Vagrant lab's box (fleetlab/box.py)
+from .box_cli import box as _box  # noqa: E402
+
+main.add_command(_box)

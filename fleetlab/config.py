@@ -155,6 +155,7 @@ class FleetConf:
     etcd_key_prefix: str = DEFAULT_KEY_PREFIX
     api_port: int = LAB_API_PORT
     tls: bool = False
+    api_socket_group: str = ""  # a group that may use the API's unix socket (the Vagrant lab: fleet)
 
     def render(self) -> str:
         meta = ",".join(f"{k}={v}" for k, v in self.metadata.items())
@@ -181,6 +182,7 @@ class FleetConf:
             + security
             # service discovery's DNS on the node's address (docs/discovery.md)
             + f"dns_listen={self.public_ip}:53\n"
+            + (f"api_socket_group={self.api_socket_group}\n" if self.api_socket_group else "")
         )
 
 

@@ -21,10 +21,10 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network, ip_network
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from fleetd.errors import LabError
-from fleetd.pki import ROLE_OPERATOR, ROLE_READ_ONLY, ClusterPKI
+from fleetd.pki import ClusterPKI
 
 from fleetd.config import DEFAULT_SKYDNS_PREFIX
 
@@ -32,27 +32,23 @@ from . import boot, etcd, network
 from .config import (
     DEFAULT_AGENT_TTL,
     DEFAULT_KEY_PREFIX,
-    ETCD_UNIT,
-    FLEET_CONF,
     FLEETD_UNIT,
     LAB_API_PORT,
     NODE_CA,
     NODE_CERT,
     NODE_KEY,
-    NODE_PKI_DIR,
     NODE_TARGET,
     EtcdMember,
-    FleetConf,
     check_agent_ttl,
     check_metadata,
-    render_etcd_unit,
-    render_fleetd_unit,
-    render_hosts,
     render_target,
 )
 from .naming import RUN_DIR, LabNames, check_lab_name
 from .node import Node
 from .state import LabState, NodeState
+
+if TYPE_CHECKING:
+    from . import nodeconfig
 from .sysutil import kill_cgroup, mount_at, mounts_under, remove_cgroup, run, wait_until
 
 log = logging.getLogger("fleetlab")
@@ -235,20 +231,20 @@ class Lab:
         return (f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert={NODE_CA} "
                 f"--cert={NODE_CERT} --key={NODE_KEY}")
 
+    def _cluster_spec(self) -> "nodeconfig.ClusterSpec":
+        """The lab as fleetlab.nodeconfig sees it (the one node configuration of both labs)."""
+        from . import nodeconfig  # late: `python -m fleetlab.nodeconfig` runs it as __main__
+
+        return nodeconfig.ClusterSpec(
+            tuple(nodeconfig.NodeSpec(n.name, n.ip, n.etcd_member, n.metadata) for n in self._state().nodes),
+            checkout=self.checkout, token=f"fleetlab-{self.name}", tls=not self.insecure,
+            agent_ttl=self.agent_ttl, etcd_key_prefix=self.etcd_key_prefix, wanted_by=NODE_TARGET,
+            fleetd=self.fleetd, fleetd_template=self._fleetd_template())
+
     def _issue_certs(self) -> None:
-        pki = self.pki
-        pki.init(f"fleet-lab {self.name} CA")
-        members = [n.ip for n in self._state().nodes if n.etcd_member]
-        for node in self._state().nodes:
-            # fleetd's gRPC channel to several etcd members checks every member's certificate
-            # against one name (the first endpoint's address), so an etcd member's certificate
-            # names all members' addresses. That gives a member nothing it lacks: as a raft
-            # peer it already reads and writes everything.
-            ips = [node.ip] + ([ip for ip in members if ip != node.ip] if node.etcd_member else [])
-            pki.machine(node.name, ips + ["127.0.0.1"], [node.name, "localhost"])
-        pki.client(LAB_ROOT_CERT, ROLE_OPERATOR)
-        pki.client(LAB_OPERATOR_CERT, ROLE_OPERATOR)
-        pki.client(LAB_READER_CERT, ROLE_READ_ONLY)
+        from . import nodeconfig
+
+        nodeconfig.issue_certs(self.pki, self._cluster_spec(), f"fleet-lab {self.name} CA")
 
     def _enable_etcd_auth(self) -> None:
         etcd.enable_rbac(self.etcd_endpoints, self.etcd_tls, self.etcd_key_prefix,
@@ -396,48 +392,20 @@ class Lab:
         return path.read_text() if path.is_file() else None
 
     def _write_node_files(self, node: NodeState) -> None:
-        state = self._state()
         root = Path(node.root)
         unit_dir = "/etc/systemd/system"
         files = {
             "/etc/hostname": node.name + "\n",
             "/etc/machine-id": node.machine_id + "\n",
-            "/etc/hosts": render_hosts({n.name: n.ip for n in state.nodes}),
             f"{unit_dir}/{NODE_TARGET}": render_target(),
         }
         links = {f"{unit_dir}/default.target": NODE_TARGET}
-        wants = f"{unit_dir}/{NODE_TARGET}.wants"
-        if node.etcd_member:
-            files[f"{unit_dir}/{ETCD_UNIT}"] = render_etcd_unit(
-                EtcdMember(node.name, node.ip, tls=not self.insecure), self.etcd_members, token=f"fleetlab-{self.name}"
-            )
-            links[f"{wants}/{ETCD_UNIT}"] = f"../{ETCD_UNIT}"
-        if self.fleetd:
-            files[f"{unit_dir}/{FLEETD_UNIT}"] = render_fleetd_unit(
-                self.checkout, self._fleetd_template(), etcd_local=node.etcd_member
-            )
-            files[FLEET_CONF] = FleetConf(
-                etcd_servers=tuple(self.etcd_endpoints),
-                public_ip=node.ip,
-                metadata=node.metadata,
-                agent_ttl=self.agent_ttl,
-                etcd_key_prefix=self.etcd_key_prefix,
-                tls=not self.insecure,
-            ).render()
-            links[f"{wants}/{FLEETD_UNIT}"] = f"../{FLEETD_UNIT}"
-        secret: dict[str, bytes] = {}
-        if not self.insecure:
-            issued = self.pki.paths(node.name)
-            files[NODE_CA] = issued.ca.read_text()
-            files[NODE_CERT] = issued.cert.read_text()
-            secret[NODE_KEY] = issued.key.read_bytes()
-        boot.write_files(root, files, links)
-        for rel, data in secret.items():  # the node's key: root only, like the PKI directory
-            path = root / rel.lstrip("/")
-            os.chmod(path.parent, 0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+        from . import nodeconfig
+
+        cluster = self._cluster_spec()
+        out = nodeconfig.node_files(cluster, cluster.node(node.name), None if self.insecure else self.pki)
+        boot.write_files(root, {**files, **out.files}, {**links, **out.links})
+        nodeconfig.write_node_files(root, nodeconfig.NodeFiles({}, {}, out.secrets))
 
     # --- waiting -------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ markers of the test folders, arranged by what their tests need:
     tests/etcd/        a real etcd server, started by the session fixture  -> marker `etcd`
     tests/lab/         a local nspawn lab (root, systemd-nspawn)            -> marker `lab`
     tests/functional/  fleet's functional tests on a lab                    -> marker `lab`
+    tests/vm/          Vagrant VMs (vagrant-libvirt; docs/vagrant.md)       -> marker `vm`
 
 so `scripts/test.sh -m "not lab"` is the fast loop and `-m "not lab and not etcd"` needs nothing.
 
@@ -35,7 +36,7 @@ from fleetlab.testing.etcd import EtcdServer
 sys.dont_write_bytecode = False
 
 TESTS = Path(__file__).resolve().parent
-FOLDER_MARKERS = {"etcd": "etcd", "lab": "lab", "functional": "lab"}
+FOLDER_MARKERS = {"etcd": "etcd", "lab": "lab", "functional": "lab", "vm": "vm"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

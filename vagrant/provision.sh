@@ -1,88 +1,79 @@
 #!/usr/bin/env bash
-# Provision one fleet VM: provision.sh INDEX COUNT SUBNET
-#   - apt packages, the project in /opt/fleet-py/.venv
-#   - an etcd member (members on the first min(COUNT,3) VMs, a static initial cluster)
-#   - /etc/fleet/fleet.conf and fleetd.service (+ fleetd.socket for the API)
-# With ROOT=/some/dir it only writes the configuration files below that directory (dry run,
-# used by the tests); nothing is installed or started.
+# Provision one fleet VM (run by Vagrant as root):
+#   provision.sh INDEX COUNT SUBNET [tls|insecure] [kvm|emulated]
+#   - the project from the synced checkout /opt/fleet-py into the box's /opt/fleet-venv (--no-deps:
+#     the box built by `fleet-lab box build` holds the dependencies and the system packages)
+#   - the node configuration from fleetlab.nodeconfig (the same render code as the nspawn lab):
+#     fleet.conf, the etcd member unit (first min(COUNT,3) VMs), fleetd.service, TLS files
+#   - etcd and fleetd started without blocking: an etcd member of a static cluster signals
+#     ready only with quorum, so a blocking start on the first VM would wait for the second
+# On a box without /opt/fleet-venv (e.g. debian/bookworm64 on VirtualBox) it installs the
+# packages and dependencies first (slow: ~10 minutes under emulation).
 set -euo pipefail
 
-INDEX=${1:?usage: provision.sh INDEX COUNT SUBNET}
-COUNT=${2:?usage: provision.sh INDEX COUNT SUBNET}
+INDEX=${1:?usage: provision.sh INDEX COUNT SUBNET [tls|insecure]}
+COUNT=${2:?usage: provision.sh INDEX COUNT SUBNET [tls|insecure]}
 SUBNET=${3:-172.17.8}
-ROOT=${ROOT:-}
+SECURITY=${4:-tls}
+ACCEL=${5:-kvm}
 PROJECT=/opt/fleet-py
-IP="$SUBNET.$((100 + INDEX))"
-MEMBERS=$(( COUNT < 3 ? COUNT : 3 ))
+VENV=/opt/fleet-venv
+PKI_UPLOAD=/tmp/fleet-pki
+PKI_DIR=/etc/fleet/vagrant-pki
+GROUP=fleet
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+t0=$(date +%s)
+say() { echo "provision fleet-$(printf %02d "$INDEX"): $* (+$(( $(date +%s) - t0 ))s)"; }
 
-etcd_endpoints() {
-    local i out=""
-    for ((i = 1; i <= MEMBERS; i++)); do out+="${out:+,}http://$SUBNET.$((100 + i)):2379"; done
-    echo "$out"
-}
-
-initial_cluster() {
-    local i out=""
-    for ((i = 1; i <= MEMBERS; i++)); do
-        out+="${out:+,}$(printf 'fleet-%02d' "$i")=http://$SUBNET.$((100 + i)):2380"
-    done
-    echo "$out"
-}
-
-write_files() {
-    local name
-    name=$(printf 'fleet-%02d' "$INDEX")
-    mkdir -p "$ROOT/etc/fleet" "$ROOT/etc/systemd/system"
-    cat > "$ROOT/etc/fleet/fleet.conf" <<CONF
-# written by vagrant/provision.sh
-etcd_servers=$(etcd_endpoints)
-public_ip=$IP
-metadata="hostname=$name,vm=vagrant"
-agent_ttl="5s"
-engine_reconcile_interval=2
-api_tcp=$IP:54728
-api_insecure_tcp=true
-CONF
-    sed "s#^ExecStart=.*#ExecStart=$PROJECT/.venv/bin/fleetd --config /etc/fleet/fleet.conf#" \
-        "${UNIT_SOURCE:-$PROJECT/units/fleetd.service}" > "$ROOT/etc/systemd/system/fleetd.service"
-    if ((INDEX <= MEMBERS)); then
-        cat > "$ROOT/etc/systemd/system/fleet-etcd.service" <<UNIT
-[Unit]
-Description=etcd member $name (fleet cluster)
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=notify
-ExecStart=/usr/bin/etcd --name=$name --data-dir=/var/lib/fleet-etcd \\
-  --listen-client-urls=http://$IP:2379,http://127.0.0.1:2379 --advertise-client-urls=http://$IP:2379 \\
-  --listen-peer-urls=http://$IP:2380 --initial-advertise-peer-urls=http://$IP:2380 \\
-  --initial-cluster=$(initial_cluster) --initial-cluster-token=fleet-vagrant --initial-cluster-state=new
-Restart=always
-RestartSec=2
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-    fi
-}
-
-if [ -n "$ROOT" ]; then
-    write_files
-    exit 0
+if [ ! -x "$VENV/bin/python" ]; then
+    say "no $VENV in this box: installing packages and dependencies (use the box of fleet-lab box build)"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends etcd-server etcd-client systemd-container \
+        busybox-static python3-venv iproute2 iptables dbus tini bind9-dnsutils nginx-light rsync
+    systemctl disable --now etcd.service 2>/dev/null || true   # Debian's single member
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q "setuptools>=68" wheel
+    "$VENV/bin/pip" install -q "$PROJECT"
 fi
+ln -sfn "$VENV" "$PROJECT/.venv"   # the units run <checkout>/.venv/bin/fleetd, as in the nspawn lab
+if compgen -G "$VENV/lib/python3*/site-packages/__editable__*fleet_py*" >/dev/null; then
+    say "project installed in the box (editable from $PROJECT)"
+else
+    "$VENV/bin/pip" install -q --no-deps --no-build-isolation --no-index --force-reinstall "$PROJECT"
+    say "project installed"
+fi
+for tool in fleetctl fleetd fleet-run fleet-confd; do ln -sf "$VENV/bin/$tool" "/usr/local/bin/$tool"; done
 
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends etcd-server etcd-client systemd-container \
-    busybox-static python3-venv iproute2 iptables dbus
-systemctl disable --now etcd.service 2>/dev/null || true   # Debian's default single member
-python3 -m venv "$PROJECT/.venv"
-"$PROJECT/.venv/bin/pip" install -q "$PROJECT"
-ln -sf "$PROJECT/.venv/bin/fleetctl" /usr/local/bin/fleetctl
-write_files
+# fleetctl for the vagrant user: the API's unix socket, group fleet (fleetd's api_socket_group)
+getent group "$GROUP" >/dev/null || groupadd --system "$GROUP"
+id vagrant >/dev/null 2>&1 && usermod -aG "$GROUP" vagrant
+
+args=(--index "$INDEX" --nodes "$COUNT" --subnet "$SUBNET" --checkout "$PROJECT")
+dropin=/etc/systemd/system/fleetd.service.d/vm-emulation.conf
+if [ "$ACCEL" = emulated ]; then
+    # under QEMU emulation (TCG) Python runs ~20 times slower: fleetd's start-up takes minutes
+    # and a busy VM misses 5 s leases and a 30 s watchdog
+    args+=(--agent-ttl 30s)
+    mkdir -p "$(dirname "$dropin")"
+    printf '[Service]\nTimeoutStartSec=15min\nWatchdogSec=5min\n' > "$dropin"
+else
+    rm -f "$dropin"
+fi
+if [ "$SECURITY" = insecure ]; then
+    args+=(--insecure)
+else
+    # the CA certificate and this VM's key pair, made on the host (vagrant/.vagrant/fleet-pki)
+    src=$(dirname "$(find "$PKI_UPLOAD" -name ca.pem | head -n1)")
+    install -d -m 700 "$PKI_DIR"
+    install -m 644 "$src/ca.pem" "$src/fleet-$(printf %02d "$INDEX").pem" "$PKI_DIR/"
+    install -m 600 "$src/fleet-$(printf %02d "$INDEX").key" "$PKI_DIR/"
+    rm -rf "$PKI_UPLOAD"
+    args+=(--pki-dir "$PKI_DIR")
+fi
+"$VENV/bin/python" -m fleetlab.nodeconfig write "${args[@]}" --root / >/dev/null
+
 systemctl daemon-reload
-if ((INDEX <= MEMBERS)); then
-    systemctl enable --now fleet-etcd.service
-fi
-systemctl enable --now fleetd.service
+units=(fleetd.service)
+[ -e /etc/systemd/system/fleetlab-etcd.service ] && units=(fleetlab-etcd.service "${units[@]}")
+systemctl restart --no-block "${units[@]}"
+say "started ${units[*]} (without waiting: etcd needs quorum)"
