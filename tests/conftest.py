@@ -5,9 +5,9 @@ markers of the test folders, arranged by what their tests need:
     tests/etcd/        a real etcd server, started by the session fixture  -> marker `etcd`
     tests/lab/         a local nspawn lab (root, systemd-nspawn)            -> marker `lab`
     tests/functional/  fleet's functional tests on a lab                    -> marker `lab`
-    tests/vm/          Vagrant VMs (vagrant-libvirt; docs/vagrant.md)       -> marker `vm`
+    tests/vm/          Vagrant VMs (vagrant-libvirt; docs/vagrant.md)       -> markers `vm` and `lab`
 
-so `scripts/test.sh -m "not lab"` is the fast loop and `-m "not lab and not etcd"` needs nothing.
+(a VM lab is a lab: `-m "not lab"` leaves it out, `-m "not vm"` leaves out only the VMs), so `scripts/test.sh -m "not lab"` is the fast loop and `-m "not lab and not etcd"` needs nothing.
 
 The fast loop also digs less deep (tests/_depth.py): hypothesis properties try a tenth of their
 examples and tests marked `deep` (the schemathesis fuzz run, `vagrant validate`, the thousand-unit
@@ -36,7 +36,7 @@ from fleetlab.testing.etcd import EtcdServer
 sys.dont_write_bytecode = False
 
 TESTS = Path(__file__).resolve().parent
-FOLDER_MARKERS = {"etcd": "etcd", "lab": "lab", "functional": "lab", "vm": "vm"}
+FOLDER_MARKERS = {"etcd": ("etcd",), "lab": ("lab",), "functional": ("lab",), "vm": ("vm", "lab")}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,9 +57,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
         except ValueError:
             continue
-        marker = FOLDER_MARKERS.get(folder)
-        if marker is not None and item.get_closest_marker(marker) is None:  # keep lab(nodes=...) options
-            item.add_marker(marker)
+        for marker in FOLDER_MARKERS.get(folder, ()):
+            if item.get_closest_marker(marker) is None:  # keep lab(nodes=...) options
+                item.add_marker(marker)
     if os.environ.get("FLEET_TEST_DEPTH") == "fast":
         skip = pytest.mark.skip(reason="deep: the full suite runs it (FLEET_TEST_DEPTH=full)")
         for item in items:
