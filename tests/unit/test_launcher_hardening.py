@@ -8,40 +8,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
-from fleetd.images import ImageStore, build_busybox_image
+from fleetd.images import ImageStore
 from fleetd.launcher.idrange import userns_base
 from fleetd.launcher.spec import DEFAULT_STATE_ROOT
+from tests.unit.test_launcher import LAUNCHER, images_dir, name  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fleet-run needs root")
 
-LAUNCHER = [sys.executable, "-m", "fleetd.launcher"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> ImageStore:
-    root = tmp_path_factory.mktemp("lnh-images")
-    bb = build_busybox_image(root / "build")
-    store = ImageStore(root / "store")
-    store.import_path(bb, "busybox")
-    return store
-
-
 @pytest.fixture
-def name() -> str:
-    n = f"lnh-{uuid.uuid4().hex[:8]}"
-    yield n
-    state = DEFAULT_STATE_ROOT / n
-    left = state.exists()
-    subprocess.run(["rm", "-rf", str(state)], check=False)
-    assert not left, f"state directory {state} left behind"
-    with open("/proc/mounts") as f:
-        assert [line for line in f if n in line] == []
+def store(images_dir) -> ImageStore:
+    """The busybox store of test_launcher's module fixture, as an ImageStore."""
+    return ImageStore(images_dir)
 
 
 def run(store_root: Path, *args: str, wrap: list[str] | None = None) -> subprocess.CompletedProcess:
