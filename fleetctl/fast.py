@@ -14,63 +14,27 @@ Its output is the full CLI's (the same `fleetctl.output` functions make the tabl
 tests/etcd/test_fleetctl_fast.py runs both against a real fleetd API and compares, and pins
 the set of modules the fast path imports.
 """
-
 from __future__ import annotations
 
 import os
 import socket
 import sys
 
-API_PREFIX = "/fleet/v1"
-DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
-UNIX_HOST = "domain-sock"  # fleetctl's Host header over a unix socket (fleetctl.endpoint)
+from fleetctl.fast_http import API_PREFIX, NotFast, Unreachable, connect, global_options, locate, read_response, request_bytes
 
 # command -> (resource, key of the page's items, default --fields)
 COMMANDS = {
     "list-units": ("state", "states", "unit,machine,active,sub"),
     "list-machines": ("machines", "machines", "machine,ip,metadata"),
 }
-# global flags with a value that the fast path understands; an empty --tunnel is no tunnel
-GLOBAL_VALUES = {"--endpoint", "--driver", "--request-timeout", "--etcd-key-prefix", "--ca-file", "--cert-file",
-                 "--key-file", "--etcd-cafile", "--etcd-certfile", "--etcd-keyfile", "--ssh-username",
-                 "--ssh-timeout", "--known-hosts-file", "--strict-host-key-checking", "--tunnel"}
-# FLEETCTL_* variables that cannot change a plain listing's answer (TLS files apply to https://)
-HARMLESS_ENV = {"FLEETCTL_ENDPOINT", "FLEETCTL_DRIVER", "FLEETCTL_REQUEST_TIMEOUT", "FLEETCTL_ETCD_KEY_PREFIX",
-                "FLEETCTL_CA_FILE", "FLEETCTL_CERT_FILE", "FLEETCTL_KEY_FILE", "FLEETCTL_SSH_USERNAME",
-                "FLEETCTL_SSH_TIMEOUT", "FLEETCTL_STRICT_HOST_KEY_CHECKING", "FLEETCTL_KNOWN_HOSTS_FILE"}
-
-
-class NotFast(Exception):
-    """This command line or answer is for the full CLI."""
-
-
-class Unreachable(Exception):
-    """The API did not answer (the full CLI's one-line error, without waiting a second time)."""
-
-
+# commands of fleetctl/fast_units.py (start, stop, destroy ... of plain units)
+UNIT_COMMANDS = frozenset({"submit", "load", "start", "destroy"})
 def plan(argv: list[str], environ) -> dict | None:
-    """The fast path's reading of a command line, or None when it is the full CLI's."""
-    env = {k: v for k, v in environ.items() if k.startswith("FLEETCTL_")}
-    if set(env) - HARMLESS_ENV or env.get("FLEETCTL_TUNNEL"):
+    """The fast path's reading of a listing command line, or None when it is the full CLI's."""
+    found = global_options(argv, environ)
+    if found is None:
         return None
-    opts = {"endpoint": env.get("FLEETCTL_ENDPOINT", DEFAULT_ENDPOINT), "driver": env.get("FLEETCTL_DRIVER", ""),
-            "timeout": env.get("FLEETCTL_REQUEST_TIMEOUT", "3.0"), "fields": None, "full": False,
-            "no_legend": False, "output": "table"}
-    args = list(argv)
-    while args and args[0].startswith("-"):  # global flags, before the command
-        flag, eq, value = args.pop(0).partition("=")
-        if flag not in GLOBAL_VALUES:
-            return None
-        if not eq:
-            if not args:
-                return None
-            value = args.pop(0)
-        if flag == "--tunnel" and value:
-            return None
-        if flag in ("--endpoint", "--driver"):
-            opts[flag[2:]] = value
-        elif flag == "--request-timeout":
-            opts["timeout"] = value
+    opts, args = found
     if not args or args[0] not in COMMANDS:
         return None
     opts["command"] = args.pop(0)
@@ -88,73 +52,22 @@ def plan(argv: list[str], environ) -> dict | None:
             return None
     if opts["output"] not in ("table", "json"):
         return None
-    try:
-        opts["timeout"] = float(opts["timeout"])
-    except ValueError:
-        return None
-    endpoint = opts["endpoint"].strip()
-    driver = opts["driver"].lower()
-    if "," in endpoint or (driver and driver != "api"):
-        return None
-    if endpoint.startswith("unix://") and endpoint[7:].startswith("/"):
-        opts["unix"], opts["display"] = endpoint[7:], endpoint
-    elif endpoint.startswith("/"):
-        opts["unix"], opts["display"] = endpoint, "unix://" + endpoint
-    elif "://" not in endpoint or endpoint.startswith("http://"):
-        from urllib.parse import urlsplit
-
-        display = endpoint if "://" in endpoint else "http://" + endpoint
-        try:
-            url = urlsplit(display)
-            port = url.port or 80
-        except ValueError:
-            return None
-        if not url.hostname or url.username or url.query or url.fragment or (not driver and port in (2379, 4001)):
-            return None
-        opts["tcp"] = (url.hostname, port)
-        opts["host"], opts["prefix"], opts["display"] = url.netloc, url.path.rstrip("/"), display
-    else:
-        return None
-    return opts
+    return locate(opts)
 
 
 def _get(opts: dict, path: str) -> dict:
     """GET one API page: HTTP/1.0, the connection closed by the server after its answer."""
     try:
-        if "unix" in opts:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(opts["timeout"])
-            try:
-                sock.connect(opts["unix"])
-            except OSError:
-                sock.close()
-                raise
-            host = UNIX_HOST
-        else:
-            sock = socket.create_connection(opts["tcp"], timeout=opts["timeout"])
-            host = opts["host"]
-        with sock:
-            sock.sendall(f"GET {opts.get('prefix', '')}{path} HTTP/1.0\r\nHost: {host}\r\n"
-                         f"User-Agent: fleetctl-py\r\nAccept: application/json\r\n\r\n".encode())
-            chunks = []
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+        with connect(opts, opts["timeout"]) as sock:
+            sock.sendall(request_bytes(opts, "GET", path))
+            status, headers, body = read_response(sock)
     except (socket.timeout, TimeoutError):
         raise Unreachable(f"no answer within {opts['timeout']:g}s") from None
     except OSError as exc:
         if exc.strerror:
             raise Unreachable(exc.strerror) from None
         raise NotFast() from None
-    head, sep, body = b"".join(chunks).partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = lines[0].split(" ", 2)
-    headers = dict((k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:]))
-    if (not sep or len(status) < 2 or status[1] != "200" or "chunked" in headers.get("transfer-encoding", "")
-            or headers.get("content-length", str(len(body))) != str(len(body))
-            or "json" not in headers.get("content-type", "")):
+    if status != 200 or "json" not in headers.get("content-type", ""):
         raise NotFast()
     import json
 
@@ -245,7 +158,14 @@ def _leave(code: int) -> None:
 
 def main() -> None:
     """fleetctl: the fast path when it applies, else the full CLI."""
-    opts = plan(sys.argv[1:], os.environ)
+    argv = sys.argv[1:]
+    opts = plan(argv, os.environ)
+    if opts is None and UNIT_COMMANDS.intersection(argv):
+        from fleetctl.fast_units import run_unit_command
+
+        code = run_unit_command(argv, os.environ)
+        if code is not None:
+            _leave(code)
     if opts is not None:
         try:
             text = answer(opts)

@@ -1,0 +1,289 @@
+"""The fast paths' HTTP (fleetctl/fast.py, fleetctl/fast_units.py): the global flags they
+understand, where the API is (a unix socket or plain http://), HTTP/1.0 requests on the standard
+library's socket (several at once on their own connections, as the full CLI's API driver sends
+batches on 16 threads), and the API driver's error messages (fleetctl/api_client.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+API_PREFIX = "/fleet/v1"
+DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
+UNIX_HOST = "domain-sock"  # fleetctl's Host header over a unix socket (fleetctl.endpoint)
+WATCH_PATH = API_PREFIX + "/_watch/units"
+PARALLEL_REQUESTS = 16  # the full CLI's API driver: batches on 16 threads
+LONG_POLL = 30.0
+MANY = 50  # above this, a wait's check lists /units instead of one GET per unit (api_client.units_named)
+
+# global flags with a value that the fast path understands; an empty --tunnel is no tunnel
+GLOBAL_VALUES = {"--endpoint", "--driver", "--request-timeout", "--etcd-key-prefix", "--ca-file", "--cert-file",
+                 "--key-file", "--etcd-cafile", "--etcd-certfile", "--etcd-keyfile", "--ssh-username",
+                 "--ssh-timeout", "--known-hosts-file", "--strict-host-key-checking", "--tunnel"}
+# FLEETCTL_* variables that cannot change a plain listing's answer (TLS files apply to https://)
+HARMLESS_ENV = {"FLEETCTL_ENDPOINT", "FLEETCTL_DRIVER", "FLEETCTL_REQUEST_TIMEOUT", "FLEETCTL_ETCD_KEY_PREFIX",
+                "FLEETCTL_CA_FILE", "FLEETCTL_CERT_FILE", "FLEETCTL_KEY_FILE", "FLEETCTL_SSH_USERNAME",
+                "FLEETCTL_SSH_TIMEOUT", "FLEETCTL_STRICT_HOST_KEY_CHECKING", "FLEETCTL_KNOWN_HOSTS_FILE"}
+
+
+class NotFast(Exception):
+    """This command line or answer is for the full CLI."""
+
+
+class Unreachable(Exception):
+    """The API did not answer (the full CLI's one-line error, without waiting a second time)."""
+
+
+def global_options(argv: list[str], environ) -> tuple[dict, list[str]] | None:
+    """The global flags and environment the fast paths understand, and the rest of the command
+    line (the command and its arguments); None when they are the full CLI's."""
+    env = {k: v for k, v in environ.items() if k.startswith("FLEETCTL_")}
+    if set(env) - HARMLESS_ENV or env.get("FLEETCTL_TUNNEL"):
+        return None
+    opts = {"endpoint": env.get("FLEETCTL_ENDPOINT", DEFAULT_ENDPOINT), "driver": env.get("FLEETCTL_DRIVER", ""),
+            "timeout": env.get("FLEETCTL_REQUEST_TIMEOUT", "3.0"), "fields": None, "full": False,
+            "no_legend": False, "output": "table"}
+    args = list(argv)
+    while args and args[0].startswith("-"):  # global flags, before the command
+        flag, eq, value = args.pop(0).partition("=")
+        if flag not in GLOBAL_VALUES:
+            return None
+        if not eq:
+            if not args:
+                return None
+            value = args.pop(0)
+        if flag == "--tunnel" and value:
+            return None
+        if flag in ("--endpoint", "--driver"):
+            opts[flag[2:]] = value
+        elif flag == "--request-timeout":
+            opts["timeout"] = value
+    return opts, args
+
+
+def locate(opts: dict) -> dict | None:
+    """`opts` with where the API is (a unix socket or plain http), or None (the full CLI's)."""
+    try:
+        opts["timeout"] = float(opts["timeout"])
+    except ValueError:
+        return None
+    endpoint = opts["endpoint"].strip()
+    driver = opts["driver"].lower()
+    if "," in endpoint or (driver and driver != "api"):
+        return None
+    if endpoint.startswith("unix://") and endpoint[7:].startswith("/"):
+        opts["unix"], opts["display"] = endpoint[7:], endpoint
+    elif endpoint.startswith("/"):
+        opts["unix"], opts["display"] = endpoint, "unix://" + endpoint
+    elif "://" not in endpoint or endpoint.startswith("http://"):
+        from urllib.parse import urlsplit
+
+        display = endpoint if "://" in endpoint else "http://" + endpoint
+        try:
+            url = urlsplit(display)
+            port = url.port or 80
+        except ValueError:
+            return None
+        if not url.hostname or url.username or url.query or url.fragment or (not driver and port in (2379, 4001)):
+            return None
+        opts["tcp"] = (url.hostname, port)
+        opts["host"], opts["prefix"], opts["display"] = url.netloc, url.path.rstrip("/"), display
+    else:
+        return None
+    return opts
+
+
+def connect(opts: dict, timeout: float) -> socket.socket:
+    """A connection to the API (OSError if it cannot be made)."""
+    if "unix" in opts:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(opts["unix"])
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    return socket.create_connection(opts["tcp"], timeout=timeout)
+
+
+def request_bytes(opts: dict, method: str, path: str, body: bytes | None = None, headers: tuple[str, ...] = ()) -> bytes:
+    """An HTTP/1.0 request (the server closes the connection after its answer)."""
+    lines = [f"{method} {opts.get('prefix', '')}{path} HTTP/1.0", f"Host: {opts.get('host', UNIX_HOST)}",
+             "User-Agent: fleetctl-py", "Accept: application/json", *headers]
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """(status, headers in lower case, body) of an answer read to EOF; NotFast for an answer
+    that is not plain HTTP (a chunked body is decoded)."""
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    head, sep, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:]))
+    if not sep or len(status) < 2 or not status[1].isdigit():
+        raise NotFast()
+    if "chunked" in headers.get("transfer-encoding", ""):
+        body = _unchunk(body)
+    elif headers.get("content-length", str(len(body))) != str(len(body)):
+        raise NotFast()
+    return int(status[1]), headers, body
+
+
+def _unchunk(data: bytes) -> bytes:
+    out = []
+    while True:
+        size_line, sep, data = data.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0].strip(), 16)
+        except ValueError:
+            raise NotFast() from None
+        if not sep or len(data) < size + 2:
+            raise NotFast()
+        if size == 0:
+            return b"".join(out)
+        out.append(data[:size])
+        data = data[size + 2:]
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+
+class Failed(Exception):
+    """After the first write: print this line on stderr and exit 1 (the full CLI's error)."""
+
+
+def quote_name(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="@:")
+
+
+class Api:
+    def __init__(self, opts: dict):
+        self.opts = opts
+
+    def unreachable(self, exc: BaseException, wait: float) -> Failed:
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            why = f"no answer within {wait:g}s"
+        elif isinstance(exc, OSError) and exc.strerror:
+            why = exc.strerror
+        else:
+            why = str(exc) or type(exc).__name__
+        return Failed(f"Error: fleet API unreachable at {self.opts['display']}: {why}")
+
+    def many(self, requests: list[tuple], timeout: float | None = None) -> list:
+        """(status, body) of each (method, path, body, headers) request, sent together on up to
+        PARALLEL_REQUESTS connections; an exception (Failed) in place of an answer that failed."""
+        wait = self.opts["timeout"] if timeout is None else timeout
+        answers: list = []
+        for start in range(0, len(requests), PARALLEL_REQUESTS):
+            socks = []
+            for method, path, body, headers in requests[start:start + PARALLEL_REQUESTS]:
+                try:
+                    sock = connect(self.opts, wait)
+                    sock.sendall(request_bytes(self.opts, method, path, body, headers))
+                    socks.append(sock)
+                except OSError as exc:
+                    socks.append(self.unreachable(exc, wait))
+            for sock in socks:
+                if isinstance(sock, Exception):
+                    answers.append(sock)
+                    continue
+                try:
+                    with sock:
+                        status, _, raw = read_response(sock)
+                    answers.append((status, raw))
+                except OSError as exc:
+                    answers.append(self.unreachable(exc, wait))
+                except NotFast:
+                    answers.append(Failed("Error: fleet API unreachable at "
+                                          f"{self.opts['display']}: Remote end closed connection without response"))
+        return answers
+
+    def one(self, method: str, path: str, body: bytes | None = None, headers: tuple = (),
+            timeout: float | None = None) -> tuple[int, bytes]:
+        answer = self.many([(method, path, body, headers)], timeout)[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def error(self, method: str, path: str, status: int, raw: bytes) -> Failed:
+        """fleetctl.api_client.ApiFleetClient.error, as `run` prints it."""
+        message = ""
+        try:
+            message = json.loads(raw)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = raw.decode("utf-8", "replace").strip()[:200]
+        path = self.opts.get("prefix", "") + path.split("?", 1)[0]
+        if status == 503:
+            return Failed(f"Error: {message or 'service unavailable'} (fleet API at {self.opts['display']})")
+        if status == 404:
+            return Failed(f"Error: {message or f'{path} not found'}")
+        if status == 409:
+            return Failed(f"Error: {message or 'conflict'}")
+        if status == 400:
+            return Failed(f"Error: {message or 'bad request'}")
+        return Failed(f"Error: fleet API {method} {path}: {status} {message}".rstrip())
+
+    def pages(self, resource: str, key: str) -> list[dict]:
+        items: list[dict] = []
+        token = ""
+        while True:
+            path = f"{API_PREFIX}/{resource}"
+            if token:
+                from urllib.parse import urlencode
+
+                path += "?" + urlencode({"nextPageToken": token})
+            status, raw = self.one("GET", path)
+            if status not in (200, 201, 204):
+                raise self.error("GET", path, status, raw)
+            page = (json.loads(raw) if raw.strip() else None) or {}
+            items.extend(page.get(key) or [])
+            token = page.get("nextPageToken") or ""
+            if not token:
+                return items
+
+    def units_named(self, names: list[str]) -> dict[str, dict]:
+        """The named units that exist, by name (GET /units/<name> each, or the list for many)."""
+        wanted = list(dict.fromkeys(names))
+        if len(wanted) > MANY:
+            return {u.get("name"): u for u in self.pages("units", "units") if u.get("name") in set(wanted)}
+        found = {}
+        paths = [f"{API_PREFIX}/units/{quote_name(n)}" for n in wanted]
+        for name, path, answer in zip(wanted, paths, self.many([("GET", p, None, ()) for p in paths])):
+            if isinstance(answer, Exception):
+                raise answer
+            status, raw = answer
+            if status == 404:
+                continue
+            if status not in (200, 201, 204):
+                raise self.error("GET", path, status, raw)
+            found[name] = json.loads(raw)
+        return found
+
+    def feed_revision(self, names: list[str], since: int | None = None, hold: float = 0.0) -> int | None:
+        """api_client.ApiFleetClient.feed_revision (None: the server has no change feed)."""
+        from urllib.parse import urlencode
+
+        params = [("unitName", n) for n in names]
+        if since is not None:
+            params += [("since", str(since)), ("timeout", f"{hold:g}")]
+        path = WATCH_PATH + ("?" + urlencode(params) if params else "")
+        status, raw = self.one("GET", path, timeout=hold + self.opts["timeout"])
+        if status in (404, 405, 501):
+            return None
+        if status != 200:
+            raise self.error("GET", path, status, raw)
+        try:
+            return int(json.loads(raw)["revision"])
+        except (ValueError, KeyError, TypeError):
+            return None

@@ -1,0 +1,321 @@
+"""fleetctl's fast path for `submit`, `load`, `start` and `destroy` of plain units (issue 14).
+
+A `fleetctl start` through the full CLI spends 0.2-0.3 s of CPU importing (click, fleetd.model,
+fleetd.unit, http.client...) for ~0.09 s of cluster time. This module does the same command with
+the standard library alone (socket, json, hashlib, re, urllib.parse), for the cases it knows
+exactly:
+
+* API driver over a unix socket or plain http:// (fleetctl.fast.global_options/locate);
+* flags `--no-block` and `--block-attempts N` (no --replace, --sign, --help, `--`);
+* every argument a plain unit (no template or instance, valid name, no duplicate) that is either
+  a local unit file the quick parser reads (`quick_options`: the full parser's result, or None
+  for anything it is not sure of) without [X-Fleet], [X-Container] or [X-Service] sections
+  (so the unit is not global and has no requirements to check), or a unit already in the
+  registry (with the same body, if a local file exists too).
+
+Anything else, and any surprise while reading the registry, returns None from
+`run_unit_command` *before anything is written or printed*: the full CLI then does the whole
+command. Once the first write went out, errors are reported as the full CLI reports them (one
+line, exit 1). The requests, the order of the output lines, the blocking wait on the API's
+change feed (GET /fleet/v1/_watch/units, docs/api.md) and the exit codes are those of
+fleetctl/commands/units.py + unitops.py with fleetctl/api_client.py: tests/etcd/
+test_fleetctl_fast_units.py runs both against a real fleetd API on real etcd and compares
+stdout, stderr and exit codes byte for byte, and pins the import set.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+from fleetctl.fast_http import API_PREFIX, LONG_POLL, Api, Failed, NotFast, global_options, locate, quote_name
+from fleetctl.quickunit import is_plain_name, mangle, options_from_wire, quick_options, unit_hash, wire_options, go_json
+
+SECONDS_PER_ATTEMPT = 0.5
+FAST_POLL, FAST_POLL_FOR = 0.025, 0.5  # fleetctl.client.poll_delays without a change feed
+ACTIONS = {"start": ("launched", "start"), "load": ("loaded", "load"), "submit": (None, "submit")}
+REQUIREMENT_SECTIONS = ("X-Fleet", "X-Container", "X-Service")
+
+# ---------------------------------------------------------------------------- the commands
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _warn(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def parse_command(args: list[str]) -> tuple[str, list[str], bool, int] | None:
+    """(command, unit arguments, no_block, block_attempts) of a unit command line, or None."""
+    if not args or args[0] not in ("submit", "load", "start", "destroy"):
+        return None
+    command, rest = args[0], args[1:]
+    units: list[str] = []
+    no_block, attempts = False, 0
+    while rest:
+        arg = rest.pop(0)
+        if not arg.startswith("-") or arg == "-":
+            units.append(arg)
+            continue
+        if command == "submit":  # only --replace and --sign: the full CLI's
+            return None
+        flag, eq, value = arg.partition("=")
+        if flag == "--no-block" and not eq:
+            no_block = True
+        elif flag == "--block-attempts":
+            if not eq:
+                if not rest:
+                    return None
+                value = rest.pop(0)
+            if not re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+                return None
+            attempts = int(value)
+        else:  # --replace, --sign, --help, --, anything else
+            return None
+    if not units:
+        return None
+    return command, units, no_block, attempts
+
+
+def run_unit_command(argv: list[str], environ) -> int | None:
+    """The exit code of the command done here, or None (nothing written or printed) for the
+    full CLI."""
+    found = global_options(argv, environ)
+    if found is None:
+        return None
+    opts, args = found
+    parsed = parse_command(args)
+    if parsed is None or locate(opts) is None:
+        return None
+    command, units, no_block, attempts = parsed
+    api = Api(opts)
+    try:
+        if command == "destroy":
+            return destroy(api, units)
+        return submit_load_start(api, command, units, no_block, attempts)
+    except NotFast:
+        return None
+    except Failed as exc:
+        _warn(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _lookup(api: Api, names: list[str]) -> dict[str, dict]:
+    """Before any write: the named units in the registry (NotFast on any error)."""
+    try:
+        return api.units_named(names)
+    except Failed:
+        raise NotFast() from None
+
+
+def _plain_existing(unit: dict) -> list[tuple[str, str, str]]:
+    options = options_from_wire(unit)
+    if options is None or not options or any(o[0] in REQUIREMENT_SECTIONS for o in options):
+        raise NotFast()  # global units, requirements: the full CLI knows them
+    return options
+
+
+def resolve(api: Api, args: list[str]) -> list[tuple[str, list | None, dict | None]]:
+    """unitops.resolve_units for plain units: (name, options to create or None, the unit in the
+    registry or None) per argument; NotFast for anything else."""
+    names = [mangle(a) for a in args]
+    if (len(set(names)) != len(names) or not all(map(is_plain_name, names))
+            or any(a.endswith("/") for a in args)):
+        raise NotFast()
+    registry = _lookup(api, names)
+    resolved = []
+    for arg, name in zip(args, names):
+        existing = registry.get(name)
+        options = None
+        if os.path.exists(arg):
+            try:
+                with open(arg, "rb") as f:
+                    options = quick_options(f.read())
+            except OSError:
+                raise NotFast() from None
+            if not options or any(o[0] in REQUIREMENT_SECTIONS for o in options):
+                raise NotFast()
+        if existing is not None:
+            if options is not None and unit_hash(options) != unit_hash(_plain_existing(existing)):
+                raise NotFast()  # the full CLI warns (or replaces)
+            _plain_existing(existing)
+            resolved.append((name, None, existing))
+        elif options is not None:
+            resolved.append((name, options, None))
+        else:
+            raise NotFast()  # not found (or an instance of a template): the full CLI's error
+    return resolved
+
+
+def submit_load_start(api: Api, command: str, args: list[str], no_block: bool, attempts: int) -> int:
+    state, action = ACTIONS[command]
+    resolved = resolve(api, args)
+    new = [(name, options) for name, options, existing in resolved if options is not None]
+    if new:  # client.create_units: PUT If-None-Match: *, 201 or 412
+        paths = [f"{API_PREFIX}/units/{quote_name(name)}" for name, _ in new]
+        bodies = [go_json({"name": name, "desiredState": "inactive", "options": wire_options(options)})
+                  for name, options in new]
+        answers = api.many([("PUT", p, b, ("If-None-Match: *",)) for p, b in zip(paths, bodies)])
+        for path, answer in zip(paths, answers):
+            if isinstance(answer, Exception):
+                raise answer
+            if answer[0] not in (201, 412):
+                raise api.error("PUT", path, *answer)
+        for name, _ in new:
+            _say(f"Unit {name} inactive")
+    if state is None:
+        return 0
+    names = [name for name, _, _ in resolved]
+    infos = api.units_named(names)
+    if set(names) - set(infos):
+        missing = next(n for n in names if n not in infos)
+        raise Failed(f"Error: unit {missing} not found")
+    to_change = [n for n in names if (infos[n].get("desiredState") or "inactive") != state]
+    if to_change:  # client.set_desired_state
+        paths = [f"{API_PREFIX}/units/{quote_name(n)}" for n in to_change]
+        answers = api.many([("PUT", p, go_json({"name": n, "desiredState": state}), ())
+                            for n, p in zip(to_change, paths)])
+        for name, path, answer in zip(to_change, paths, answers):
+            if isinstance(answer, Exception):
+                error = str(answer)[len("Error: "):]
+            elif answer[0] in (200, 201, 204):
+                continue
+            else:
+                error = str(api.error("PUT", path, *answer))[len("Error: "):]
+                if answer[0] == 409 and "does not exist" in error:
+                    error = f"unit {name} not found"
+            # as submit_and_set: every FleetError of set_desired_state
+            raise Failed(f"Error {'starting' if action == 'start' else 'loading'} units: {error}")
+    return wait_for_states(api, to_change, state, action, no_block, attempts)
+
+
+class Progress:
+    """fleetctl.progress.Progress (a line on stderr while waiting, on a terminal only)."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what = total, what
+        self.enabled = sys.stdout.isatty() and total > 1
+        self.shown = False
+
+    def update(self, done: int) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\r\x1b[KWaiting for units to be {self.what}: {done}/{self.total}")
+            sys.stderr.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.shown = False
+
+
+def poll_delays(poll: float = 0.25):
+    """fleetctl.client.poll_delays(poll, fast_start=True)."""
+    if poll > FAST_POLL:
+        for _ in range(int(FAST_POLL_FOR / FAST_POLL)):
+            yield FAST_POLL
+        delay = FAST_POLL * 2
+        while delay < poll:
+            yield delay
+            delay *= 2
+    while True:
+        yield poll
+
+
+def wait_for_states(api: Api, names: list[str], state: str, action: str, no_block: bool, attempts: int) -> int:
+    """unitops.wait_for_states with api_client.ApiFleetClient.wait (launched or loaded)."""
+    if not names:
+        return 0
+    if no_block:
+        for name in names:
+            _say(f"Triggered unit {name} {action}")
+        return 0
+    pending = list(names)
+    machines: dict[str, str] = {}
+    progress = Progress(len(pending), state)
+
+    def legend(machine_id: str) -> str | None:
+        if machine_id not in machines:
+            from fleetctl.output import machine_id_legend
+
+            for m in api.pages("machines", "machines"):
+                ip = m.get("primaryIP", "")
+                mid = m.get("id", "")
+                machines[mid] = f"{machine_id_legend(mid, False)}/{ip}" if ip else machine_id_legend(mid, False)
+        return machines.get(machine_id)
+
+    def check() -> bool:
+        infos = api.units_named(pending)
+        for name in list(pending):
+            info = infos.get(name)
+            if info is not None and (info.get("currentState") or "") == state:
+                pending.remove(name)
+                message = f"Unit {name} {state}"
+                if info.get("machineID"):
+                    where = legend(info["machineID"])
+                    if where is not None:
+                        message += f" on {where}"
+                progress.clear()
+                _say(message)
+        if pending:
+            progress.update(len(names) - len(pending))
+        return not pending
+
+    timeout = None if attempts <= 0 else attempts * SECONDS_PER_ATTEMPT
+    try:
+        reached = _wait(api, check, timeout, names)
+    finally:
+        progress.clear()
+    if reached:
+        return 0
+    for name in pending:
+        _warn(f"Error waiting for units: timed out waiting for unit {name} to report state {state}")
+    return 1
+
+
+def _wait(api: Api, check, timeout: float | None, names: list[str]) -> bool:
+    """api_client.ApiFleetClient.wait: check, then a long poll of the change feed, and again."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    since = api.feed_revision(names)
+    delays = poll_delays()
+    while True:
+        if check():
+            return True
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False
+        if since is not None:
+            hold = LONG_POLL if remaining is None else min(LONG_POLL, remaining)
+            since = api.feed_revision(names, since, hold)
+            if since is not None:
+                continue
+        delay = next(delays)
+        time.sleep(delay if remaining is None else min(delay, remaining))
+
+
+def destroy(api: Api, args: list[str]) -> int:
+    """units.destroy: the named units that exist, deleted; `Destroyed X` for each."""
+    names = list(dict.fromkeys(mangle(a) for a in args))
+    found = _lookup(api, names)
+    if not found:
+        _warn("Units not found in registry")
+        return 0
+    doomed = [n for n in names if n in found]
+    paths = [f"{API_PREFIX}/units/{quote_name(n)}" for n in doomed]
+    answers = api.many([("DELETE", p, None, ()) for p in paths])
+    for path, answer in zip(paths, answers):
+        if isinstance(answer, Exception):
+            raise answer
+        if answer[0] not in (204, 404):
+            raise api.error("DELETE", path, *answer)
+    for name, answer in zip(doomed, answers):
+        if answer[0] == 204:
+            _say(f"Destroyed {name}")
+    return 0

@@ -1,0 +1,256 @@
+"""fleetctl's fast path for submit/load/start/destroy (fleetctl/fast_units.py): the same command
+lines go to two identical clusters — each a real fleetd API on real etcd, with a stand-in for
+the engine and an agent that places units and reports states following their desired state —
+once through `python -m fleetctl` (the fast path) and once through the full CLI; stdout,
+stderr and exit codes must be byte for byte the same, the fast runs must import none of the
+full CLI's modules, and what the fast path does not know (templates, --replace, another body in
+the registry, [X-Fleet], CRLF files, errors before any write...) must be left to the full CLI
+(which the control then shows imported)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fleetd.config import EtcdSettings
+from fleetd.model import DesiredState, Machine, Placement
+
+from _api_server import ThreadedApiServer, publish_state, register_machine
+
+REPO = Path(__file__).resolve().parents[2]
+MID = "0123456789abcdef0123456789abcdef"
+NEVER_ON_THE_FAST_PATH = ("click", "fleetd", "fleetctl.cli", "fleetctl.commands", "fleetctl.api_client",
+                          "fleetctl.client", "http", "email", "ssl", "asyncio", "dataclasses", "threading",
+                          "concurrent")
+PLAIN = "[Unit]\nDescription=fast {name}\n\n[Service]\nExecStart=/bin/sleep infinity\n"
+
+
+def imported(stderr: str) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def forbidden(names: set[str]) -> list[str]:
+    return sorted(n for n in names if any(n == r or n.startswith(r + ".") for r in NEVER_ON_THE_FAST_PATH))
+
+
+def without_importtime(stderr: str) -> str:
+    return "".join(line for line in stderr.splitlines(keepends=True) if not line.startswith("import time:"))
+
+
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
+
+
+def _responder(server: ThreadedApiServer, stop: threading.Event) -> threading.Thread:
+    """Engine and agent stand-in: places every unit whose desired state is not inactive on one
+    machine and reports it active (launched) or inactive (loaded); units named *stuck* are
+    placed but never reported."""
+
+    async def loop():
+        reg = server.registry
+        lease = await register_machine(reg, MID, "10.1.2.3", ttl=600)
+        await reg.campaign(MID, lease)
+        reported: dict[str, tuple] = {}
+        while not stop.is_set():
+            units = await reg.list_units()
+            placements = await reg.placements()
+            place = [Placement(u.name, MID, u.hash, u.desired_state) for u in units
+                     if u.desired_state is not DesiredState.INACTIVE
+                     and placements.get(u.name) != Placement(u.name, MID, u.hash, u.desired_state)]
+            if place:
+                await reg.apply_schedule(fence_machine_id=MID, place=place)
+            for u in units:
+                if u.desired_state is DesiredState.INACTIVE or "stuck" in u.name:
+                    continue
+                active = u.desired_state is DesiredState.LAUNCHED
+                if reported.get(u.name) != (u.hash, active):
+                    await publish_state(reg, lease, u.name, MID, u.hash, "active" if active else "inactive",
+                                        "running" if active else "dead")
+                    reported[u.name] = (u.hash, active)
+            await asyncio.sleep(0.03)
+
+    thread = threading.Thread(target=lambda: server.run(loop(), timeout=600), daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture(scope="module")
+def clusters(etcd_server, tmp_path_factory):
+    """Two clusters (separate key prefixes, same machine): the fast path's and the full CLI's."""
+    servers = []
+    stop = threading.Event()
+    threads = []
+    try:
+        for side in ("fast", "full"):
+            settings = EtcdSettings(endpoints=(etcd_server.endpoint,), key_prefix=f"/fast-units/{uuid.uuid4().hex[:8]}/",
+                                    request_timeout=5.0)
+            srv = ThreadedApiServer(settings, tmp_path_factory.mktemp(side), Machine(MID, "10.1.2.3"))
+            servers.append(srv.__enter__())
+            threads.append(_responder(srv, stop))
+        yield servers
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        for srv in servers:
+            srv.__exit__(None, None, None)
+
+
+@pytest.fixture
+def work(tmp_path):
+    return tmp_path
+
+
+def write_units(directory: Path, names, text: str = PLAIN) -> None:
+    for name in names:
+        (directory / name).write_text(text.format(name=name))
+
+
+def both(clusters, work: Path, *args: str, endpoint: str = "unix") -> tuple:
+    """Run `fleetctl ARGS` with the fast entry point on one cluster and the full CLI on the other
+    (cwd `work`); returns both CompletedProcesses."""
+    fast_srv, full_srv = clusters
+
+    def where(srv):
+        return srv.unix_endpoint if endpoint == "unix" else srv.tcp_endpoint
+
+    quick = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", f"--endpoint={where(fast_srv)}",
+                            *args], capture_output=True, text=True, timeout=120, cwd=work, env=_env())
+    slow = subprocess.run([sys.executable, "-c", "import sys; from fleetctl.cli import main; sys.argv[0] = 'fleetctl'; main()",
+                           f"--endpoint={where(full_srv)}", *args], capture_output=True, text=True, timeout=120,
+                          cwd=work, env=_env())
+    return quick, slow
+
+
+def waited(stdout: str) -> tuple[str, list[str]]:
+    """The output before the first result of the wait, and the wait's lines in sorted order: units
+    reach their state in an order of their own (each run prints them as its checks see them)."""
+    lines = stdout.splitlines(keepends=True)
+    first = next((i for i, line in enumerate(lines) if " launched on " in line or " loaded on " in line), len(lines))
+    return "".join(lines[:first]), sorted(lines[first:])
+
+
+def same(clusters, work, *args, endpoint="unix", fast_path=True) -> subprocess.CompletedProcess:
+    quick, slow = both(clusters, work, *args, endpoint=endpoint)
+    assert (quick.returncode, waited(quick.stdout), without_importtime(quick.stderr)) == (
+        slow.returncode, waited(slow.stdout), slow.stderr), args
+    if len(waited(quick.stdout)[1]) <= 1:
+        assert quick.stdout == slow.stdout
+    names = imported(quick.stderr)
+    if fast_path:
+        assert "fleetctl.fast_units" in names and forbidden(names) == [], (args, forbidden(names))
+    else:
+        assert "fleetctl.cli" in names, args
+    return quick
+
+
+def test_start_new_units_blocking_and_again(clusters, work):
+    write_units(work, ["one.service", "two.service"])
+    out = same(clusters, work, "start", "one.service")
+    assert out.returncode == 0 and out.stdout == (
+        "Unit one.service inactive\nUnit one.service launched on 01234567.../10.1.2.3\n")
+    assert same(clusters, work, "start", "one.service", "two.service").stdout == (  # one exists (same body)
+        "Unit two.service inactive\nUnit two.service launched on 01234567.../10.1.2.3\n")
+    assert same(clusters, work, "start", "one").stdout == ""  # by name, already launched: nothing to do
+    same(clusters, work, "start", "two.service", endpoint="tcp")
+
+
+def test_no_block_load_then_start_by_name_and_submit(clusters, work):
+    names = ["nb1.service", "nb2.service", "nb3.service"]
+    write_units(work, names)
+    out = same(clusters, work, "start", "--no-block", *names)
+    assert out.stdout == "".join(f"Unit {n} inactive\n" for n in names) + "".join(
+        f"Triggered unit {n} start\n" for n in names)
+    write_units(work, ["ld1.service", "ld2.service"])
+    out = same(clusters, work, "load", "ld1.service", "--block-attempts=40", "ld2.service")
+    assert "Unit ld1.service loaded on 01234567.../10.1.2.3\n" in out.stdout
+    os.remove(work / "ld1.service")  # from the registry by name
+    out = same(clusters, work, "start", "--block-attempts", "40", "ld1", "ld2.service")
+    assert sorted(out.stdout.splitlines()) == ["Unit ld1.service launched on 01234567.../10.1.2.3",
+                                               "Unit ld2.service launched on 01234567.../10.1.2.3"]
+    write_units(work, ["sb1.service", "sb2.socket"], "[Socket]\nListenStream=/run/{name}\n")
+    assert same(clusters, work, "submit", "sb1.service", "sb2.socket").stdout == (
+        "Unit sb1.service inactive\nUnit sb2.socket inactive\n")
+    assert same(clusters, work, "submit", "sb1.service").stdout == ""
+
+
+def test_many_units_in_one_start_use_the_list(clusters, work):
+    names = [f"many{i:02d}.service" for i in range(55)]  # more than 50: the wait lists /units
+    write_units(work, names)
+    out = same(clusters, work, "start", *names)
+    assert out.returncode == 0 and out.stdout.count(" launched on 01234567.../10.1.2.3\n") == 55
+    out = same(clusters, work, "destroy", *names, "never-was.service")
+    assert out.stdout == "".join(f"Destroyed {n}\n" for n in names)
+
+
+def test_timeout_and_destroy_messages(clusters, work):
+    write_units(work, ["stuck.service"])
+    out = same(clusters, work, "start", "--block-attempts=2", "stuck.service")
+    assert out.returncode == 1 and out.stderr.endswith(
+        "Error waiting for units: timed out waiting for unit stuck.service to report state launched\n")
+    assert same(clusters, work, "destroy", "stuck", "nothing.service").stdout == "Destroyed stuck.service\n"
+    out = same(clusters, work, "destroy", "nothing.service")
+    assert (out.returncode, out.stdout) == (0, "") and out.stderr.endswith("Units not found in registry\n")
+
+
+def test_unit_files_the_quick_parser_reads(clusters, work):
+    (work / "text.service").write_text(
+        "# a comment \\\nswallowed=line\n[Unit]\nDescription=  caf\u00e9 <&> \u2003\n; other\n\n"
+        "[Service]\nExecStart=/bin/sh -c \\\n   'sleep 1000' \\\n\nEnvironment=A=1\n[Unit]\nAfter=x.service\n")
+    out = same(clusters, work, "start", "text.service")
+    assert out.stdout.endswith("Unit text.service launched on 01234567.../10.1.2.3\n")
+    assert same(clusters, work, "list-unit-files", "--no-legend", "--fields=unit,hash", fast_path=False).stdout
+
+
+@pytest.mark.parametrize("case", [
+    "replace", "instance", "other-body", "x-fleet", "crlf", "missing", "bad-name", "duplicate", "sign", "help",
+    "no-units", "template", "dash-dash"])
+def test_what_the_fast_path_leaves_to_the_full_cli(clusters, work, case):
+    name = f"fb-{case}.service"
+    write_units(work, [name])
+    args = ["start", "--block-attempts=40", name]
+    if case == "replace":
+        args.insert(1, "--replace")
+    elif case in ("instance", "template"):
+        write_units(work, ["fbt@.service"])
+        args[-1] = "fbt@1.service" if case == "instance" else "fbt@.service"
+    elif case == "other-body":
+        same(clusters, work, "submit", name)
+        write_units(work, [name], PLAIN + "Restart=always\n")
+    elif case == "x-fleet":
+        write_units(work, [name], PLAIN + "\n[X-Fleet]\nMachineMetadata=region=eu\nBogus=1\n")
+    elif case == "crlf":
+        (work / name).write_bytes(PLAIN.format(name=name).replace("\n", "\r\n").encode())
+    elif case == "missing":
+        args[-1] = "fb-not-here.service"
+    elif case == "bad-name":
+        args[-1] = "fb bad.service"
+    elif case == "duplicate":
+        args.append(f"./{name}")
+    elif case == "sign":
+        args.insert(1, "--sign")
+    elif case == "help":
+        args.append("--help")
+    elif case == "no-units":
+        args = ["start"]
+    elif case == "dash-dash":
+        args = ["start", "--", name]
+    same(clusters, work, *args, fast_path=False)
+
+
+def test_unreachable_api_before_any_write_is_the_full_clis_error(tmp_path):
+    write_units(tmp_path, ["u.service"])
+    for endpoint in (f"unix://{tmp_path}/nothing.sock", "http://127.0.0.1:9"):
+        runs = [subprocess.run([sys.executable, *how, f"--endpoint={endpoint}", "start", "u.service"],
+                               capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env())
+                for how in (["-m", "fleetctl"], ["-c", "from fleetctl.cli import main; main()"])]
+        assert runs[0].returncode == runs[1].returncode == 1
+        assert runs[0].stderr == runs[1].stderr and "fleet API unreachable at" in runs[0].stderr
