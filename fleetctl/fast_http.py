@@ -12,9 +12,9 @@ API_PREFIX = "/fleet/v1"
 DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
 UNIX_HOST = "domain-sock"  # fleetctl's Host header over a unix socket (fleetctl.endpoint)
 WATCH_PATH = API_PREFIX + "/_watch/units"
-PARALLEL_REQUESTS = 16  # the full CLI's API driver: batches on 16 threads
+PARALLEL_REQUESTS = 64  # requests of a batch in flight at once (the full CLI: 16 threads, one each)
 LONG_POLL = 30.0
-MANY = 50  # above this, a wait's check lists /units instead of one GET per unit (api_client.units_named)
+QUERY_LIMIT = 4000  # characters of unitName query per request (aiohttp's request line: 8,190)
 
 # global flags with a value that the fast path understands; an empty --tunnel is no tunnel
 GLOBAL_VALUES = {"--endpoint", "--driver", "--request-timeout", "--etcd-key-prefix", "--ca-file", "--cert-file",
@@ -161,10 +161,25 @@ class Failed(Exception):
     """After the first write: print this line on stderr and exit 1 (the full CLI's error)."""
 
 
-def quote_name(name: str) -> str:
+def quote_name(name: str, safe: str = "@:") -> str:
     from urllib.parse import quote
 
-    return quote(name, safe="@:")
+    return quote(name, safe=safe)
+
+
+def name_chunks(names: list[str], limit: int = QUERY_LIMIT) -> list[list[str]]:
+    """`names` in groups whose unitName query stays within `limit` characters (the server's
+    request line is limited)."""
+    chunks: list[list[str]] = []
+    size = limit
+    for name in names:
+        cost = len(quote_name(name, safe="")) + len("&unitName=")
+        if size + cost > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(name)
+        size += cost
+    return chunks
 
 
 class Api:
@@ -234,15 +249,14 @@ class Api:
             return Failed(f"Error: {message or 'bad request'}")
         return Failed(f"Error: fleet API {method} {path}: {status} {message}".rstrip())
 
-    def pages(self, resource: str, key: str) -> list[dict]:
-        items: list[dict] = []
-        token = ""
-        while True:
-            path = f"{API_PREFIX}/{resource}"
-            if token:
-                from urllib.parse import urlencode
+    def pages(self, resource: str, key: str, params: list[tuple[str, str]] = ()) -> list[dict]:
+        """Every item of a paged collection (api_client._pages)."""
+        from urllib.parse import urlencode
 
-                path += "?" + urlencode({"nextPageToken": token})
+        items: list[dict] = []
+        query = list(params)
+        while True:
+            path = f"{API_PREFIX}/{resource}" + ("?" + urlencode(query) if query else "")
             status, raw = self.one("GET", path)
             if status not in (200, 201, 204):
                 raise self.error("GET", path, status, raw)
@@ -251,24 +265,17 @@ class Api:
             token = page.get("nextPageToken") or ""
             if not token:
                 return items
+            query = [*params, ("nextPageToken", token)]
 
     def units_named(self, names: list[str]) -> dict[str, dict]:
-        """The named units that exist, by name (GET /units/<name> each, or the list for many)."""
+        """The named units that exist, by name: api_client.units_named's GET /units?unitName=..."""
         wanted = list(dict.fromkeys(names))
-        if len(wanted) > MANY:
-            return {u.get("name"): u for u in self.pages("units", "units") if u.get("name") in set(wanted)}
         found = {}
-        paths = [f"{API_PREFIX}/units/{quote_name(n)}" for n in wanted]
-        for name, path, answer in zip(wanted, paths, self.many([("GET", p, None, ()) for p in paths])):
-            if isinstance(answer, Exception):
-                raise answer
-            status, raw = answer
-            if status == 404:
-                continue
-            if status not in (200, 201, 204):
-                raise self.error("GET", path, status, raw)
-            found[name] = json.loads(raw)
-        return found
+        for chunk in name_chunks(wanted):
+            chosen = set(chunk)
+            found.update((u["name"], u) for u in self.pages("units", "units", [("unitName", n) for n in chunk])
+                         if u.get("name") in chosen)
+        return {n: found[n] for n in wanted if n in found}
 
     def feed_revision(self, names: list[str], since: int | None = None, hold: float = 0.0) -> int | None:
         """api_client.ApiFleetClient.feed_revision (None: the server has no change feed)."""

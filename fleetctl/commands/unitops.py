@@ -54,13 +54,15 @@ async def resolve_units(client: FleetClient, args: Sequence[str], replace: bool)
     """fleet's lazyCreateUnits resolution, done for all arguments before anything is written:
     (1) the registry, (2) a local file, (3) the template in the registry, (4) the template on disk."""
     resolved: list[Resolved] = []
-    for arg in args:
-        name = mangle_unit_name(arg)
+    names = [mangle_unit_name(arg) for arg in args]
+    for name in names:
         try:
             parse_unit_name(name)
         except UnitError as exc:
             raise CommandFailed(f"Error creating units: {exc}") from None
-        existing = await client.unit(name)
+    known = {u.name: u for u in await client.units_named(names)}  # one request (API driver)
+    for arg, name in zip(args, names):
+        existing = known.get(name)
         local = Path(arg)
         if existing is not None:
             if local.exists():

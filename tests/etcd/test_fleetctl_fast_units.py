@@ -254,3 +254,33 @@ def test_unreachable_api_before_any_write_is_the_full_clis_error(tmp_path):
                 for how in (["-m", "fleetctl"], ["-c", "from fleetctl.cli import main; main()"])]
         assert runs[0].returncode == runs[1].returncode == 1
         assert runs[0].stderr == runs[1].stderr and "fleet API unreachable at" in runs[0].stderr
+
+
+def test_units_named_in_one_request_beyond_fleet(clusters, work):
+    """GET /units?unitName=...: the named units in the order asked, unknown and invalid names left
+    out; both clients ask in chunks of at most QUERY_LIMIT characters and filter what comes back."""
+    from fleetctl.api_client import ApiFleetClient
+    from fleetctl.commands.common import run_without_loop
+    from fleetctl.fast_http import Api, locate, name_chunks
+
+    fast_srv, _ = clusters
+    names = [f"named-{i:03d}-{'x' * 40}.service" for i in range(120)]
+    write_units(work, names)
+    assert same(clusters, work, "submit", *names).returncode == 0
+    api = Api(locate({"endpoint": fast_srv.unix_endpoint, "driver": "", "timeout": "5"}))
+    asked = ["nope.service", names[7], "bad name", names[3], names[7]]
+    status, raw = api.one("GET", "/fleet/v1/units?" + "&".join(f"unitName={n}" for n in asked).replace(" ", "%20"))
+    import json
+
+    assert status == 200 and [u["name"] for u in json.loads(raw)["units"]] == [names[7], names[3]]
+    assert api.one("GET", "/fleet/v1/units?unitName=nope.service") == (200, b"{}")
+    wanted = list(reversed(names)) + ["nope.service"]
+    assert len(name_chunks(wanted)) > 1
+    assert list(api.units_named(wanted)) == list(reversed(names))
+    client = ApiFleetClient(fast_srv.unix_endpoint)
+    try:
+        infos = run_without_loop(client.units_named(wanted))
+    finally:
+        run_without_loop(client.close())
+    assert [u.name for u in infos] == list(reversed(names)) and all(u.desired_state.value == "inactive" for u in infos)
+    assert same(clusters, work, "destroy", *names).stdout.count("Destroyed ") == 120

@@ -165,3 +165,17 @@ def test_unit_commands_need_the_api_driver_over_plain_http_or_a_unix_socket():
                  ["--endpoint=h:2379", "start", "a"], ["--tunnel=b", "start", "a"]):
         assert fu.run_unit_command(argv, {}) is None
     assert fu.run_unit_command(["start", "a"], {"FLEETCTL_START_NO_BLOCK": "1"}) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="ab.@:%/ é", min_size=1, max_size=80), max_size=60), st.integers(20, 400))
+def test_name_chunks_keep_every_name_in_order_within_the_limit(names, limit):
+    from urllib.parse import quote
+
+    from fleetctl.fast_http import name_chunks
+
+    chunks = name_chunks(names, limit)
+    assert [n for chunk in chunks for n in chunk] == names and all(chunks)
+    for chunk in chunks:
+        cost = sum(len(quote(n, safe="")) + len("&unitName=") for n in chunk)
+        assert cost <= limit or len(chunk) == 1
