@@ -267,6 +267,27 @@ class Api:
                 return items
             query = [*params, ("nextPageToken", token)]
 
+    def units_and_machines(self, names: list[str]) -> tuple[dict[str, dict], list[dict]]:
+        """`units_named(names)` and the machines' list, asked at the same time (a wait's first
+        check: its legends need the machines, and one round trip less is 5-20 ms here)."""
+        from urllib.parse import urlencode
+
+        wanted = list(dict.fromkeys(names))
+        chunks = name_chunks(wanted)
+        if len(chunks) == 1:
+            paths = [f"{API_PREFIX}/units?" + urlencode([("unitName", n) for n in wanted]), f"{API_PREFIX}/machines"]
+            pages = []
+            for path, answer in zip(paths, self.many([("GET", p, None, ()) for p in paths])):
+                if isinstance(answer, Exception):
+                    raise answer
+                if answer[0] not in (200, 201, 204):
+                    raise self.error("GET", path, *answer)
+                pages.append((json.loads(answer[1]) if answer[1].strip() else None) or {})
+            if not any(page.get("nextPageToken") for page in pages):
+                found = {u["name"]: u for u in pages[0].get("units") or [] if u.get("name") in wanted}
+                return {n: found[n] for n in wanted if n in found}, pages[1].get("machines") or []
+        return self.units_named(wanted), self.pages("machines", "machines")
+
     def units_named(self, names: list[str]) -> dict[str, dict]:
         """The named units that exist, by name: api_client.units_named's GET /units?unitName=..."""
         wanted = list(dict.fromkeys(names))
