@@ -28,7 +28,7 @@ COMMANDS = {
     "list-machines": ("machines", "machines", "machine,ip,metadata"),
 }
 # commands of fleetctl/fast_units.py (start, stop, destroy ... of plain units)
-UNIT_COMMANDS = frozenset({"submit", "load", "start", "destroy"})
+UNIT_COMMANDS = frozenset({"submit", "load", "start", "stop", "destroy"})
 def plan(argv: list[str], environ) -> dict | None:
     """The fast path's reading of a listing command line, or None when it is the full CLI's."""
     found = global_options(argv, environ)

@@ -182,6 +182,23 @@ def test_no_block_load_then_start_by_name_and_submit(clusters, work):
     assert same(clusters, work, "submit", "sb1.service").stdout == ""
 
 
+def test_stop_waits_for_loaded_and_says_so(clusters, work):
+    names = ["st1.service", "st2.service"]
+    write_units(work, [*names, "st3.service"])
+    same(clusters, work, "start", *names)
+    out = same(clusters, work, "stop", "--block-attempts=40", *names, "st-unknown.service")
+    assert sorted(out.stdout.splitlines()) == [f"Unit {n} loaded on 01234567.../10.1.2.3" for n in names]
+    assert out.stderr.endswith("Successfully stopped units [st1.service st2.service].\n")
+    out = same(clusters, work, "stop", "st1")  # loaded already: nothing set, nothing waited for
+    assert out.stdout == "" and out.stderr.endswith("Successfully stopped units [].\n")
+    same(clusters, work, "start", "st1.service")
+    assert same(clusters, work, "stop", "--no-block", "st1.service").stdout == "Triggered unit st1.service stop\n"
+    assert same(clusters, work, "stop", "st-unknown.service").stderr.endswith("Units not found in registry\n")
+    same(clusters, work, "submit", "st3.service")
+    out = same(clusters, work, "stop", "st3.service", fast_path=False)  # inactive: the full CLI's error
+    assert out.returncode == 1 and "Unable to stop unit st3.service in state inactive" in out.stderr
+
+
 def test_many_units_in_one_start_use_the_list(clusters, work):
     names = [f"many{i:02d}.service" for i in range(55)]  # more than 50: the wait lists /units
     write_units(work, names)

@@ -154,7 +154,7 @@ def test_poll_delays_are_the_clients():
     (["start"], None), (["start", "--replace", "a"], None), (["start", "--sign", "a"], None),
     (["start", "-h", "a"], None), (["start", "--", "a"], None), (["start", "--block-attempts=x", "a"], None),
     (["start", "--block-attempts"], None), (["start", "--no-block=1", "a"], None), (["submit", "--replace", "a"], None),
-    (["stop", "a"], None), (["star", "a"], None),
+    (["stop", "--no-block", "a"], ("stop", ["a"], True, 0)), (["unload", "a"], None), (["star", "a"], None),
 ])
 def test_command_lines(args, parsed):
     assert fu.parse_command(args) == parsed
