@@ -12,8 +12,11 @@ then does the whole command itself: the fast path never prints a partial answer.
 
 Its output is the full CLI's (the same `fleetctl.output` functions make the table);
 tests/etcd/test_fleetctl_fast.py runs both against a real fleetd API and compares, and pins
-the set of modules the fast path imports.
+the set of modules the fast path imports. `submit`, `load`, `start`, `stop` and `destroy` of
+plain units have their own fast path (fleetctl/fast_units.py, the same rules); the HTTP both use
+is fleetctl/fast_http.py.
 """
+
 from __future__ import annotations
 
 import os
