@@ -3,13 +3,14 @@
 Batches follow the plan's order: all UNLOADs (one daemon-reload), all LOADs (one
 daemon-reload), all STOPs, all STARTs. Like fleet's agent, execution stops at the first
 batch that fails; within a batch every unit is tried (concurrently, in the adapter), and
-SystemdUnitError tells which units failed.
+SystemdUnitError tells which units failed. `before_start`, if given, is awaited with the
+START batch's unit names just before their jobs are queued.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 
 from fleetd.agent.plan import Plan, Task, TaskKind
 from fleetd.errors import FleetError, SystemdUnitError
@@ -41,7 +42,8 @@ class ExecutionResult:
         return self.completed + self.failed
 
 
-async def execute(plan: Plan | Sequence[Task], manager: UnitManager) -> ExecutionResult:
+async def execute(plan: Plan | Sequence[Task], manager: UnitManager,
+                  before_start: Callable[[list[str]], Awaitable[None]] | None = None) -> ExecutionResult:
     tasks = tuple(plan.tasks if isinstance(plan, Plan) else sorted(plan))
     completed: list[Task] = []
     for kind in TaskKind:
@@ -49,6 +51,8 @@ async def execute(plan: Plan | Sequence[Task], manager: UnitManager) -> Executio
         if not batch:
             continue
         try:
+            if kind == TaskKind.START and before_start is not None:
+                await before_start([t.name for t in batch])
             await _run_batch(kind, batch, manager)
         except FleetError as exc:
             if isinstance(exc, SystemdUnitError):
