@@ -103,9 +103,10 @@ class SimulatedAgent:
         events: list = []
         revision = await self.sync()
         self.synced.set()
+        start = revision + 1
 
         async def watch() -> None:
-            async for event in reg.watch(prefixes, revision + 1):
+            async for event in reg.watch(prefixes, start):
                 events.append(event)
                 dirty.set()
 
@@ -114,8 +115,12 @@ class SimulatedAgent:
             while True:
                 await dirty.wait()
                 dirty.clear()
-                news, events[:] = reg.target_hashes(events), []
-                await self.sync(news)
+                # events at or below the revision the last pass read are in that read already
+                # (they were written while it was in flight): no news, no pass
+                fresh = [e for e in events if e.revision > revision]
+                events.clear()
+                if fresh:
+                    revision = await self.sync(reg.target_hashes(fresh))
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
