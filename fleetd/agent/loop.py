@@ -68,6 +68,7 @@ class Agent:
         # overwrite, the one computed after it.
         self._publishing = asyncio.Lock()
         self._dirty = asyncio.Event()
+        self._read_revision = 0  # the etcd revision the last pass read its view at
         self._watch = None
 
     @property
@@ -317,6 +318,8 @@ class Agent:
             async for event in reg.watch(prefixes, revision):
                 if event.key.startswith(reg.keys.machine_dir(self.machine_id)) and event.key.endswith("/object"):
                     continue  # our own presence record
+                if event.revision <= self._read_revision:
+                    continue  # written while the last pass was reading: in its read already
                 self._dirty.set()
         finally:
             self._dirty.set()  # a broken watch is re-established by the next pass
@@ -335,6 +338,7 @@ class Agent:
                     lease_seen = None
                 try:
                     revision = await self.reconcile_once()
+                    self._read_revision = revision
                     if lease_seen != self.presence.lease_id:
                         await self.republish_all()
                         lease_seen = self.presence.lease_id
