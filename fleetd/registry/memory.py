@@ -379,6 +379,10 @@ class MemoryClusterViews:
         return MachineView(placements, dict(self.cluster.globals), self.cluster.machine(machine_id),
                            self.cluster.revision)
 
+    def target_hashes(self, events: Iterable[WatchEvent]) -> list[str]:
+        """Nothing to prefetch: bodies are at hand in memory."""
+        return []
+
     async def unit_records(self, names: Sequence[str], *, find_unreported: bool = True) -> dict[str, UnitRecord]:
         self.cluster.expire()
         records = {}
