@@ -1,5 +1,6 @@
 """The agent's watch wakes a pass only for news: an event at or below the revision the last
-pass read (written while that pass was reading) is in that read already."""
+pass read (written while that pass was reading) is in that read already. The news's unit
+hashes are kept for the next pass's read (its bodies in the same transaction)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ class Watching:
         for event in self.events:
             yield event
 
+    def target_hashes(self, events):
+        return [event.value.decode() for event in events]
+
 
 class CountingEvent(asyncio.Event):
     def __init__(self) -> None:
@@ -47,7 +51,10 @@ async def test_only_events_newer_than_the_last_read_wake_a_pass():
     agent = Agent(Watching([]), SimpleNamespace(), SimpleNamespace(machine=SimpleNamespace(id=MID)))
     agent._read_revision = 20
     placement = keys.placement(MID, "a.service")
-    assert not await woken_by(agent, [WatchEvent(placement, b"{}", 15), WatchEvent(placement, b"{}", 20)])
-    assert await woken_by(agent, [WatchEvent(placement, b"{}", 20), WatchEvent(placement, b"{}", 21)])
+    assert not await woken_by(agent, [WatchEvent(placement, b"h15", 15), WatchEvent(placement, b"h20", 20)])
+    assert agent._prefetch == []
+    assert await woken_by(agent, [WatchEvent(placement, b"h20", 20), WatchEvent(placement, b"h21", 21)])
+    assert agent._prefetch == ["h21"]
     agent._read_revision = 0  # no pass yet: everything is news
-    assert await woken_by(agent, [WatchEvent(placement, b"{}", 5)])
+    assert await woken_by(agent, [WatchEvent(placement, b"h5", 5)])
+    assert agent._prefetch == ["h21", "h5"]
