@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from fleetd.constraints import RequirementsCache
 from fleetd.engine.hold import Hold, HoldState, policy_for, restrain, with_ghosts
-from fleetd.engine.incremental import IncrementalPlanner
+from fleetd.engine.incremental import Changes, IncrementalPlanner
 from fleetd.engine.scheduler import reconcile
 from fleetd.engine.view import ClusterView
 from fleetd.errors import RegistryError
@@ -168,7 +168,7 @@ class Engine:
                     snapshot = view.snapshot()
                     self.stats.view_passes += 1
                 self.stats.snapshot_seconds += time.monotonic() - started
-                wrote = await self.reconcile(snapshot)
+                wrote = await self.reconcile(snapshot, view.take_changes())
                 self.stats.last_pass_seconds = time.monotonic() - started
                 if wrote:
                     self.stats.last_engine_seconds = self.stats.last_pass_seconds
@@ -222,14 +222,15 @@ class Engine:
         self.hold = hold
         return hold
 
-    async def reconcile(self, snapshot: ClusterSnapshot) -> bool:
-        """One pass on `snapshot`; True if it wrote to the schedule."""
+    async def reconcile(self, snapshot: ClusterSnapshot, changes: Changes | None = None) -> bool:
+        """One pass on `snapshot`; True if it wrote to the schedule. `changes`: what changed
+        since the previous pass, if known (the incremental planner then looks only at that)."""
         hold = self._update_hold(snapshot)
         holding = bool(hold.held) or hold.in_grace
         if holding:  # the incremental planner knows nothing of held machines: full passes
             self._planner.forget()
         started, started_cpu = time.perf_counter(), time.thread_time()
-        planned = self._planner.plan(snapshot) if self._globals_written is not None and not holding else None
+        planned = self._planner.plan(snapshot, changes) if self._globals_written is not None and not holding else None
         if planned is not None:
             # only new plain units since an idle pass: the global units are as written
             decisions, wanted_globals = planned, self._globals_written
@@ -241,6 +242,7 @@ class Engine:
             inputs = (snapshot.units, snapshot.machines, snapshot.placements, hold.key)
             if self._idle_inputs is not None and all(a == b for a, b in zip(inputs, self._idle_inputs)):
                 self.stats.skipped_passes += 1
+                self._planner.forget()   # it was owed this pass's changes
                 return False
             self._idle_inputs = None
             decisions = reconcile(with_ghosts(snapshot, hold), cache=self._cache)

@@ -113,4 +113,5 @@ class Registry:
 
     snapshot = _delegate("views", "snapshot")
     machine_view = _delegate("views", "machine_view")
+    target_hashes = _delegate("views", "target_hashes")
     unit_records = _delegate("views", "unit_records")
