@@ -5,7 +5,11 @@
   is launched on another machine, as the client library sees it. Before the kill, etcd's
   raft leader is moved off the victim (`etcdctl move-leader`): losing etcd's leader too adds
   an election and etcd's renewal of every lease, which is etcd's behaviour, not fleet's (the
-  functional suite measures that case). The victim is booted again after each run.
+  functional suite measures that case). The victim is booted again after each run, and the
+  next kill waits until it has been registered for `quiet_seconds` (fleetd/disruption.py):
+  the engine moves a lone lost machine's units at once only when every other fleetd has been
+  in touch with etcd that long (fleetd/engine/hold.py), else after its settle time, so a
+  kill right after a reboot measures that other case (`--no-wait-quiet` to measure it).
 - leader kill: the node whose fleetd holds `<prefix>lease/engine-leader` is crashed; a new
   unit is submitted right after the kill. Measured: kill -> another machine holds the key,
   and kill -> the new unit is launched.
@@ -24,6 +28,7 @@ import asyncio
 import time
 from typing import Any, Sequence
 
+from fleetd.disruption import quiet_seconds
 from fleetd.errors import BenchmarkError, FleetError
 from fleetd.registry import WatchEvent
 
@@ -57,7 +62,7 @@ from .common import (
 
 def failover(agent_ttls: Sequence[str] = ("5s", "2s"), *, runs: int = 3, units: int = 6, leader: bool = True,
              hiccups: bool = True, hiccup_fraction: float = 0.5, nodes: int = 3, keep_lab: str | None = None,
-             log: Log = quiet) -> dict[str, Any]:
+             wait_quiet: bool = True, log: Log = quiet) -> dict[str, Any]:
     """Node kill (`runs` times), leader kill and hiccups, for each agent_ttl in `agent_ttls`."""
     if nodes < 3:
         raise BenchmarkError("failover: needs at least 3 nodes (3 etcd members: one may die)")
@@ -71,7 +76,7 @@ def failover(agent_ttls: Sequence[str] = ("5s", "2s"), *, runs: int = 3, units: 
         with bench_lab("failover", nodes=nodes, agent_ttl=ttl or "5s", keep_lab=keep_lab, log=log) as lab:
             if len(lab.nodes) < 3:
                 raise BenchmarkError(f"failover: lab {lab.name} has {len(lab.nodes)} nodes; needs at least 3")
-            row = asyncio.run(_failover(lab, runs, units, leader, hiccups, hiccup_fraction, log))
+            row = asyncio.run(_failover(lab, runs, units, leader, hiccups, hiccup_fraction, log, wait_quiet))
             row["lab"] = {"name": lab.name, "nodes": len(lab.nodes)}
             result["by_agent_ttl"][lab.agent_ttl] = row
     result["after"] = conditions()
@@ -79,7 +84,7 @@ def failover(agent_ttls: Sequence[str] = ("5s", "2s"), *, runs: int = 3, units: 
 
 
 async def _failover(lab: Lab, runs: int, units: int, leader: bool, hiccups: bool, fraction: float,
-                    log: Log) -> dict[str, Any]:
+                    log: Log, wait_quiet: bool = True) -> dict[str, Any]:
     ttl = lab_ttl_seconds(lab)
     tag = new_tag("fo")
     async with Client(settings_for(lab)) as client:
@@ -88,6 +93,8 @@ async def _failover(lab: Lab, runs: int, units: int, leader: bool, hiccups: bool
     out: dict[str, Any] = {"agent_ttl_seconds": ttl, "engine_lease_ttl_seconds": engine_lease}
     rows = []
     for run in range(runs):
+        if run and wait_quiet:  # the last victim registered again at the end of the last run
+            await asyncio.sleep(quiet_seconds(ttl))
         row = await _node_kill(lab, f"{tag}-k{run}", units, run, ttl)
         log(f"agent_ttl {lab.agent_ttl}: node kill {run + 1}/{runs}: units active elsewhere after "
             f"{row['kill_to_all_launched_elsewhere_seconds']:.2f}s (load {row['load_average'][0]})")
