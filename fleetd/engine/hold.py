@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-from fleetd.disruption import disrupted, quiet_seconds, settle_seconds
+from fleetd.disruption import STOP_MARGIN, disrupted, quiet_seconds, settle_seconds
 from fleetd.engine.decisions import Decisions
 from fleetd.model import ClusterSnapshot, DesiredState, Machine
 
@@ -128,10 +128,12 @@ class HoldState:
     vanished_at: Mapping[str, float] = field(default_factory=dict)
     grace_until: float = 0.0
     disrupted_until: float = 0.0
+    early: Mapping[str, float] = field(default_factory=dict)  # lone losses proven: when they may move
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "known", MappingProxyType(dict(self.known)))
         object.__setattr__(self, "vanished_at", MappingProxyType(dict(self.vanished_at)))
+        object.__setattr__(self, "early", MappingProxyType(dict(self.early)))
 
     def gained_leadership(self, now: float, policy: HoldPolicy) -> "HoldState":
         return replace(self, grace_until=now + policy.grace)
@@ -143,6 +145,7 @@ class HoldState:
         known = dict(self.known)
         known.update(present)
         vanished_at = {m: t for m, t in self.vanished_at.items() if m not in present}
+        early = {m: t for m, t in self.early.items() if m in vanished_at}
         in_grace = now < self.grace_until
         if in_grace:  # machines the schedule names that this engine never saw: held as well
             for machine_id in placed_on:
@@ -163,30 +166,41 @@ class HoldState:
             if in_grace:
                 wakes.append(self.grace_until)
         else:
-            held = {m for m in vanished if now < vanished_at[m] + policy.settle}
-            if len(vanished) == 1 and held and evidence is not None \
-                    and lone_loss_proven(vanished_at[vanished[0]], present, evidence, policy):
-                held = set()  # it vanished alone, and nothing says it may be holding on
-            wakes.extend(vanished_at[m] + policy.settle for m in held)
+            release = {m: vanished_at[m] + policy.settle for m in vanished}
+            if len(vanished) == 1:  # it vanished alone: evidence may let its units move sooner
+                lost = vanished[0]
+                if lost not in early and evidence is not None \
+                        and lone_loss_proven(vanished_at[lost], present, evidence, policy):
+                    # STOP_MARGIN: a machine cut off stops its units at its lease deadline, which
+                    # is before etcd expired the lease: it gets that long to have stopped them
+                    early[lost] = vanished_at[lost] + STOP_MARGIN
+                if lost in early:
+                    release[lost] = min(release[lost], early[lost])
+            held = {m for m in vanished if now < release[m]}
+            wakes.extend(release[m] for m in held)
         released = [m for m in vanished if m not in held]
         for machine_id in released:
             known.pop(machine_id, None)
             vanished_at.pop(machine_id, None)
+            early.pop(machine_id, None)
         if is_disrupted:
             reason = (f"{len(vanished)} of {len(known)} machines vanished at once: "
                       "holding their units where they are")
         elif in_grace:
             reason = f"grace period: waiting for {len(vanished)} machine(s) to register again"
+        elif held and set(held) <= set(early):
+            reason = (f"{len(held)} machine(s) vanished alone, no other was cut off with it: "
+                      f"its units move {STOP_MARGIN:.1f}s after")
         elif held:
             reason = f"{len(held)} machine(s) vanished: their units move {policy.settle:.1f}s after"
         else:
             reason = ""
         ask = None
-        if len(vanished) == 1 and vanished[0] in held and not (is_disrupted or in_grace or now < disrupted_until) \
-                and policy.lease_ttl > 0:
+        if len(vanished) == 1 and vanished[0] in held and vanished[0] not in early \
+                and not (is_disrupted or in_grace or now < disrupted_until) and policy.lease_ttl > 0:
             ask = vanished[0]
         state = HoldState(known=known, vanished_at=vanished_at, grace_until=self.grace_until,
-                          disrupted_until=disrupted_until)
+                          disrupted_until=disrupted_until, early=early)
         hold = Hold(held=frozenset(held), ghosts={m: known[m] for m in held}, in_grace=in_grace,
                     disrupted=is_disrupted, wake_at=min(wakes) if wakes else None, reason=reason,
                     ask=ask)

@@ -216,9 +216,6 @@ class Engine:
         placed_on = {p.machine_id for p in snapshot.placements.values()}
         self._hold_state, hold = self._hold_state.step(snapshot.machines, placed_on, time.monotonic(),
                                                        self.hold_policy, evidence)
-        if evidence is not None and self.hold.ask is not None and self.hold.ask not in hold.held:
-            log.info("engine: machine %s vanished alone and no other was cut off with it: its units move now",
-                     self.hold.ask[:8])
         if hold.reason != self.hold.reason and hold.reason:
             (log.warning if hold.disrupted else log.info)("engine: %s", hold.reason)
         elif self.hold.reason and not hold.reason:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from _depth import examples
-from fleetd.disruption import quiet_seconds, settle_seconds
+from fleetd.disruption import STOP_MARGIN, quiet_seconds, settle_seconds
 from fleetd.engine.hold import EVIDENCE_MARGIN, HoldState, Liveness, lone_loss_proven, policy_for
 from fleetd.lease_timing import keepalive_interval
 from fleetd.model import Machine
@@ -76,7 +76,30 @@ def test_a_lone_lost_machine_is_released_at_once_with_evidence():
     assert h.held == {M[3].id} and h.ask == M[3].id  # the engine should gather evidence
     evidence = {M[i].id: fresh(10.05) for i in (0, 1, 2)}
     s, h = s.step(present(0, 1, 2), [], 10.1, P5, evidence)
-    assert not h.held and h.ask is None and M[3].id not in s.known
+    # proven; a machine cut off stopped its units at its lease deadline: STOP_MARGIN to do so
+    assert h.held == {M[3].id} and h.ask is None and h.wake_at == 10.0 + STOP_MARGIN
+    s, h = s.step(present(0, 1, 2), [], 10.0 + STOP_MARGIN, P5)  # the proof is remembered
+    assert not h.held and M[3].id not in s.known and not s.early
+
+
+def test_a_proven_machine_that_comes_back_is_forgotten():
+    s, _ = HoldState().step(present(0, 1, 2, 3), [], 0.0, P5)
+    s, _ = s.step(present(0, 1, 2), [], 10.0, P5)
+    s, h = s.step(present(0, 1, 2), [], 10.1, P5, {M[i].id: fresh(10.05) for i in (0, 1, 2)})
+    assert s.early
+    s, h = s.step(present(0, 1, 2, 3), [], 10.2, P5)
+    assert not h.held and not s.early
+    s, h = s.step(present(0, 1, 2), [], 20.0, P5)  # lost again later: evidence needed again
+    assert h.held == {M[3].id} and h.ask == M[3].id and h.wake_at == 20.0 + P5.settle
+
+
+def test_a_second_machine_vanishing_before_the_move_brings_the_settle_back():
+    s, _ = HoldState().step(present(0, 1, 2, 3, 4), [], 0.0, P5)
+    s, _ = s.step(present(0, 1, 2, 4), [], 10.0, P5)
+    s, h = s.step(present(0, 1, 2, 4), [], 10.1, P5, {M[i].id: fresh(10.05) for i in (0, 1, 2, 4)})
+    assert h.wake_at == 10.0 + STOP_MARGIN
+    s, h = s.step(present(0, 1, 2), [], 10.2, P5)
+    assert h.held == {M[3].id, M[4].id} and h.wake_at == 10.0 + P5.settle
 
 
 def test_an_old_lease_keeps_the_settle_time():
