@@ -254,7 +254,9 @@ async def test_three_of_four_machines_vanishing_at_once_move_nothing(etcd_settin
 
 
 async def test_a_lone_lost_machine_moves_at_once_when_every_other_lease_is_fresh(etcd_settings):
-    async with Cluster(etcd_settings) as c:
+    # TTL 5 s: a lease renewed every 1.67 s has 3 s left at least, well past the bound of
+    # 1.67 + 0.5 s (at TTL 2 s a keep-alive 0.3 s late on a loaded machine keeps the settle)
+    async with Cluster(etcd_settings, ttl=5.0) as c:
         a = [await c.add_agent(i) for i in (1, 2, 3, 4)]
         c.engine.hold_policy = replace(c.engine.hold_policy, grace=0.5, settle=600.0)  # only evidence moves them now
         before = await c.start(8)
