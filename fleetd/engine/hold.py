@@ -16,7 +16,8 @@ machines registered now and the machines the schedule names; it returns the next
   after the disruption ends: an etcd outage, or a partition that cuts off most machines, moves
   nothing (those machines' agents keep their units running, see fleetd/disruption.py);
 - for `grace` seconds after the engine gains leadership (or comes back to etcd) no unit is
-  placed or moved at all, unless every machine the schedule names is registered: machines get
+  placed or moved at all, unless every machine the schedule names is registered, or the only
+  one missing is proven lost as above (the old leader's crashed machine, say): machines get
   the time to register again after an etcd outage before anything is decided;
 - a held machine that registers again simply carries on: its units never left it.
 
@@ -156,8 +157,15 @@ class HoldState:
             vanished_at.setdefault(machine_id, now)
         is_disrupted = disrupted(len(vanished), len(known))
         disrupted_until = now + policy.settle if is_disrupted else self.disrupted_until
-        if in_grace and not vanished:
-            in_grace = False  # everybody is back: no reason to wait
+        # one machine vanished alone (no disruption now or within settle): evidence may let its
+        # units move STOP_MARGIN after it vanished (a machine cut off starts stopping its units
+        # at its lease deadline, which is before etcd expired the lease)
+        lone = vanished[0] if len(vanished) == 1 and not is_disrupted and now >= disrupted_until else None
+        if lone is not None and lone not in early and evidence is not None \
+                and lone_loss_proven(vanished_at[lone], present, evidence, policy):
+            early[lone] = vanished_at[lone] + STOP_MARGIN
+        if in_grace and (not vanished or lone in early):
+            in_grace = False  # everybody is back, or the one missing is lost: no reason to wait
         wakes: list[float] = []
         if is_disrupted or in_grace or now < disrupted_until:
             held = set(vanished)
@@ -167,15 +175,8 @@ class HoldState:
                 wakes.append(self.grace_until)
         else:
             release = {m: vanished_at[m] + policy.settle for m in vanished}
-            if len(vanished) == 1:  # it vanished alone: evidence may let its units move sooner
-                lost = vanished[0]
-                if lost not in early and evidence is not None \
-                        and lone_loss_proven(vanished_at[lost], present, evidence, policy):
-                    # STOP_MARGIN: a machine cut off stops its units at its lease deadline, which
-                    # is before etcd expired the lease: it gets that long to have stopped them
-                    early[lost] = vanished_at[lost] + STOP_MARGIN
-                if lost in early:
-                    release[lost] = min(release[lost], early[lost])
+            if lone in early:
+                release[lone] = min(release[lone], early[lone])
             held = {m for m in vanished if now < release[m]}
             wakes.extend(release[m] for m in held)
         released = [m for m in vanished if m not in held]
@@ -195,10 +196,7 @@ class HoldState:
             reason = f"{len(held)} machine(s) vanished: their units move {policy.settle:.1f}s after"
         else:
             reason = ""
-        ask = None
-        if len(vanished) == 1 and vanished[0] in held and vanished[0] not in early \
-                and not (is_disrupted or in_grace or now < disrupted_until) and policy.lease_ttl > 0:
-            ask = vanished[0]
+        ask = lone if lone in held and lone not in early and policy.lease_ttl > 0 else None
         state = HoldState(known=known, vanished_at=vanished_at, grace_until=self.grace_until,
                           disrupted_until=disrupted_until, early=early)
         hold = Hold(held=frozenset(held), ghosts={m: known[m] for m in held}, in_grace=in_grace,

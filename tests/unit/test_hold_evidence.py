@@ -133,12 +133,32 @@ def test_after_a_disruption_the_full_settle_applies_whatever_the_evidence():
     assert h.held == {M[3].id} and h.wake_at == 19.9 + P5.settle
 
 
-def test_in_grace_evidence_changes_nothing():
+def test_in_grace_a_lone_missing_machine_proven_lost_ends_the_grace():
+    """A new leader (the old one's machine crashed): the only machine the schedule names that is
+    missing is the old leader's; once evidence proves it lost, nothing waits for it."""
     s = HoldState().gained_leadership(100.0, P5)
-    s, h = s.step(present(0), [M[0].id, M[1].id], 100.0, P5)
+    s, h = s.step(present(0, 2), [M[0].id, M[1].id], 100.0, P5)
+    assert h.in_grace and h.held == {M[1].id} and h.ask == M[1].id
+    s, h = s.step(present(0, 2), [M[0].id, M[1].id], 100.1, P5, {M[i].id: fresh(100.05) for i in (0, 2)})
+    assert not h.in_grace and h.held == {M[1].id} and h.wake_at == 100.0 + STOP_MARGIN
+    s, h = s.step(present(0, 2), [M[0].id, M[1].id], 100.0 + STOP_MARGIN, P5)
+    assert not h.in_grace and not h.held
+
+
+def test_in_grace_evidence_that_proves_nothing_keeps_the_grace():
+    s = HoldState().gained_leadership(100.0, P5)
+    s, h = s.step(present(0, 2), [M[0].id, M[1].id], 100.0, P5)
+    s, h = s.step(present(0, 2), [M[0].id, M[1].id], 100.1, P5,
+                  {M[0].id: fresh(100.05), M[2].id: fresh(100.05, quiet=1.0)})  # just registered
+    assert h.in_grace and h.held == {M[1].id} and h.wake_at == 110.0
+
+
+def test_in_grace_two_missing_machines_ask_for_nothing():
+    s = HoldState().gained_leadership(100.0, P5)
+    s, h = s.step(present(0), [M[0].id, M[1].id, M[2].id], 100.0, P5)
     assert h.in_grace and h.ask is None
-    _, h = s.step(present(0), [M[0].id, M[1].id], 100.1, P5, {M[0].id: fresh(100.05)})
-    assert h.held == {M[1].id}
+    _, h = s.step(present(0), [M[0].id, M[1].id, M[2].id], 100.1, P5, {M[0].id: fresh(100.05)})
+    assert h.in_grace and h.held == {M[1].id, M[2].id}
 
 
 # ------------------------------------------------------------------ properties
