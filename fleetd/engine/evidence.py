@@ -1,11 +1,12 @@
-"""Gathering the evidence that lets a lone lost machine's units move at once (the imperative
-shell of fleetd/engine/hold.py's `lone_loss_proven`).
+"""Gathering the evidence that lets a lone lost machine's units move without the settle time
+(the imperative shell of fleetd/engine/hold.py's `lone_loss_proven`).
 
 When exactly one machine has vanished (`Hold.ask`), the engine asks, at most every ASK_AGAIN
-seconds until the proof is made or the settle time is over, about every machine registered now: etcd for its lease (LeaseTimeToLive, through the registry) and
-its agent for how long it has been in touch with etcd (`GET /peer/v1/quiet`, fleetd/api/peer.py).
-Whatever does not answer within EVIDENCE_TIMEOUT, or a cluster of more than MAX_MACHINES
-machines, proves nothing: the settle time applies as before.
+seconds until the proof is made or the settle time is over, about every machine registered
+now: etcd for its lease (LeaseTimeToLive, through the registry) and its agent for how long it
+has been in touch with etcd (`GET /peer/v1/quiet`, fleetd/api/peer.py). Whatever does not
+answer within EVIDENCE_TIMEOUT, or a cluster of more than MAX_MACHINES machines, proves
+nothing: the settle time applies as before.
 """
 
 from __future__ import annotations

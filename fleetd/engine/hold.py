@@ -9,8 +9,8 @@ machines registered now and the machines the schedule names; it returns the next
   (their leases expire within one keep-alive interval of each other) are seen together; unless
   it vanished alone and evidence (`Liveness`, gathered by the engine after it vanished: every
   other machine's lease as etcd has it and what its agent says) proves that no other machine
-  was cut off with it and that it cannot be holding on: then its units may move at once
-  (`lone_loss_proven`; `Hold.ask` names the machine whose evidence the engine should gather);
+  was cut off with it and that it cannot be holding on: then its units may move STOP_MARGIN
+  after it vanished (`lone_loss_proven`; `Hold.ask` names the machine whose evidence the engine should gather);
 - while more than DISRUPTED_FRACTION of the known machines are vanished (fleetd/disruption.py,
   Kubernetes' unhealthy-zone rule) every vanished machine is held, and for `settle` seconds
   after the disruption ends: an etcd outage, or a partition that cuts off most machines, moves
@@ -75,8 +75,8 @@ class Liveness:
 def lone_loss_proven(lost_at: float, others: Iterable[str], evidence: Mapping[str, Liveness],
                      policy: HoldPolicy) -> bool:
     """True when the units of a machine that vanished alone (the engine saw it gone at
-    `lost_at`; `others`: every machine registered now) may move at once instead of after
-    `settle`.
+    `lost_at`; `others`: every machine registered now) may move without waiting for
+    `settle` (HoldState.step moves them STOP_MARGIN after `lost_at`).
 
     - Nobody was cut off with it. Its lease expired at E <= lost_at, so it last renewed it at
       E - TTL and would have renewed it again by E - TTL + interval: a machine cut off at the
@@ -112,7 +112,7 @@ class Hold:
     disrupted: bool = False
     wake_at: float | None = None  # when the hold changes by itself (re-run the pass then)
     reason: str = ""
-    ask: str | None = None  # a lone vanished machine: evidence (Liveness) may release it now
+    ask: str | None = None  # a lone vanished machine: evidence (Liveness) may release it sooner
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ghosts", MappingProxyType(dict(self.ghosts)))
