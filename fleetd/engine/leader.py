@@ -84,6 +84,7 @@ class Engine:
         self.hold_policy = policy_for(machine_ttl)
         self._hold_state = HoldState()
         self.hold = Hold()
+        self.evidence = None  # fleetd.engine.evidence.LoneLossEvidence: a lone lost machine's units may move at once
         self._planner = IncrementalPlanner(self._cache)
         self._view: ClusterView | None = None
         self._events: list = []
@@ -211,10 +212,10 @@ class Engine:
             if remaining <= 0:
                 raise NotLeader("engine leader lease expired")
 
-    def _update_hold(self, snapshot: ClusterSnapshot) -> Hold:
+    def _update_hold(self, snapshot: ClusterSnapshot, evidence=None) -> Hold:
         placed_on = {p.machine_id for p in snapshot.placements.values()}
         self._hold_state, hold = self._hold_state.step(snapshot.machines, placed_on, time.monotonic(),
-                                                       self.hold_policy)
+                                                       self.hold_policy, evidence)
         if hold.reason != self.hold.reason and hold.reason:
             (log.warning if hold.disrupted else log.info)("engine: %s", hold.reason)
         elif self.hold.reason and not hold.reason:
@@ -226,6 +227,10 @@ class Engine:
         """One pass on `snapshot`; True if it wrote to the schedule. `changes`: what changed
         since the previous pass, if known (the incremental planner then looks only at that)."""
         hold = self._update_hold(snapshot)
+        if hold.ask is not None and self.evidence is not None:
+            evidence = await self.evidence.gather(hold.ask, self._hold_state, snapshot.machines)
+            if evidence is not None:
+                hold = self._update_hold(snapshot, evidence)
         holding = bool(hold.held) or hold.in_grace
         if holding:  # the incremental planner knows nothing of held machines: full passes
             self._planner.forget()

@@ -97,6 +97,7 @@ class Registry:
     keepalive = _delegate("machines", "keepalive")
     keepalive_direct = _delegate("machines", "keepalive_direct")
     revoke_lease = _delegate("machines", "revoke_lease")
+    machine_leases = _delegate("machines", "machine_leases")
 
     placements = _delegate("schedule", "placements")
     global_targets = _delegate("schedule", "global_targets")
