@@ -87,6 +87,10 @@ class Daemon:
                 machine_ttl=cfg.agent_ttl)
             if engine is not None:
                 stack.push_async_callback(engine.resign)
+                if presence.peer_client is not None:  # a lone lost machine's units may move sooner
+                    from fleetd.engine.evidence import LoneLossEvidence
+
+                    engine.evidence = LoneLossEvidence(registry, presence.peer_client.quiet)
             api = await self._start_api(registry, presence, agent, engine, discovery)
             if api is not None:
                 stack.push_async_callback(api.stop)

@@ -47,6 +47,18 @@ def settle_seconds(machine_ttl: float) -> float:
     return keepalive_interval(float(machine_ttl)) + 2.0
 
 
+def quiet_seconds(machine_ttl: float) -> float:
+    """How long every other machine must have been in touch with etcd before the engine may move
+    a lone vanished machine's units without waiting `settle_seconds` (fleetd/engine/hold.py:
+    lone_loss_proven). A machine holds on only after a round in which peers said they were cut
+    off; it keeps its units `settle_seconds - STOP_MARGIN` after the last such round at most
+    (`hold_until`), and if its own keep-alive gets through meanwhile it has `settle_seconds
+    - 0.5` more to register again (presence: _register_after_outage). So once the last peer
+    that could have said so has been in touch with etcd for twice the settle time (one second
+    to spare), no machine holds on because of it (7.3 s at a TTL of 5 s)."""
+    return 2.0 * settle_seconds(machine_ttl)
+
+
 def fence_grace(machine_ttl: float) -> float:
     """How long a holding machine that hears a peer reach etcd again waits for its own
     keep-alive before it fences: etcd may simply be back for everybody (then its keep-alive

@@ -65,6 +65,7 @@ class Presence:
         self.peer_client = None  # fleetd.api.peer.PeerClient; None: no peer is ever asked
         self.known: dict[str, str] = {}  # machine ID -> public IP, as last seen in machines/
         self.cut_off_since: float | None = None  # monotonic; keep-alives unanswered since then
+        self.last_cut_off = time.monotonic()  # when this machine was last cut off (or unregistered)
         self.holding = False  # the lease may have expired, but etcd is out: units keep running
         self.verdict: tuple[float, FenceVerdict] | None = None  # (when, the last decision)
         # since the probe started: when the last round that said hold was asked, and when a
@@ -123,6 +124,7 @@ class Presence:
             self._save_lease(in_use)
             self.last_alive, self.expires_at = sent, lease_deadline(sent, granted)
             self.cut_off_since = None
+            self.last_cut_off = time.monotonic()
             self._end_probe()
             self.lost.clear()
             self.registered.set()
@@ -191,6 +193,15 @@ class Presence:
             self._answering = asyncio.ensure_future(self._check_etcd())
         return await asyncio.shield(self._answering)
 
+    def quiet_for(self) -> float:
+        """Seconds this machine has been in touch with etcd without a gap: since it registered
+        or its keep-alives were last unanswered (0 while they are, or while unregistered). The
+        engine asks it (fleetd/engine/hold.py: lone_loss_proven): a machine quiet for
+        quiet_seconds has told no peer to hold on for that long."""
+        if self.lease_id is None or not self.registered.is_set() or self.cut_off_since is not None:
+            return 0.0
+        return max(0.0, time.monotonic() - self.last_cut_off)
+
     async def _check_etcd(self) -> PeerAnswer:
         sent = time.monotonic()
         timeout = PEER_TIMEOUT / 3
@@ -198,6 +209,7 @@ class Presence:
             granted = await asyncio.wait_for(self.registry.keepalive(self.lease_id, timeout=timeout), timeout + 0.1)
         except (RegistryError, asyncio.TimeoutError):
             answer = PeerAnswer.CUT_OFF
+            self.last_cut_off = time.monotonic()  # a peer is told so: not quiet (quiet_for)
         else:
             answer = PeerAnswer.REACHES_ETCD
             if granted > 0:
@@ -413,6 +425,8 @@ class Presence:
                         if self.cut_off_since is None:
                             self.cut_off_since = started
                         continue
+                    if self.cut_off_since is not None:
+                        self.last_cut_off = time.monotonic()
                     self.cut_off_since = None
                     if rounds:
                         now = time.monotonic()

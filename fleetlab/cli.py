@@ -364,6 +364,9 @@ def bench_burst(as_json, quiet, via, **options) -> None:
               help="Also freeze an etcd member and cut a node off for less than the TTL: nothing may move.")
 @click.option("--hiccup-fraction", default=0.5, show_default=True, help="Length of a hiccup, as a share of the TTL.")
 @click.option("--nodes", "-N", default=3, show_default=True, help="Nodes of each lab.")
+@click.option("--wait-quiet/--no-wait-quiet", default=True, show_default=True,
+              help="Before each node kill after the first, wait until the last victim's fleetd has been "
+                   "registered for the engine's quiet time (else the kill takes the settle path).")
 @_bench_command
 def bench_failover(as_json, quiet, agent_ttls, **options) -> None:
     """Node kill and leader kill until the units run elsewhere; no failover on hiccups."""

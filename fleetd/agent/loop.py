@@ -68,6 +68,8 @@ class Agent:
         # overwrite, the one computed after it.
         self._publishing = asyncio.Lock()
         self._dirty = asyncio.Event()
+        self._read_revision = 0  # the etcd revision the last pass read its view at
+        self._prefetch: list[str] = []  # unit hashes named by watch events since the last read
         self._watch = None
 
     @property
@@ -78,7 +80,9 @@ class Agent:
 
     async def desired_units(self) -> tuple[dict[str, DesiredUnit], int]:
         reg = self.registry
-        view = await reg.machine_view(self.machine_id)
+        # the bodies of units the watch just named come in the same transaction as the view
+        prefetch, self._prefetch = self._prefetch, []
+        view = await reg.machine_view(self.machine_id, prefetch=prefetch)
         placements, globals_, revision = view.placements, view.globals, view.revision
         bodies = await reg.bodies([p.hash for p in placements.values()] + [h for h, _ in globals_.values()])
         machine = view.machine or self.presence.machine
@@ -330,6 +334,9 @@ class Agent:
             async for event in reg.watch(prefixes, revision):
                 if event.key.startswith(reg.keys.machine_dir(self.machine_id)) and event.key.endswith("/object"):
                     continue  # our own presence record
+                if event.revision <= self._read_revision:
+                    continue  # written while the last pass was reading: in its read already
+                self._prefetch.extend(reg.target_hashes([event]))
                 self._dirty.set()
         finally:
             self._dirty.set()  # a broken watch is re-established by the next pass
@@ -348,6 +355,7 @@ class Agent:
                     lease_seen = None
                 try:
                     revision = await self.reconcile_once()
+                    self._read_revision = revision
                     if lease_seen != self.presence.lease_id:
                         await self.republish_all()
                         lease_seen = self.presence.lease_id

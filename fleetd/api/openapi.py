@@ -6,7 +6,7 @@ keeps the two equal, checks that every route of the aiohttp app is described and
 documented status code is reachable, and fuzzes the server with schemathesis against it).
 
 Every route of fleet's API is served under both prefixes, /fleet/v1 and fleet's older /v1-alpha;
-/metrics, /peer/v1/etcd and the web dashboard (`/`, /dashboard/...) only once, without a prefix.
+/metrics, /peer/v1/etcd, /peer/v1/quiet and the web dashboard (`/`, /dashboard/...) only once, without a prefix.
 Streams are described by their content type: text/event-stream (/dashboard/events) and
 application/x-ndjson (endpoints?watch=true) last until the client hangs up.
 """
@@ -156,6 +156,10 @@ SCHEMAS: dict[str, Any] = {
     "PeerAnswer": {
         "type": "object", "required": ["machineID", "answer"],
         "properties": {"machineID": _S, "answer": {"type": "string", "enum": ["reaches-etcd", "cut-off"]}},
+    },
+    "PeerQuiet": {
+        "type": "object", "required": ["machineID", "quietFor"],
+        "properties": {"machineID": _S, "quietFor": {"type": "number", "minimum": 0}},
     },
     "MachinePatch": {
         "type": "array",
@@ -409,6 +413,12 @@ def openapi_document() -> dict[str, Any]:
     paths["/peer/v1/etcd"] = {"get": {
         "summary": "fleetds asking each other whether they reach etcd (fleetd/api/peer.py)",
         "responses": {"200": _json(_ref("PeerAnswer"), "this machine's answer, as of now"),
+                      "404": _error("no presence on this fleetd (it is not a cluster member)")},
+    }}
+    paths["/peer/v1/quiet"] = {"get": {
+        "summary": ("seconds this fleetd has been in touch with etcd without a gap (0 while cut off); "
+                    "the engine asks it before moving a lone lost machine's units early (fleetd/engine/hold.py)"),
+        "responses": {"200": _json(_ref("PeerQuiet"), "this machine's figure, as of now"),
                       "404": _error("no presence on this fleetd (it is not a cluster member)")},
     }}
     paths["/metrics"] = {"get": {

@@ -30,6 +30,7 @@ from fleetd.disruption import PEER_TIMEOUT, PeerAnswer
 log = logging.getLogger(__name__)
 
 PEER_PATH = "/peer/v1/etcd"
+QUIET_PATH = "/peer/v1/quiet"  # {"machineID": ..., "quietFor": seconds}: Presence.quiet_for, no etcd call
 
 
 async def peer_handler(request: web.Request) -> web.Response:
@@ -42,6 +43,17 @@ async def peer_handler(request: web.Request) -> web.Response:
         raise HttpError(404, "no presence on this fleetd")
     answer = await presence.answer_peer()
     return web.json_response({"machineID": presence.machine.id, "answer": answer.value})
+
+
+async def quiet_handler(request: web.Request) -> web.Response:
+    from fleetd.api.context import HttpError, ctx_of
+
+    if request.method != "GET":
+        raise HttpError(405, "only GET supported against this resource")
+    presence = ctx_of(request).extras.get("presence")
+    if presence is None:
+        raise HttpError(404, "no presence on this fleetd")
+    return web.json_response({"machineID": presence.machine.id, "quietFor": presence.quiet_for()})
 
 
 def _port_of(address: str) -> int | None:
@@ -75,26 +87,33 @@ class PeerClient:
             ctx = client_ssl_context(config.api_cafile, config.api_certfile, config.api_keyfile)
         return cls(port, ctx)
 
-    def _url(self, ip: str) -> str:
+    def _url(self, ip: str, path: str = PEER_PATH) -> str:
         host = f"[{ip}]" if ":" in ip else ip
-        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}{PEER_PATH}"
+        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}{path}"
 
-    async def ask_one(self, machine_id: str, ip: str) -> PeerAnswer:
+    async def _get(self, machine_id: str, ip: str, path: str) -> dict[str, Any] | None:
+        """The peer's JSON answer, None if none came in time or it names another machine."""
         if not ip:
-            return PeerAnswer.UNREACHABLE
+            return None
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self.ssl_context if self.ssl_context else False, force_close=True))
         try:
             async with asyncio.timeout(self.timeout):
-                async with self._session.get(self._url(ip)) as response:
+                async with self._session.get(self._url(ip, path)) as response:
                     if response.status != 200:
-                        return PeerAnswer.UNREACHABLE
+                        return None
                     body = await response.json()
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             log.debug("peer %s at %s: %s", machine_id[:8], ip, exc or type(exc).__name__)
-            return PeerAnswer.UNREACHABLE
-        if body.get("machineID") != machine_id:
+            return None
+        if not isinstance(body, dict) or body.get("machineID") != machine_id:
+            return None
+        return body
+
+    async def ask_one(self, machine_id: str, ip: str) -> PeerAnswer:
+        body = await self._get(machine_id, ip, PEER_PATH)
+        if body is None:
             return PeerAnswer.UNREACHABLE
         try:
             return PeerAnswer(body.get("answer"))
@@ -106,6 +125,17 @@ class PeerClient:
         ids = sorted(peers)
         answers = await asyncio.gather(*(self.ask_one(m, peers[m]) for m in ids))
         return dict(zip(ids, answers))
+
+    async def quiet(self, peers: Mapping[str, str]) -> dict[str, float | None]:
+        """How long each peer has been in touch with etcd without a gap (Presence.quiet_for),
+        by machine ID; None where no answer came in time."""
+        ids = sorted(peers)
+        bodies = await asyncio.gather(*(self._get(m, peers[m], QUIET_PATH) for m in ids))
+        quiet: dict[str, float | None] = {}
+        for machine_id, body in zip(ids, bodies):
+            value = body.get("quietFor") if body is not None else None
+            quiet[machine_id] = float(value) if isinstance(value, (int, float)) and value >= 0 else None
+        return quiet
 
     async def close(self) -> None:
         if self._session is not None:

@@ -32,7 +32,7 @@ from fleetd.api.auth import IDENTITY, forbidden_message, identify, role_allows
 from fleetd.api.context import CONTEXT, ETCD_UNAVAILABLE, ApiContext, HttpError, ctx_of
 from fleetd.api.discovery import discovery_document
 from fleetd.api.listeners import Listener, server_ssl_context, systemd_listeners, tcp_listener, unix_listener
-from fleetd.api.peer import PEER_PATH, peer_handler
+from fleetd.api.peer import PEER_PATH, QUIET_PATH, peer_handler, quiet_handler
 from fleetd.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ApiMetrics
 from fleetd.wire import error_body
 from fleetd.config import FleetConfig
@@ -163,6 +163,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         router.add_route("*", f"{prefix}/openapi.json", openapi_handler)
     router.add_route("*", "/metrics", metrics_handler)
     router.add_route("*", PEER_PATH, peer_handler)  # fleetds asking each other (fleetd/api/peer.py)
+    router.add_route("*", QUIET_PATH, quiet_handler)  # the engine asking them (fleetd/engine/hold.py)
     dashboard.setup(app)  # `/` and /dashboard/...: the web dashboard (GET; other methods 405)
     return app
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from fleetd.constraints import RequirementsCache
 from fleetd.engine.hold import Hold, HoldState, policy_for, restrain, with_ghosts
-from fleetd.engine.incremental import IncrementalPlanner
+from fleetd.engine.incremental import Changes, IncrementalPlanner
 from fleetd.engine.scheduler import reconcile
 from fleetd.engine.view import ClusterView
 from fleetd.errors import RegistryError
@@ -84,6 +84,7 @@ class Engine:
         self.hold_policy = policy_for(machine_ttl)
         self._hold_state = HoldState()
         self.hold = Hold()
+        self.evidence = None  # fleetd.engine.evidence.LoneLossEvidence: a lone lost machine's units may move at once
         self._planner = IncrementalPlanner(self._cache)
         self._view: ClusterView | None = None
         self._events: list = []
@@ -168,7 +169,7 @@ class Engine:
                     snapshot = view.snapshot()
                     self.stats.view_passes += 1
                 self.stats.snapshot_seconds += time.monotonic() - started
-                wrote = await self.reconcile(snapshot)
+                wrote = await self.reconcile(snapshot, view.take_changes())
                 self.stats.last_pass_seconds = time.monotonic() - started
                 if wrote:
                     self.stats.last_engine_seconds = self.stats.last_pass_seconds
@@ -211,10 +212,10 @@ class Engine:
             if remaining <= 0:
                 raise NotLeader("engine leader lease expired")
 
-    def _update_hold(self, snapshot: ClusterSnapshot) -> Hold:
+    def _update_hold(self, snapshot: ClusterSnapshot, evidence=None) -> Hold:
         placed_on = {p.machine_id for p in snapshot.placements.values()}
         self._hold_state, hold = self._hold_state.step(snapshot.machines, placed_on, time.monotonic(),
-                                                       self.hold_policy)
+                                                       self.hold_policy, evidence)
         if hold.reason != self.hold.reason and hold.reason:
             (log.warning if hold.disrupted else log.info)("engine: %s", hold.reason)
         elif self.hold.reason and not hold.reason:
@@ -222,14 +223,19 @@ class Engine:
         self.hold = hold
         return hold
 
-    async def reconcile(self, snapshot: ClusterSnapshot) -> bool:
-        """One pass on `snapshot`; True if it wrote to the schedule."""
+    async def reconcile(self, snapshot: ClusterSnapshot, changes: Changes | None = None) -> bool:
+        """One pass on `snapshot`; True if it wrote to the schedule. `changes`: what changed
+        since the previous pass, if known (the incremental planner then looks only at that)."""
         hold = self._update_hold(snapshot)
+        if hold.ask is not None and self.evidence is not None:
+            evidence = await self.evidence.gather(hold.ask, self._hold_state, snapshot.machines)
+            if evidence is not None:
+                hold = self._update_hold(snapshot, evidence)
         holding = bool(hold.held) or hold.in_grace
         if holding:  # the incremental planner knows nothing of held machines: full passes
             self._planner.forget()
         started, started_cpu = time.perf_counter(), time.thread_time()
-        planned = self._planner.plan(snapshot) if self._globals_written is not None and not holding else None
+        planned = self._planner.plan(snapshot, changes) if self._globals_written is not None and not holding else None
         if planned is not None:
             # only new plain units since an idle pass: the global units are as written
             decisions, wanted_globals = planned, self._globals_written
@@ -241,6 +247,7 @@ class Engine:
             inputs = (snapshot.units, snapshot.machines, snapshot.placements, hold.key)
             if self._idle_inputs is not None and all(a == b for a, b in zip(inputs, self._idle_inputs)):
                 self.stats.skipped_passes += 1
+                self._planner.forget()   # it was owed this pass's changes
                 return False
             self._idle_inputs = None
             decisions = reconcile(with_ghosts(snapshot, hold), cache=self._cache)

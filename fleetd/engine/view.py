@@ -9,13 +9,15 @@ written). The engine re-loads on start, after a compaction or a broken watch, an
 periodic resync (the safety net).
 
 Unchanged `Unit`, `Placement` and `Machine` objects are the same objects from pass to pass, so
-the requirements cache and the incremental planner compare them by identity.
+the requirements cache and the incremental planner compare them by identity. The view also
+notes which names changed (`take_changes()`), so that the planner looks only at those.
 tests/test_engine_view.py checks that the view equals a full re-read after random event
 sequences on a real etcd.
 """
 
 from __future__ import annotations
 
+from fleetd.engine.incremental import Changes
 from fleetd.model import ClusterSnapshot, Machine, Placement, Unit
 from fleetd.registry import codec
 from fleetd.registry.registry import Registry, WatchEvent
@@ -35,6 +37,7 @@ class ClusterView:
         self.loaded_revision = 0   # events up to this one are in the loaded ranges already
         self.loaded = False
         self.events = 0
+        self._changes: Changes | None = None   # None: loaded (everything new) since the last take
 
     @property
     def prefixes(self) -> list[str]:
@@ -46,7 +49,14 @@ class ClusterView:
         self._extra = {}
         self.revision = self.loaded_revision = snap.revision
         self.loaded = True
+        self._changes = None
         return snap
+
+    def take_changes(self) -> Changes | None:
+        """What changed since the previous call (None: a whole read happened in between, or
+        this is the first call); starts noting afresh."""
+        changes, self._changes = self._changes, Changes()
+        return changes
 
     def snapshot(self) -> ClusterSnapshot:
         return ClusterSnapshot(self.revision, self.units, self.machines, self.placements)
@@ -81,8 +91,12 @@ class ClusterView:
         if machines_changed:
             fresh = {m.id: m for m in await self.registry.list_machines()}
             # keep unchanged Machine objects (identity) for the planner
-            self.machines = {mid: (self.machines[mid] if self.machines.get(mid) == m else m)
-                             for mid, m in fresh.items()}
+            machines = {mid: (self.machines[mid] if self.machines.get(mid) == m else m)
+                        for mid, m in fresh.items()}
+            if self._changes is not None and (machines.keys() != self.machines.keys() or any(
+                    m is not self.machines[mid] for mid, m in machines.items())):
+                self._changes.machines = True
+            self.machines = machines
 
     def _set_placement(self, name: str, machine_id: str, placement: Placement | None) -> None:
         """One schedule key. Like the snapshot, a unit under several machines' keys (never
@@ -98,6 +112,8 @@ class ClusterView:
             keys[machine_id] = placement
         else:
             return
+        if self._changes is not None:
+            self._changes.placements.add(name)
         if not keys:
             self.placements.pop(name, None)
             self._extra.pop(name, None)
@@ -111,9 +127,11 @@ class ClusterView:
 
     async def _apply_jobs(self, jobs: dict[str, bytes | None]) -> None:
         decoded = {}
+        noted = self._changes.units if self._changes is not None else set()
         for key_name, value in jobs.items():
             if value is None:
-                self.units.pop(key_name, None)
+                if self.units.pop(key_name, None) is not None:
+                    noted.add(key_name)
             else:
                 decoded[key_name] = codec.decode_job(value)
         if not decoded:
@@ -126,9 +144,11 @@ class ClusterView:
                 continue
             body = current.file if current is not None and current.hash == unit_hash else bodies.get(unit_hash)
             if body is None:
-                self.units.pop(name, None)   # as the snapshot does: a job whose body is missing is ignored
+                if self.units.pop(name, None) is not None:   # as the snapshot does: a job whose body is missing is ignored
+                    noted.add(name)
                 continue
             self.units[name] = Unit(name, body, desired)
+            noted.add(name)
 
     def note_written(self, decisions) -> None:
         """The engine's own schedule writes, before their watch events arrive (same values)."""

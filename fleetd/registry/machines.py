@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from typing import Any, Iterable
 
@@ -110,6 +111,23 @@ class EtcdMachineStore:
         Connection.lease_keepalive_direct); a failure does not move the shared connection."""
         reply = await self.core.connection.lease_keepalive_direct(endpoint, lease_id, timeout)
         return int(reply.TTL) if reply is not None else 0
+
+    async def machine_leases(self, machine_ids: Iterable[str], limit: int) -> dict[str, tuple[int, int]] | None:
+        """The leases of these registered machines as etcd has them now (LeaseTimeToLive, one
+        read per lease, in parallel): machine ID -> (whole seconds left, rounded down by etcd;
+        the TTL it was granted with). A machine whose record or lease could not be read is left
+        out; None when asked about more than `limit` machines."""
+        ids = sorted(set(machine_ids))
+        if len(ids) > limit:
+            return None
+        core, conn = self.core, self.core.connection
+        records = await asyncio.gather(*(core.get(core.keys.machine_object(m)) for m in ids), return_exceptions=True)
+        leases = {m: kv.lease for m, kv in zip(ids, records)
+                  if kv is not None and not isinstance(kv, BaseException) and kv.lease}
+        replies = await asyncio.gather(*(conn.call(conn.client.get_lease_info, lease, keys=False)
+                                         for lease in leases.values()), return_exceptions=True)
+        return {m: (int(r.TTL), int(r.grantedTTL)) for m, r in zip(leases, replies)
+                if not isinstance(r, BaseException) and r is not None}
 
     async def revoke_lease(self, lease_id: int) -> None:
         conn = self.core.connection

@@ -373,11 +373,15 @@ class MemoryClusterViews:
         machines = {mid: self.cluster.machine(mid) for mid in sorted(self.cluster.machines)}
         return ClusterSnapshot(self.cluster.revision, units, machines, dict(self.cluster.schedule))
 
-    async def machine_view(self, machine_id: str) -> MachineView:
+    async def machine_view(self, machine_id: str, *, prefetch: Iterable[str] = ()) -> MachineView:
         self.cluster.expire()
         placements = {n: p for n, p in self.cluster.schedule.items() if p.machine_id == machine_id}
         return MachineView(placements, dict(self.cluster.globals), self.cluster.machine(machine_id),
                            self.cluster.revision)
+
+    def target_hashes(self, events: Iterable[WatchEvent]) -> list[str]:
+        """Nothing to prefetch: bodies are at hand in memory."""
+        return []
 
     async def unit_records(self, names: Sequence[str], *, find_unreported: bool = True) -> dict[str, UnitRecord]:
         self.cluster.expire()

@@ -97,6 +97,7 @@ class Registry:
     keepalive = _delegate("machines", "keepalive")
     keepalive_direct = _delegate("machines", "keepalive_direct")
     revoke_lease = _delegate("machines", "revoke_lease")
+    machine_leases = _delegate("machines", "machine_leases")
 
     placements = _delegate("schedule", "placements")
     global_targets = _delegate("schedule", "global_targets")
@@ -113,4 +114,5 @@ class Registry:
 
     snapshot = _delegate("views", "snapshot")
     machine_view = _delegate("views", "machine_view")
+    target_hashes = _delegate("views", "target_hashes")
     unit_records = _delegate("views", "unit_records")

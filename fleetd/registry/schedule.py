@@ -8,7 +8,7 @@ from typing import Any, Iterable, Sequence
 from fleetd.model import DesiredState, Placement
 from fleetd.registry import codec
 from fleetd.registry.connection import enc
-from fleetd.registry.core import RegistryCore, chunks, pipelined
+from fleetd.registry.core import MAX_TXN_OPS, RegistryCore, chunks, pipelined
 from fleetd.registry.keys import KeyLayout
 from fleetd.registry.stores import NotLeader
 
@@ -28,6 +28,27 @@ def globals_from(keys: KeyLayout, kvs: Iterable[Any]) -> dict[str, tuple[str, De
         data = codec.loads(kv.value)
         result[kv.key.decode()[len(keys.globals):]] = (data["hash"], DesiredState(data["desiredState"]))
     return result
+
+
+def grouped_chunks(groups: Iterable[Sequence], size: int = MAX_TXN_OPS) -> list[list]:
+    """The groups' items in batches of at most `size`, a group that fits in one batch never
+    split over two (a larger one fills batches as they come): e.g. one machine's new
+    placements in one transaction, so that its agent gets them in one watch response and
+    makes one pass."""
+    batches: list[list] = []
+    batch: list = []
+    for group in groups:
+        if len(group) <= size and len(batch) + len(group) > size:
+            batches.append(batch)
+            batch = []
+        for item in group:
+            if len(batch) == size:
+                batches.append(batch)
+                batch = []
+            batch.append(item)
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 class EtcdScheduleStore:
@@ -76,12 +97,15 @@ class EtcdScheduleStore:
         core, keys, tx = self.core, self.core.keys, self.core.tx
         removals = [tx.delete(enc(keys.placement(mid, name))) for name, mid in unplace]
         removals += [tx.delete(enc(keys.global_unit(name))) for name in retract_globals]
-        # Placements grouped by machine (stable within one): an agent then gets its new units in
-        # one transaction, i.e. one watch response and one pass, instead of one per batch.
-        by_machine = sorted(place, key=lambda p: p.machine_id)
-        additions = [tx.put(enc(keys.placement(p.machine_id, p.name)), codec.encode_target(p.hash, p.desired_state))
-                     for p in by_machine]
-        additions += [tx.put(enc(keys.global_unit(n)), codec.encode_target(h, s)) for n, h, s in publish_globals]
+        # Placements grouped by machine (stable within one), a machine's never split over two
+        # transactions unless they alone are more than one holds: an agent then gets its new
+        # units in one transaction, i.e. one watch response and one pass, instead of one per batch.
+        by_machine: dict[str, list] = {}
+        for p in sorted(place, key=lambda p: p.machine_id):
+            by_machine.setdefault(p.machine_id, []).append(
+                tx.put(enc(keys.placement(p.machine_id, p.name)), codec.encode_target(p.hash, p.desired_state)))
+        groups = list(by_machine.values())
+        groups += [[tx.put(enc(keys.global_unit(n)), codec.encode_target(h, s))] for n, h, s in publish_globals]
         fence = tx.value(enc(keys.engine_leader)) == enc(fence_machine_id)
 
         async def write(chunk: Sequence) -> None:
@@ -92,8 +116,7 @@ class EtcdScheduleStore:
         # Every removal lands before any addition (a moved unit never has two placements);
         # within each phase the transactions touch distinct keys and are pipelined.
         count = 0
-        for ops in (removals, additions):
-            batches = list(chunks(ops))
+        for batches in (list(chunks(removals)), grouped_chunks(groups)):
             await pipelined([write(chunk) for chunk in batches])
             count += len(batches)
         return count

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement, Unit, UnitState
 from fleetd.registry import codec
 from fleetd.registry.connection import enc, prefix_end
-from fleetd.registry.core import MAX_TXN_OPS, RegistryCore, chunks, pipelined
+from fleetd.registry.core import MAX_TXN_OPS, RegistryCore, WatchEvent, chunks, pipelined
 from fleetd.registry.machines import machines_from
 from fleetd.registry.schedule import EtcdScheduleStore, globals_from, placements_from
 from fleetd.registry.stores import MachineView, UnitRecord
@@ -79,20 +79,41 @@ class EtcdClusterViews:
                                        tuple(states[name]))
         return records
 
-    async def machine_view(self, machine_id: str) -> MachineView:
+    async def machine_view(self, machine_id: str, *, prefetch: Iterable[str] = ()) -> MachineView:
         """Everything one agent reads, in one transaction: its placements, the global units
-        and its own machine record (with dynamic metadata)."""
-        keys = self.core.keys
+        and its own machine record (with dynamic metadata). `prefetch`: hashes of bodies the
+        caller expects to need (e.g. named by the watch events that woke it, see
+        `target_hashes`): those not cached yet are read in the same transaction and handed to
+        the body cache, so that `bodies()` then needs no round trip for them."""
+        keys, tx = self.core.keys, self.core.tx
         ranges = [keys.machine_schedule(machine_id), keys.globals, keys.machine_dir(machine_id)]
-        ok, (sched_kvs, glob_kvs, machine_kvs), revision = await self.core.txn_at(
-            [], [self.core.range_op(r) for r in ranges]
+        wanted = sorted({h for h in prefetch if h not in self.body_cache.known})[:MAX_TXN_OPS - len(ranges)]
+        ok, responses, revision = await self.core.txn_at(
+            [], [self.core.range_op(r) for r in ranges] + [tx.get(enc(keys.body(h))) for h in wanted]
         )
+        sched_kvs, glob_kvs, machine_kvs = responses[:3]
+        for unit_hash, response in zip(wanted, responses[3:]):
+            if response:
+                self.body_cache.offer(unit_hash, response[0].value)
         return MachineView(
             placements=placements_from(keys, sched_kvs),
             globals=globals_from(keys, glob_kvs),
             machine=machines_from(keys, machine_kvs).get(machine_id),
             revision=revision,
         )
+
+    def target_hashes(self, events: Iterable[WatchEvent]) -> list[str]:
+        """Unit hashes named by schedule/ and global/ watch events (what an agent's pass will
+        read bodies of: pass them to `machine_view(prefetch=...)`); other events are ignored."""
+        keys = self.core.keys
+        hashes = []
+        for event in events:
+            if event.value is not None and event.key.startswith((keys.schedule, keys.globals)):
+                try:
+                    hashes.append(codec.loads(event.value)["hash"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # the pass's own read will say what is wrong with it
+        return hashes
 
     # ------------------------------------------------------------------ snapshot
 

@@ -6,7 +6,11 @@ prints {"event": "ready", ...} when set up, then:
 - engine: answers "probe" with {"event": "probe", ...} (figures so far) and, after "stop",
   prints {"event": "done", ...} with its EngineStats and the size of its state;
 - client: after "go" on stdin, creates the units and prints {"event": "done", ...}; then
-  each "start N" creates unit N alone and prints {"event": "started", ...}.
+  each "start N" creates unit N alone and prints {"event": "started", ...};
+- agents: a share of the simulated machines (fleetlab.testing.simagent), each with its own
+  lease and watches; after every pass that changed something it prints {"event": "progress",
+  "active": units active here, "passes": ...} (at most every PROGRESS_EVERY seconds); "begin"
+  and "end" report figures (and start/stop the profiler), "stop" stops the agents.
 Every report carries the role's etcd traffic (RequestCounter.as_dict()), CPU and RSS.
 """
 
@@ -131,7 +135,65 @@ async def client(config: dict, registry: Registry, counter: RequestCounter) -> N
         emit("started", counter, started=started, name=unit.name, created=len(created))
 
 
-ROLES = {"engine": engine, "client": client}
+PROGRESS_EVERY = 0.002  # seconds between two progress lines of an agents process
+
+
+async def agents(config: dict, registry: Registry, counter: RequestCounter) -> None:
+    from fleetlab.bench.scale import bench_machine
+    from fleetlab.testing.simagent import SimulatedAgent
+
+    settings = registry.settings
+    registries = [registry]
+    for _ in range(max(1, min(config["connections"], len(config["machines"]))) - 1):
+        registries.append(await Registry.connect(settings, counter=counter))
+    progress = asyncio.Event()
+    sims = [SimulatedAgent(registries[i % len(registries)], bench_machine(n), ttl=config["ttl"], progress=progress)
+            for i, n in enumerate(config["machines"])]
+    semaphore = asyncio.Semaphore(100)
+
+    async def start(agent: SimulatedAgent) -> None:
+        async with semaphore:
+            await agent.start()
+
+    try:
+        await asyncio.gather(*(start(a) for a in sims))
+        await asyncio.gather(*(a.synced.wait() for a in sims))
+
+        def figures() -> dict:
+            return {"active": sum(a.active for a in sims), "passes": sum(a.passes for a in sims)}
+
+        async def report() -> None:
+            last = None
+            while True:
+                await progress.wait()
+                progress.clear()
+                now = figures()
+                if now != last:
+                    last = now
+                    sys.stdout.write(json.dumps({"event": "progress", **now}) + "\n")
+                    sys.stdout.flush()
+                await asyncio.sleep(PROGRESS_EVERY)
+
+        emit("ready", counter, **figures())
+        reporter = asyncio.create_task(report())
+        profiler = cProfile.Profile() if config.get("profile") else None
+        while (line := await next_line()) in ("begin", "end"):
+            if profiler and line == "begin":
+                profiler.enable()
+            elif profiler:
+                profiler.disable()
+                profiler.dump_stats(config["profile"])
+            emit(line, counter, **figures())
+        reporter.cancel()
+    finally:
+        for agent in sims:
+            await agent.crash()
+        for extra in registries[1:]:
+            await extra.close()
+    emit("done", counter, **figures())
+
+
+ROLES = {"engine": engine, "client": client, "agents": agents}
 
 
 async def main(config: dict) -> None:

@@ -5,10 +5,16 @@
   is launched on another machine, as the client library sees it. Before the kill, etcd's
   raft leader is moved off the victim (`etcdctl move-leader`): losing etcd's leader too adds
   an election and etcd's renewal of every lease, which is etcd's behaviour, not fleet's (the
-  functional suite measures that case). The victim is booted again after each run.
+  functional suite measures that case). The victim is booted again after each run, and the
+  next kill waits until it has been registered for `quiet_seconds` (fleetd/disruption.py):
+  the engine moves a lone lost machine's units at once only when every other fleetd has been
+  in touch with etcd that long (fleetd/engine/hold.py), else after its settle time, so a
+  kill right after a reboot measures that other case (`--no-wait-quiet` to measure it).
 - leader kill: the node whose fleetd holds `<prefix>lease/engine-leader` is crashed; a new
   unit is submitted right after the kill. Measured: kill -> another machine holds the key,
-  and kill -> the new unit is launched.
+  kill -> the new unit is launched, and kill -> the units the leader's node ran are launched
+  elsewhere (the new leader starts in its grace period, which the lost machine ends only once
+  the engine has proven it lost: fleetd/engine/hold.py).
 - no false failover: for `hiccup_fraction` x TTL, (1) the etcd member every fleetd talks to
   first (node 1's, the first of etcd_servers) is frozen with SIGSTOP, (2) a node running
   units is cut off the network. After each, the benchmark waits past the TTL, runs a barrier
@@ -24,6 +30,7 @@ import asyncio
 import time
 from typing import Any, Sequence
 
+from fleetd.disruption import quiet_seconds
 from fleetd.errors import BenchmarkError, FleetError
 from fleetd.registry import WatchEvent
 
@@ -57,7 +64,7 @@ from .common import (
 
 def failover(agent_ttls: Sequence[str] = ("5s", "2s"), *, runs: int = 3, units: int = 6, leader: bool = True,
              hiccups: bool = True, hiccup_fraction: float = 0.5, nodes: int = 3, keep_lab: str | None = None,
-             log: Log = quiet) -> dict[str, Any]:
+             wait_quiet: bool = True, log: Log = quiet) -> dict[str, Any]:
     """Node kill (`runs` times), leader kill and hiccups, for each agent_ttl in `agent_ttls`."""
     if nodes < 3:
         raise BenchmarkError("failover: needs at least 3 nodes (3 etcd members: one may die)")
@@ -71,7 +78,7 @@ def failover(agent_ttls: Sequence[str] = ("5s", "2s"), *, runs: int = 3, units: 
         with bench_lab("failover", nodes=nodes, agent_ttl=ttl or "5s", keep_lab=keep_lab, log=log) as lab:
             if len(lab.nodes) < 3:
                 raise BenchmarkError(f"failover: lab {lab.name} has {len(lab.nodes)} nodes; needs at least 3")
-            row = asyncio.run(_failover(lab, runs, units, leader, hiccups, hiccup_fraction, log))
+            row = asyncio.run(_failover(lab, runs, units, leader, hiccups, hiccup_fraction, log, wait_quiet))
             row["lab"] = {"name": lab.name, "nodes": len(lab.nodes)}
             result["by_agent_ttl"][lab.agent_ttl] = row
     result["after"] = conditions()
@@ -79,7 +86,7 @@ def failover(agent_ttls: Sequence[str] = ("5s", "2s"), *, runs: int = 3, units: 
 
 
 async def _failover(lab: Lab, runs: int, units: int, leader: bool, hiccups: bool, fraction: float,
-                    log: Log) -> dict[str, Any]:
+                    log: Log, wait_quiet: bool = True) -> dict[str, Any]:
     ttl = lab_ttl_seconds(lab)
     tag = new_tag("fo")
     async with Client(settings_for(lab)) as client:
@@ -88,6 +95,8 @@ async def _failover(lab: Lab, runs: int, units: int, leader: bool, hiccups: bool
     out: dict[str, Any] = {"agent_ttl_seconds": ttl, "engine_lease_ttl_seconds": engine_lease}
     rows = []
     for run in range(runs):
+        if run and wait_quiet:  # the last victim registered again at the end of the last run
+            await asyncio.sleep(quiet_seconds(ttl))
         row = await _node_kill(lab, f"{tag}-k{run}", units, run, ttl)
         log(f"agent_ttl {lab.agent_ttl}: node kill {run + 1}/{runs}: units active elsewhere after "
             f"{row['kill_to_all_launched_elsewhere_seconds']:.2f}s (load {row['load_average'][0]})")
@@ -98,9 +107,10 @@ async def _failover(lab: Lab, runs: int, units: int, leader: bool, hiccups: bool
             "runs": rows,
         }
     if leader:
-        row = await _leader_kill(lab, f"{tag}-l", ttl, engine_lease)
+        row = await _leader_kill(lab, f"{tag}-l", ttl, engine_lease, units)
         log(f"agent_ttl {lab.agent_ttl}: leader kill: new leader after {row['kill_to_new_leader_seconds']:.2f}s, "
-            f"new unit launched after {row['kill_to_new_unit_launched_seconds']:.2f}s")
+            f"new unit launched after {row['kill_to_new_unit_launched_seconds']:.2f}s, its units active elsewhere "
+            f"after {row['kill_to_victims_units_launched_elsewhere_seconds']}s")
         out["leader_kill"] = row
     if hiccups:
         row = await _hiccups(lab, f"{tag}-h", units, ttl, fraction, log)
@@ -184,16 +194,19 @@ def _restorer(lab: Lab, node: Node):
 # ---------------------------------------------------------------------------- leader kill
 
 
-async def _leader_kill(lab: Lab, prefix: str, ttl: float, engine_lease: float) -> dict[str, Any]:
+async def _leader_kill(lab: Lab, prefix: str, ttl: float, engine_lease: float, count: int = 0) -> dict[str, Any]:
     async with Client(settings_for(lab)) as probe:
         leader = await probe.wait_leader()
     victim = node_of(lab, leader)
     moved_etcd_leader = await blocking(move_etcd_leader_off, lab, victim)
     name = f"{prefix}-new.service"
+    olds = [f"{prefix}-{i}.service" for i in range(count)]  # some of them on the leader's node
     async with Client(settings_for(lab, exclude=[victim])) as client:
         reg = client.reg
         keys = reg.keys
-        async with cleanup(_restorer(lab, victim), lambda: client.destroy([name])):
+        async with cleanup(_restorer(lab, victim), lambda: client.destroy([name, *olds])):
+            on_victim = sorted(n for n, m in (await client.start_units(olds)).items() if m == victim.machine_id) \
+                if olds else []
             if moved_etcd_leader:
                 await asyncio.sleep(max(ttl, engine_lease) / 3 + 0.5)
             async with EventLog(reg, [keys.engine_leader, keys.schedule, keys.states, keys.machines]) as events:
@@ -209,6 +222,13 @@ async def _leader_kill(lab: Lab, prefix: str, ttl: float, engine_lease: float) -
                 await client.wait(new_leader, engine_lease + 60, "a new engine leader")
                 placed = await submit
                 took_unit = time.monotonic() - killed
+
+                async def moved() -> bool:
+                    return bool(await client.launched(on_victim, not_on=victim.machine_id))
+
+                if on_victim:  # the new leader's grace period holds them until the old machine is known lost
+                    await client.wait(moved, engine_lease + 2 * ttl + 60, f"{on_victim} launched elsewhere")
+                took_old = time.monotonic() - killed if on_victim else None
                 await asyncio.sleep(0.1)
                 took_leader = events.first(killed, lambda e: e.key == keys.engine_leader and e.value is not None
                                            and e.value.decode() != victim.machine_id)
@@ -235,6 +255,8 @@ async def _leader_kill(lab: Lab, prefix: str, ttl: float, engine_lease: float) -
         "new_unit_first_placed_on_dead_machine": on_dead is not None,
         "kill_to_machine_expired_seconds": _round(expired),
         "new_unit_on": node_of(lab, placed[name]).name,
+        "units_on_victim": len(on_victim),
+        "kill_to_victims_units_launched_elsewhere_seconds": _round(took_old),
         "load_average": load,
     }
 

@@ -49,8 +49,10 @@ def main() -> None:
               help="Idle time after the run to measure the engine's idle CPU (default 5 intervals; --quick: 0).")
 @click.option("--single-starts", type=int, default=20, show_default=True,
               help="Units then started one at a time on the settled cluster (latency).")
+@click.option("--agent-processes", type=int, default=None,
+              help="Processes the simulated agents are spread over (default: one per core, at least 2).")
 @click.option("--profile-dir", type=click.Path(file_okay=False), default=None,
-              help="Write cProfile data (agents.prof, engine.prof) here.")
+              help="Write cProfile data (agents-K.prof, engine.prof) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def scale(as_json: bool, **options) -> None:
     """N simulated agents + one engine on a real etcd: time until all units run."""

@@ -1,10 +1,12 @@
 """Scale benchmark: N simulated agents and one engine against one real etcd.
 
 The benchmark starts its own etcd (free loopback ports, temporary data dir), an engine in a
-process of its own (so that its CPU and memory are measured apart), and N SimulatedAgents in
-this process: each registers a machine under its lease, watches its own schedule keys and
-publishes unit states through the real registry code (an in-memory "systemd"). Agents share
-`connections` etcd connections (one gRPC channel each); every agent has its own watches.
+process of its own (so that its CPU and memory are measured apart), and N SimulatedAgents
+spread over a few agents processes (as machines are separate; fleetlab.bench.child): each
+registers a machine under its lease, watches its own schedule keys and publishes unit states
+through the real registry code (an in-memory "systemd"). The agents of a process share that
+process's part of `connections` etcd connections (one gRPC channel each); every agent has its
+own watches.
 
 Then a client submits `units` launched units (distinct bodies, as `fleetctl start` would, in
 batched transactions), and the clock runs until every unit is placed and reported active.
@@ -15,7 +17,6 @@ machine, with the unit's hash) before any figure is returned.
 from __future__ import annotations
 
 import asyncio
-import cProfile
 import json
 import os
 import sys
@@ -29,7 +30,6 @@ from fleetd.errors import BenchmarkError
 from fleetd.model import DesiredState, Machine, Resources, Unit
 from fleetd.registry import Registry, RequestCounter
 from fleetlab.testing.etcd import EtcdServer
-from fleetlab.testing.simagent import SimulatedAgent
 from fleetd.unit.file import UnitFile
 
 #: (machines, units) of the issue's target and of --quick.
@@ -43,6 +43,17 @@ MB = 1024 * 1024
 def machine_id(i: int) -> str:
     """Distinct 32-hex IDs whose 8-character short IDs are distinct too."""
     return f"{i * 2654435761 % 2**32:08x}{i:024x}"
+
+
+def bench_machine(i: int) -> Machine:
+    return Machine(machine_id(i), f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
+                   {"region": REGIONS[i % len(REGIONS)]}, capacity=Resources(16.0, 64 << 30))
+
+
+def default_agent_processes(machines: int) -> int:
+    """Processes the simulated agents are spread over: one per core (as real machines each
+    have their own), at least two, never more than the machines."""
+    return max(1, min(machines, max(2, os.cpu_count() or 1)))
 
 
 def bench_unit(i: int) -> Unit:
@@ -100,40 +111,85 @@ class _Child:
             await self.process.wait()
 
 
+class _AgentsChild(_Child):
+    """An agents process: its "progress" lines (units active there) are read as they come."""
+
+    active: int = 0
+    passes: int = 0
+    _reader: asyncio.Task | None = None
+    _queue: asyncio.Queue | None = None
+
+    @classmethod
+    async def start(cls, config: dict, timeout: float) -> "_AgentsChild":
+        child = await super().start(config, timeout)
+        child.active, child.passes = child.ready["active"], child.ready["passes"]
+        child._queue = asyncio.Queue()
+        child._reader = asyncio.create_task(child._read_lines())
+        return child
+
+    async def _read_lines(self) -> None:
+        while line := await self.process.stdout.readline():
+            message = json.loads(line)
+            if message.get("event") == "progress":
+                self.active, self.passes = message["active"], message["passes"]
+            else:
+                await self._queue.put(message)
+        await self._queue.put(None)
+
+    async def read(self, event: str, timeout: float) -> dict:
+        if self._queue is None:
+            return await super().read(event, timeout)
+        try:
+            message = await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            raise BenchmarkError(f"{self.role} process: no {event!r} report within {timeout:.0f}s") from None
+        if message is None:
+            raise BenchmarkError(f"{self.role} process exited ({await self.process.wait()}) before {event!r}")
+        if message.get("event") != event:
+            raise BenchmarkError(f"{self.role} process: expected {event!r}, got {message.get('event')!r}")
+        return message
+
+    async def kill(self) -> None:
+        await super().kill()
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+async def _all(children: list[_Child], command: str, event: str, timeout: float) -> list[dict]:
+    for child in children:
+        await child.send(command)
+    return [await child.read(event, timeout) for child in children]
+
+
+def _cpu_between(earlier: list[dict], later: list[dict]) -> float:
+    return sum(b["cpu"] - a["cpu"] for a, b in zip(earlier, later))
+
+
 def _traffic_between(earlier: dict, later: dict) -> RequestCounter:
     """A child's etcd traffic between two of its reports."""
     return RequestCounter.from_dict(later["counter"]) - RequestCounter.from_dict(earlier["counter"])
 
 
-async def _gather_limited(coroutines, limit: int) -> list:
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(coroutine):
-        async with semaphore:
-            return await coroutine
-
-    return await asyncio.gather(*(one(c) for c in coroutines))
+def _active_count(workers: list[_AgentsChild]) -> int:
+    return sum(worker.active for worker in workers)
 
 
-def _active_count(agents: list[SimulatedAgent]) -> int:
-    return sum(agent.active for agent in agents)
-
-
-async def _start_latencies(client: "_Child", agents: list[SimulatedAgent], first: int, count: int,
+async def _start_latencies(client: "_Child", workers: list[_AgentsChild], first: int, count: int,
                            timeout: float, engine: "_Child | None" = None,
                            engine_times: list[tuple[float, float]] | None = None) -> list[float]:
-    """Seconds from `fleetctl start` of one more unit (on the settled cluster) until an agent
-    reports it active, for `count` units one after the other; with `engine`, the engine's time
-    for the pass that placed each (view update, decision and schedule write) into `engine_times`."""
+    """Seconds from `fleetctl start` of one more unit (on the settled cluster, every earlier
+    unit active) until an agent reports it active (one more active unit), for `count` units one
+    after the other; with `engine`, the engine's time for the pass that placed each (view
+    update, decision and schedule write) into `engine_times`."""
     latencies = []
     for number in range(first, first + count):
         await client.send(f"start {number}")
         started = await client.read("started", timeout)
         name, deadline = started["name"], started["started"] + timeout
-        while not any(name in agent.running for agent in agents):
+        while _active_count(workers) < number + 1:
             if time.monotonic() > deadline:
                 raise BenchmarkError(f"scale benchmark: {name} not active {timeout:.0f}s after its start")
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.001)
         latencies.append(time.monotonic() - started["started"])
         if engine is not None and engine_times is not None:
             await engine.send("probe")
@@ -207,7 +263,7 @@ def _traffic(counter: RequestCounter, units: int) -> dict[str, Any]:
 
 async def _scale(machines: int, units: int, connections: int, timeout: float, agent_ttl: float,
                  engine_interval: float, etcd_binary: str, profile_dir: Path | None,
-                 idle_seconds: float, single_starts: int) -> dict[str, Any]:
+                 idle_seconds: float, single_starts: int, agent_processes: int) -> dict[str, Any]:
     with EtcdServer(binary=etcd_binary) as etcd:
         settings = EtcdSettings(endpoints=(etcd.endpoint,), key_prefix=KEY_PREFIX, request_timeout=30.0)
         ids = [machine_id(i) for i in range(machines)]
@@ -218,35 +274,34 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             "profile": str(profile_dir / "engine.prof") if profile_dir else None,
         }
         children: list[_Child] = []
-        registries: list[Registry] = []
-        agents: list[SimulatedAgent] = []
-        agent_counter = RequestCounter()
+        workers: list[_AgentsChild] = []
+        connections = max(connections, agent_processes)
         try:
             started = time.monotonic()
             engine = await _Child.start(engine_config, timeout=60)
             children.append(engine)
             client = await _Child.start({**common, "role": "client", "units": units}, timeout=60)
             children.append(client)
-            for _ in range(max(1, min(connections, machines))):
-                registries.append(await Registry.connect(settings, counter=agent_counter))
-            for i, mid in enumerate(ids):
-                machine = Machine(mid, f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
-                                  {"region": REGIONS[i % len(REGIONS)]}, capacity=Resources(16.0, 64 << 30))
-                agents.append(SimulatedAgent(registries[i % len(registries)], machine, ttl=agent_ttl))
-            await _gather_limited((agent.start() for agent in agents), limit=100)
-            await asyncio.wait_for(asyncio.gather(*(agent.synced.wait() for agent in agents)), timeout)
+            # machine i in process i % N (every process gets a share of every region); the
+            # processes start their agents at the same time
+            configs = [{**common, "role": "agents", "machines": list(range(k, machines, agent_processes)),
+                        "connections": connections // agent_processes + (k < connections % agent_processes),
+                        "ttl": agent_ttl, "request_timeout": 30.0,
+                        "profile": str(profile_dir / f"agents-{k}.prof") if profile_dir else None}
+                       for k in range(agent_processes)]
+            results = await asyncio.gather(*(_AgentsChild.start(c, timeout) for c in configs), return_exceptions=True)
+            workers = [r for r in results if isinstance(r, _AgentsChild)]
+            children.extend(workers)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
             setup_seconds = time.monotonic() - started
 
             await engine.send("probe")
             before = await engine.read("probe", 30)  # the engine with every machine, no unit yet
-            agents_before = agent_counter.copy()
-            passes_before = sum(agent.passes for agent in agents)
+            agents_before = await _all(workers, "begin", "begin", 30)
             etcd_cpu_before, _ = proc_usage(etcd.process.pid)
-            self_cpu_before = time.process_time()
             load_before = os.getloadavg()[0]
-            profiler = cProfile.Profile() if profile_dir else None
-            if profiler:
-                profiler.enable()
 
             await client.send("go")
             created = await client.read("done", timeout)
@@ -254,20 +309,20 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             if created["created"] != units:
                 raise BenchmarkError(f"created {created['created']} of {units} units (stale data in etcd?)")
             deadline = t0 + timeout
-            while _active_count(agents) < units:
+            while _active_count(workers) < units:
                 if time.monotonic() > deadline:
                     raise BenchmarkError(
-                        f"scale benchmark: {_active_count(agents)} of {units} units active after {timeout:.0f}s")
-                await asyncio.sleep(0.01)
+                        f"scale benchmark: {_active_count(workers)} of {units} units active after {timeout:.0f}s")
+                await asyncio.sleep(0.005)
             total_seconds = time.monotonic() - t0
 
-            if profiler:
-                profiler.disable()
-                profiler.dump_stats(profile_dir / "agents.prof")
-            agents_cpu = time.process_time() - self_cpu_before
-            agent_passes = sum(agent.passes for agent in agents) - passes_before
             etcd_cpu, etcd_rss = proc_usage(etcd.process.pid)
-            agent_traffic = agent_counter - agents_before
+            agents_after = await _all(workers, "end", "end", 30)
+            agents_cpu = _cpu_between(agents_before, agents_after)
+            agent_passes = sum(b["passes"] - a["passes"] for a, b in zip(agents_before, agents_after))
+            agent_traffic = RequestCounter()
+            for a, b in zip(agents_before, agents_after):
+                agent_traffic = agent_traffic + _traffic_between(a, b)
             await engine.send("probe")
             busy = await engine.read("probe", 30)
             if idle_seconds > 0:  # the settled cluster: resyncs only
@@ -275,18 +330,15 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             await engine.send("probe")
             idle = await engine.read("probe", 30)
             engine_times: list[tuple[float, float]] = []
-            latencies = await _start_latencies(client, agents, units, single_starts, timeout, engine, engine_times)
+            latencies = await _start_latencies(client, workers, units, single_starts, timeout, engine, engine_times)
             await engine.send("stop")
             done = await engine.read("done", 30)
             engine_traffic = _traffic_between(before, busy)
             client_traffic = _traffic_between(client.ready, created)
             async with await Registry.connect(settings) as checker:
                 verified = await _verify(checker, [bench_unit(i) for i in range(units + single_starts)], set(ids))
+            await _all(workers, "stop", "done", 60)
         finally:
-            for agent in agents:
-                await agent.crash()
-            for registry in registries:
-                await registry.close()
             for child in children:
                 await child.kill()
 
@@ -300,7 +352,8 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
         "benchmark": "scale",
         "machines": machines,
         "units": units,
-        "connections": len(registries),
+        "connections": sum(c["connections"] for c in configs),
+        "agent_processes": agent_processes,
         "load_average_before": round(load_before, 2),
         "setup_seconds": round(setup_seconds, 2),
         "create_seconds": round(created["monotonic"] - t0, 3),
@@ -349,7 +402,8 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             "state_mb_tracemalloc": round(done["state_bytes"] / MB, 1),
             "pass_peak_mb_tracemalloc": round(done["pass_peak_bytes"] / MB, 1),
         },
-        "agents_process_cpu_seconds": round(agents_cpu, 2),
+        "agents_process_cpu_seconds": round(agents_cpu, 2),  # all agents processes together
+        "agents_process_cpu_seconds_each": [round(b["cpu"] - a["cpu"], 2) for a, b in zip(agents_before, agents_after)],
         "client_process_cpu_seconds": round(created["cpu"] - client.ready["cpu"], 2),
         "agent_passes": agent_passes,
         "etcd_server": {
@@ -369,15 +423,16 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
 def scale(machines: int | None = None, units: int | None = None, *, quick: bool = False,
           connections: int = 50, timeout: float = 300.0, agent_ttl: float = 30.0,
           engine_interval: float = 2.0, idle_seconds: float | None = None, single_starts: int = 20,
-          etcd_binary: str = "etcd",
-          profile_dir: str | None = None) -> dict[str, Any]:
+          etcd_binary: str = "etcd", profile_dir: str | None = None,
+          agent_processes: int | None = None) -> dict[str, Any]:
     """Run the scale benchmark; returns its figures (raises BenchmarkError on failure).
 
     Defaults to 1,000 machines x 10,000 units; `quick` to 100 x 1,000. Afterwards the settled
     cluster idles for `idle_seconds` (default: 5 engine intervals; 0 with `quick`) to measure
     the engine's idle CPU. Then `single_starts` more units are started one at a time on the
-    settled cluster (start-to-active latency at scale). `profile_dir` writes cProfile data of this process (agents, client)
-    and of the engine process there.
+    settled cluster (start-to-active latency at scale). The agents run in `agent_processes`
+    processes (default: default_agent_processes()). `profile_dir` writes cProfile data of
+    the agents processes (agents-K.prof) and of the engine process there.
     """
     if idle_seconds is None:
         idle_seconds = 0.0 if quick else 5 * engine_interval
@@ -389,8 +444,12 @@ def scale(machines: int | None = None, units: int | None = None, *, quick: bool 
     profile = Path(profile_dir) if profile_dir else None
     if profile:
         profile.mkdir(parents=True, exist_ok=True)
+    if agent_processes is None:
+        agent_processes = default_agent_processes(machines)
+    if not 1 <= agent_processes <= machines:
+        raise BenchmarkError(f"scale benchmark: agent processes must be 1..{machines}, got {agent_processes}")
     result = asyncio.run(_scale(machines, units, connections, timeout, agent_ttl, engine_interval,
-                                etcd_binary, profile, idle_seconds, single_starts))
+                                etcd_binary, profile, idle_seconds, single_starts, agent_processes))
     result["date"] = time.strftime("%Y-%m-%d")
     result["cpus"] = os.cpu_count()
     return result

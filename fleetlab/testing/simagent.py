@@ -24,6 +24,7 @@ class SimulatedAgent:
     lease_id: int | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # set after the first sync
+    progress: asyncio.Event | None = None  # set after each pass that changed something (shared)
     passes: int = 0  # sync passes so far
     active: int = 0  # units reported active after the last pass
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -58,11 +59,12 @@ class SimulatedAgent:
                 # again soon, as the real agent does, instead of letting the lease run out
                 interval = min(KEEPALIVE_RETRY, keepalive_interval(self.ttl))
 
-    async def sync(self) -> int:
+    async def sync(self, prefetch: list[str] | tuple = ()) -> int:
         """One level-triggered pass, like the real agent's: read this machine's share of the
-        registry at one revision, compute what should run, publish what changed."""
+        registry at one revision (with the bodies named by the watch events that woke it, in
+        the same transaction), compute what should run, publish what changed."""
         reg = self.registry
-        view = await reg.machine_view(self.machine.id)
+        view = await reg.machine_view(self.machine.id, prefetch=prefetch)
         placements, globals_ = view.placements, view.globals
         bodies = await reg.bodies([p.hash for p in placements.values()] + [h for h, _ in globals_.values()])
         units = [Unit(n, bodies[p.hash], p.desired_state) for n, p in placements.items()]
@@ -89,6 +91,8 @@ class SimulatedAgent:
         self.passes += 1
         if publish or gone:
             self.changed.set()
+            if self.progress is not None:
+                self.progress.set()
         return view.revision
 
     async def _loop(self) -> None:
@@ -96,11 +100,14 @@ class SimulatedAgent:
         prefixes = [reg.keys.machine_schedule(self.machine.id), reg.keys.globals,
                     reg.keys.machine_metadata(self.machine.id)]
         dirty = asyncio.Event()
+        events: list = []
         revision = await self.sync()
         self.synced.set()
+        start = revision + 1
 
         async def watch() -> None:
-            async for _ in reg.watch(prefixes, revision + 1):
+            async for event in reg.watch(prefixes, start):
+                events.append(event)
                 dirty.set()
 
         watcher = asyncio.create_task(watch())
@@ -108,7 +115,12 @@ class SimulatedAgent:
             while True:
                 await dirty.wait()
                 dirty.clear()
-                await self.sync()
+                # events at or below the revision the last pass read are in that read already
+                # (they were written while it was in flight): no news, no pass
+                fresh = [e for e in events if e.revision > revision]
+                events.clear()
+                if fresh:
+                    revision = await self.sync(reg.target_hashes(fresh))
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)

@@ -167,6 +167,8 @@ REQUESTS = {
         "down", "POST", f"/dashboard/actions/machine/{MID}/drain", None, DASH),
     ("/peer/v1/etcd", "GET", "200"): ("main", "GET", "/peer/v1/etcd", None, {}),
     ("/peer/v1/etcd", "GET", "404"): ("nometrics", "GET", "/peer/v1/etcd", None, {}),
+    ("/peer/v1/quiet", "GET", "200"): ("main", "GET", "/peer/v1/quiet", None, {}),
+    ("/peer/v1/quiet", "GET", "404"): ("nometrics", "GET", "/peer/v1/quiet", None, {}),
     ("/metrics", "GET", "200"): ("main", "GET", "/metrics", None, {}),
     ("/metrics", "GET", "404"): ("nometrics", "GET", "/metrics", None, {}),
 }

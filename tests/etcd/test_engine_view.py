@@ -35,6 +35,7 @@ async def _run(reg: Registry, sequence) -> None:
     assert await reg.campaign(MACHINES[0], lease)
     view = ClusterView(reg)
     snap = await view.load()
+    assert view.take_changes() is None  # after a whole read: everything is news
     events: list = []
     got_some = asyncio.Event()
 
@@ -85,8 +86,15 @@ async def _run(reg: Registry, sequence) -> None:
             if all(any(e.key.startswith(p) and e.revision >= rev for e in events) for p, rev in last.items()):
                 break
             await asyncio.sleep(0.02)
+        before = view.snapshot()
         await view.apply(list(events))
         full = await reg.snapshot()
+        # what it noted as changed covers every difference (the incremental planner's input)
+        changes = view.take_changes()
+        for old, new, noted in ((before.units, full.units, changes.units),
+                                (before.placements, full.placements, changes.placements)):
+            assert {n for n in old.keys() | new.keys() if old.get(n) != new.get(n)} <= noted
+        assert changes.machines or before.machines == full.machines
         assert view.snapshot().units == full.units
         assert view.snapshot().placements == full.placements
         assert view.snapshot().machines == full.machines

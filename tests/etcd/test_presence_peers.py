@@ -211,3 +211,28 @@ async def test_peers_silent_for_too_long_fence_a_holding_machine(cluster, own_et
     finally:
         for peer in cluster[1:]:
             speak(peer)
+
+
+async def test_quiet_endpoint_tells_how_long_a_machine_has_reached_etcd(cluster):
+    """`GET /peer/v1/quiet` (what the engine asks before it moves a lone lost machine's units at
+    once, fleetd/engine/hold.py): 0 while a machine's keep-alives go unanswered, then the time
+    since they were answered again."""
+    client = cluster[0].presence.peer_client
+    peers = {n.presence.machine.id: n.presence.machine.public_ip for n in cluster}
+    await asyncio.sleep(1.0)
+    quiet = await client.quiet(peers)
+    assert all(q is not None and q >= 1.0 for q in quiet.values()), quiet
+    assert await client.quiet({"ff" * 16: cluster[1].presence.machine.public_ip}) == {"ff" * 16: None}
+    target = cluster[1].presence
+    cut(target.registry)
+    until = time.monotonic() + 5
+    while (await client.quiet(peers))[target.machine.id] != 0.0:
+        assert time.monotonic() < until, "a machine cut off from etcd says it is quiet"
+        await asyncio.sleep(0.1)
+    heal(target.registry)
+    until = time.monotonic() + 5
+    while not (await client.quiet(peers))[target.machine.id]:
+        assert time.monotonic() < until, "a machine that reaches etcd again stays at 0"
+        await asyncio.sleep(0.1)
+    after = await client.quiet(peers)
+    assert after[target.machine.id] < 2.0 <= after[cluster[2].presence.machine.id]

@@ -214,3 +214,36 @@ async def _until(events, revision: int):
         yield event
         if event.revision >= revision:
             return
+
+
+async def test_machine_view_prefetches_the_bodies_its_watch_named(etcd_settings):
+    """An agent woken by schedule events reads its view and the new units' bodies in one
+    transaction (`prefetch`, hashes from `target_hashes`); bodies() then reads nothing."""
+    counter = RequestCounter()
+    async with await Registry.connect(etcd_settings, counter=counter) as reg, \
+            await Registry.connect(etcd_settings) as engine:
+        lease = await engine.grant_lease(10)
+        await engine.register_machine(Machine(MID_A), lease)
+        await engine.campaign(MID_A, lease)
+        units = [unit(f"p{i}.service") for i in range(3)]
+        await engine.create_units(units)
+        start = await reg.current_revision() + 1
+        await engine.apply_schedule(fence_machine_id=MID_A,
+                                    place=[Placement(u.name, MID_A, u.hash, DesiredState.LAUNCHED) for u in units])
+        events = []
+        async for event in reg.watch([reg.keys.machine_schedule(MID_A), reg.keys.globals], start):
+            events.append(event)
+            if len(events) == 3:
+                break
+        hashes = reg.target_hashes(events + [type(events[0])(reg.keys.job("x.service"), b"{}", 1)])
+        assert sorted(hashes) == sorted(u.hash for u in units)  # job/ events are not targets
+        before = counter.copy()
+        view = await reg.machine_view(MID_A, prefetch=hashes + ["0" * 40])  # an unknown hash: absent
+        bodies = await reg.bodies([p.hash for p in view.placements.values()])
+        first = counter - before
+        assert first.calls["KV/Txn"] == 1  # (the watch's cancel may be counted too)
+        assert {h: f.serialize() for h, f in bodies.items()} == {u.hash: u.file.serialize() for u in units}
+        before = counter.copy()
+        await reg.machine_view(MID_A, prefetch=hashes)  # known now: not read again
+        again = counter - before
+        assert again.sent_bytes["KV/Txn"] < first.sent_bytes["KV/Txn"] - 3 * len(reg.keys.body(units[0].hash))
