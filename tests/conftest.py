@@ -28,12 +28,16 @@ import pytest
 from hypothesis import settings
 
 from _depth import depth_for
+from _schedule import slow_first
 from fleetd.config import EtcdSettings
 from fleetlab.testing.etcd import EtcdServer
 
 # pytest's assertion rewriting costs seconds of CPU per process for every test module: keep its
 # result (and the packages' bytecode) in __pycache__ even where PYTHONDONTWRITEBYTECODE is set
 sys.dont_write_bytecode = False
+# and in every process started from here (pytest-xdist's workers rewrite the plugins they load
+# before this file otherwise, a second of CPU each; fleetctl and fleetd processes of the tests)
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 TESTS = Path(__file__).resolve().parent
 FOLDER_MARKERS = {"etcd": ("etcd",), "lab": ("lab",), "functional": ("lab",), "vm": ("vm", "lab")}
@@ -65,6 +69,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("deep") is not None:
                 item.add_marker(skip)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the slow tests first (tests/_schedule.py)
+        items[:] = slow_first(items)
 
 
 @pytest.fixture(scope="session")
