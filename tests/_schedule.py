@@ -1,18 +1,19 @@
-"""The order in which pytest-xdist hands out the tests: the known-slow ones first.
+"""How pytest-xdist hands out the tests: the known-slow ones first, one test at a time.
 
-xdist's default `--dist load` sends the first quarter of the collection round robin, one test
-per worker in turn, then refills a worker from the rest in order when its queue runs low. In the
-collection's (file) order the slow tests sit together (the presence tests, the engine loops), so
-one worker got them all while the others were done (the fast loop: 92 s instead of 52 s). With
-the slow tests at the front, round robin spreads them over the workers and every worker starts
-on its longest work (longest first), and the many short tests fill the gaps at the end.
+xdist's `--dist load` sends each worker a contiguous chunk of the collection (a sixteenth of it
+with four workers), then refills a worker with further chunks of up to half its share when its
+queue runs low. In the collection's (file) order the slow tests sit together (the presence
+tests, the engine loops), so one worker got them all while the others were done: the fast loop
+took 92 s, three workers idle for its last 40. Here the workers order their collection slowest
+first (`slow_first`, applied in xdist workers only: all workers order alike, so their collections
+agree, and a run without `-n` keeps the file order and its module fixtures set up once), and
+`scheduler` sends the tests one at a time (`--maxschedchunk=1`, unless given): each worker takes
+the next test when it finishes one, so the longest tests start at once on different workers and
+the many short ones fill the gaps at the end (longest processing time first).
 
-tests/conftest.py applies this in xdist workers only (all workers order alike, so their
-collections agree): a run without `-n` keeps the file order, and with it the module fixtures'
-set-up once per module. The figures are seconds measured in the fast loop on the 2-core machine
-(`--durations`); a test missing here counts as fast, one renamed is caught by
-tests/unit/test_schedule.py. Order matters, not precision: list a test once it takes about
-1.5 s or more.
+The figures are seconds measured in the fast loop on the 2-core machine (`--durations`); a test
+missing here counts as fast, one renamed is caught by tests/unit/test_schedule.py. Order
+matters, not precision: list a test once it takes about 1.5 s or more.
 """
 
 from __future__ import annotations
@@ -78,3 +79,16 @@ def expected_seconds(nodeid: str) -> float:
 def slow_first(items: Sequence[T]) -> list[T]:
     """The items, the slowest first; the others keep their order (a stable sort)."""
     return sorted(items, key=lambda item: -expected_seconds(item.nodeid))
+
+
+def scheduler(config, log):
+    """For tests/conftest.py's pytest_xdist_make_scheduler: `--dist load` sending one test at a
+    time unless `--maxschedchunk` says otherwise; None (xdist's own choice) for other modes."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScheduling
+
+    chosen = LoadScheduling(config, log)
+    if config.getoption("maxschedchunk") is None:
+        chosen.maxschedchunk = 1
+    return chosen
