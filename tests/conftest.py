@@ -30,7 +30,7 @@ from hypothesis import settings
 from _depth import depth_for
 from _schedule import scheduler, slow_first
 from fleetd.config import EtcdSettings
-from fleetlab.testing.etcd import EtcdServer
+from fleetlab.testing.etcd import DATA_PARENT_ENV, EtcdServer
 
 # pytest's assertion rewriting costs seconds of CPU per process for every test module: keep its
 # result (and the packages' bytecode) in __pycache__ even where PYTHONDONTWRITEBYTECODE is set
@@ -38,6 +38,9 @@ sys.dont_write_bytecode = False
 # and in every process started from here (pytest-xdist's workers rewrite the plugins they load
 # before this file otherwise, a second of CPU each; fleetctl and fleetd processes of the tests)
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+# the test etcd servers' data on a tmpfs (fleetlab/testing/etcd.py): no fsync to wait for
+if os.access("/dev/shm", os.W_OK):
+    os.environ.setdefault(DATA_PARENT_ENV, "/dev/shm")
 
 TESTS = Path(__file__).resolve().parent
 FOLDER_MARKERS = {"etcd": ("etcd",), "lab": ("lab",), "functional": ("lab",), "vm": ("vm", "lab")}
