@@ -28,7 +28,7 @@ import pytest
 from hypothesis import settings
 
 from _depth import depth_for
-from _schedule import scheduler, slow_first
+from _schedule import scheduler, slowest_modules_first
 from fleetd.config import EtcdSettings
 from fleetlab.testing.etcd import DATA_PARENT_ENV, EtcdServer
 
@@ -72,13 +72,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("deep") is not None:
                 item.add_marker(skip)
-    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the slow tests first (tests/_schedule.py)
-        items[:] = slow_first(items)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the slowest modules first (tests/_schedule.py)
+        items[:] = slowest_modules_first(items)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    return scheduler(config, log)  # with `-n`: one test at a time, the slow ones first (tests/_schedule.py)
+    return scheduler(config, log)  # with `-n`: a module at a time, the slowest first (tests/_schedule.py)
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,16 @@
-"""tests/_schedule.py: the slow tests first and one at a time for pytest-xdist; its list names real tests."""
+"""tests/_schedule.py: pytest-xdist hands out whole modules, the slowest first; its table names
+real test modules."""
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from _schedule import SLOW, expected_seconds, scheduler, slow_first
+from _schedule import MODULE_SECONDS, scheduler, slowest_modules_first
 
 ROOT = Path(__file__).resolve().parents[2]
+HOLD, PEERS = "tests/etcd/test_engine_hold.py", "tests/etcd/test_presence_peers.py"
 
 
 @dataclass
@@ -17,45 +18,28 @@ class Item:
     nodeid: str
 
 
-def test_slowest_first_and_the_rest_in_their_order():
-    hold, loop = (
-        "tests/etcd/test_engine_hold.py::test_three_of_four_machines_vanishing_at_once_move_nothing",
-        "tests/etcd/test_engine_loop.py::test_six_units_spread_and_fail_over",
-    )
-    items = [Item("tests/unit/test_a.py::test_one"), Item(loop), Item("tests/unit/test_a.py::test_two"),
-             Item("tests/etcd/test_registry.py::test_machine_expires_with_lease[memory]"), Item(hold)]
-    ordered = [i.nodeid for i in slow_first(items)]
-    assert ordered == [hold, loop, "tests/etcd/test_registry.py::test_machine_expires_with_lease[memory]",
+def test_slowest_modules_first_each_in_its_own_order():
+    ids = ["tests/unit/test_a.py::test_one", f"{HOLD}::test_b", "tests/unit/test_a.py::test_two",
+           f"{PEERS}::test_z", f"{HOLD}::test_a[1]", f"{PEERS}::test_y"]
+    ordered = [i.nodeid for i in slowest_modules_first([Item(i) for i in ids])]
+    assert ordered == [f"{PEERS}::test_z", f"{PEERS}::test_y", f"{HOLD}::test_b", f"{HOLD}::test_a[1]",
                        "tests/unit/test_a.py::test_one", "tests/unit/test_a.py::test_two"]
+    assert MODULE_SECONDS[PEERS] > MODULE_SECONDS[HOLD]  # what the expectation above assumes
 
 
-def test_parameters_share_their_tests_figure():
-    base = "tests/etcd/test_registry.py::test_machine_expires_with_lease"
-    assert expected_seconds(base + "[etcd]") == expected_seconds(base) == SLOW[base] > 0
-    assert expected_seconds("tests/unit/test_unknown.py::test_x[1]") == 0.0
-
-
-def test_every_listed_test_exists():
-    """A renamed or removed test would silently lose its place at the front."""
-    defined: dict[str, set[str]] = {}
-    for nodeid in SLOW:
-        path, _, name = nodeid.partition("::")
-        if path not in defined:
-            tree = ast.parse((ROOT / path).read_text(), path)
-            defined[path] = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-            defined[path] |= {alias.asname or alias.name for n in tree.body if isinstance(n, ast.ImportFrom)
-                              for alias in n.names}  # tests collected again from another module
-        assert name in defined[path], f"tests/_schedule.py names {nodeid}: no such test"
+def test_every_listed_module_exists():
+    """A module renamed or removed would silently lose its place at the front."""
+    missing = [m for m in MODULE_SECONDS if not (ROOT / m).is_file()]
+    assert not missing, f"tests/_schedule.py names test modules that do not exist: {missing}"
 
 
 class Config:
-    def __init__(self, dist: str = "load", maxschedchunk: int | None = None):
-        self.values = {"dist": dist, "tx": ["2*popen"], "maxschedchunk": maxschedchunk}
+    def __init__(self, dist: str = "load"):
+        self.values = {"dist": dist, "tx": ["3*popen"]}
+        self.option = SimpleNamespace(loadscopereorder=True)
 
     def getvalue(self, name):
         return self.values[name]
-
-    getoption = getvalue
 
 
 class Worker:
@@ -71,16 +55,18 @@ class Worker:
         self.shutting_down = True
 
 
-def test_load_scheduling_hands_out_one_test_at_a_time():
+def test_whole_modules_in_the_collections_order():
     chosen = scheduler(Config(), log=None)
-    workers = [Worker("gw0"), Worker("gw1")]
-    collection = [f"tests/unit/test_a.py::test_{i}" for i in range(100)]
+    workers = [Worker("gw0"), Worker("gw1"), Worker("gw2")]
+    # one small module of 4 tests first, then bigger ones: loadscope's own reordering (by number
+    # of tests) would hand out the 9-test module first
+    collection = [f"tests/unit/test_{m}.py::test_{i}" for m, n in (("a", 4), ("b", 9), ("c", 5), ("d", 2))
+                  for i in range(n)]
     for w in workers:
         chosen.add_node(w)
         chosen.add_node_collection(w, collection)
     chosen.schedule()
-    assert [w.received for w in workers] == [[0, 1], [2, 3]]  # the first (slowest) tests on every worker
-    chosen.mark_test_complete(workers[1], 2, duration=5.0)
-    assert workers[1].received == [2, 3, 4]  # the next test, not a chunk of the rest
-    assert scheduler(Config(maxschedchunk=10), log=None).maxschedchunk == 10  # the command line's choice
+    got = [{collection[i].split("::")[0] for i in w.received} for w in workers]
+    assert got == [{"tests/unit/test_a.py"}, {"tests/unit/test_b.py"}, {"tests/unit/test_c.py"}]
+    assert sorted(workers[0].received) == [0, 1, 2, 3]  # all of the module
     assert scheduler(Config(dist="loadfile"), log=None) is None  # xdist's own scheduler
