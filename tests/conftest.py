@@ -28,12 +28,19 @@ import pytest
 from hypothesis import settings
 
 from _depth import depth_for
+from _schedule import scheduler, slowest_modules_first
 from fleetd.config import EtcdSettings
-from fleetlab.testing.etcd import EtcdServer
+from fleetlab.testing.etcd import DATA_PARENT_ENV, EtcdServer
 
 # pytest's assertion rewriting costs seconds of CPU per process for every test module: keep its
 # result (and the packages' bytecode) in __pycache__ even where PYTHONDONTWRITEBYTECODE is set
 sys.dont_write_bytecode = False
+# and in every process started from here (pytest-xdist's workers rewrite the plugins they load
+# before this file otherwise, a second of CPU each; fleetctl and fleetd processes of the tests)
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+# the test etcd servers' data on a tmpfs (fleetlab/testing/etcd.py): no fsync to wait for
+if os.access("/dev/shm", os.W_OK):
+    os.environ.setdefault(DATA_PARENT_ENV, "/dev/shm")
 
 TESTS = Path(__file__).resolve().parent
 FOLDER_MARKERS = {"etcd": ("etcd",), "lab": ("lab",), "functional": ("lab",), "vm": ("vm", "lab")}
@@ -65,6 +72,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("deep") is not None:
                 item.add_marker(skip)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the slowest modules first (tests/_schedule.py)
+        items[:] = slowest_modules_first(items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    return scheduler(config, log)  # with `-n`: a module at a time, the slowest first (tests/_schedule.py)
 
 
 @pytest.fixture(scope="session")

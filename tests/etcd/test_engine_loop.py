@@ -15,6 +15,9 @@ from fleetlab.testing.simagent import SimulatedAgent
 from fleetd.unit.file import UnitFile
 
 SLEEP = "[Service]\nExecStart=/bin/sleep 1000\n"
+#: the simulated agents' machine TTL; the engine is told the same (its hold times follow from it:
+#: fleetd/engine/hold.py's grace and settle), as fleetd tells it its agent_ttl
+AGENT_TTL = 2.0
 
 
 def mid(i: int) -> str:
@@ -35,7 +38,7 @@ async def until(predicate, timeout: float = 10.0, interval: float = 0.05):
 async def cluster(etcd_settings):
     regs, agents, engines, tasks = [], [], [], []
 
-    async def add_agent(i: int, metadata=None, ttl: float = 2.0) -> SimulatedAgent:
+    async def add_agent(i: int, metadata=None, ttl: float = AGENT_TTL) -> SimulatedAgent:
         reg = await Registry.connect(etcd_settings)
         regs.append(reg)
         agent = SimulatedAgent(reg, Machine(mid(i), f"10.0.0.{i}", metadata or {}), ttl=ttl)
@@ -46,7 +49,7 @@ async def cluster(etcd_settings):
     async def add_engine(machine_id: str, interval: float = 0.5) -> tuple[Engine, asyncio.Task]:
         reg = await Registry.connect(etcd_settings)
         regs.append(reg)
-        engine = Engine(reg, machine_id, interval, lease_ttl=2.0)
+        engine = Engine(reg, machine_id, interval, lease_ttl=2.0, machine_ttl=AGENT_TTL)
         task = asyncio.create_task(engine.run())
         engines.append(engine)
         tasks.append(task)

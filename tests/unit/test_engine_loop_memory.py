@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "etcd"))  # where t
 
 # the tests themselves, collected here with this module's `cluster` fixture
 from test_engine_loop import (  # noqa: F401
+    AGENT_TTL,
     mid,
     test_desired_state_changes_flow_to_the_schedule,
     test_global_units_are_mirrored_for_agents,
@@ -33,14 +34,14 @@ async def cluster():
     shared = MemoryCluster()
     agents, tasks = [], []
 
-    async def add_agent(i: int, metadata=None, ttl: float = 2.0) -> SimulatedAgent:
+    async def add_agent(i: int, metadata=None, ttl: float = AGENT_TTL) -> SimulatedAgent:
         agent = SimulatedAgent(MemoryRegistry(shared), Machine(mid(i), f"10.0.0.{i}", metadata or {}), ttl=ttl)
         await agent.start()
         agents.append(agent)
         return agent
 
     async def add_engine(machine_id: str, interval: float = 0.5) -> tuple[Engine, asyncio.Task]:
-        engine = Engine(MemoryRegistry(shared), machine_id, interval, lease_ttl=2.0)
+        engine = Engine(MemoryRegistry(shared), machine_id, interval, lease_ttl=2.0, machine_ttl=AGENT_TTL)
         task = asyncio.create_task(engine.run())
         tasks.append(task)
         return engine, task

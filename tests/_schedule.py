@@ -1,0 +1,95 @@
+"""How pytest-xdist hands out the tests: whole modules, the slowest modules first.
+
+xdist's `--dist load` sends each worker a contiguous chunk of the collection, then refills a
+worker with further chunks when its queue runs low. In the collection's (file) order the slow
+tests sit together (the presence tests, the engine loops), so one worker got them all while the
+others were done: the fast loop took 92 s, three workers idle for its last 40. Sending single
+tests instead spreads a module over all workers: its module fixtures (a TLS etcd, a PKI, a
+busybox image, a benchmark run) are set up again on each of them, and again each time its
+tests come back to a worker after another module's, which costs CPU and breaks fixtures that
+keep fixed names in the worker's etcd.
+
+So with `-n`, `scheduler` picks xdist's `loadscope` distribution (a module at a time) in the
+collection's order of modules, and the workers order their collection by `MODULE_SECONDS`, the
+slowest module first (`slowest_modules_first`; the tests of a module keep their order): every
+worker starts on one of the longest modules and takes the next when it is nearly done, so the
+many short modules fill the gaps at the end (longest processing time first). A run without
+`-n` keeps the file order (tests/conftest.py orders only in xdist workers, all alike, so their
+collections agree).
+
+The figures are seconds a module's tests take in the fast loop on the 2-core machine (the sum
+of `--durations`, under the fast loop's own load); a module missing here counts as fast, one
+renamed or removed is caught by tests/unit/test_schedule.py. Order matters, not precision: list
+a module once it takes a second or more.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, TypeVar
+
+#: test module -> seconds its tests take in the fast loop
+MODULE_SECONDS: dict[str, float] = {
+    "tests/etcd/test_presence_peers.py": 18.0,
+    "tests/unit/test_launcher.py": 17.0,
+    "tests/etcd/test_engine_hold.py": 14.8,
+    "tests/unit/test_architecture.py": 12.0,
+    "tests/etcd/test_fleetctl_fast.py": 12.0,
+    "tests/etcd/test_api.py": 12.0,
+    "tests/etcd/test_presence.py": 11.0,
+    "tests/etcd/test_engine_loop.py": 10.8,
+    "tests/unit/test_launcher_handover.py": 9.7,
+    "tests/unit/test_engine_loop_memory.py": 9.0,
+    "tests/etcd/test_presence_freeze.py": 9.0,
+    "tests/etcd/test_registry.py": 8.5,
+    "tests/etcd/test_fleetctl.py": 7.0,
+    "tests/unit/test_dead_code.py": 5.0,
+    "tests/unit/test_vagrant.py": 5.5,
+    "tests/etcd/test_api_openapi.py": 4.2,
+    "tests/etcd/test_unit_control.py": 3.9,
+    "tests/etcd/test_registry_security.py": 3.5,
+    "tests/etcd/test_image_fetch.py": 3.4,
+    "tests/etcd/test_api_watch.py": 3.3,
+    "tests/etcd/test_fleetctl_api.py": 3.1,
+    "tests/etcd/test_pki.py": 3.0,
+    "tests/etcd/test_bench_smoke.py": 2.8,
+    "tests/unit/test_launcher_hardening.py": 2.6,
+    "tests/etcd/test_dashboard.py": 2.4,
+    "tests/unit/test_images.py": 2.4,
+    "tests/etcd/test_discovery_etcd.py": 1.6,
+    "tests/etcd/test_secrets.py": 1.5,
+    "tests/etcd/test_api_auth.py": 1.2,
+    "tests/unit/test_agent_plan.py": 1.2,
+    "tests/unit/test_scheduler.py": 1.1,
+    "tests/unit/test_unit_file.py": 1.1,
+    "tests/etcd/test_fleetctl_startup.py": 1.0,
+    "tests/unit/test_daemon_cli.py": 1.0,
+}
+
+
+class _Item(Protocol):
+    nodeid: str
+
+
+T = TypeVar("T", bound=_Item)
+
+
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def slowest_modules_first(items: Sequence[T]) -> list[T]:
+    """The items, those of the slowest modules first; a module's own order kept, and the order
+    of the modules not listed (a stable sort)."""
+    return sorted(items, key=lambda item: -MODULE_SECONDS.get(module_of(item.nodeid), 0.0))
+
+
+def scheduler(config, log):
+    """For tests/conftest.py's pytest_xdist_make_scheduler: with `--dist load` (what `-n` picks
+    unless told otherwise) xdist's loadscope scheduler over the workers' order of modules;
+    None (xdist's own choice) for other modes."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # loadscope would sort the modules by their number of tests
+    return LoadScopeScheduling(config, log)
