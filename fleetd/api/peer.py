@@ -33,7 +33,8 @@ PEER_PATH = "/peer/v1/etcd"
 QUIET_PATH = "/peer/v1/quiet"  # {"machineID": ..., "quietFor": seconds}: Presence.quiet_for, no etcd call
 
 
-async def peer_handler(request: web.Request) -> web.Response:
+def _presence_of(request: web.Request):
+    """This fleetd's Presence for a GET of a peer route; 405 for other methods, 404 if none."""
     from fleetd.api.context import HttpError, ctx_of
 
     if request.method != "GET":
@@ -41,18 +42,17 @@ async def peer_handler(request: web.Request) -> web.Response:
     presence = ctx_of(request).extras.get("presence")
     if presence is None:
         raise HttpError(404, "no presence on this fleetd")
+    return presence
+
+
+async def peer_handler(request: web.Request) -> web.Response:
+    presence = _presence_of(request)
     answer = await presence.answer_peer()
     return web.json_response({"machineID": presence.machine.id, "answer": answer.value})
 
 
 async def quiet_handler(request: web.Request) -> web.Response:
-    from fleetd.api.context import HttpError, ctx_of
-
-    if request.method != "GET":
-        raise HttpError(405, "only GET supported against this resource")
-    presence = ctx_of(request).extras.get("presence")
-    if presence is None:
-        raise HttpError(404, "no presence on this fleetd")
+    presence = _presence_of(request)
     return web.json_response({"machineID": presence.machine.id, "quietFor": presence.quiet_for()})
 
 
