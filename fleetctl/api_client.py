@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
@@ -28,7 +27,7 @@ from fleetd.model import Endpoint as ServiceEndpoint  # not fleetctl.endpoint's 
 from fleetd.wire import go_json, machine_from_wire, options_to_wire, state_from_wire, unit_from_wire
 from fleetctl.client import CommandOutput, FleetClient, UnitInfo, poll_delays
 from fleetctl.endpoint import Endpoint, UnixConnection, parse_endpoint
-from fleetctl.fast_http import name_chunks
+from fleetctl.fast_http import name_chunks, unreachable_reason
 
 API_PREFIX = "/fleet/v1"
 WATCH_PATH = API_PREFIX + "/_watch/units"
@@ -90,12 +89,7 @@ class ApiFleetClient(FleetClient):
         return self._path_prefix + prefix + "".join("/" + quote(s, safe="@:") for s in segments)
 
     def _unreachable(self, exc: BaseException, timeout: float | None = None) -> ApiUnavailable:
-        if isinstance(exc, (socket.timeout, TimeoutError)):
-            why = f"no answer within {timeout or self.timeout:g}s"
-        elif isinstance(exc, OSError) and exc.strerror:
-            why = exc.strerror
-        else:
-            why = str(exc) or type(exc).__name__
+        why = unreachable_reason(exc, timeout or self.timeout)
         return ApiUnavailable(f"fleet API unreachable at {self.endpoint.display}: {why}")
 
     def _send(self, method: str, path: str, *, params: Any = None, body: Any = None, headers: dict | None = None,

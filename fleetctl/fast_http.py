@@ -182,18 +182,21 @@ def name_chunks(names: list[str], limit: int = QUERY_LIMIT) -> list[list[str]]:
     return chunks
 
 
+def unreachable_reason(exc: BaseException, wait: float) -> str:
+    """Why the API did not answer, in a few words (shared with fleetctl/api_client.py)."""
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return f"no answer within {wait:g}s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 class Api:
     def __init__(self, opts: dict):
         self.opts = opts
 
     def unreachable(self, exc: BaseException, wait: float) -> Failed:
-        if isinstance(exc, (socket.timeout, TimeoutError)):
-            why = f"no answer within {wait:g}s"
-        elif isinstance(exc, OSError) and exc.strerror:
-            why = exc.strerror
-        else:
-            why = str(exc) or type(exc).__name__
-        return Failed(f"Error: fleet API unreachable at {self.opts['display']}: {why}")
+        return Failed(f"Error: fleet API unreachable at {self.opts['display']}: {unreachable_reason(exc, wait)}")
 
     def many(self, requests: list[tuple], timeout: float | None = None) -> list:
         """(status, body) of each (method, path, body, headers) request, sent together on up to
