@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from _depth import examples
 
 from fleetctl import fast_units as fu, quickunit as qu
 from fleetctl.client import poll_delays
@@ -71,7 +72,7 @@ def test_the_repositorys_unit_files_are_read_the_same():
 TRICKY = st.sampled_from(list("[]#;=\\\"% \t\r\nabcXYZ09é\u2028\x85\ufeff\u3000\u2003\x00\x0b-@"))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.text(alphabet=TRICKY, max_size=150))
 def test_quick_parser_never_differs_on_arbitrary_text(text):
     check_same(text.encode("utf-8", "surrogatepass"), must_read=False)
@@ -99,7 +100,7 @@ def unit_lines(draw):
     return pad
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(st.lists(unit_lines(), max_size=14), st.booleans())
 def test_quick_parser_reads_what_the_parser_reads_without_cr_or_controls(lines, final_newline):
     text = "\n".join(["[Service]", *lines]) + ("\n" if final_newline else "")
@@ -110,7 +111,7 @@ def test_go_space_is_the_parsers():
     assert set(qu.GO_SPACE) == set(_GO_SPACE)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.text(alphabet="ab./@-\\: x", max_size=20),
        st.sampled_from(["", ".service", ".socket", ".timer", ".target", ".mount", ".bogus", "."]))
 def test_mangle_and_plain_names_are_fleetds(stem, suffix):
@@ -121,7 +122,7 @@ def test_mangle_and_plain_names_are_fleetds(stem, suffix):
     assert qu.is_plain_name(arg) == (is_valid_unit_name(arg) and "@" not in arg)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
                     max_leaves=8))
@@ -167,7 +168,7 @@ def test_unit_commands_need_the_api_driver_over_plain_http_or_a_unix_socket():
     assert fu.run_unit_command(["start", "a"], {"FLEETCTL_START_NO_BLOCK": "1"}) is None
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.text(alphabet="ab.@:%/ é", min_size=1, max_size=80), max_size=60), st.integers(20, 400))
 def test_name_chunks_keep_every_name_in_order_within_the_limit(names, limit):
     from urllib.parse import quote
