@@ -3,14 +3,12 @@
 Batches follow the plan's order: all UNLOADs (one daemon-reload), all LOADs (one
 daemon-reload), all STOPs, all STARTs. Like fleet's agent, execution stops at the first
 batch that fails; within a batch every unit is tried (concurrently, in the adapter), and
-SystemdUnitError tells which units failed. `with_start`, if given, runs with the START
-batch's unit names alongside it: started just before the batch's jobs are queued, awaited
-with them.
+SystemdUnitError tells which units failed. `before_start`, if given, is awaited with the
+START batch's unit names just before their jobs are queued.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 
@@ -45,7 +43,7 @@ class ExecutionResult:
 
 
 async def execute(plan: Plan | Sequence[Task], manager: UnitManager,
-                  with_start: Callable[[list[str]], Awaitable[None]] | None = None) -> ExecutionResult:
+                  before_start: Callable[[list[str]], Awaitable[None]] | None = None) -> ExecutionResult:
     tasks = tuple(plan.tasks if isinstance(plan, Plan) else sorted(plan))
     completed: list[Task] = []
     for kind in TaskKind:
@@ -53,10 +51,9 @@ async def execute(plan: Plan | Sequence[Task], manager: UnitManager,
         if not batch:
             continue
         try:
-            if kind == TaskKind.START and with_start is not None:
-                await _alongside(with_start([t.name for t in batch]), _run_batch(kind, batch, manager))
-            else:
-                await _run_batch(kind, batch, manager)
+            if kind == TaskKind.START and before_start is not None:
+                await before_start([t.name for t in batch])
+            await _run_batch(kind, batch, manager)
         except FleetError as exc:
             if isinstance(exc, SystemdUnitError):
                 failed = [t for t in batch if t.name in exc.failures]
@@ -68,15 +65,6 @@ async def execute(plan: Plan | Sequence[Task], manager: UnitManager,
                                    tuple(t for t in tasks if id(t) not in done), exc)
         completed += batch
     return ExecutionResult(tuple(completed), (), ())
-
-
-async def _alongside(first: Awaitable[None], batch: Awaitable[None]) -> None:
-    """Run both (`first` up to its first wait before the batch begins), wait for both, then
-    raise the batch's error if it failed, else `first`'s."""
-    first_outcome, batch_outcome = await asyncio.gather(first, batch, return_exceptions=True)
-    for outcome in (batch_outcome, first_outcome):
-        if isinstance(outcome, BaseException):
-            raise outcome
 
 
 async def _run_batch(kind: TaskKind, batch: list[Task], manager: UnitManager) -> None:

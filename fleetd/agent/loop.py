@@ -134,7 +134,7 @@ class Agent:
         if the_plan:
             for task in the_plan.tasks:
                 log.info("agent: %s", task)
-            result = await execute(the_plan, self.systemd, with_start=self._watch_before_start)
+            result = await execute(the_plan, self.systemd, before_start=self._watch_before_start)
             self._launched = the_plan.launched_after(result.attempted, result.completed)
             self.stats.tasks += len(result.completed)
             unfinished = {t.name for t in result.failed + result.skipped}
@@ -160,10 +160,9 @@ class Agent:
 
     async def _watch_before_start(self, names: list[str]) -> None:
         """Units about to be started join the watch of systemd's signals before their start
-        jobs are queued, so each one's state is published as soon as systemd reports it: not
-        after the pass's last start job finished, which published a node's burst of units in
-        one batch at the end. Runs alongside the start jobs (`execute(with_start=)`): the
-        watch's read of their current state goes to systemd first, without delaying them."""
+        jobs are queued (their state read once now, loaded), so each one's state is published
+        as soon as systemd reports it: not after the pass's last start job finished, which
+        published a node's burst of units in one batch at the end."""
         if self._watch is None or set(names) <= self._watch.units:
             return
         try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -333,54 +331,28 @@ async def test_executor_whole_batch_failure():
     assert [t.kind for t in result.skipped] == [S, T, T, T]
 
 
-async def test_executor_runs_with_start_alongside_the_starts_beginning_before_them():
+async def test_executor_calls_before_start_with_the_starts_just_before_them():
     mgr = RecordingManager()
     seen_at: list[list] = []
 
-    async def with_start(names):
+    async def before_start(names):
         seen_at.append([names, list(mgr.calls)])
 
-    result = await execute(ORDER_PLAN, mgr, with_start=with_start)
+    result = await execute(ORDER_PLAN, mgr, before_start=before_start)
     assert result.ok
     # once, with the START batch's names, after every other batch and before the starts
     assert seen_at == [[["b", "d", "e"], [("unload", ("a", "d")), ("load", ("b", "d", "e")), ("stop", ("c",))]]]
     assert mgr.calls[-1] == ("start", ("b", "d", "e"))
 
 
-async def test_executor_skips_with_start_when_no_start_runs():
+async def test_executor_skips_before_start_when_no_start_runs():
     calls = []
 
-    async def with_start(names):
+    async def before_start(names):
         calls.append(names)
 
     mgr = RecordingManager({"load": SystemdError("systemd Reload: connection closed")})
-    await execute(ORDER_PLAN, mgr, with_start=with_start)
+    await execute(ORDER_PLAN, mgr, before_start=before_start)
     only_loads = plan({"c": want("c", state=LOADED)}, {}, {})
-    await execute(only_loads, RecordingManager(), with_start=with_start)
+    await execute(only_loads, RecordingManager(), before_start=before_start)
     assert calls == []
-
-
-async def test_executor_with_start_runs_alongside_the_start_jobs():
-    started = asyncio.Event()
-
-    class Manager(RecordingManager):
-        async def start(self, names):
-            started.set()
-            await super().start(names)
-
-    async def with_start(names):
-        await asyncio.wait_for(started.wait(), 5)  # would time out if the starts waited for it
-
-    result = await execute(ORDER_PLAN, Manager(), with_start=with_start)
-    assert result.ok
-
-
-async def test_executor_start_failure_wins_over_with_start_failure():
-    async def with_start(names):
-        raise SystemdError("systemd ListUnitsByNames: connection closed")
-
-    mgr = RecordingManager({"start": SystemdUnitError("start", {"e": "job result: failed"})})
-    result = await execute(ORDER_PLAN, mgr, with_start=with_start)
-    assert [t.name for t in result.failed] == ["e"]  # the batch's own error, naming the unit
-    result = await execute(ORDER_PLAN, RecordingManager(), with_start=with_start)
-    assert not result.ok and isinstance(result.error, SystemdError)
