@@ -3,14 +3,13 @@
 Batches follow the plan's order: all UNLOADs (one daemon-reload), all LOADs (one
 daemon-reload), all STOPs, all STARTs. Like fleet's agent, execution stops at the first
 batch that fails; within a batch every unit is tried (concurrently, in the adapter), and
-SystemdUnitError tells which units failed. `before_start`, if given, is awaited with the
-START batch's unit names just before their jobs are queued.
+SystemdUnitError tells which units failed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from fleetd.agent.plan import Plan, Task, TaskKind
 from fleetd.errors import FleetError, SystemdUnitError
@@ -42,8 +41,7 @@ class ExecutionResult:
         return self.completed + self.failed
 
 
-async def execute(plan: Plan | Sequence[Task], manager: UnitManager,
-                  before_start: Callable[[list[str]], Awaitable[None]] | None = None) -> ExecutionResult:
+async def execute(plan: Plan | Sequence[Task], manager: UnitManager) -> ExecutionResult:
     tasks = tuple(plan.tasks if isinstance(plan, Plan) else sorted(plan))
     completed: list[Task] = []
     for kind in TaskKind:
@@ -51,8 +49,6 @@ async def execute(plan: Plan | Sequence[Task], manager: UnitManager,
         if not batch:
             continue
         try:
-            if kind == TaskKind.START and before_start is not None:
-                await before_start([t.name for t in batch])
             await _run_batch(kind, batch, manager)
         except FleetError as exc:
             if isinstance(exc, SystemdUnitError):

@@ -134,7 +134,7 @@ class Agent:
         if the_plan:
             for task in the_plan.tasks:
                 log.info("agent: %s", task)
-            result = await execute(the_plan, self.systemd, before_start=self._watch_before_start)
+            result = await execute(the_plan, self.systemd)
             self._launched = the_plan.launched_after(result.attempted, result.completed)
             self.stats.tasks += len(result.completed)
             unfinished = {t.name for t in result.failed + result.skipped}
@@ -157,18 +157,6 @@ class Agent:
         return revision
 
     # ------------------------------------------------------------------ states
-
-    async def _watch_before_start(self, names: list[str]) -> None:
-        """Units about to be started join the watch of systemd's signals before their start
-        jobs are queued (their state read once now, loaded), so each one's state is published
-        as soon as systemd reports it: not after the pass's last start job finished, which
-        published a node's burst of units in one batch at the end."""
-        if self._watch is None or set(names) <= self._watch.units:
-            return
-        try:
-            await self._watch.set_units(self._watch.units | set(names))
-        except FleetError as exc:  # the units still start; the end of the pass adds them again
-            log.warning("agent: watching units before their start failed: %s", exc)
 
     async def _update_watch(self, names: set[str]) -> None:
         if self._watch is not None:

@@ -329,30 +329,3 @@ async def test_executor_whole_batch_failure():
     result = await execute(ORDER_PLAN, mgr)
     assert [t.kind for t in result.failed] == [L, L, L]
     assert [t.kind for t in result.skipped] == [S, T, T, T]
-
-
-async def test_executor_calls_before_start_with_the_starts_just_before_them():
-    mgr = RecordingManager()
-    seen_at: list[list] = []
-
-    async def before_start(names):
-        seen_at.append([names, list(mgr.calls)])
-
-    result = await execute(ORDER_PLAN, mgr, before_start=before_start)
-    assert result.ok
-    # once, with the START batch's names, after every other batch and before the starts
-    assert seen_at == [[["b", "d", "e"], [("unload", ("a", "d")), ("load", ("b", "d", "e")), ("stop", ("c",))]]]
-    assert mgr.calls[-1] == ("start", ("b", "d", "e"))
-
-
-async def test_executor_skips_before_start_when_no_start_runs():
-    calls = []
-
-    async def before_start(names):
-        calls.append(names)
-
-    mgr = RecordingManager({"load": SystemdError("systemd Reload: connection closed")})
-    await execute(ORDER_PLAN, mgr, before_start=before_start)
-    only_loads = plan({"c": want("c", state=LOADED)}, {}, {})
-    await execute(only_loads, RecordingManager(), before_start=before_start)
-    assert calls == []
