@@ -27,13 +27,12 @@ from fleetd.model import Endpoint as ServiceEndpoint  # not fleetctl.endpoint's 
 from fleetd.wire import go_json, machine_from_wire, options_to_wire, state_from_wire, unit_from_wire
 from fleetctl.client import CommandOutput, FleetClient, UnitInfo, poll_delays
 from fleetctl.endpoint import Endpoint, UnixConnection, parse_endpoint
-from fleetctl.fast_http import name_chunks, unreachable_reason
+from fleetctl.fast_http import name_chunks, unreachable_reason, until_next_check
 
 API_PREFIX = "/fleet/v1"
 WATCH_PATH = API_PREFIX + "/_watch/units"
 IMAGES_API = "/fleet/images/v1/images"
 PARALLEL_REQUESTS = 16
-LONG_POLL = 30.0  # seconds a change-feed request may be held by the server
 REMOTE_COMMAND_TIMEOUT = 60.0
 REQUEST_TIMEOUT: float = -1.0  # _send's default: the client's --request-timeout (None: no timeout)
 
@@ -372,16 +371,9 @@ class ApiFleetClient(FleetClient):
         while True:
             if await check():
                 return True
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            go_on, since = until_next_check(lambda s, hold: self.feed_revision(s, hold, names), since, deadline, delays)
+            if not go_on:
                 return False
-            if since is not None:
-                hold = LONG_POLL if remaining is None else min(LONG_POLL, remaining)
-                since = self.feed_revision(since, hold, names)
-                if since is not None:
-                    continue
-            delay = next(delays)
-            time.sleep(delay if remaining is None else min(delay, remaining))
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 API_PREFIX = "/fleet/v1"
 DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
 UNIX_HOST = "domain-sock"  # fleetctl's Host header over a unix socket (fleetctl.endpoint)
 WATCH_PATH = API_PREFIX + "/_watch/units"
 PARALLEL_REQUESTS = 64  # requests of a batch in flight at once (the full CLI: 16 threads, one each)
-LONG_POLL = 30.0
+LONG_POLL = 30.0  # seconds a change-feed request may be held by the server
 QUERY_LIMIT = 4000  # characters of unitName query per request (aiohttp's request line: 8,190)
 
 # global flags with a value that the fast path understands; an empty --tunnel is no tunnel
@@ -180,6 +181,24 @@ def name_chunks(names: list[str], limit: int = QUERY_LIMIT) -> list[list[str]]:
         chunks[-1].append(name)
         size += cost
     return chunks
+
+
+def until_next_check(feed, since: int | None, deadline: float | None, delays) -> tuple[bool, int | None]:
+    """One wait between two checks of a blocking command (fleetctl/api_client.py's `wait` and the
+    fast path's): (False, since) once `deadline` (time.monotonic) has passed; otherwise (True, the
+    next revision) after a long poll of the change feed, `feed(since, hold)` -> revision or None
+    when the server has none, or after the next of `delays` without a feed."""
+    remaining = None if deadline is None else deadline - time.monotonic()
+    if remaining is not None and remaining <= 0:
+        return False, since
+    if since is not None:
+        hold = LONG_POLL if remaining is None else min(LONG_POLL, remaining)
+        since = feed(since, hold)
+        if since is not None:
+            return True, since
+    delay = next(delays)
+    time.sleep(delay if remaining is None else min(delay, remaining))
+    return True, since
 
 
 def unreachable_reason(exc: BaseException, wait: float) -> str:

@@ -34,7 +34,7 @@ import re
 import sys
 import time
 
-from fleetctl.fast_http import API_PREFIX, LONG_POLL, Api, Failed, NotFast, global_options, locate, quote_name
+from fleetctl.fast_http import API_PREFIX, Api, Failed, NotFast, global_options, locate, quote_name, until_next_check
 from fleetctl.quickunit import is_plain_name, mangle, options_from_wire, quick_options, unit_hash, wire_options, go_json
 
 SECONDS_PER_ATTEMPT = 0.5
@@ -331,16 +331,9 @@ def _wait(api: Api, check, timeout: float | None, names: list[str]) -> bool:
     while True:
         if check():
             return True
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
+        go_on, since = until_next_check(lambda s, hold: api.feed_revision(names, s, hold), since, deadline, delays)
+        if not go_on:
             return False
-        if since is not None:
-            hold = LONG_POLL if remaining is None else min(LONG_POLL, remaining)
-            since = api.feed_revision(names, since, hold)
-            if since is not None:
-                continue
-        delay = next(delays)
-        time.sleep(delay if remaining is None else min(delay, remaining))
 
 
 def destroy(api: Api, args: list[str]) -> int:
