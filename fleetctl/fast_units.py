@@ -36,6 +36,7 @@ import time
 
 from fleetctl.fast_http import API_PREFIX, Api, Failed, NotFast, global_options, locate, quote_name, until_next_check
 from fleetctl.quickunit import is_plain_name, mangle, options_from_wire, quick_options, unit_hash, wire_options, go_json
+from fleetctl.progress import Progress
 
 SECONDS_PER_ATTEMPT = 0.5
 FAST_POLL, FAST_POLL_FOR = 0.025, 0.5  # fleetctl.client.poll_delays without a change feed
@@ -228,27 +229,6 @@ def stop(api: Api, args: list[str], no_block: bool, attempts: int) -> int:
     if code == 0 and not no_block:
         _warn(f"Successfully stopped units [{' '.join(stopping)}].")
     return code
-
-
-class Progress:
-    """fleetctl.progress.Progress (a line on stderr while waiting, on a terminal only)."""
-
-    def __init__(self, total: int, what: str):
-        self.total, self.what = total, what
-        self.enabled = sys.stdout.isatty() and total > 1
-        self.shown = False
-
-    def update(self, done: int) -> None:
-        if self.enabled:
-            sys.stderr.write(f"\r\x1b[KWaiting for units to be {self.what}: {done}/{self.total}")
-            sys.stderr.flush()
-            self.shown = True
-
-    def clear(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-            self.shown = False
 
 
 def poll_delays(poll: float = 0.25):

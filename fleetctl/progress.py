@@ -6,11 +6,11 @@ Shown only when stdout is a terminal (interactive use); scripts and pipes see fl
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from io import TextIOBase  # not typing.TextIO: fleetctl's fast path imports this module (no typing)
 
 
 class Progress:
-    def __init__(self, total: int, what: str, *, stream: TextIO | None = None, enabled: bool | None = None):
+    def __init__(self, total: int, what: str, *, stream: TextIOBase | None = None, enabled: bool | None = None):
         self.total = total
         self.what = what
         self.stream = stream or sys.stderr
