@@ -149,9 +149,9 @@ def resolve(api: Api, args: list[str]) -> list[tuple[str, list | None, dict | No
             if not options or any(o[0] in REQUIREMENT_SECTIONS for o in options):
                 raise NotFast()
         if existing is not None:
-            if options is not None and unit_hash(options) != unit_hash(_plain_existing(existing)):
+            existing_options = _plain_existing(existing)  # NotFast unless a plain unit
+            if options is not None and unit_hash(options) != unit_hash(existing_options):
                 raise NotFast()  # the full CLI warns (or replaces)
-            _plain_existing(existing)
             resolved.append((name, None, existing))
         elif options is not None:
             resolved.append((name, options, None))
