@@ -27,7 +27,7 @@ from fleetd.model import Endpoint as ServiceEndpoint  # not fleetctl.endpoint's 
 from fleetd.wire import go_json, machine_from_wire, options_to_wire, state_from_wire, unit_from_wire
 from fleetctl.client import CommandOutput, FleetClient, UnitInfo, poll_delays
 from fleetctl.endpoint import Endpoint, UnixConnection, parse_endpoint
-from fleetctl.fast_http import name_chunks, unreachable_reason, until_next_check
+from fleetctl.fast_http import error_message, name_chunks, unreachable_reason, until_next_check
 
 API_PREFIX = "/fleet/v1"
 WATCH_PATH = API_PREFIX + "/_watch/units"
@@ -132,11 +132,7 @@ class ApiFleetClient(FleetClient):
         raise self.error(method, path, response.status, raw)
 
     def error(self, method: str, path: str, status: int, raw: bytes) -> Exception:
-        message = ""
-        try:
-            message = json.loads(raw)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = raw.decode("utf-8", "replace").strip()[:200]
+        message = error_message(raw)
         path = path.split("?", 1)[0]
         if status == 503:
             return ApiUnavailable(f"{message or 'service unavailable'} (fleet API at {self.endpoint.display})")

@@ -201,6 +201,15 @@ def until_next_check(feed, since: int | None, deadline: float | None, delays) ->
     return True, since
 
 
+def error_message(raw: bytes) -> str:
+    """The message of fleet's error envelope {"error": {"message": ...}}, else the body's start
+    (shared with fleetctl/api_client.py)."""
+    try:
+        return json.loads(raw)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return raw.decode("utf-8", "replace").strip()[:200]
+
+
 def unreachable_reason(exc: BaseException, wait: float) -> str:
     """Why the API did not answer, in a few words (shared with fleetctl/api_client.py)."""
     if isinstance(exc, (socket.timeout, TimeoutError)):
@@ -255,11 +264,7 @@ class Api:
 
     def error(self, method: str, path: str, status: int, raw: bytes) -> Failed:
         """fleetctl.api_client.ApiFleetClient.error, as `run` prints it."""
-        message = ""
-        try:
-            message = json.loads(raw)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = raw.decode("utf-8", "replace").strip()[:200]
+        message = error_message(raw)
         path = self.opts.get("prefix", "") + path.split("?", 1)[0]
         if status == 503:
             return Failed(f"Error: {message or 'service unavailable'} (fleet API at {self.opts['display']})")
