@@ -59,6 +59,29 @@ def _wait_no_units(node, fleetctl: str, timeout: float = 30.0) -> None:
         time.sleep(0.5)
 
 
+def _destroy_all(node, fleetctl: str) -> None:
+    files = node.exec(f"{fleetctl} list-unit-files --no-legend --fields=unit", check=False,
+                      timeout=30).stdout.split()
+    if files:
+        node.exec(f"{fleetctl} destroy {shlex.join(files)}", check=False, timeout=60)
+    _wait_no_units(node, fleetctl)
+
+
+def _reference(node, timings: dict, attempts: int = 3) -> dict[str, C.Outcome]:
+    """fleet v1.0.0's run of the scenario. Where its fleetctl gave up one of its own short
+    waits (a loaded machine: its agent had not started the unit within 2 s), the outcome says
+    nothing about fleet's behaviour: the units are destroyed and the scenario runs again."""
+    for attempt in range(1, attempts + 1):
+        reference = _run(node, PEER_FLEETCTL, timings)
+        late = C.timed_out_steps(reference)
+        if not late:
+            return reference
+        print(f"\nfleet v1.0.0 run {attempt}: its own waits timed out in {late}; running again")
+        _destroy_all(node, PEER_FLEETCTL)
+    raise AssertionError(f"fleet v1.0.0 (the reference) timed out its own waits in {attempts} "
+                         f"runs of the scenario (last: {late}); the machine is too loaded to compare")
+
+
 @pytest.fixture(scope="module")
 def runs(lab_factory):
     if PEER is None:
@@ -70,7 +93,7 @@ def runs(lab_factory):
     try:
         peer.up()
         peer.wait_peer_fleetd()
-        reference = _run(peer.node(1), PEER_FLEETCTL, timings["fleet"])
+        reference = _reference(peer.node(1), timings["fleet"])
     finally:
         lab_factory.labs.remove(peer)
         warnings = peer.down()
