@@ -198,6 +198,36 @@ async def _start_latencies(client: "_Child", workers: list[_AgentsChild], first:
     return latencies
 
 
+def etcd_watchers(endpoint: str) -> tuple[int, int]:
+    """(watchers, of which unsynced) in etcd now, from its /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    figures = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_slow_watcher_total"):
+            figures[name] = int(float(value))
+    return figures.get("etcd_debugging_mvcc_watcher_total", 0), figures.get("etcd_debugging_mvcc_slow_watcher_total", 0)
+
+
+async def _watches_settled(endpoint: str, at_least: int, timeout: float) -> int:
+    """Wait until etcd has `at_least` watchers, none of them catching up (an agents process is
+    ready after its agents' first pass; their watches are created after it, one at a time per
+    stream: without this wait, creating them and etcd's catching up on their history from the
+    first pass's revision would land in the measured run)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        watchers, unsynced = await asyncio.to_thread(etcd_watchers, endpoint)
+        if watchers >= at_least and unsynced == 0:
+            return watchers
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"scale benchmark: etcd has {watchers} watchers ({unsynced} unsynced) "
+                                 f"{timeout:.0f}s after the agents started, expected {at_least}")
+        await asyncio.sleep(0.05)
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -295,6 +325,8 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
+            # every agent watches schedule/<id>/, global/ and machines/<id>/metadata/
+            watchers = await _watches_settled(etcd.endpoint, 3 * machines, timeout)
             setup_seconds = time.monotonic() - started
 
             await engine.send("probe")
@@ -356,6 +388,7 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
         "agent_processes": agent_processes,
         "load_average_before": round(load_before, 2),
         "setup_seconds": round(setup_seconds, 2),
+        "etcd_watchers_at_start": watchers,
         "create_seconds": round(created["monotonic"] - t0, 3),
         "placed_seconds": round(placed_seconds, 3),
         "total_seconds": round(total_seconds, 3),

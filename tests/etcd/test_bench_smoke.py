@@ -47,6 +47,13 @@ def test_scale_traffic_adds_up(tiny_scale):
     assert tiny_scale["total_seconds"] >= tiny_scale["placed_seconds"] > 0
 
 
+def test_scale_run_starts_with_every_watch_in_place(tiny_scale):
+    # each agent's three watches exist (and are caught up) before the clock starts: no watch is
+    # created during the measured run
+    assert tiny_scale["etcd_watchers_at_start"] >= 3 * tiny_scale["machines"]
+    assert tiny_scale["etcd_traffic"]["agents"]["by_method"].get("Watch/Watch", {}).get("sent", 0) == 0
+
+
 def test_scheduler_benchmark_places_everything():
     result = scheduler(machines=20, units=200, repeat=1)
     assert result["global_units"] > 0  # globals are not placed, they count in every load
