@@ -293,8 +293,9 @@ def _traffic(counter: RequestCounter, units: int) -> dict[str, Any]:
 
 async def _scale(machines: int, units: int, connections: int, timeout: float, agent_ttl: float,
                  engine_interval: float, etcd_binary: str, profile_dir: Path | None,
-                 idle_seconds: float, single_starts: int, agent_processes: int) -> dict[str, Any]:
-    with EtcdServer(binary=etcd_binary) as etcd:
+                 idle_seconds: float, single_starts: int, agent_processes: int, agents_nice: int = 0,
+                 etcd_options: tuple[str, ...] = ()) -> dict[str, Any]:
+    with EtcdServer(binary=etcd_binary, extra_args=tuple(etcd_options)) as etcd:
         settings = EtcdSettings(endpoints=(etcd.endpoint,), key_prefix=KEY_PREFIX, request_timeout=30.0)
         ids = [machine_id(i) for i in range(machines)]
         common = {"endpoints": [etcd.endpoint], "key_prefix": KEY_PREFIX}
@@ -316,7 +317,7 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             # processes start their agents at the same time
             configs = [{**common, "role": "agents", "machines": list(range(k, machines, agent_processes)),
                         "connections": connections // agent_processes + (k < connections % agent_processes),
-                        "ttl": agent_ttl, "request_timeout": 30.0,
+                        "ttl": agent_ttl, "request_timeout": 30.0, "nice": agents_nice,
                         "profile": str(profile_dir / f"agents-{k}.prof") if profile_dir else None}
                        for k in range(agent_processes)]
             results = await asyncio.gather(*(_AgentsChild.start(c, timeout) for c in configs), return_exceptions=True)
@@ -386,6 +387,9 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
         "units": units,
         "connections": sum(c["connections"] for c in configs),
         "agent_processes": agent_processes,
+        "agents_nice": agents_nice,
+        "agents_niceness_observed": sorted({w.ready["niceness"] for w in workers}),
+        "etcd_options": list(etcd_options),
         "load_average_before": round(load_before, 2),
         "setup_seconds": round(setup_seconds, 2),
         "etcd_watchers_at_start": watchers,
@@ -457,7 +461,8 @@ def scale(machines: int | None = None, units: int | None = None, *, quick: bool 
           connections: int = 50, timeout: float = 300.0, agent_ttl: float = 30.0,
           engine_interval: float = 2.0, idle_seconds: float | None = None, single_starts: int = 20,
           etcd_binary: str = "etcd", profile_dir: str | None = None,
-          agent_processes: int | None = None) -> dict[str, Any]:
+          agent_processes: int | None = None, agents_nice: int = 0,
+          etcd_options: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """Run the scale benchmark; returns its figures (raises BenchmarkError on failure).
 
     Defaults to 1,000 machines x 10,000 units; `quick` to 100 x 1,000. Afterwards the settled
@@ -465,7 +470,10 @@ def scale(machines: int | None = None, units: int | None = None, *, quick: bool 
     the engine's idle CPU. Then `single_starts` more units are started one at a time on the
     settled cluster (start-to-active latency at scale). The agents run in `agent_processes`
     processes (default: default_agent_processes()). `profile_dir` writes cProfile data of
-    the agents processes (agents-K.prof) and of the engine process there.
+    the agents processes (agents-K.prof) and of the engine process there. `agents_nice`: the
+    agents processes' niceness (0: they compete for the CPU with etcd, the engine and the
+    client as equals; real machines would each have their own). `etcd_options`: extra flags
+    for the benchmark's etcd (e.g. "--backend-batch-interval=10ms").
     """
     if idle_seconds is None:
         idle_seconds = 0.0 if quick else 5 * engine_interval
@@ -482,7 +490,8 @@ def scale(machines: int | None = None, units: int | None = None, *, quick: bool 
     if not 1 <= agent_processes <= machines:
         raise BenchmarkError(f"scale benchmark: agent processes must be 1..{machines}, got {agent_processes}")
     result = asyncio.run(_scale(machines, units, connections, timeout, agent_ttl, engine_interval,
-                                etcd_binary, profile, idle_seconds, single_starts, agent_processes))
+                                etcd_binary, profile, idle_seconds, single_starts, agent_processes,
+                                agents_nice, tuple(etcd_options)))
     result["date"] = time.strftime("%Y-%m-%d")
     result["cpus"] = os.cpu_count()
     return result
