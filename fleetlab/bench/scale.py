@@ -378,7 +378,7 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
     stats = {key: busy["stats"][key] - before["stats"][key]  # the run itself, without setup or idle phase
              for key in ("passes", "skipped_passes", "placements", "transactions", "reconcile_seconds",
                          "reconcile_cpu_seconds", "snapshot_seconds", "apply_seconds",
-                         "planned_passes", "view_passes", "full_reads")}
+                         "planned_passes", "view_passes", "full_reads", "settled_passes")}
     placed_seconds = busy["stats"]["last_write_at"] - t0
     total_traffic = agent_traffic + client_traffic + engine_traffic
     return {
@@ -414,6 +414,7 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
         "engine": {
             "passes": stats["passes"],
             "planned_passes": stats["planned_passes"],
+            "settled_passes": stats["settled_passes"],
             "view_passes": stats["view_passes"],
             "full_reads": stats["full_reads"],
             "placements": stats["placements"],
