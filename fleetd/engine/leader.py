@@ -223,11 +223,16 @@ class Engine:
 
     async def _settle(self, dirty: asyncio.Event, keepalive: asyncio.Task) -> None:
         """In a burst (see BURST_QUIET): wait until no news came for burst_quiet seconds, at most
-        burst_max in all, or until the lease's keeper stops (the loop then raises its error)."""
+        burst_max in all, or until the lease's keeper stops (the loop then raises its error).
+        Meanwhile the news is folded into the view as it comes (decoding jobs, parsing bodies),
+        so that the pass after the burst only plans and writes."""
         self.stats.settled_passes += 1
         deadline = time.monotonic() + self.burst_max
         while not keepalive.done():
             dirty.clear()
+            if self._view is not None and self._view.loaded and self._events:
+                events, self._events = self._events, []
+                await self._view.apply(events)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return

@@ -365,7 +365,7 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             engine_times: list[tuple[float, float]] = []
             latencies = await _start_latencies(client, workers, units, single_starts, timeout, engine, engine_times)
             await engine.send("stop")
-            done = await engine.read("done", 30)
+            done = await engine.read("done", 120)  # tracemalloc of the whole state: slow under load
             engine_traffic = _traffic_between(before, busy)
             client_traffic = _traffic_between(client.ready, created)
             async with await Registry.connect(settings) as checker:
