@@ -26,9 +26,16 @@ def warn(text: str) -> None:
 
 
 def is_global(options: list[tuple[str, str, str]]) -> bool:
-    """[X-Fleet] Global=, the last value, fleet's truthy words (fleetd.unit.requirements)."""
-    values = [v for s, n, v in options if s == "X-Fleet" and n == "Global"]
-    return bool(values) and values[-1].strip().lower() in ("true", "yes", "1", "on", "t")
+    """Unit.is_global: [X-Fleet] Global= (rare here: the fast path leaves units with [X-Fleet]
+    to the full CLI, so only a unit replaced during a wait gets here; then fleetd.unit's rule)."""
+    if not any(s == "X-Fleet" and n == "Global" for s, n, _ in options):
+        return False
+    from fleetd.unit.file import UnitFile
+    from fleetd.unit.requirements import requirements_of
+
+    from fleetctl.quickunit import serialize
+
+    return requirements_of(UnitFile.parse(serialize(options).encode()), "unit.service").is_global
 
 
 def current_state(unit_hash: str, placement: tuple[str, dict] | None, states: list[dict]) -> tuple[str, str]:

@@ -53,13 +53,14 @@ def unb64(text: str) -> bytes:
 
 
 def prefix_end(prefix: bytes) -> bytes:
-    """The end of the range of every key starting with `prefix` (etcd's clientv3.GetPrefixRangeEnd)."""
+    """The end of the range of keys starting with `prefix`, as the registry proper asks for it
+    (aetcd.utils.prefix_range_end)."""
     end = bytearray(prefix)
     for i in range(len(end) - 1, -1, -1):
         if end[i] < 0xFF:
             end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"
+            break
+    return bytes(end)
 
 
 def chunks(items: list, size: int = MAX_TXN_OPS) -> list[list]:
