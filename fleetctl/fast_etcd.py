@@ -55,13 +55,12 @@ class Failed(Exception):
 
 
 def _port(endpoint: str) -> int | None:
-    from urllib.parse import urlsplit
+    """The port of the first endpoint when it says one (fleet's choice of driver), else None."""
+    from fleetd.registry.gateway import parse_endpoint
 
     first = endpoint.split(",")[0]
-    try:
-        return urlsplit(first if "://" in first else f"http://{first}").port
-    except ValueError:
-        return None
+    where = parse_endpoint(first)
+    return where[2] if where is not None and first.rstrip("/").rpartition(":")[2].isdigit() else None
 
 
 def etcd_settings(argv: list[str], environ) -> tuple[dict, list[str]] | None:
@@ -204,11 +203,13 @@ def submit_load_start(registry, command: str, args: list[str], no_block: bool, a
     resolved, known, _ = resolve(units, args)
     new = [(name, options) for name, options in resolved if options is not None]
     created: set[str] = set()
+    records: dict = {}
     if new:
         writing()
         for _, options in new:
             units.learn(unit_hash(options), options)
-        created = set(registry.create_units([(n, unit_hash(o), serialize(o)) for n, o in new]))
+        records = registry.create_units([(n, unit_hash(o), serialize(o)) for n, o in new])
+        created = set(records)
         for name, _ in new:
             say(f"Unit {name} inactive")
     if state is None:
@@ -229,7 +230,7 @@ def submit_load_start(registry, command: str, args: list[str], no_block: bool, a
 
         writing()
         try:
-            registry.set_desired_state(to_change, state)
+            registry.set_desired_state(to_change, state, {n: r for n, r in records.items() if n in to_change})
         except RegistryError as exc:  # submit_and_set: FleetError -> "Error starting units: ..."
             raise Failed(f"Error {'starting' if action == 'start' else 'loading'} units: {exc}") from None
     return wait_for_states(units, to_change, state, action, no_block, attempts)

@@ -65,11 +65,13 @@ class Units:
     def learn(self, unit_hash: str, options: list) -> None:
         self.options[unit_hash] = options
 
-    def named(self, names: list[str]) -> tuple[int, dict[str, dict]]:
+    def named(self, names: list[str], machines: dict | None = None) -> tuple[int, dict[str, dict]]:
         """(revision of the read, {name: {"desired", "hash", "options", "current", "machine"}}) of
         the named units that exist with a readable body (EtcdFleetClient.units_named with
         exact_machine=False; the current state is the same with True)."""
-        revision, jobs, states = self.registry.read_units(names)
+        revision, jobs, states, listed = self.registry.read_units(names, machines is not None)
+        if listed is not None:  # the machines' list in the same read (a wait's legends)
+            machines.update(listed)
         missing = [j["hash"] for j in jobs.values() if j["hash"] not in self.options]
         if missing:
             bodies = self.registry.bodies(missing)
@@ -113,8 +115,8 @@ def wait_for_states(units: Units, names: list[str], state: str, action: str, no_
         mid, ip = machines[machine_id]
         return f"{mid[:8]}.../{ip}" if ip else f"{mid[:8]}..."
 
-    def check() -> bool:
-        revision, infos = units.named(pending)
+    def check() -> bool:  # the machines' list read with the first check, not after the first unit got there
+        revision, infos = units.named(pending, None if revisions else machines)
         revisions.append(revision)
         for name in list(pending):
             info = infos.get(name)

@@ -67,19 +67,25 @@ def chunks(items: list, size: int = MAX_TXN_OPS) -> list[list]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of an etcd client URL (http or https, as fleetd.registry.connection
-    reads it), None for anything else."""
-    from urllib.parse import urlsplit
+_URL = None
 
-    try:
-        url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-        port = url.port or 2379
-    except ValueError:
+
+def parse_endpoint(endpoint: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a plain etcd client URL — http(s)://host[:port][/], a host name or
+    an IP address (IPv6 in brackets) — as fleetd.registry.connection reads it; None for anything
+    else (urllib.parse alone costs more than a request here)."""
+    global _URL
+    if _URL is None:
+        import re
+
+        _URL = re.compile(r"(?:(https?)://)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?/?")
+    match = _URL.fullmatch(endpoint)
+    if match is None:
         return None
-    if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query:
+    scheme, host, port = match.groups()
+    if port is not None and not 0 < int(port) < 65536:
         return None
-    return url.scheme, url.hostname, port
+    return scheme or "http", host.strip("[]").lower(), int(port) if port else 2379
 
 
 # ---------------------------------------------------------------------------- HTTP/1.1
@@ -165,7 +171,8 @@ class Gateway:
 
     def connect(self) -> _Stream:
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            host = self.host.encode() if self.host.isascii() else self.host  # str: the idna codec's import
+            sock = socket.create_connection((host, self.port), timeout=self.timeout)
         except OSError as exc:
             raise GatewayError(f"etcd unreachable at {self.endpoint}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -340,18 +347,27 @@ class UnitGateway:
         self.gateway = gateway
         self.keys = KeyLayout(key_prefix)
 
-    def read_units(self, names: list[str]) -> tuple[int, dict[str, dict], dict[str, list[dict]]]:
+    def read_units(self, names: list[str], machines: bool = False) -> tuple[int, dict[str, dict], dict[str, list[dict]],
+                                                                           dict[str, tuple[str, str]] | None]:
         """(revision of the first read, job records by name — decoded, with "mod_revision" —,
-        the states published for each found unit sorted by machine) as unit_records reads them."""
+        the states published for each found unit sorted by machine) as unit_records reads them;
+        with `machines`, also `machines()` read in the same first transaction (else None)."""
         keys = self.keys
         jobs: dict[str, dict] = {}
         states: dict[str, list[dict]] = {}
         first = 0
-        for chunk in chunks(list(dict.fromkeys(names)), MAX_TXN_OPS // 2):
+        found_machines = None
+        for chunk in chunks(list(dict.fromkeys(names)), MAX_TXN_OPS // 2) or [[]]:
             ops = []
             for name in chunk:
                 ops += [op_get(keys.job(name)), op_get(keys.unit_states(name), prefix=True)]
+            if machines and not first:
+                ops.append(op_get(keys.machines, prefix=True))
+            if not ops:
+                break
             _, responses, revision = self.gateway.txn([], ops)
+            if machines and not first:
+                found_machines = self._machines_from(responses.pop())
             first = first or revision
             for i, name in enumerate(chunk):
                 job, reported = responses[2 * i], responses[2 * i + 1]
@@ -361,7 +377,7 @@ class UnitGateway:
                     jobs[name] = record
                     states[name] = sorted((json.loads(value_of(kv)) for kv in reported),
                                           key=lambda s: s["machineID"])
-        return first, jobs, states
+        return first, jobs, states, found_machines
 
     def bodies(self, hashes: list[str]) -> dict[str, bytes]:
         """Unit bodies (their canonical text) by hash; missing ones left out."""
@@ -387,8 +403,11 @@ class UnitGateway:
 
     def machines(self) -> dict[str, tuple[str, str]]:
         """(id, public IP) of each machine's record by machine (machines_from's `object` keys)."""
+        _, (kvs,), _ = self.gateway.txn([], [op_get(self.keys.machines, prefix=True)])
+        return self._machines_from(kvs)
+
+    def _machines_from(self, kvs: list[dict]) -> dict[str, tuple[str, str]]:
         base = self.keys.machines
-        _, (kvs,), _ = self.gateway.txn([], [op_get(base, prefix=True)])
         found = {}
         for kv in kvs:
             machine_id, _, tail = unb64(kv["key"]).decode()[len(base):].partition("/")
@@ -397,41 +416,49 @@ class UnitGateway:
                 found[machine_id] = (data["id"], data.get("publicIP", ""))
         return dict(sorted(found.items()))
 
-    def create_units(self, units: list[tuple[str, str, str]]) -> list[str]:
+    def create_units(self, units: list[tuple[str, str, str]]) -> dict[str, tuple[str, int]]:
         """EtcdUnitStore.create_units of (name, hash, canonical text) units, desired inactive:
-        the names created (a unit created meanwhile by someone else is left as it is)."""
+        {name: (hash, mod revision of its job key)} of those created (a unit created meanwhile
+        by someone else is left as it is)."""
         keys = self.keys
-        created = []
+        created: dict[str, tuple[str, int]] = {}
         for chunk in chunks(units, MAX_TXN_OPS // 2):
             bodies = {h: text for _, h, text in chunk}
             success = [op_put(keys.body(h), text) for h, text in bodies.items()]
             success += [op_put(keys.job(n), job_value(n, h, "inactive")) for n, h, _ in chunk]
-            ok, _, _ = self.gateway.txn([absent(keys.job(n)) for n, _, _ in chunk], success)
+            ok, _, revision = self.gateway.txn([absent(keys.job(n)) for n, _, _ in chunk], success)
             if ok:
-                created += [n for n, _, _ in chunk]
+                created.update((n, (h, revision)) for n, h, _ in chunk)
                 continue
             for name, unit_hash, text in chunk:  # someone else created some of them
-                ok, _, _ = self.gateway.txn([absent(keys.job(name))], [
+                ok, _, revision = self.gateway.txn([absent(keys.job(name))], [
                     op_put(keys.body(unit_hash), text), op_put(keys.job(name), job_value(name, unit_hash, "inactive"))])
                 if ok:
-                    created.append(name)
+                    created[name] = (unit_hash, revision)
         return created
 
-    def set_desired_state(self, names: list[str], state: str) -> None:
+    def set_desired_state(self, names: list[str], state: str, created: dict[str, tuple[str, int]] | None = None) -> None:
         """EtcdUnitStore.set_desired_state (RegistryCore.cas_update) for units that are not
-        templates (the caller's): UnitNotFound, UnitConflict as there."""
+        templates (the caller's): UnitNotFound, UnitConflict as there. `created`: what
+        `create_units` answered for units this client has just created: the first round compares
+        with those records instead of reading them again (the same writes and compares; a key
+        changed since fails its compare and is read again, as after any lost race)."""
         keys = self.keys
         by_key = {keys.job(n): n for n in dict.fromkeys(names)}
         pending = list(by_key)
+        given = {keys.job(n): {"value": b64(job_value(n, h, "inactive")), "mod_revision": str(r)}
+                 for n, (h, r) in (created or {}).items()}
         for _ in range(CAS_ATTEMPTS):
             if not pending:
                 return
-            if len(pending) == 1:
-                _, (kvs,), _ = self.gateway.txn([], [op_get(pending[0])])
-                current = {pending[0]: kvs[0] if kvs else None}
+            current = {k: given[k] for k in pending if k in given}
+            given = {}
+            unknown = [k for k in pending if k not in current]
+            if len(unknown) == 1:
+                _, (kvs,), _ = self.gateway.txn([], [op_get(unknown[0])])
+                current[unknown[0]] = kvs[0] if kvs else None
             else:
-                current = {}
-                for batch in chunks(pending):
+                for batch in chunks(unknown):
                     _, responses, _ = self.gateway.txn([], [op_get(k) for k in batch])
                     current.update((k, kvs[0] if kvs else None) for k, kvs in zip(batch, responses))
             planned = {}

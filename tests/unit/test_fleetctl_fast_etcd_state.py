@@ -59,3 +59,24 @@ def test_prefix_end_is_aetcds():
 
     for prefix in (b"/fleet/job/", b"a\xff", b"\xff\xff", b"x"):
         assert prefix_end(prefix) == prefix_range_end(prefix)
+
+
+def test_endpoints_read_as_the_registry_reads_them():
+    """gateway.parse_endpoint (a regular expression: urllib.parse costs more than a request)
+    against urlsplit as fleetd.registry.connection.grpc_target reads URLs; None is always
+    allowed (the full CLI then does the command)."""
+    from urllib.parse import urlsplit
+
+    from fleetd.registry.gateway import parse_endpoint
+
+    for endpoint in ("http://127.0.0.1:2379", "https://etcd.example:4001/", "10.0.0.1", "10.0.0.1:2380",
+                     "http://[::1]:2379", "HTTP://Host:1", "http://h:0", "http://h:99999", "http://u@h:1",
+                     "http://h:1/path", "ftp://h:1", "http://h:x", "http://h:1?q", "", "unix:///x.sock"):
+        mine = parse_endpoint(endpoint)
+        if mine is None:
+            continue
+        url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        assert mine == (url.scheme, url.hostname, url.port or 2379), endpoint
+    assert parse_endpoint("http://127.0.0.1:2379") == ("http", "127.0.0.1", 2379)
+    assert parse_endpoint("http://[::1]:2379") == ("http", "::1", 2379)
+    assert parse_endpoint("https://h") == ("https", "h", 2379)
