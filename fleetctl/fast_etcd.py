@@ -101,7 +101,8 @@ def etcd_settings(argv: list[str], environ) -> tuple[dict, list[str]] | None:
         return None  # the full CLI's error, or TLS over an http:// URL (gRPC's, not this)
     prefix = values["prefix"] if values["prefix"].endswith("/") else values["prefix"] + "/"
     prefix = prefix if prefix.startswith("/") else "/" + prefix
-    return {"endpoint": endpoints[0], "prefix": prefix, "timeout": timeout, "ca": ca, "cert": cert, "key": key}, rest
+    return {"endpoint": endpoints[0], "scheme": where[0][0], "prefix": prefix, "timeout": timeout, "ca": ca,
+            "cert": cert, "key": key}, rest
 
 
 # ---------------------------------------------------------------------------- units
@@ -131,9 +132,15 @@ def run_etcd_command(argv: list[str], environ) -> int | None:
     from fleetd.errors import RegistryError
     from fleetd.registry.gateway import Gateway, GatewayError, UnitGateway
 
+    tls = (conf["ca"], conf["cert"], conf["key"])
     try:
-        registry = UnitGateway(Gateway(conf["endpoint"], conf["timeout"], conf["ca"], conf["cert"], conf["key"]),
-                               conf["prefix"])
+        if conf["scheme"] == "https":  # gRPC itself: etcd's gateway refuses certificate users under auth
+            from fleetd.registry.grpc_lite import GrpcTransport
+
+            transport = GrpcTransport(conf["endpoint"], conf["timeout"], *tls)
+        else:
+            transport = Gateway(conf["endpoint"], conf["timeout"], *tls)
+        registry = UnitGateway(transport, conf["prefix"])
     except GatewayError:
         return None
     written = [False]

@@ -169,7 +169,7 @@ class Gateway:
         self.tls_files = (cafile, certfile, keyfile)
         self._stream: _Stream | None = None
 
-    def connect(self) -> _Stream:
+    def connect(self, alpn: tuple[str, ...] = ()) -> _Stream:
         try:
             host = self.host.encode() if self.host.isascii() else self.host  # str: the idna codec's import
             sock = socket.create_connection((host, self.port), timeout=self.timeout)
@@ -184,6 +184,8 @@ class Gateway:
                 context = ssl.create_default_context(cafile=cafile or None)
                 if certfile:
                     context.load_cert_chain(certfile, keyfile or None)
+                if alpn:
+                    context.set_alpn_protocols(list(alpn))
                 sock = context.wrap_socket(sock, server_hostname=self.host)
             except (OSError, ValueError) as exc:
                 sock.close()
@@ -225,6 +227,9 @@ class Gateway:
         if not isinstance(answer, dict) or "header" not in answer:
             raise GatewayError(f"etcd gateway {path}: an answer without a header")
         return answer
+
+    def watch(self, prefixes: list[str], start_revision: int) -> "Watch":
+        return Watch(self, prefixes, start_revision)
 
     def close(self) -> None:
         if self._stream is not None:
@@ -343,8 +348,8 @@ class UnitGateway:
     """What fleetctl's fast path does to unit records, over a Gateway (see the module's
     docstring): reads, creation, desired states, deletion, a watch."""
 
-    def __init__(self, gateway: Gateway, key_prefix: str):
-        self.gateway = gateway
+    def __init__(self, gateway, key_prefix: str):
+        self.gateway = gateway  # a Gateway, or grpc_lite.GrpcTransport (the same txn/watch/close)
         self.keys = KeyLayout(key_prefix)
 
     def read_units(self, names: list[str], machines: bool = False) -> tuple[int, dict[str, dict], dict[str, list[dict]],
@@ -500,7 +505,7 @@ class UnitGateway:
         """A watch of what a unit's state is made of (fleetctl's etcd change feed: the jobs,
         the schedule and the published states) from `start_revision` on."""
         keys = self.keys
-        return Watch(self.gateway, [keys.jobs, keys.schedule, keys.states], start_revision)
+        return self.gateway.watch([keys.jobs, keys.schedule, keys.states], start_revision)
 
     def close(self) -> None:
         self.gateway.close()

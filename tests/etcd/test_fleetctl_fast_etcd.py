@@ -341,42 +341,56 @@ def tls_etcd(tmp_path_factory):
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ca", "-keyout", "ca.key",
             "-out", "ca.crt", cwd=d)
     make_cert(d, "server", "serverAuth,clientAuth", "IP:127.0.0.1")
-    make_cert(d, "root", "clientAuth")
+    for user in ("root", "operator", "outsider"):
+        make_cert(d, user, "clientAuth")
     with EtcdServer(tls=(str(d / "ca.crt"), str(d / "server.crt"), str(d / "server.key"))) as server:
         yield server, d
 
 
-def tls_run(server, d: Path, work: Path, how: list[str], prefix: str, *args: str) -> subprocess.CompletedProcess:
+def tls_run(server, d: Path, work: Path, how: list[str], prefix: str, *args: str,
+            cert: str = "root") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-X", "importtime", *how, "--driver=etcd", f"--endpoint={server.endpoint}",
-                           f"--etcd-key-prefix={prefix}", f"--ca-file={d / 'ca.crt'}", f"--cert-file={d / 'root.crt'}",
-                           f"--key-file={d / 'root.key'}", *args],
+                           f"--etcd-key-prefix={prefix}", f"--ca-file={d / 'ca.crt'}", f"--cert-file={d / f'{cert}.crt'}",
+                           f"--key-file={d / f'{cert}.key'}", *args],
                           capture_output=True, text=True, timeout=120, cwd=work, env=_env())
 
 
 def test_tls_with_client_certificates_then_with_etcd_auth(tls_etcd, tmp_path):
-    """Over https with a client certificate the fast path does the command (ssl is then its
-    one more import); once etcd's auth is on, etcd refuses certificate users through its gateway
-    and the fast path leaves the command to the full CLI before writing anything."""
+    """Over https with a client certificate the fast path speaks etcd's gRPC API itself
+    (fleetd/registry/grpc_lite.py: ssl is then its one more import), before and after etcd's
+    auth is turned on with certificate users (whom etcd's JSON gateway would refuse): the same
+    output as the full CLI, and a user whose role does not cover the prefix is refused before
+    any write, so the full CLI says why."""
     server, d = tls_etcd
     write_units(tmp_path, ["t1.service", "t2.service"])
-    runs = {}
-    for side, how in (("fast", ["-m", "fleetctl"]), ("full", ["-c", FULL_CLI])):
-        prefix = f"/fast-etcd-tls/{side}/"
-        runs[side] = [tls_run(server, d, tmp_path, how, prefix, *args) for args in (
-            ("start", "--no-block", "t1.service"), ("submit", "t2.service"), ("stop", "--no-block", "t1"),
-            ("destroy", "t1.service", "t2"))]
-    for quick, slow in zip(runs["fast"], runs["full"]):
-        assert (quick.returncode, quick.stdout, without_importtime(quick.stderr)) == (
-            slow.returncode, slow.stdout, without_importtime(slow.stderr))
-        names = imported(quick.stderr)
-        assert "fleetctl.fast_etcd" in names and "ssl" in names and forbidden(names) == []
-    assert runs["fast"][0].stdout == "Unit t1.service inactive\nTriggered unit t1.service start\n"
-    assert runs["fast"][3].stdout == "Destroyed t1.service\nDestroyed t2.service\n"
+    commands = (("start", "--no-block", "t1.service"), ("submit", "t2.service"), ("stop", "--no-block", "t1"),
+                ("start", "--no-block", "t2"), ("destroy", "t1.service", "t2"))
 
+    def compare(tag: str, cert: str = "root") -> None:
+        runs = {side: [tls_run(server, d, tmp_path, how, f"/fast-etcd-tls/{tag}/{side}/", *args, cert=cert)
+                       for args in commands]
+                for side, how in (("fast", ["-m", "fleetctl"]), ("full", ["-c", FULL_CLI]))}
+        for quick, slow in zip(runs["fast"], runs["full"]):
+            assert (quick.returncode, quick.stdout, without_importtime(quick.stderr)) == (
+                slow.returncode, slow.stdout, without_importtime(slow.stderr))
+            names = imported(quick.stderr)
+            assert "fleetctl.fast_etcd" in names and "fleetd.registry.grpc_lite" in names and "ssl" in names
+            assert forbidden(names) == []
+        assert runs["fast"][0].stdout == "Unit t1.service inactive\nTriggered unit t1.service start\n"
+        assert runs["fast"][4].stdout == "Destroyed t1.service\nDestroyed t2.service\n"
+
+    compare("plain")
     ctl = ["etcdctl", f"--endpoints={server.endpoint}", f"--cacert={d / 'ca.crt'}", f"--cert={d / 'root.crt'}",
            f"--key={d / 'root.key'}"]
-    for args in (("user", "add", "root", "--no-password"), ("user", "grant-role", "root", "root"), ("auth", "enable")):
+    for args in (("role", "add", "fleet"), ("role", "grant-permission", "fleet", "--prefix=true", "readwrite",
+                                            "/fast-etcd-tls/"),
+                 ("user", "add", "root", "--no-password"), ("user", "grant-role", "root", "root"),
+                 ("user", "add", "operator", "--no-password"), ("user", "grant-role", "operator", "fleet"),
+                 ("user", "add", "outsider", "--no-password"), ("auth", "enable")):
         subprocess.run([*ctl, *args], check=True, capture_output=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
-    quick = tls_run(server, d, tmp_path, ["-m", "fleetctl"], "/fast-etcd-tls/auth/", "start", "--no-block", "t1.service")
-    assert quick.returncode == 0 and quick.stdout == "Unit t1.service inactive\nTriggered unit t1.service start\n"
-    assert "fleetctl.cli" in imported(quick.stderr)  # the gateway refused the CN: the full CLI did it
+    compare("auth", cert="operator")
+    runs = [tls_run(server, d, tmp_path, how, "/fast-etcd-tls/outside/", "start", "--no-block", "t1.service",
+                    cert="outsider") for how in (["-m", "fleetctl"], ["-c", FULL_CLI])]
+    assert runs[0].returncode == runs[1].returncode == 1 and "permission denied" in runs[1].stderr
+    assert without_importtime(runs[0].stderr) == without_importtime(runs[1].stderr)
+    assert "fleetctl.cli" in imported(runs[0].stderr)  # refused before any write: the full CLI said why

@@ -80,3 +80,35 @@ def test_endpoints_read_as_the_registry_reads_them():
     assert parse_endpoint("http://127.0.0.1:2379") == ("http", "127.0.0.1", 2379)
     assert parse_endpoint("http://[::1]:2379") == ("http", "::1", 2379)
     assert parse_endpoint("https://h") == ("https", "h", 2379)
+
+
+def test_grpc_lite_messages_are_etcds_protobuf():
+    """grpc_lite's hand-written protobuf against etcd's own messages (aetcd's generated rpc
+    module): a transaction it encodes parses as the same TxnRequest, and a TxnResponse etcd's
+    code encodes decodes to what the JSON gateway would answer."""
+    from aetcd import rpc
+
+    from fleetd.registry import gateway as g
+    from fleetd.registry.grpc_lite import decode_txn, encode_compare, encode_op, pb_bytes
+
+    compare = [g.absent("/p/job/a"), g.unchanged("/p/job/b", 300)]
+    success = [g.op_get("/p/states/a/", prefix=True), g.op_put("/p/job/a", b'{"x":1}'), g.op_delete("/p/job/c")]
+    raw = b"".join(pb_bytes(1, encode_compare(c)) for c in compare) + b"".join(pb_bytes(2, encode_op(o)) for o in success)
+    request = rpc.TxnRequest.FromString(raw)
+    assert [(c.key, c.target, c.result, c.WhichOneof("target_union"), c.create_revision, c.mod_revision)
+            for c in request.compare] == [(b"/p/job/a", rpc.Compare.CREATE, rpc.Compare.EQUAL, "create_revision", 0, 0),
+                                          (b"/p/job/b", rpc.Compare.MOD, rpc.Compare.EQUAL, "mod_revision", 0, 300)]
+    assert request.success[0].request_range.key == b"/p/states/a/"
+    assert request.success[0].request_range.range_end == b"/p/states/a0"
+    assert (request.success[1].request_put.key, request.success[1].request_put.value) == (b"/p/job/a", b'{"x":1}')
+    assert request.success[2].request_delete_range.key == b"/p/job/c"
+
+    response = rpc.TxnResponse(header=rpc.ResponseHeader(revision=1234567), succeeded=True, responses=[
+        rpc.ResponseOp(response_range=rpc.RangeResponse(kvs=[rpc.KeyValue(key=b"k", value=b"v", mod_revision=99,
+                                                                            create_revision=7, version=2)])),
+        rpc.ResponseOp(response_put=rpc.PutResponse()),
+        rpc.ResponseOp(response_delete_range=rpc.DeleteRangeResponse(deleted=1))])
+    ok, results, revision = decode_txn(response.SerializeToString())
+    assert (ok, revision) == (True, 1234567)
+    assert results == [[{"key": g.b64(b"k"), "create_revision": "7", "mod_revision": "99", "version": "2",
+                         "value": g.b64(b"v")}], {"response_put": {}}, {"response_delete_range": {"deleted": "1"}}]
