@@ -164,6 +164,11 @@ def run_etcd_command(argv: list[str], environ) -> int | None:
             return None
         warn(f"Error: {exc}")
         return 1
+    except (ValueError, KeyError, TypeError, IndexError) as exc:  # a record that is not the registry's JSON
+        if not written[0]:
+            return None
+        warn(f"Error: etcd error at {conf['endpoint']}: unexpected record: {exc!r}")
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:

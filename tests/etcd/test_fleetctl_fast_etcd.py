@@ -394,3 +394,21 @@ def test_tls_with_client_certificates_then_with_etcd_auth(tls_etcd, tmp_path):
     assert runs[0].returncode == runs[1].returncode == 1 and "permission denied" in runs[1].stderr
     assert without_importtime(runs[0].stderr) == without_importtime(runs[1].stderr)
     assert "fleetctl.cli" in imported(runs[0].stderr)  # refused before any write: the full CLI said why
+
+
+def test_a_record_it_cannot_read_is_left_to_the_full_cli(clusters, work):
+    """A job record that is not the registry's JSON (written around fleet): the fast path writes
+    nothing and the full CLI does whatever it does with it."""
+    server, _ = clusters
+    fast, full = (Side(server.endpoint, f"/fast-etcd/garbled-{side}-{uuid.uuid4().hex[:8]}/") for side in "ab")
+    clusters = (server, (fast, full))  # prefixes of their own: the stand-in agents would trip on it
+    for side in (fast, full):
+        key = (side.prefix + "job/garbled.service").encode()
+        body = json.dumps({"key": base64.b64encode(key).decode(), "value": base64.b64encode(b"{not json").decode()})
+        urllib.request.urlopen(urllib.request.Request(f"{server.endpoint}/v3/kv/put", body.encode()), timeout=10).read()
+    write_units(work, ["garbled.service"])
+    for args in (("start", "--no-block", "garbled.service"), ("destroy", "garbled.service")):
+        quick, slow = both(clusters, work, *args)
+        assert "fleetctl.cli" in imported(quick.stderr), args  # (today the full CLI fails with a traceback)
+        last = [without_importtime(p.stderr).strip().splitlines()[-1:] for p in (quick, slow)]
+        assert (quick.returncode, quick.stdout, last[0]) == (slow.returncode, slow.stdout, last[1]), args
