@@ -412,3 +412,42 @@ def test_a_record_it_cannot_read_is_left_to_the_full_cli(clusters, work):
         assert "fleetctl.cli" in imported(quick.stderr), args  # (today the full CLI fails with a traceback)
         last = [without_importtime(p.stderr).strip().splitlines()[-1:] for p in (quick, slow)]
         assert (quick.returncode, quick.stdout, last[0]) == (slow.returncode, slow.stdout, last[1]), args
+
+
+@pytest.mark.parametrize("transport", ["gateway", "grpc"])
+def test_unit_gateway_writes_as_the_registry_does(etcd_server, transport):
+    """UnitGateway on both transports against the registry proper: a unit created meanwhile by
+    someone else is left alone (the slow path), a desired state set with a stale `created`
+    record is read again and set (a lost compare-and-swap), and the registry reads back what
+    it wrote."""
+    from fleetd.registry.gateway import Gateway, UnitGateway
+    from fleetd.registry.grpc_lite import GrpcTransport
+    from fleetctl.quickunit import quick_options, serialize, unit_hash
+
+    prefix = f"/fast-etcd/gw-{uuid.uuid4().hex[:8]}/"
+    make = Gateway if transport == "gateway" else GrpcTransport
+    reg = UnitGateway(make(etcd_server.endpoint, 5.0), prefix)
+    options = quick_options(PLAIN.format(name="x").encode())
+    text, h = serialize(options), unit_hash(options)
+    try:
+        assert list(reg.create_units([("a.service", h, text)])) == ["a.service"]
+        created = reg.create_units([("a.service", h, text), ("b.service", h, text)])  # a exists: one by one
+        assert list(created) == ["b.service"]
+        reg.set_desired_state(["a.service", "b.service"], "launched", {"b.service": (h, created["b.service"][1] - 1)})
+        revision, jobs, states, machines = reg.read_units(["a.service", "b.service", "c.service"], machines=True)
+        assert revision > 0 and machines == {} and states == {"a.service": [], "b.service": []}
+        assert {n: j["desiredState"] for n, j in jobs.items()} == {"a.service": "launched", "b.service": "launched"}
+        assert reg.bodies([h]) == {h: text.encode()}
+
+        async def registry_view():
+            from fleetd.registry import Registry
+
+            async with await Registry.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), key_prefix=prefix)) as r:
+                return {u.name: (u.hash, u.desired_state.value) for u in await r.list_units()}
+
+        assert asyncio.run(registry_view()) == {"a.service": (h, "launched"), "b.service": (h, "launched")}
+        with pytest.raises(Exception, match="unit c.service not found"):
+            reg.set_desired_state(["a.service", "c.service"], "loaded")
+        assert reg.destroy_units(["a.service", "c.service", "b.service"]) == ["a.service", "b.service"]
+    finally:
+        reg.close()
