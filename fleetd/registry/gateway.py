@@ -186,7 +186,7 @@ class Gateway:
                     context.load_cert_chain(certfile, keyfile or None)
                 if alpn:
                     context.set_alpn_protocols(list(alpn))
-                sock = context.wrap_socket(sock, server_hostname=self.host)
+                sock = context.wrap_socket(sock, server_hostname=host)  # bytes: no idna codec either
             except (OSError, ValueError) as exc:
                 sock.close()
                 raise GatewayError(f"TLS to etcd at {self.endpoint}: {exc}") from None
