@@ -253,6 +253,8 @@ def stop(registry, args: list[str], no_block: bool, attempts: int, writing) -> i
     say `Successfully stopped units [...]`; NotFast for global units and "Unable to stop"."""
     units = Units(registry)
     names = list(dict.fromkeys(mangle(a) for a in args))
+    if not all(map(is_plain_name, names)):
+        raise NotFast()  # templates ("cannot activate a template") and instances: the full CLI's
     _, found = units.named(names)
     if units.unreadable:
         raise NotFast()

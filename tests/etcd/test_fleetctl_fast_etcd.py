@@ -221,6 +221,10 @@ def test_stop_waits_for_loaded_and_says_so(clusters, work):
     same(clusters, work, "start", "st1.service")
     assert same(clusters, work, "stop", "--no-block", "st1.service").stdout == "Triggered unit st1.service stop\n"
     assert same(clusters, work, "stop", "st-unknown.service").stderr.endswith("Units not found in registry\n")
+    write_units(work, ["st@.service"])
+    same(clusters, work, "submit", "st@.service", fast_path=False)  # templates: the full CLI
+    out = same(clusters, work, "stop", "st@.service", fast_path=False)  # a template: the full CLI's error
+    assert out.returncode == 1 and "Unable to stop unit st@.service" in out.stderr
     same(clusters, work, "submit", "st3.service")
     out = same(clusters, work, "stop", "st3.service", fast_path=False)  # inactive: the full CLI's error
     assert out.returncode == 1 and "Unable to stop unit st3.service in state inactive" in out.stderr
