@@ -101,7 +101,7 @@ def etcd_settings(argv: list[str], environ) -> tuple[dict, list[str]] | None:
         return None  # the full CLI's error, or TLS over an http:// URL (gRPC's, not this)
     prefix = values["prefix"] if values["prefix"].endswith("/") else values["prefix"] + "/"
     prefix = prefix if prefix.startswith("/") else "/" + prefix
-    return {"endpoint": endpoints[0], "scheme": where[0][0], "prefix": prefix, "timeout": timeout, "ca": ca,
+    return {"endpoint": ",".join(endpoints), "scheme": where[0][0], "prefix": prefix, "timeout": timeout, "ca": ca,
             "cert": cert, "key": key}, rest
 
 

@@ -156,20 +156,40 @@ class _Stream:
 
 
 class Gateway:
-    """etcd's JSON gateway at one client URL (http, or https with the standard library's ssl)."""
+    """etcd's JSON gateway at its client URLs (http, or https with the standard library's ssl):
+    `endpoints` one URL or several, comma-separated; a connection goes to the first that takes
+    it (as a gRPC channel picks the first address that answers), which is then kept first."""
 
-    def __init__(self, endpoint: str, timeout: float, cafile: str | None = None, certfile: str | None = None,
+    def __init__(self, endpoints: str, timeout: float, cafile: str | None = None, certfile: str | None = None,
                  keyfile: str | None = None):
-        where = parse_endpoint(endpoint)
-        if where is None:
-            raise GatewayError(f"not an etcd client URL: {endpoint}")
-        self.scheme, self.host, self.port = where
-        self.endpoint = endpoint
+        self.places = []
+        for endpoint in (e.strip() for e in endpoints.split(",") if e.strip()):
+            where = parse_endpoint(endpoint)
+            if where is None:
+                raise GatewayError(f"not an etcd client URL: {endpoint}")
+            self.places.append((endpoint, where))
+        if not self.places:
+            raise GatewayError("no etcd endpoint")
+        self._use(self.places[0])
         self.timeout = timeout
         self.tls_files = (cafile, certfile, keyfile)
         self._stream: _Stream | None = None
 
+    def _use(self, place: tuple[str, tuple[str, str, int]]) -> None:
+        self.endpoint, (self.scheme, self.host, self.port) = place
+
     def connect(self, alpn: tuple[str, ...] = ()) -> _Stream:
+        failures = []
+        for _ in range(len(self.places)):
+            try:
+                return self._connect(alpn)
+            except GatewayError as exc:
+                failures.append(exc)
+                self.places.append(self.places.pop(0))  # the next one first
+                self._use(self.places[0])
+        raise failures[0]
+
+    def _connect(self, alpn: tuple[str, ...]) -> _Stream:
         try:
             host = self.host.encode() if self.host.isascii() else self.host  # str: the idna codec's import
             sock = socket.create_connection((host, self.port), timeout=self.timeout)

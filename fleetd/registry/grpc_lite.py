@@ -282,7 +282,7 @@ class GrpcTransport:
 
     def __init__(self, endpoint: str, timeout: float, cafile: str | None = None, certfile: str | None = None,
                  keyfile: str | None = None):
-        self._dialer = Gateway(endpoint, timeout, cafile, certfile, keyfile)  # URL, TCP, TLS
+        self._dialer = Gateway(endpoint, timeout, cafile, certfile, keyfile)  # URLs, TCP, TLS
         self.endpoint, self.timeout = endpoint, timeout
         self._conn: _Http2 | None = None
 
@@ -295,6 +295,7 @@ class GrpcTransport:
         dialer = self._dialer
         stream = dialer.connect(alpn=("h2",))
         sock = stream.sock
+        self.endpoint = dialer.endpoint  # the member that took the connection
         if dialer.scheme == "https" and sock.selected_alpn_protocol() != "h2":
             sock.close()
             raise GatewayError(f"etcd at {self.endpoint} does not speak HTTP/2 over TLS")

@@ -455,3 +455,16 @@ def test_unit_gateway_writes_as_the_registry_does(etcd_server, transport):
         assert reg.destroy_units(["a.service", "c.service", "b.service"]) == ["a.service", "b.service"]
     finally:
         reg.close()
+
+
+def test_a_member_that_is_down_first_in_the_list(clusters, work):
+    """`--endpoint=DEAD,LIVE`: as the full CLI's gRPC channel, the fast path uses the first
+    member that takes the connection."""
+    from fleetlab.testing.etcd import free_port
+
+    server, (fast, full) = clusters
+    dead = f"http://127.0.0.1:{free_port()}"
+    sides = tuple(Side(f"{dead},{side.endpoint}", side.prefix) for side in (fast, full))
+    write_units(work, ["second.service"])
+    out = same((server, sides), work, "start", "second.service")
+    assert out.stdout == "Unit second.service inactive\nUnit second.service launched on 01234567.../10.1.2.3\n"
