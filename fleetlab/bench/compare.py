@@ -8,6 +8,7 @@ time of whole fleetctl processes, as a user sees them:
 
 * list_units: `fleetctl list-units` (p50 of `samples`);
 * start_one: `fleetctl start UNIT` of one new unit until it returns (p50 of `samples` units);
+  for the project also with `--driver=etcd` (start_one_etcd_driver: no fleet v1 figure);
 * burst_30: `fleetctl start` of 30 units in one blocking command;
 * no_block_300: `fleetctl start --no-block` of 300 units, then `list-units` until all are active;
 * failover: 6 units running, the last node crashed (SIGKILL to its init), then `list-units`
@@ -50,6 +51,7 @@ def compare(samples: int = 5, *, burst: int = 30, no_block: int = 300, nodes: in
         project = _project_ctl(lab)
         log("project: running the scenarios")
         result["project"] = _scenarios(project, Path(tmp), "p", samples, burst, no_block, timeout, log)
+        result["project"]["start_one_etcd_driver_p50_seconds"] = _start_one_etcd(lab, Path(tmp), samples, timeout, log)
         result["project"]["failover_seconds"] = _try_failover(lab, project, Path(tmp), "p", timeout, log)
         log("turning the lab's nodes into original fleet v1.0.0 nodes")
         to_original_fleet(lab)
@@ -81,6 +83,17 @@ def _project_ctl(lab: Lab) -> Callable[..., Any]:
                    env=env, check=check, timeout=timeout)
 
     return ctl
+
+
+def _start_one_etcd(lab: Lab, tmp: Path, samples: int, timeout: float, log: Log) -> float:
+    """`fleetctl --driver=etcd start UNIT` of one new unit until it returns (p50 of `samples`):
+    the project's etcd driver (its fast path, fleetctl/fast_etcd.py); fleet v1 has no such row."""
+    ones = [f"{new_tag('ce')}-one{i}.service" for i in range(samples)]
+    times = [_timed(lambda: lab.fleetctl("start", path, timeout=timeout)) for path in _files(tmp, ones)]
+    lab.fleetctl("destroy", *ones, check=False, timeout=timeout)
+    p50 = round(percentile(times, 0.5), 3)
+    log(f"p: start one with --driver=etcd p50 {p50}s")
+    return p50
 
 
 def _timed(fn: Callable[[], Any]) -> float:
