@@ -286,7 +286,7 @@ class GrpcTransport:
         self.endpoint, self.timeout = endpoint, timeout
         self._conn: _Http2 | None = None
 
-    def _connection(self) -> _Http2:
+    def connection(self) -> _Http2:
         if self._conn is None:
             self._conn = self.dial()
         return self._conn
@@ -302,7 +302,7 @@ class GrpcTransport:
         return _Http2(sock, f"{dialer.host}:{dialer.port}", dialer.scheme, self.timeout)
 
     def call(self, path: str, message: bytes) -> bytes:
-        conn = self._connection()
+        conn = self.connection()
         deadline = time.monotonic() + self.timeout
         try:
             stream = conn.open(path)
@@ -339,13 +339,14 @@ class GrpcTransport:
 
 
 class GrpcWatch:
-    """gateway.Watch on Watch.Watch: one stream on a connection of its own, one
-    WatchCreateRequest (key 1, range_end 2, start_revision 3) per prefix."""
+    """gateway.Watch on Watch.Watch: one more stream on the transport's connection (HTTP/2
+    carries the calls beside it: no second TLS handshake), one WatchCreateRequest (key 1,
+    range_end 2, start_revision 3) per prefix."""
 
     def __init__(self, transport: GrpcTransport, prefixes: list[str], start_revision: int):
         from fleetd.registry.gateway import prefix_end
 
-        self.conn = transport.dial()
+        self.conn = transport.connection()
         self.stream = self.conn.open(WATCH_PATH)
         for prefix in prefixes:
             raw = prefix.encode()
@@ -376,7 +377,5 @@ class GrpcWatch:
             raise GatewayError(f"etcd watch: {exc.strerror or exc}") from None
 
     def close(self) -> None:
-        try:
-            self.conn.sock.close()
-        except OSError:
-            pass
+        """Leave the stream: the connection is the transport's (closed with it)."""
+        self.conn.data.pop(self.stream, None)

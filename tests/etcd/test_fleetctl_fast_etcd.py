@@ -384,6 +384,23 @@ def test_tls_with_client_certificates_then_with_etcd_auth(tls_etcd, tmp_path):
         assert runs["fast"][4].stdout == "Destroyed t1.service\nDestroyed t2.service\n"
 
     compare("plain")
+    # a blocking start: the wait sleeps in etcd's Watch stream on the same HTTP/2 connection
+    stop = threading.Event()
+    prefixes = {side: f"/fast-etcd-tls/blocking/{side}/" for side in ("fast", "full")}
+    threads = [_responder(EtcdSettings(endpoints=(server.endpoint,), key_prefix=prefix, request_timeout=5.0,
+                                       cafile=str(d / "ca.crt"), certfile=str(d / "root.crt"),
+                                       keyfile=str(d / "root.key")), stop) for prefix in prefixes.values()]
+    try:
+        quick, slow = (tls_run(server, d, tmp_path, how, prefixes[side], "start", "--block-attempts=60", "t1.service")
+                       for side, how in (("fast", ["-m", "fleetctl"]), ("full", ["-c", FULL_CLI])))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert (quick.returncode, quick.stdout, without_importtime(quick.stderr)) == (
+        slow.returncode, slow.stdout, without_importtime(slow.stderr))
+    assert quick.stdout == "Unit t1.service inactive\nUnit t1.service launched on 01234567.../10.1.2.3\n"
+    assert "fleetd.registry.grpc_lite" in imported(quick.stderr) and forbidden(imported(quick.stderr)) == []
     ctl = ["etcdctl", f"--endpoints={server.endpoint}", f"--cacert={d / 'ca.crt'}", f"--cert={d / 'root.crt'}",
            f"--key={d / 'root.key'}"]
     for args in (("role", "add", "fleet"), ("role", "grant-permission", "fleet", "--prefix=true", "readwrite",
