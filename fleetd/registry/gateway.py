@@ -120,26 +120,42 @@ class _Stream:
         return data
 
     def head(self, timeout: float) -> tuple[int, dict[str, str]]:
-        status = self.line(timeout).split(None, 2)
+        """Status and headers, consumed only once all have come (a timeout leaves them unread)."""
+        while b"\r\n\r\n" not in self.raw:
+            if len(self.raw) > 65536:
+                raise GatewayError("not an HTTP answer")
+            self.fill(timeout)
+        head, _, self.raw = self.raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = lines[0].split(None, 2)
         if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
             raise GatewayError("not an HTTP answer")
         headers = {}
-        while True:
-            line = self.line(timeout)
-            if not line:
-                return int(status[1]), headers
+        for line in lines[1:]:
             key, _, value = line.decode("latin-1").partition(":")
             headers[key.strip().lower()] = value.strip()
+        return int(status[1]), headers
 
     def chunk(self, timeout: float) -> bytes | None:
-        """The next chunk of a chunked body (None: the last one)."""
-        try:
-            size = int(self.line(timeout).split(b";")[0].strip(), 16)
-        except ValueError:
-            raise GatewayError("not an HTTP answer") from None
-        if not size:
-            return None  # the trailer (to an empty line) is the caller's
-        return self.exact(size + 2, timeout)[:size]
+        """The next chunk of a chunked body (None: the last one), consumed only once it has
+        come whole (a timeout leaves it unread)."""
+        while True:
+            end = self.raw.find(b"\r\n")
+            if end >= 0:
+                try:
+                    size = int(self.raw[:end].split(b";")[0].strip(), 16)
+                except ValueError:
+                    raise GatewayError("not an HTTP answer") from None
+                if not size:
+                    self.raw = self.raw[end + 2:]
+                    return None  # the trailer (to an empty line) is the caller's
+                if len(self.raw) >= end + 2 + size + 2:
+                    data = self.raw[end + 2:end + 2 + size]
+                    self.raw = self.raw[end + 2 + size + 2:]
+                    return data
+            elif len(self.raw) > 64:
+                raise GatewayError("not an HTTP answer")
+            self.fill(timeout)
 
     def body(self, headers: dict[str, str], timeout: float) -> bytes:
         if "chunked" in headers.get("transfer-encoding", ""):
