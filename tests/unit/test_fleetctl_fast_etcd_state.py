@@ -112,3 +112,31 @@ def test_grpc_lite_messages_are_etcds_protobuf():
     assert (ok, revision) == (True, 1234567)
     assert results == [[{"key": g.b64(b"k"), "create_revision": "7", "mod_revision": "99", "version": "2",
                          "value": g.b64(b"v")}], {"response_put": {}}, {"response_delete_range": {"deleted": "1"}}]
+
+
+def test_a_chunked_answer_that_comes_byte_by_byte():
+    """The gateway's reader keeps its place across timeouts (a watch waits with short ones):
+    headers and chunks are taken only once whole."""
+    import socket
+
+    from fleetd.registry.gateway import _Stream
+
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        stream, head, chunks, done = _Stream(ours), None, [], False
+        for byte in answer:
+            theirs.send(bytes([byte]))
+            while not done:
+                try:
+                    if head is None:
+                        head = stream.head(0.005)
+                        continue
+                    chunk = stream.chunk(0.005)
+                except TimeoutError:
+                    break
+                if chunk is None:
+                    done = True
+                else:
+                    chunks.append(chunk)
+    assert (head, chunks, done) == ((200, {"transfer-encoding": "chunked"}), [b"hello", b"abc"], True)
