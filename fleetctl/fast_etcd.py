@@ -3,25 +3,27 @@ the etcd driver (`--driver=etcd`, or an endpoint on port 2379/4001; issue 14).
 
 The full CLI's etcd driver (fleetctl/etcd_client.py over fleetd.registry) imports aetcd, gRPC,
 protobuf and asyncio: ~0.3 s before the first request. This module does the same commands on
-the standard library alone, through the registry's gateway module (fleetd/registry/gateway.py:
-etcd's JSON gateway over HTTP/1.1, the registry's key layout and value encodings), for the cases
-fleetctl/fast_units.py knows for the API driver: plain units (no template, instance, [X-Fleet],
-[X-Container] or [X-Service]), local files the quick parser reads or units already in the
-registry with the same body, flags --no-block and --block-attempts. The global flags it reads are
-the full CLI's (--endpoint, --driver, --etcd-key-prefix, --request-timeout, --ca-file,
---cert-file, --key-file and their FLEETCTL_* variables); TLS with client certificates is the
-standard library's ssl.
+the standard library alone, through the registry's `UnitGateway` (fleetd/registry/gateway.py:
+the registry's key layout, value encodings and transactions) on etcd's JSON gateway over
+HTTP/1.1 for http:// endpoints, or on etcd's gRPC API itself for https://
+(fleetd/registry/grpc_lite.py: etcd 3.4 refuses certificate users through its gateway once
+auth is on), for the cases fleetctl/fast_units.py knows for the API driver: plain units (no
+template, instance, [X-Fleet], [X-Container] or [X-Service]), local files the quick parser
+reads or units already in the registry with the same body, flags --no-block and
+--block-attempts. The global flags it reads are the full CLI's (--endpoint, --driver,
+--etcd-key-prefix, --request-timeout, --ca-file, --cert-file, --key-file and their FLEETCTL_*
+variables); TLS with client certificates is the standard library's ssl.
 
-Anything else, and anything unexpected before the first write (no gateway, a gateway that
-refuses the certificate's CN because etcd's auth is on, an error, a body it cannot read...),
-returns None from `run_etcd_command` before anything is written or printed: the full CLI then
-does the whole command. The writes (keys, values, compare-and-swap), the output, the exit codes
-and the blocking wait are the full CLI's etcd driver's (fleetctl/commands/units.py + unitops.py
-with fleetctl/etcd_client.py): the wait checks each unit's current state as fleetd.jobstate
-does, after each change reported by a watch of the jobs, the schedule and the states (etcd's
-streamed /v3/watch from the revision of the first check), or every 0.25 s as the full CLI's
-safety net. tests/etcd/test_fleetctl_fast_etcd.py compares both byte for byte on real etcd and
-pins the import set.
+Anything else, and anything unexpected before the first write (no etcd, no gateway, an etcd
+error such as permission denied, a record or body it cannot read...), returns None from
+`run_etcd_command` before anything is written or printed: the full CLI then does the whole
+command. The writes (keys, values, compare-and-swap), the output, the exit codes and the
+blocking wait are the full CLI's etcd driver's (fleetctl/commands/units.py + unitops.py with
+fleetctl/etcd_client.py): the wait checks each unit's current state as fleetd.jobstate does,
+after each change reported by a watch of the jobs, the schedule and the states (from the
+revision of the first check), or every 0.25 s as the full CLI's safety net.
+tests/etcd/test_fleetctl_fast_etcd.py compares both byte for byte on real etcd and pins the
+import set.
 """
 
 from __future__ import annotations
