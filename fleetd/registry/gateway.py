@@ -6,8 +6,9 @@ process) for a few milliseconds of etcd. etcd 3.4 also serves its v3 API as JSON
 on every client URL (grpc-gateway: POST /v3/kv/range, /v3/kv/txn and the streamed /v3/watch;
 keys and values base64), which the standard library's socket, ssl and json speak in a few
 hundred lines. It is hand-written because what is on offer costs more than the whole command:
-etcd3-py, the gateway's Python client, is built on requests (or aiohttp), and etcd's own Go
-client is gRPC.
+the gateway's Python clients are built on requests (etcd3-py also on pyOpenSSL and
+cryptography, with aiohttp for its async client; etcd3gw on pbr and six) — requests alone
+imports more than this fast path does in all.
 
 It does only what the fast path needs, with the registry's own layout (fleetd/registry/keys.py)
 and value encodings (fleetd/registry/records.py), and the same keys, values, compares and

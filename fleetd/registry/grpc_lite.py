@@ -5,8 +5,9 @@ etcd 3.4 with `auth enable` and certificate users (fleet-lab's default) refuses 
 through its gateway ("CommonName of client sending a request against gateway will be
 ignored"): the gateway calls etcd on a connection of its own, so the client's certificate is
 not the caller's. Spoken directly, the TLS connection is the client's and etcd takes the user
-from its certificate as it does for aetcd. grpcio, protobuf and aetcd cost ~0.3 s of imports;
-this is an HTTP/2 client reduced to what unary calls and one streamed watch need (frames,
+from its certificate as it does for aetcd. grpcio, protobuf and aetcd cost ~0.3 s of imports
+(the pure-Python grpclib needs asyncio, h2 and protobuf too); this is an HTTP/2 client reduced
+to what unary calls and one streamed watch need (frames,
 SETTINGS and PING acknowledgements, flow control; request headers encoded as HPACK literals;
 the answers' headers are never decoded: a call that answers a message succeeded, one that ends
 without one failed), and a protobuf encoder and decoder for the few etcd messages used
