@@ -433,8 +433,12 @@ class SystemdManager:
         self.reloads += 1
         await self._call("Reload")
 
-    async def load(self, units: Mapping[str, str]) -> None:
+    async def load(self, units: Mapping[str, str], *,
+                   known: Mapping[str, UnitSystemdState] | None = None) -> None:
         """Write, link (and enable) the units, then reload systemd once if it is needed.
+
+        `known`: the units' states as the caller read them just before (the agent's pass reads
+        them to make its plan); without it (or for a unit it lacks) they are read here.
 
         No reload when every unit was unknown to systemd (or "not-found") before and is
         "loaded" right after linking: systemd found the new files by itself. Units systemd had
@@ -452,7 +456,8 @@ class SystemdManager:
             if refused:
                 raise SystemdUnitError("load", refused)
             return
-        known = await self.states(units)
+        if known is None or any(n not in known for n in units):
+            known = await self.states(units)
         try:
             self.units_dir.mkdir(parents=True, exist_ok=True)
             for name, text in units.items():
