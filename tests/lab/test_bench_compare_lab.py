@@ -4,7 +4,6 @@ or the scenarios raise)."""
 
 from __future__ import annotations
 
-import pytest
 
 from fleetlab.bench.compare import compare
 from fleetlab.lab import list_labs
