@@ -191,8 +191,12 @@ class SystemdManager:
             for rule in (
                 f"type='signal',sender='{SYSTEMD_BUS_NAME}',path='{MANAGER_PATH}',"
                 f"interface='{MANAGER_IFACE}'",
+                # only the Unit interface's changes (arg0: the interface), the watch reads no
+                # other: the bus drops the Service/Socket/... ones (a quarter of the signals of a
+                # burst of starts) instead of this process parsing them
                 f"type='signal',sender='{SYSTEMD_BUS_NAME}',interface='{PROPERTIES_IFACE}',"
-                f"member='PropertiesChanged',path_namespace='{UNIT_PATH_PREFIX.rstrip('/')}'",
+                f"member='PropertiesChanged',path_namespace='{UNIT_PATH_PREFIX.rstrip('/')}',"
+                f"arg0='{UNIT_IFACE}'",
             ):
                 await self._call("AddMatch", "s", [rule], destination="org.freedesktop.DBus",
                                  path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
