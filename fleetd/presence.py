@@ -28,6 +28,7 @@ from fleetd.registry import Registry
 
 log = logging.getLogger(__name__)
 
+BACKGROUND_GRACE = 5.0  # seconds run() waits at its end for cancelled keep-alive attempts
 KNOWN_FIRST_REFRESH = 1.0  # seconds after registering before the list of peers is read again
 
 
@@ -319,7 +320,13 @@ class Presence:
         finally:
             for task in self._background:
                 task.cancel()
-            await asyncio.gather(*self._background, return_exceptions=True)
+            # bounded: a keep-alive attempt stuck in etcd's client (seen once after etcd was
+            # frozen and resumed) must not keep fleetd from shutting down
+            if self._background:
+                _, pending = await asyncio.wait(set(self._background), timeout=BACKGROUND_GRACE)
+                if pending:
+                    log.warning("%d keep-alive attempts still running %.0fs after cancellation; left behind",
+                                len(pending), BACKGROUND_GRACE)
 
     async def _register_after_outage(self) -> None:
         """etcd is back but expired the lease while this machine held on (a raft leader that

@@ -27,6 +27,7 @@ from fleetd.registry import Registry
 from fleetlab.testing.etcd import EtcdServer, free_port
 
 TTL = 2.0
+STOP_WITHIN = 20.0  # seconds for each step of a node's stop
 
 
 @pytest.fixture
@@ -50,11 +51,14 @@ class Node:
         self.task = asyncio.create_task(self.presence.run())
 
     async def stop(self) -> None:
+        # each step bounded: a step that hangs fails the test naming it (instead of the suite's
+        # 15-minute timeout with nothing but the event loop's stack)
         if self.task is not None:
             self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        await self.api.stop()
-        await self.presence.peer_client.close()
+            done, _ = await asyncio.wait({self.task}, timeout=STOP_WITHIN)
+            assert done, f"presence.run() of {self.presence.machine.id} still running {STOP_WITHIN}s after cancel"
+        await asyncio.wait_for(self.api.stop(), STOP_WITHIN)
+        await asyncio.wait_for(self.presence.peer_client.close(), STOP_WITHIN)
 
 
 @pytest.fixture
@@ -79,7 +83,7 @@ async def cluster(own_etcd, tmp_path):
         for node in nodes:
             await node.stop()
         for reg in registries:
-            await reg.close()
+            await asyncio.wait_for(reg.close(), STOP_WITHIN)
 
 
 def cut(registry: Registry) -> None:
