@@ -47,9 +47,9 @@ async def execute(plan: Plan | Sequence[Task], manager: UnitManager, *,
     """`known`: the units' systemd states the plan was made from (read in the same pass), handed
     to the LOAD batch so that it need not ask systemd for them again.
 
-    `watch` (a fleetd.agent.systemd.UnitWatch): the units of the START batch join it held, each
-    delivered once its own start job has ended (`on_started(name, result)` first), with the
-    states the LOAD batch read after linking (or `known` for units not loaded again)."""
+    `watch` (a fleetd.agent.systemd.UnitWatch): the units of the START batch join it held, with
+    the states the LOAD batch read after linking (or `known` for units not loaded again), and are
+    delivered once their start jobs have ended (`on_started(name, result)` as each ends)."""
     tasks = tuple(plan.tasks if isinstance(plan, Plan) else sorted(plan))
     completed: list[Task] = []
     states = dict(known or {})

@@ -134,7 +134,8 @@ class Agent:
         if the_plan:
             for task in the_plan.tasks:
                 log.info("agent: %s", task)
-            # each started unit is published once its own start job is done, not after the batch
+            # started units are published from the watch's signals once their jobs are done,
+            # without a read of their states after the pass
             result = await execute(the_plan, self.systemd, known=states, watch=self._watch,
                                    on_started=self._started)
             self._launched = the_plan.launched_after(result.attempted, result.completed)

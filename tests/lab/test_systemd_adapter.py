@@ -249,9 +249,9 @@ async def test_load_takes_the_callers_states(node, mgr):
 
 async def test_started_units_are_held_in_the_watch_until_their_job_ends(node, mgr):
     """The agent's start batch (`start(watch=...)`): the units join the watch before their jobs
-    and each is delivered once its own job ended: a forking or notify unit that is `activating`
-    for a while is never delivered so, a failing one is delivered `failed`, and no state is read
-    again for units whose load state the load batch read."""
+    and are delivered once their jobs ended: a forking or notify unit that is `activating` for a
+    while is never delivered so, a failing one is delivered `failed`, and no state is read again
+    for units whose load state the load batch read."""
     units = {
         "sdx-held-simple.service": service("simple"),
         "sdx-held-forking.service": service("forking", body="Type=forking\n"
@@ -270,16 +270,25 @@ async def test_started_units_are_held_in_the_watch_until_their_job_ends(node, mg
         async for state in watch:
             delivered.append((state.name, state.active_state, "job done" if state.name in done else "job running"))
 
+    reads = []
+    read = mgr.states
+
+    async def counted(names, **kw):
+        reads.append(tuple(names))
+        return await read(names, **kw)
+
     recorder = asyncio.create_task(record())
+    mgr.states = counted
     try:
         with pytest.raises(SystemdUnitError) as info:
             await mgr.start(units, watch=watch, known=after, on_done=lambda name, result: done.append(name))
         assert list(info.value.failures) == ["sdx-held-fails.service"]
         await collect_until_delivered(delivered, set(units))
     finally:
+        del mgr.states
         recorder.cancel()
         watch.close()
-    assert sorted(done) == sorted(units)
+    assert sorted(done) == sorted(units) and reads == []
     firsts = {}
     for name, active, when in delivered:
         firsts.setdefault(name, (active, when))
