@@ -332,20 +332,55 @@ class Api:
                          if u.get("name") in chosen)
         return {n: found[n] for n in wanted if n in found}
 
-    def feed_revision(self, names: list[str], since: int | None = None, hold: float = 0.0) -> int | None:
-        """api_client.ApiFleetClient.feed_revision (None: the server has no change feed)."""
+    def feed(self, names: list[str], since: int | None = None, hold: float = 0.0,
+             units: bool = False) -> tuple[int | None, dict[str, dict] | None]:
+        """api_client.ApiFleetClient.feed_revision: the change feed's revision (None: the server
+        has none) and, asked with `units`, the named units it read after that revision, by name
+        (None: not answered, e.g. by an older server or without a change: read them yourself)."""
+        path = self.feed_path(names, since, hold, units)
+        status, raw = self.one("GET", path, timeout=hold + self.opts["timeout"])
+        return self.feed_answer(path, status, raw, names)
+
+    @staticmethod
+    def feed_path(names: list[str], since: int | None, hold: float, units: bool) -> str:
         from urllib.parse import urlencode
 
         params = [("unitName", n) for n in names]
         if since is not None:
             params += [("since", str(since)), ("timeout", f"{hold:g}")]
-        path = WATCH_PATH + ("?" + urlencode(params) if params else "")
-        status, raw = self.one("GET", path, timeout=hold + self.opts["timeout"])
+        if units and names:
+            params.append(("units", "true"))
+        return WATCH_PATH + ("?" + urlencode(params) if params else "")
+
+    def feed_answer(self, path: str, status: int, raw: bytes,
+                    names: list[str]) -> tuple[int | None, dict[str, dict] | None]:
         if status in (404, 405, 501):
-            return None
+            return None, None
         if status != 200:
             raise self.error("GET", path, status, raw)
         try:
-            return int(json.loads(raw)["revision"])
+            answer = json.loads(raw)
+            revision = int(answer["revision"])
         except (ValueError, KeyError, TypeError):
-            return None
+            return None, None
+        found = answer.get("units")
+        if not isinstance(found, list):
+            return revision, None
+        wanted = set(names)
+        return revision, {u["name"]: u for u in found if isinstance(u, dict) and u.get("name") in wanted}
+
+    def feed_and_machines(self, names: list[str]) -> tuple[int | None, dict[str, dict] | None, list[dict] | None]:
+        """A wait's start in one round trip: the feed's revision with the units read after it,
+        and the machines' list (None: more than one page, read them with `pages`)."""
+        path = self.feed_path(names, None, 0.0, True)
+        machines_path = f"{API_PREFIX}/machines"
+        feed_answer, machines_answer = self.many([("GET", path, None, ()), ("GET", machines_path, None, ())])
+        for answer in (feed_answer, machines_answer):
+            if isinstance(answer, Exception):
+                raise answer
+        revision, units = self.feed_answer(path, *feed_answer, names)
+        if machines_answer[0] not in (200, 201, 204):
+            raise self.error("GET", machines_path, *machines_answer)
+        page = (json.loads(machines_answer[1]) if machines_answer[1].strip() else None) or {}
+        machines = None if page.get("nextPageToken") else page.get("machines") or []
+        return revision, units, machines

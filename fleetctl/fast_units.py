@@ -274,12 +274,15 @@ def wait_for_states(api: Api, names: list[str], state: str, action: str, no_bloc
             learn(api.pages("machines", "machines"))
         return machines.get(machine_id)
 
-    def check() -> bool:
+    def check(infos: dict[str, dict] | None = None, found: list[dict] | None = None) -> bool:
         if first:  # the machines' list with the first check, not after the last
-            infos, found = api.units_and_machines(pending)
-            learn(found)
+            if infos is None and found is None:
+                infos, found = api.units_and_machines(pending)
+            elif infos is None:  # a server without the feed's units
+                infos = api.units_named(pending)
+            learn(api.pages("machines", "machines") if found is None else found)
             first.clear()
-        else:
+        elif infos is None:  # the change feed answered without the units
             infos = api.units_named(pending)
         for name in list(pending):
             info = infos.get(name)
@@ -309,14 +312,24 @@ def wait_for_states(api: Api, names: list[str], state: str, action: str, no_bloc
 
 
 def _wait(api: Api, check, timeout: float | None, names: list[str]) -> bool:
-    """api_client.ApiFleetClient.wait: check, then a long poll of the change feed, and again."""
+    """api_client.ApiFleetClient.wait: check, then a long poll of the change feed, and again.
+    The feed answers with the units it read after its revision (docs/api.md, `units=true`), so
+    a check needs no read of its own: the first costs one round trip (with the machines' list),
+    each later one none."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    since = api.feed_revision(names)
+    since, infos, found = api.feed_and_machines(names)
     delays = poll_delays()
+    answered: dict = {}
+
+    def feed(s: int, hold: float) -> int | None:
+        revision, answered["units"] = api.feed(names, s, hold, units=True)
+        return revision
+
     while True:
-        if check():
+        if check(infos, found):
             return True
-        go_on, since = until_next_check(lambda s, hold: api.feed_revision(names, s, hold), since, deadline, delays)
+        go_on, since = until_next_check(feed, since, deadline, delays)
+        infos, found = answered.pop("units", None), None
         if not go_on:
             return False
 

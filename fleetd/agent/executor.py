@@ -9,7 +9,7 @@ SystemdUnitError tells which units failed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from fleetd.agent.plan import Plan, Task, TaskKind
 from fleetd.errors import FleetError, SystemdUnitError
@@ -18,10 +18,10 @@ from fleetd.errors import FleetError, SystemdUnitError
 class UnitManager(Protocol):
     """What the executor needs from fleetd.agent.systemd.SystemdManager."""
 
-    async def load(self, units: Mapping[str, str], *, known: Mapping | None = None) -> None: ...
+    async def load(self, units: Mapping[str, str], *, known: Mapping | None = None) -> Mapping | None: ...
     async def unload(self, names: Iterable[str]) -> None: ...
     async def stop(self, names: Iterable[str]) -> None: ...
-    async def start(self, names: Iterable[str]) -> None: ...
+    async def start(self, names: Iterable[str], **held: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -42,17 +42,28 @@ class ExecutionResult:
 
 
 async def execute(plan: Plan | Sequence[Task], manager: UnitManager, *,
-                  known: Mapping | None = None) -> ExecutionResult:
+                  known: Mapping | None = None, watch: Any = None,
+                  on_started: Callable[[str, str], None] | None = None) -> ExecutionResult:
     """`known`: the units' systemd states the plan was made from (read in the same pass), handed
-    to the LOAD batch so that it need not ask systemd for them again."""
+    to the LOAD batch so that it need not ask systemd for them again.
+
+    `watch` (a fleetd.agent.systemd.UnitWatch): the units of the START batch join it held, with
+    the states the LOAD batch read after linking (or `known` for units not loaded again), and are
+    delivered once their start jobs have ended (`on_started(name, result)` as each ends)."""
     tasks = tuple(plan.tasks if isinstance(plan, Plan) else sorted(plan))
     completed: list[Task] = []
+    states = dict(known or {})
     for kind in TaskKind:
         batch = [t for t in tasks if t.kind == kind]
         if not batch:
             continue
         try:
-            await _run_batch(kind, batch, manager, known)
+            after = await _run_batch(kind, batch, manager, known, watch, on_started, states)
+            if kind == TaskKind.LOAD:
+                # what is known of the loaded units: read after linking, else nothing (a reload)
+                for t in batch:
+                    states.pop(t.name, None)
+                states.update(after or {})
         except FleetError as exc:
             if isinstance(exc, SystemdUnitError):
                 failed = [t for t in batch if t.name in exc.failures]
@@ -66,7 +77,8 @@ async def execute(plan: Plan | Sequence[Task], manager: UnitManager, *,
     return ExecutionResult(tuple(completed), (), ())
 
 
-async def _run_batch(kind: TaskKind, batch: list[Task], manager: UnitManager, known: Mapping | None) -> None:
+async def _run_batch(kind: TaskKind, batch: list[Task], manager: UnitManager, known: Mapping | None,
+                     watch: Any, on_started, states: Mapping) -> Mapping | None:
     names = [t.name for t in batch]
     if kind == TaskKind.UNLOAD:
         await manager.unload(names)
@@ -77,10 +89,13 @@ async def _run_batch(kind: TaskKind, batch: list[Task], manager: UnitManager, kn
                 raise ValueError(f"load task for {t.name} carries no unit file")
             units[t.name] = t.unit.text
         if known is not None and all(n in known for n in units):
-            await manager.load(units, known={n: known[n] for n in units})
-        else:
-            await manager.load(units)
+            return await manager.load(units, known={n: known[n] for n in units})
+        return await manager.load(units)
     elif kind == TaskKind.STOP:
         await manager.stop(names)
-    else:
+    elif watch is None:
         await manager.start(names)
+    else:
+        await manager.start(names, watch=watch, known={n: states[n] for n in names if n in states},
+                            on_done=on_started)
+    return None

@@ -134,7 +134,10 @@ class Agent:
         if the_plan:
             for task in the_plan.tasks:
                 log.info("agent: %s", task)
-            result = await execute(the_plan, self.systemd, known=states)
+            # started units are published from the watch's signals once their jobs are done,
+            # without a read of their states after the pass
+            result = await execute(the_plan, self.systemd, known=states, watch=self._watch,
+                                   on_started=self._started)
             self._launched = the_plan.launched_after(result.attempted, result.completed)
             self.stats.tasks += len(result.completed)
             unfinished = {t.name for t in result.failed + result.skipped}
@@ -157,6 +160,13 @@ class Agent:
         return revision
 
     # ------------------------------------------------------------------ states
+
+    def _started(self, name: str, result: str) -> None:
+        """A start job of this pass ended: a unit started is published as applied `launched`
+        (what the pass records for it when it ends), not as a unit still to be started."""
+        desired = self._desired.get(name)
+        if result == "done" and desired is not None:
+            self._applied[name] = (desired.hash, desired.desired.value)
 
     async def _update_watch(self, names: set[str]) -> None:
         if self._watch is not None:

@@ -90,12 +90,18 @@ async def units_collection(request: web.Request) -> web.Response:
         raise HttpError(405, "only GET supported against this resource")
     token = _token(request)
     names = request.query.getall("unitName", [])
-    if names:  # beyond fleet: only the named units, one page (docs/api.md); no unit has an invalid name
-        names = [n for n in dict.fromkeys(names) if is_valid_unit_name(n)]
-        records = await ctx_of(request).registry.unit_records(names) if names else {}
-        found = [unit_to_wire(unit_info(r.unit, r.placement, r.states)) for n in names if (r := records.get(n))]
+    if names:  # beyond fleet: only the named units, one page (docs/api.md)
+        found = await units_named(request, names)
         return json_response({"units": found} if found else {})
     return json_response(_page("units", await _unit_entities(request), token))
+
+
+async def units_named(request: web.Request, names: list[str]) -> list[dict[str, Any]]:
+    """The named units that exist, as GET /units/<name> shows them, in the order asked, read in
+    one registry transaction (no unit has an invalid name)."""
+    names = [n for n in dict.fromkeys(names) if is_valid_unit_name(n)]
+    records = await ctx_of(request).registry.unit_records(names) if names else {}
+    return [unit_to_wire(unit_info(r.unit, r.placement, r.states)) for n in names if (r := records.get(n))]
 
 
 async def unit_item(request: web.Request) -> web.Response:

@@ -6,6 +6,11 @@
                                                of any unit without unitName): R2 > R
         -> {"revision": R,  "changed": false}  none within S seconds (at most MAX_HOLD)
 
+With `units=true` and unitName, the answer also carries `"units"`: the named units that exist, as
+GET /units?unitName=... shows them, read after that revision (so a client checks them at once
+instead of reading them in a second request; a change after the revision still answers the
+next long poll at once).
+
 A change is any write to a unit's job record (desired state, body), its placement in the
 schedule or a state published by an agent. The server holds the request on an etcd watch of
 those ranges from revision R+1 (no polling), so a client that checks, then long-polls with the
@@ -21,7 +26,7 @@ import os.path
 from aiohttp import web
 
 from fleetd.api.context import HttpError, ctx_of
-from fleetd.api.resources import json_response
+from fleetd.api.resources import json_response, units_named
 from fleetd.registry import WatchCompacted
 
 MAX_HOLD = 60.0
@@ -58,9 +63,14 @@ async def watch_units(request: web.Request) -> web.Response:
     since = _number(request.query.get("since"), "since")
     hold = _number(request.query.get("timeout"), "timeout", float)
     hold = DEFAULT_HOLD if hold is None else min(hold, MAX_HOLD)
-    names = set(request.query.getall("unitName", []))
+    asked = request.query.getall("unitName", [])
+    names = set(asked)
+    with_units = bool(names) and request.query.get("units", "") in ("true", "1")
     if since is None:
-        return json_response({"revision": await reg.current_revision()})
+        answer = {"revision": await reg.current_revision()}
+        if with_units:  # read after the revision: a change after it is never missed
+            answer["units"] = await units_named(request, asked)
+        return json_response(answer)
     keys = reg.keys
     ranges = (keys.jobs, keys.schedule, keys.states)
 
@@ -84,7 +94,10 @@ async def watch_units(request: web.Request) -> web.Response:
         revision, changed = since, False
     except WatchCompacted:
         revision, changed = await reg.current_revision(), True
-    return json_response({"revision": revision, "changed": changed})
+    answer = {"revision": revision, "changed": changed}
+    if with_units and changed:
+        answer["units"] = await units_named(request, asked)
+    return json_response(answer)
 
 
 def is_long_poll(request: web.Request) -> bool:

@@ -204,3 +204,30 @@ def test_api_driver_batches_on_kept_connections(server):
     finally:
         asyncio.run(client.close())
     assert client._connections == []
+
+
+def test_feed_answers_with_the_named_units_read_after_its_revision(server):
+    server.run(server.registry.create_unit(Unit("a.service", BODY, DesiredState.LAUNCHED)))
+    server.run(server.registry.create_unit(Unit("b.service", BODY)))
+    # at once: the revision, and the named units that exist, read after it (c.service: none)
+    status, now = get(server, "/fleet/v1/_watch/units?unitName=a.service&unitName=c.service&units=true")
+    assert status == 200 and set(now) == {"revision", "units"}
+    assert [(u["name"], u["desiredState"], u["currentState"]) for u in now["units"]] == [
+        ("a.service", "launched", "inactive")]
+    # the first change after it answers with the units as they are after the change
+    server.run(server.registry.campaign(MID, server.lease))
+    server.run(server.registry.apply_schedule(
+        fence_machine_id=MID, place=[Placement("a.service", MID, BODY.hash, DesiredState.LAUNCHED)]))
+    state = later(0.3, lambda: server.run(publish_state(server.registry, server.lease, "a.service", MID, BODY.hash)))
+    status, changed = get(server, f"/fleet/v1/_watch/units?since={now['revision']}&timeout=20"
+                                  "&unitName=a.service&units=true")
+    state.join()
+    assert status == 200 and changed["changed"] is True and changed["revision"] > now["revision"]
+    assert [u["name"] for u in changed["units"]] == ["a.service"]
+    # read after the revision answered: at least as new as it (the placement at least)
+    assert changed["units"][0]["machineID"] == MID
+    # no change within the hold: no units; without unitName, `units` is ignored
+    _, last = get(server, "/fleet/v1/_watch/units")
+    assert get(server, f"/fleet/v1/_watch/units?since={last['revision']}&timeout=0.2&unitName=a.service&units=true") \
+        == (200, {"revision": last["revision"], "changed": False})
+    assert set(get(server, "/fleet/v1/_watch/units?units=true")[1]) == {"revision"}

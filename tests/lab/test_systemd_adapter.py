@@ -247,6 +247,66 @@ async def test_load_takes_the_callers_states(node, mgr):
     await mgr.unload(fresh)
 
 
+async def test_started_units_are_held_in_the_watch_until_their_job_ends(node, mgr):
+    """The agent's start batch (`start(watch=...)`): the units join the watch before their jobs
+    and are delivered once their jobs ended: a forking or notify unit that is `activating` for a
+    while is never delivered so, a failing one is delivered `failed`, and no state is read again
+    for units whose load state the load batch read."""
+    units = {
+        "sdx-held-simple.service": service("simple"),
+        "sdx-held-forking.service": service("forking", body="Type=forking\n"
+                                            "ExecStart=/bin/sh -c 'sleep 0.4; /bin/sleep infinity & exit 0'"),
+        "sdx-held-notify.service": service("notify", body="Type=notify\nNotifyAccess=all\n"
+                                           "ExecStart=/bin/sh -c 'sleep 0.4; systemd-notify --ready; exec sleep infinity'"),
+        "sdx-held-fails.service": service("fails", body="Type=oneshot\nExecStart=/bin/sh -c 'sleep 0.2; exit 3'"),
+    }
+    after = await mgr.load(units, known=await mgr.states(units))
+    assert after is not None and all(s.load_state == "loaded" for s in after.values())
+    watch = await mgr.watch(())
+    delivered: list[tuple[str, str, str]] = []
+    done: list[str] = []
+
+    async def record():
+        async for state in watch:
+            delivered.append((state.name, state.active_state, "job done" if state.name in done else "job running"))
+
+    reads = []
+    read = mgr.states
+
+    async def counted(names, **kw):
+        reads.append(tuple(names))
+        return await read(names, **kw)
+
+    recorder = asyncio.create_task(record())
+    mgr.states = counted
+    try:
+        with pytest.raises(SystemdUnitError) as info:
+            await mgr.start(units, watch=watch, known=after, on_done=lambda name, result: done.append(name))
+        assert list(info.value.failures) == ["sdx-held-fails.service"]
+        await collect_until_delivered(delivered, set(units))
+    finally:
+        del mgr.states
+        recorder.cancel()
+        watch.close()
+    assert sorted(done) == sorted(units) and reads == []
+    firsts = {}
+    for name, active, when in delivered:
+        firsts.setdefault(name, (active, when))
+    assert firsts == {"sdx-held-simple.service": ("active", "job done"),
+                      "sdx-held-forking.service": ("active", "job done"),
+                      "sdx-held-notify.service": ("active", "job done"),
+                      "sdx-held-fails.service": ("failed", "job done")}, delivered
+    assert not any(active == "activating" for _, active, _ in delivered), delivered
+    await mgr.unload(units)
+
+
+async def collect_until_delivered(delivered: list, names: set[str], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while {n for n, _, _ in delivered} != names:
+        assert time.monotonic() < deadline, delivered
+        await asyncio.sleep(0.02)
+
+
 async def test_failing_start_reports_the_job_result(node, mgr):
     bad, missing = "sdx-fail.service", "sdx-missing.service"
     await mgr.load({bad: service("fails", body="Type=oneshot\nExecStart=/bin/false")})
