@@ -347,9 +347,12 @@ class Presence:
         # restarted 12 units in place on the first "failed to connect")
         while (left := deadline - time.monotonic()) > 0:
             try:
-                await asyncio.wait_for(self.register(wait_duplicate=0), left)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+                # arrives as the call completes, and this loop then ran on after fleetd's stop
+                async with asyncio.timeout(left):
+                    await self.register(wait_duplicate=0)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 error = error or TimeoutError("timed out")
                 break
             except RegistryError as exc:
