@@ -22,6 +22,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 
 #: imported by the server before it forks: what the full CLI's unit and list commands load
 PRELOAD = ("fleetctl.cli", "fleetctl.api_client", "fleetctl.commands.common", "fleetctl.commands.units",
@@ -93,29 +94,40 @@ class ForkedCli:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, *PRELOAD], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, start_new_session=True)
+                                     stdout=subprocess.PIPE, bufsize=0, start_new_session=True)
         self.lock = threading.Lock()
+        self.pending = b""  # read from the server, not yet a whole line
 
     def _reply(self, deadline_s: float) -> dict:
-        ready, _, _ = select.select([self.proc.stdout], [], [], deadline_s)
-        if not ready:
-            raise TimeoutError
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the fleetctl fork server ended (exit {self.proc.wait()})")
+        """The server's next line (its replies can arrive together: read the pipe unbuffered and
+        keep what follows the first line for the next call)."""
+        deadline = time.monotonic() + deadline_s
+        while b"\n" not in self.pending:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError
+            data = os.read(self.proc.stdout.fileno(), 1 << 20)
+            if not data:
+                raise RuntimeError(f"the fleetctl fork server ended (exit {self.proc.wait()})")
+            self.pending += data
+        line, self.pending = self.pending.split(b"\n", 1)
         return json.loads(line)
 
     def run(self, args: list[str], *, cwd, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-c", "fleetctl.cli.main() (forked)", *args]
         with self.lock:
-            self.proc.stdin.write(json.dumps({"args": list(args), "cwd": str(cwd), "env": dict(env)}).encode() + b"\n")
-            self.proc.stdin.flush()
+            request = memoryview(json.dumps({"args": list(args), "cwd": str(cwd), "env": dict(env)}).encode() + b"\n")
+            while request:
+                request = request[os.write(self.proc.stdin.fileno(), request):]
             pid = self._reply(30)["pid"]
             try:
                 done = self._reply(timeout)
             except TimeoutError:
-                os.kill(pid, 9)
-                self._reply(30)
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:  # it ended just now
+                    pass
+                self._reply(30)  # the killed run's reply: the next run's comes after it
                 raise subprocess.TimeoutExpired(argv, timeout) from None
         return subprocess.CompletedProcess(argv, done["returncode"], _text(done["stdout"].encode("latin-1")),
                                            _text(done["stderr"].encode("latin-1")))
