@@ -13,8 +13,9 @@ then does the whole command itself: the fast path never prints a partial answer.
 Its output is the full CLI's (the same `fleetctl.output` functions make the table);
 tests/etcd/test_fleetctl_fast.py runs both against a real fleetd API and compares, and pins
 the set of modules the fast path imports. `submit`, `load`, `start`, `stop` and `destroy` of
-plain units have their own fast path (fleetctl/fast_units.py, the same rules); the HTTP both use
-is fleetctl/fast_http.py.
+plain units have their own fast path (fleetctl/fast_units.py, the same rules), with the etcd
+driver too (fleetctl/fast_etcd.py, over fleetd/registry/gateway.py); the HTTP both use is
+fleetctl/fast_http.py.
 """
 
 from __future__ import annotations
@@ -167,6 +168,10 @@ def main() -> None:
         from fleetctl.fast_units import run_unit_command
 
         code = run_unit_command(argv, os.environ)
+        if code is None:  # the etcd driver's (fleetctl/fast_etcd.py)
+            from fleetctl.fast_etcd import run_etcd_command
+
+            code = run_etcd_command(argv, os.environ)
         if code is not None:
             _leave(code)
     if opts is not None:

@@ -233,13 +233,20 @@ class Api:
         answers: list = []
         for start in range(0, len(requests), PARALLEL_REQUESTS):
             socks = []
-            for method, path, body, headers in requests[start:start + PARALLEL_REQUESTS]:
-                try:
-                    sock = connect(self.opts, wait)
-                    sock.sendall(request_bytes(self.opts, method, path, body, headers))
-                    socks.append(sock)
+            batch = requests[start:start + PARALLEL_REQUESTS]
+            for _ in batch:  # connected first, sent together: the server sees the requests at
+                try:         # once (concurrent creates share its transactions)
+                    socks.append(connect(self.opts, wait))
                 except OSError as exc:
                     socks.append(self.unreachable(exc, wait))
+            for i, (method, path, body, headers) in enumerate(batch):
+                if isinstance(socks[i], Exception):
+                    continue
+                try:
+                    socks[i].sendall(request_bytes(self.opts, method, path, body, headers))
+                except OSError as exc:
+                    socks[i].close()
+                    socks[i] = self.unreachable(exc, wait)
             for sock in socks:
                 if isinstance(sock, Exception):
                     answers.append(sock)

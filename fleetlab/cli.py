@@ -395,6 +395,8 @@ def bench_containers(as_json, quiet, runtimes, **options) -> None:
 @click.option("--no-block", "no_block", default=300, show_default=True, help="Units started with --no-block.")
 @click.option("--nodes", "-N", default=3, show_default=True, help="Nodes of the lab.")
 @click.option("--agent-ttl", default=DEFAULT_AGENT_TTL, show_default=True, help="agent_ttl of both fleets.")
+@click.option("--project-only", is_flag=True, help="Only this project's figures (no fleet v1.0.0 side, no peer binaries needed).")
+@click.option("--failover/--no-failover", default=True, show_default=True, help="Measure the failover row.")
 @_bench_command
 def bench_compare(as_json, quiet, **options) -> None:
     """This project next to the original fleet v1.0.0 (../shared/peer/) in one lab and run."""

@@ -18,7 +18,7 @@ from fleetd.errors import FleetError, SystemdUnitError
 class UnitManager(Protocol):
     """What the executor needs from fleetd.agent.systemd.SystemdManager."""
 
-    async def load(self, units: Mapping[str, str]) -> None: ...
+    async def load(self, units: Mapping[str, str], *, known: Mapping | None = None) -> None: ...
     async def unload(self, names: Iterable[str]) -> None: ...
     async def stop(self, names: Iterable[str]) -> None: ...
     async def start(self, names: Iterable[str]) -> None: ...
@@ -41,7 +41,10 @@ class ExecutionResult:
         return self.completed + self.failed
 
 
-async def execute(plan: Plan | Sequence[Task], manager: UnitManager) -> ExecutionResult:
+async def execute(plan: Plan | Sequence[Task], manager: UnitManager, *,
+                  known: Mapping | None = None) -> ExecutionResult:
+    """`known`: the units' systemd states the plan was made from (read in the same pass), handed
+    to the LOAD batch so that it need not ask systemd for them again."""
     tasks = tuple(plan.tasks if isinstance(plan, Plan) else sorted(plan))
     completed: list[Task] = []
     for kind in TaskKind:
@@ -49,7 +52,7 @@ async def execute(plan: Plan | Sequence[Task], manager: UnitManager) -> Executio
         if not batch:
             continue
         try:
-            await _run_batch(kind, batch, manager)
+            await _run_batch(kind, batch, manager, known)
         except FleetError as exc:
             if isinstance(exc, SystemdUnitError):
                 failed = [t for t in batch if t.name in exc.failures]
@@ -63,7 +66,7 @@ async def execute(plan: Plan | Sequence[Task], manager: UnitManager) -> Executio
     return ExecutionResult(tuple(completed), (), ())
 
 
-async def _run_batch(kind: TaskKind, batch: list[Task], manager: UnitManager) -> None:
+async def _run_batch(kind: TaskKind, batch: list[Task], manager: UnitManager, known: Mapping | None) -> None:
     names = [t.name for t in batch]
     if kind == TaskKind.UNLOAD:
         await manager.unload(names)
@@ -73,7 +76,10 @@ async def _run_batch(kind: TaskKind, batch: list[Task], manager: UnitManager) ->
             if t.unit is None:
                 raise ValueError(f"load task for {t.name} carries no unit file")
             units[t.name] = t.unit.text
-        await manager.load(units)
+        if known is not None and all(n in known for n in units):
+            await manager.load(units, known={n: known[n] for n in units})
+        else:
+            await manager.load(units)
     elif kind == TaskKind.STOP:
         await manager.stop(names)
     else:

@@ -134,7 +134,7 @@ class Agent:
         if the_plan:
             for task in the_plan.tasks:
                 log.info("agent: %s", task)
-            result = await execute(the_plan, self.systemd)
+            result = await execute(the_plan, self.systemd, known=states)
             self._launched = the_plan.launched_after(result.attempted, result.completed)
             self.stats.tasks += len(result.completed)
             unfinished = {t.name for t in result.failed + result.skipped}

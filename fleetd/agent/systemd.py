@@ -191,8 +191,12 @@ class SystemdManager:
             for rule in (
                 f"type='signal',sender='{SYSTEMD_BUS_NAME}',path='{MANAGER_PATH}',"
                 f"interface='{MANAGER_IFACE}'",
+                # only the Unit interface's changes (arg0: the interface), the watch reads no
+                # other: the bus drops the Service/Socket/... ones (a quarter of the signals of a
+                # burst of starts) instead of this process parsing them
                 f"type='signal',sender='{SYSTEMD_BUS_NAME}',interface='{PROPERTIES_IFACE}',"
-                f"member='PropertiesChanged',path_namespace='{UNIT_PATH_PREFIX.rstrip('/')}'",
+                f"member='PropertiesChanged',path_namespace='{UNIT_PATH_PREFIX.rstrip('/')}',"
+                f"arg0='{UNIT_IFACE}'",
             ):
                 await self._call("AddMatch", "s", [rule], destination="org.freedesktop.DBus",
                                  path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
@@ -433,8 +437,12 @@ class SystemdManager:
         self.reloads += 1
         await self._call("Reload")
 
-    async def load(self, units: Mapping[str, str]) -> None:
+    async def load(self, units: Mapping[str, str], *,
+                   known: Mapping[str, UnitSystemdState] | None = None) -> None:
         """Write, link (and enable) the units, then reload systemd once if it is needed.
+
+        `known`: the units' states as the caller read them just before (the agent's pass reads
+        them to make its plan); without it (or for a unit it lacks) they are read here.
 
         No reload when every unit was unknown to systemd (or "not-found") before and is
         "loaded" right after linking: systemd found the new files by itself. Units systemd had
@@ -452,7 +460,8 @@ class SystemdManager:
             if refused:
                 raise SystemdUnitError("load", refused)
             return
-        known = await self.states(units)
+        if known is None or any(n not in known for n in units):
+            known = await self.states(units)
         try:
             self.units_dir.mkdir(parents=True, exist_ok=True)
             for name, text in units.items():

@@ -168,8 +168,21 @@ async def _set(request: web.Request, item: str) -> web.Response:
     except UnitError as exc:
         raise HttpError(400, str(exc)) from None
     reg = ctx_of(request).registry
-    existing = await reg.get_unit(name)
     create_only = request.headers.get("If-None-Match", "").strip() == "*"  # beyond fleet
+    if create_only and req.options:
+        # no read first: the create is conditional on the unit's absence (412 otherwise), and
+        # concurrent creates share transactions (fleetd/api/batching.py)
+        try:
+            file = _unit_file(name, req.options)
+            state = _desired(req.desired_state) if req.desired_state else DesiredState.INACTIVE
+            _refuse_template(name, state)
+        except HttpError:
+            pass  # the answer depends on whether the unit exists (412 first): the path below
+        else:
+            if await _batcher(request).create(Unit(name, file, state)):
+                return no_content(201)
+            raise HttpError(412, f"unit {name} already exists")
+    existing = await reg.get_unit(name)
     if existing is not None and create_only:
         raise HttpError(412, f"unit {name} already exists")
 
@@ -179,7 +192,7 @@ async def _set(request: web.Request, item: str) -> web.Response:
         file = _unit_file(name, req.options)
         state = _desired(req.desired_state) if req.desired_state else DesiredState.INACTIVE
         _refuse_template(name, state)
-        if not await reg.create_unit(Unit(name, file, state)):
+        if not await _batcher(request).create(Unit(name, file, state)):
             if create_only:
                 raise HttpError(412, f"unit {name} already exists")
             raise HttpError(409, f"unit {name} was created concurrently; try again")
@@ -206,6 +219,16 @@ async def _set(request: web.Request, item: str) -> web.Response:
     except UnitError as exc:
         raise HttpError(400, str(exc)) from None
     return no_content(204)
+
+
+def _batcher(request: web.Request):
+    from fleetd.api.batching import CreateBatcher
+
+    ctx = ctx_of(request)
+    batcher = ctx.extras.get("create_batcher")
+    if batcher is None:
+        batcher = ctx.extras["create_batcher"] = CreateBatcher(ctx.registry.create_units)
+    return batcher
 
 
 async def _destroy(request: web.Request, name: str) -> web.Response:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any, Mapping
+from typing import Mapping
 
 from fleetd.model import DesiredState, Machine, Placement, Resources, UnitState
+from fleetd.registry.records import dumps, job_value, loads
 
-
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-
-
-def loads(raw: bytes) -> Any:
-    return json.loads(raw)
+__all__ = ["dumps", "loads", "encode_job", "decode_job", "encode_target", "decode_placement", "encode_machine",
+           "decode_machine", "encode_state", "decode_state"]
 
 
 def encode_job(name: str, unit_hash: str, desired: DesiredState) -> bytes:
-    return dumps({"name": name, "hash": unit_hash, "desiredState": desired.value})
+    return job_value(name, unit_hash, desired.value)
 
 
 def decode_job(raw: bytes) -> tuple[str, str, DesiredState]:

@@ -18,14 +18,12 @@ from fleetd.config import EtcdSettings
 from fleetd.errors import RegistryError, UnitConflict
 from fleetd.registry.connection import Connection, enc, prefix_end, translate
 from fleetd.registry.keys import KeyLayout
+from fleetd.registry.records import CAS_ATTEMPTS, MAX_TXN_OPS
 
 T = TypeVar("T")
 
-MAX_TXN_OPS = 120  # etcd's default --max-txn-ops is 128; keep room for compares
 #: Transactions in flight at once when a large read or write is split into many.
 PIPELINE_DEPTH = 8
-#: Rounds of a compare-and-swap before it gives up with UnitConflict.
-CAS_ATTEMPTS = 10
 
 
 WATCH_CANCEL_TIMEOUT = 1.0  # seconds a cancelled watch waits for etcd to confirm

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
 class KeyLayout:
-    prefix: str  # always ends with "/"
+    """The keys of one registry, below `prefix` (always ends with "/"). A plain class, not a
+    dataclass: fleetctl's etcd fast path (fleetd/registry/gateway.py) imports it at start-up."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"KeyLayout(prefix={self.prefix!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeyLayout) and other.prefix == self.prefix
+
+    def __hash__(self) -> int:
+        return hash(("KeyLayout", self.prefix))
 
     # unit bodies, content-addressed: value = canonical unit text
     @property

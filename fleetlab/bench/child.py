@@ -174,7 +174,7 @@ async def agents(config: dict, registry: Registry, counter: RequestCounter) -> N
                     sys.stdout.flush()
                 await asyncio.sleep(PROGRESS_EVERY)
 
-        emit("ready", counter, **figures())
+        emit("ready", counter, niceness=os.nice(0), **figures())
         reporter = asyncio.create_task(report())
         profiler = cProfile.Profile() if config.get("profile") else None
         while (line := await next_line()) in ("begin", "end"):
@@ -197,6 +197,8 @@ ROLES = {"engine": engine, "client": client, "agents": agents}
 
 
 async def main(config: dict) -> None:
+    if config.get("nice"):  # before any thread starts (gRPC's): Linux nice is per thread, inherited
+        os.nice(config["nice"])
     settings = EtcdSettings(endpoints=tuple(config["endpoints"]), key_prefix=config["key_prefix"],
                             request_timeout=config.get("request_timeout", 30.0))
     counter = RequestCounter()

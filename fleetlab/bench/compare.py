@@ -8,13 +8,15 @@ time of whole fleetctl processes, as a user sees them:
 
 * list_units: `fleetctl list-units` (p50 of `samples`);
 * start_one: `fleetctl start UNIT` of one new unit until it returns (p50 of `samples` units);
+  for the project also with `--driver=etcd` (start_one_etcd_driver: no fleet v1 figure);
 * burst_30: `fleetctl start` of 30 units in one blocking command;
 * no_block_300: `fleetctl start --no-block` of 300 units, then `list-units` until all are active;
 * failover: 6 units running, the last node crashed (SIGKILL to its init), then `list-units`
   until every unit that ran there is active on another machine (the node is booted again).
 
 Ratios are original / project (above 1: the project is faster). Skips with the reason when the
-peer binaries are absent.
+peer binaries are absent, unless `project_only` (`--project-only`: this project's rows alone, for
+iterating on one of them; `--burst 0`, `--no-block 0` and `--no-failover` leave rows out).
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ from ..peer import back_to_project, peer_fleetctl, peer_problem, to_original_fle
 from ..sysutil import run
 from .common import Log, bench_lab, conditions, new_tag, percentile, quiet
 
+SETTLE_SECONDS = 2.0  # before the burst: the previous scenario's units are being unloaded
 UNIT_TEXT = "[Unit]\nDescription=fleet compare {name}\n\n[Service]\nExecStart=/bin/sleep infinity\n"
 
 
 def compare(samples: int = 5, *, burst: int = 30, no_block: int = 300, nodes: int = 3, agent_ttl: str = "5s",
-            keep_lab: str | None = None, timeout: float = 300.0, log: Log = quiet) -> dict[str, Any]:
-    problem = peer_problem()
+            keep_lab: str | None = None, timeout: float = 300.0, log: Log = quiet,
+            project_only: bool = False, failover: bool = True) -> dict[str, Any]:
+    """`project_only`: this project's figures alone (no peer binaries needed); `failover`: False
+    leaves the failover row out; `burst`/`no_block` 0 leave those rows out."""
+    problem = None if project_only else peer_problem()
     if problem:
         return {"benchmark": "compare", "skipped": problem}
     result: dict[str, Any] = {"benchmark": "compare", "before": conditions()}
@@ -50,15 +56,21 @@ def compare(samples: int = 5, *, burst: int = 30, no_block: int = 300, nodes: in
         project = _project_ctl(lab)
         log("project: running the scenarios")
         result["project"] = _scenarios(project, Path(tmp), "p", samples, burst, no_block, timeout, log)
-        result["project"]["failover_seconds"] = _try_failover(lab, project, Path(tmp), "p", timeout, log)
+        result["project"]["start_one_etcd_driver_p50_seconds"] = _start_one_etcd(lab, Path(tmp), samples, timeout, log)
+        if failover:
+            result["project"]["failover_seconds"] = _try_failover(lab, project, Path(tmp), "p", timeout, log)
+        if project_only:
+            result["after"] = conditions()
+            return result
         log("turning the lab's nodes into original fleet v1.0.0 nodes")
         to_original_fleet(lab)
         try:
             original = lambda *args, check=True, timeout=120.0: peer_fleetctl(lab, *args, check=check, timeout=timeout)  # noqa: E731
             log("original fleet: running the scenarios")
             result["fleet_v1"] = _scenarios(original, Path(tmp), "o", samples, burst, no_block, timeout, log)
-            result["fleet_v1"]["failover_seconds"] = _try_failover(
-                lab, original, Path(tmp), "o", timeout, log, after_boot=lambda node: _peer_node_again(lab, node))
+            if failover:
+                result["fleet_v1"]["failover_seconds"] = _try_failover(
+                    lab, original, Path(tmp), "o", timeout, log, after_boot=lambda node: _peer_node_again(lab, node))
         finally:
             if keep_lab:
                 back_to_project(lab)
@@ -81,6 +93,17 @@ def _project_ctl(lab: Lab) -> Callable[..., Any]:
                    env=env, check=check, timeout=timeout)
 
     return ctl
+
+
+def _start_one_etcd(lab: Lab, tmp: Path, samples: int, timeout: float, log: Log) -> float:
+    """`fleetctl --driver=etcd start UNIT` of one new unit until it returns (p50 of `samples`):
+    the project's etcd driver (its fast path, fleetctl/fast_etcd.py); fleet v1 has no such row."""
+    ones = [f"{new_tag('ce')}-one{i}.service" for i in range(samples)]
+    times = [_timed(lambda: lab.fleetctl("start", path, timeout=timeout)) for path in _files(tmp, ones)]
+    lab.fleetctl("destroy", *ones, check=False, timeout=timeout)
+    p50 = round(percentile(times, 0.5), 3)
+    log(f"p: start one with --driver=etcd p50 {p50}s")
+    return p50
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -128,11 +151,16 @@ def _scenarios(ctl, tmp: Path, side: str, samples: int, burst: int, no_block: in
     figures["start_one_p50_seconds"] = round(percentile(times, 0.5), 3)
     log(f"{side}: list-units p50 {figures['list_units_p50_seconds']}s, start one p50 {figures['start_one_p50_seconds']}s")
     ctl("destroy", *ones, check=False)
-    many = [f"{tag}-b{i:02d}.service" for i in range(burst)]
-    paths = _files(tmp, many)
-    figures[f"burst_{burst}_seconds"] = round(_timed(lambda: ctl("start", *paths, timeout=timeout)), 3)
-    log(f"{side}: {burst} units blocking: {figures[f'burst_{burst}_seconds']}s")
-    ctl("destroy", *many, check=False)
+    if burst:
+        # the agents stop and unload what was destroyed (a daemon-reload each): not measured
+        time.sleep(SETTLE_SECONDS)
+        many = [f"{tag}-b{i:02d}.service" for i in range(burst)]
+        paths = _files(tmp, many)
+        figures[f"burst_{burst}_seconds"] = round(_timed(lambda: ctl("start", *paths, timeout=timeout)), 3)
+        log(f"{side}: {burst} units blocking: {figures[f'burst_{burst}_seconds']}s")
+        ctl("destroy", *many, check=False)
+    if not no_block:
+        return figures
     lots = [f"{tag}-n{i:03d}.service" for i in range(no_block)]
     paths = _files(tmp, lots)
     started = time.monotonic()

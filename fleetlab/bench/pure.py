@@ -51,6 +51,11 @@ def main() -> None:
               help="Units then started one at a time on the settled cluster (latency).")
 @click.option("--agent-processes", type=int, default=None,
               help="Processes the simulated agents are spread over (default: one per core, at least 2).")
+@click.option("--agents-nice", type=int, default=0, show_default=True,
+              help="Niceness of the agents processes (e.g. 10: the simulated machines take only "
+                   "the CPU that etcd, the engine and the client leave, as on separate machines).")
+@click.option("--etcd-option", "etcd_options", multiple=True,
+              help="An extra etcd flag, e.g. --etcd-option=--backend-batch-interval=10ms (repeatable).")
 @click.option("--profile-dir", type=click.Path(file_okay=False), default=None,
               help="Write cProfile data (agents-K.prof, engine.prof) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -198,6 +198,36 @@ async def _start_latencies(client: "_Child", workers: list[_AgentsChild], first:
     return latencies
 
 
+def etcd_watchers(endpoint: str) -> tuple[int, int]:
+    """(watchers, of which unsynced) in etcd now, from its /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    figures = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_slow_watcher_total"):
+            figures[name] = int(float(value))
+    return figures.get("etcd_debugging_mvcc_watcher_total", 0), figures.get("etcd_debugging_mvcc_slow_watcher_total", 0)
+
+
+async def _watches_settled(endpoint: str, at_least: int, timeout: float) -> int:
+    """Wait until etcd has `at_least` watchers, none of them catching up (an agents process is
+    ready after its agents' first pass; their watches are created after it, one at a time per
+    stream: without this wait, creating them and etcd's catching up on their history from the
+    first pass's revision would land in the measured run)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        watchers, unsynced = await asyncio.to_thread(etcd_watchers, endpoint)
+        if watchers >= at_least and unsynced == 0:
+            return watchers
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"scale benchmark: etcd has {watchers} watchers ({unsynced} unsynced) "
+                                 f"{timeout:.0f}s after the agents started, expected {at_least}")
+        await asyncio.sleep(0.05)
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -263,8 +293,9 @@ def _traffic(counter: RequestCounter, units: int) -> dict[str, Any]:
 
 async def _scale(machines: int, units: int, connections: int, timeout: float, agent_ttl: float,
                  engine_interval: float, etcd_binary: str, profile_dir: Path | None,
-                 idle_seconds: float, single_starts: int, agent_processes: int) -> dict[str, Any]:
-    with EtcdServer(binary=etcd_binary) as etcd:
+                 idle_seconds: float, single_starts: int, agent_processes: int, agents_nice: int = 0,
+                 etcd_options: tuple[str, ...] = ()) -> dict[str, Any]:
+    with EtcdServer(binary=etcd_binary, extra_args=tuple(etcd_options)) as etcd:
         settings = EtcdSettings(endpoints=(etcd.endpoint,), key_prefix=KEY_PREFIX, request_timeout=30.0)
         ids = [machine_id(i) for i in range(machines)]
         common = {"endpoints": [etcd.endpoint], "key_prefix": KEY_PREFIX}
@@ -286,7 +317,7 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             # processes start their agents at the same time
             configs = [{**common, "role": "agents", "machines": list(range(k, machines, agent_processes)),
                         "connections": connections // agent_processes + (k < connections % agent_processes),
-                        "ttl": agent_ttl, "request_timeout": 30.0,
+                        "ttl": agent_ttl, "request_timeout": 30.0, "nice": agents_nice,
                         "profile": str(profile_dir / f"agents-{k}.prof") if profile_dir else None}
                        for k in range(agent_processes)]
             results = await asyncio.gather(*(_AgentsChild.start(c, timeout) for c in configs), return_exceptions=True)
@@ -295,6 +326,8 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
+            # every agent watches schedule/<id>/, global/ and machines/<id>/metadata/
+            watchers = await _watches_settled(etcd.endpoint, 3 * machines, timeout)
             setup_seconds = time.monotonic() - started
 
             await engine.send("probe")
@@ -332,7 +365,7 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             engine_times: list[tuple[float, float]] = []
             latencies = await _start_latencies(client, workers, units, single_starts, timeout, engine, engine_times)
             await engine.send("stop")
-            done = await engine.read("done", 30)
+            done = await engine.read("done", 120)  # tracemalloc of the whole state: slow under load
             engine_traffic = _traffic_between(before, busy)
             client_traffic = _traffic_between(client.ready, created)
             async with await Registry.connect(settings) as checker:
@@ -345,7 +378,7 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
     stats = {key: busy["stats"][key] - before["stats"][key]  # the run itself, without setup or idle phase
              for key in ("passes", "skipped_passes", "placements", "transactions", "reconcile_seconds",
                          "reconcile_cpu_seconds", "snapshot_seconds", "apply_seconds",
-                         "planned_passes", "view_passes", "full_reads")}
+                         "planned_passes", "view_passes", "full_reads", "settled_passes")}
     placed_seconds = busy["stats"]["last_write_at"] - t0
     total_traffic = agent_traffic + client_traffic + engine_traffic
     return {
@@ -354,8 +387,12 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
         "units": units,
         "connections": sum(c["connections"] for c in configs),
         "agent_processes": agent_processes,
+        "agents_nice": agents_nice,
+        "agents_niceness_observed": sorted({w.ready["niceness"] for w in workers}),
+        "etcd_options": list(etcd_options),
         "load_average_before": round(load_before, 2),
         "setup_seconds": round(setup_seconds, 2),
+        "etcd_watchers_at_start": watchers,
         "create_seconds": round(created["monotonic"] - t0, 3),
         "placed_seconds": round(placed_seconds, 3),
         "total_seconds": round(total_seconds, 3),
@@ -377,6 +414,7 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
         "engine": {
             "passes": stats["passes"],
             "planned_passes": stats["planned_passes"],
+            "settled_passes": stats["settled_passes"],
             "view_passes": stats["view_passes"],
             "full_reads": stats["full_reads"],
             "placements": stats["placements"],
@@ -424,7 +462,8 @@ def scale(machines: int | None = None, units: int | None = None, *, quick: bool 
           connections: int = 50, timeout: float = 300.0, agent_ttl: float = 30.0,
           engine_interval: float = 2.0, idle_seconds: float | None = None, single_starts: int = 20,
           etcd_binary: str = "etcd", profile_dir: str | None = None,
-          agent_processes: int | None = None) -> dict[str, Any]:
+          agent_processes: int | None = None, agents_nice: int = 0,
+          etcd_options: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """Run the scale benchmark; returns its figures (raises BenchmarkError on failure).
 
     Defaults to 1,000 machines x 10,000 units; `quick` to 100 x 1,000. Afterwards the settled
@@ -432,7 +471,10 @@ def scale(machines: int | None = None, units: int | None = None, *, quick: bool 
     the engine's idle CPU. Then `single_starts` more units are started one at a time on the
     settled cluster (start-to-active latency at scale). The agents run in `agent_processes`
     processes (default: default_agent_processes()). `profile_dir` writes cProfile data of
-    the agents processes (agents-K.prof) and of the engine process there.
+    the agents processes (agents-K.prof) and of the engine process there. `agents_nice`: the
+    agents processes' niceness (0: they compete for the CPU with etcd, the engine and the
+    client as equals; real machines would each have their own). `etcd_options`: extra flags
+    for the benchmark's etcd (e.g. "--backend-batch-interval=10ms").
     """
     if idle_seconds is None:
         idle_seconds = 0.0 if quick else 5 * engine_interval
@@ -449,7 +491,8 @@ def scale(machines: int | None = None, units: int | None = None, *, quick: bool 
     if not 1 <= agent_processes <= machines:
         raise BenchmarkError(f"scale benchmark: agent processes must be 1..{machines}, got {agent_processes}")
     result = asyncio.run(_scale(machines, units, connections, timeout, agent_ttl, engine_interval,
-                                etcd_binary, profile, idle_seconds, single_starts, agent_processes))
+                                etcd_binary, profile, idle_seconds, single_starts, agent_processes,
+                                agents_nice, tuple(etcd_options)))
     result["date"] = time.strftime("%Y-%m-%d")
     result["cpus"] = os.cpu_count()
     return result

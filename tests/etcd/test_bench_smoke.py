@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -45,6 +46,23 @@ def test_scale_traffic_adds_up(tiny_scale):
     assert traffic["agents"]["by_method"]["KV/Txn"]["sent"] >= 10 * 2
     assert traffic["engine"]["by_method"]["KV/Txn"]["sent"] >= 2
     assert tiny_scale["total_seconds"] >= tiny_scale["placed_seconds"] > 0
+
+
+def test_scale_run_starts_with_every_watch_in_place(tiny_scale):
+    # each agent's three watches exist (and are caught up) before the clock starts: no watch is
+    # created during the measured run
+    assert tiny_scale["etcd_watchers_at_start"] >= 3 * tiny_scale["machines"]
+    assert tiny_scale["etcd_traffic"]["agents"]["by_method"].get("Watch/Watch", {}).get("sent", 0) == 0
+
+
+def test_scale_agents_niceness_and_etcd_options():
+    result = scale(machines=4, units=20, connections=2, timeout=120, idle_seconds=0, single_starts=0,
+                   agents_nice=5, etcd_options=("--backend-batch-interval=10ms",))
+    assert result["agents_niceness_observed"] == [min(19, os.nice(0) + 5)]  # added to the inherited one
+    assert result["etcd_options"] == ["--backend-batch-interval=10ms"]
+    assert result["verified"]["active"] == 20
+    with pytest.raises(Exception, match="etcd"):  # the flags reach etcd: an unknown one stops it
+        scale(machines=1, units=1, timeout=30, idle_seconds=0, single_starts=0, etcd_options=("--no-such-flag",))
 
 
 def test_scheduler_benchmark_places_everything():

@@ -331,13 +331,22 @@ class Fleet:
                 most[name] = max(most.get(name, 0), len(machines))
         return most
 
-    def engine_lease_ttl(self) -> float:
-        """The TTL granted to the engine leader's lease (read from etcd)."""
+    def engine_lease(self) -> int:
+        """The ID of the lease the engine leader's key hangs on."""
         proc = self.etcdctl("get", f"{self.prefix}lease/engine-leader", "-w", "json")
         kvs = json.loads(proc.stdout).get("kvs") or []
         assert kvs, "no engine leader key"
-        ttl = self.etcdctl("lease", "timetolive", f"{int(kvs[0]['lease']):x}", "-w", "json")
-        return float(json.loads(ttl.stdout)["granted-ttl"])
+        return int(kvs[0]["lease"])
+
+    def lease_time_to_live(self, lease: int) -> tuple[float, float]:
+        """(granted TTL, remaining TTL) of a lease; the remaining TTL is <= 0 once it expired."""
+        proc = self.etcdctl("lease", "timetolive", f"{lease:x}", "-w", "json")
+        info = json.loads(proc.stdout)
+        return float(info.get("granted-ttl", 0)), float(info.get("ttl", -1))
+
+    def engine_lease_ttl(self) -> float:
+        """The TTL granted to the engine leader's lease (read from etcd)."""
+        return self.lease_time_to_live(self.engine_lease())[0]
 
     def machine_lease(self, machine_id: str) -> int:
         """The lease ID a machine's presence record hangs on."""

@@ -85,13 +85,20 @@ def _kill_the_leader(fleet, etcd_leader_too: bool) -> tuple[float, float]:
 def test_fleetd_stop_on_the_leader_hands_over_at_once(fleet):
     leader = wait_for("an engine leader", fleet.leader)
     node = fleet.node_of(leader)
-    lease = fleet.engine_lease_ttl()
+    held_by = fleet.engine_lease()
+    lease = fleet.lease_time_to_live(held_by)[0]
     started = time.monotonic()
     node.stop_fleetd()
     wait_for("a new engine leader", new_leader(fleet, leader), timeout=lease + 10, interval=0.05)
     took = time.monotonic() - started
-    # without a resign the key would stay until the lease runs out (>= 2/3 of the TTL)
-    assert took < lease * 0.6, f"leadership handed over only after {took:.1f}s (lease {lease:g}s)"
+    remaining = fleet.lease_time_to_live(held_by)[1]
+    # Without a resign the key would stay until the old lease runs out: a successor seen while
+    # that lease still lives proves the resign; so does one seen sooner than the lease could
+    # expire after the stop began (keep-alives every TTL/3). Either holds at once on a quiet
+    # machine; on a loaded one (CI) the stop alone can take longer than 0.6 TTL.
+    assert remaining > 0 or took < lease * 0.6, (
+        f"leadership handed over only after {took:.1f}s, when the old leader's lease had expired "
+        f"(lease {lease:g}s)")
     node.start_fleetd()
     fleet.ctl("start", fleet.write("after.service", unit_body("after")))
     fleet.wait_active(1)

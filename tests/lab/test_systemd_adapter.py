@@ -229,6 +229,24 @@ async def test_new_units_load_without_a_daemon_reload(node, mgr):
     assert (await mgr.states([name]))[name].active_state == "active"
 
 
+async def test_load_takes_the_callers_states(node, mgr):
+    """The agent hands `load` the states its pass read: new units load without a read of their
+    own and without a reload; a unit the caller saw loaded gets the reload its new file needs."""
+    fresh = {f"sdx-known{i}.service": service(f"known {i}") for i in range(3)}
+    seen = await mgr.states(fresh)
+    assert all(s.load_state == "not-found" for s in seen.values())
+    reloads = mgr.reloads
+    await mgr.load(fresh, known=seen)
+    assert mgr.reloads == reloads
+    await mgr.start(fresh)
+    assert all(s.active_state == "active" for s in (await mgr.states(fresh)).values())
+    name = "sdx-known0.service"
+    await mgr.load({name: service("known 0, version two")}, known=await mgr.states([name]))
+    assert mgr.reloads == reloads + 1
+    assert "Description=known 0, version two" in node.run("systemctl", "show", "-p", "Description", name).stdout
+    await mgr.unload(fresh)
+
+
 async def test_failing_start_reports_the_job_result(node, mgr):
     bad, missing = "sdx-fail.service", "sdx-missing.service"
     await mgr.load({bad: service("fails", body="Type=oneshot\nExecStart=/bin/false")})

@@ -278,7 +278,8 @@ class RecordingManager:
         if op in self.fail:
             raise self.fail[op]
 
-    async def load(self, units):
+    async def load(self, units, known=None):
+        self.known = known
         await self._do("load", units)
 
     async def unload(self, names):
@@ -302,6 +303,19 @@ async def test_executor_runs_one_batch_per_kind_in_order():
     assert mgr.calls == [("unload", ("a", "d")), ("load", ("b", "d", "e")), ("stop", ("c",)),
                          ("start", ("b", "d", "e"))]
     assert result.ok and result.completed == ORDER_PLAN.tasks and not result.skipped
+
+
+async def test_executor_hands_the_pass_states_to_the_load_batch():
+    from fleetd.agent.systemd import UnitSystemdState
+
+    states = {n: UnitSystemdState(n, "not-found", "inactive", "dead") for n in "abcde"}
+    mgr = RecordingManager()
+    assert (await execute(ORDER_PLAN, mgr, known=states)).ok
+    assert mgr.known == {n: states[n] for n in ("b", "d", "e")}
+    # a state missing for one unit of the batch: the manager reads them itself
+    mgr = RecordingManager()
+    assert (await execute(ORDER_PLAN, mgr, known={"b": states["b"]})).ok
+    assert mgr.known is None
 
 
 async def test_executor_stops_at_the_first_failing_batch():

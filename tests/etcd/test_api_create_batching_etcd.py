@@ -1,0 +1,63 @@
+"""Concurrent unit creations through the API share etcd transactions (fleetd/api/batching.py):
+each request still gets a lone create's answer, on a real fleetd API and real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fleetd.model import DesiredState, Machine
+
+from _api_server import HELLO_OPTIONS, ApiHarness
+
+MID = "0123456789abcdef0123456789abcdef"
+CREATE_ONLY = {"If-None-Match": "*"}
+
+
+@pytest.fixture
+async def api(etcd_settings, tmp_path):
+    async with ApiHarness(etcd_settings, tmp_path, Machine(MID, "127.0.0.1")) as harness:
+        yield harness
+
+
+def body(state: str = "launched", options=HELLO_OPTIONS) -> dict:
+    return {"desiredState": state, "options": options}
+
+
+async def test_concurrent_creates_answer_each_request_as_alone(api):
+    names = [f"b{i:02d}.service" for i in range(30)]
+    answers = await asyncio.gather(*(api.call("PUT", f"/fleet/v1/units/{n}", body=body(), headers=CREATE_ONLY)
+                                     for n in names))
+    assert [a[0] for a in answers] == [201] * 30
+    units = {u.name: u for u in await api.registry.list_units()}
+    assert all(units[n].desired_state is DesiredState.LAUNCHED for n in names)
+    # again, with one new among them: 412 for the existing ones, 201 for the new one
+    again = await asyncio.gather(*(api.call("PUT", f"/fleet/v1/units/{n}", body=body("loaded"), headers=CREATE_ONLY)
+                                   for n in names + ["new.service"]))
+    assert [a[0] for a in again] == [412] * 30 + [201]
+    assert again[0][2] == {"error": {"code": 412, "message": "unit b00.service already exists"}}
+    units = {u.name: u for u in await api.registry.list_units()}
+    assert units["b00.service"].desired_state is DesiredState.LAUNCHED  # untouched
+    assert units["new.service"].desired_state is DesiredState.LOADED
+
+
+async def test_the_same_unit_created_by_concurrent_requests_is_created_once(api):
+    answers = await asyncio.gather(*(api.call("PUT", "/fleet/v1/units/same.service", body=body(), headers=CREATE_ONLY)
+                                     for _ in range(5)))
+    assert sorted(a[0] for a in answers) == [201, 412, 412, 412, 412]
+    # without If-None-Match (fleet's own create): one 201, the others set the desired state (204)
+    answers = await asyncio.gather(*(api.call("PUT", "/fleet/v1/units/other.service", body=body())
+                                     for _ in range(3)))
+    assert sorted(a[0] for a in answers)[0] == 201 and all(a[0] in (201, 204, 409) for a in answers)
+
+
+async def test_an_invalid_create_only_request_gets_the_same_answers_as_before(api):
+    # an existing unit: 412 comes first, even with options that would not validate
+    assert (await api.call("PUT", "/fleet/v1/units/x.service", body=body(), headers=CREATE_ONLY))[0] == 201
+    bad = [{"section": "Service", "name": "ExecStart", "value": ""}]
+    assert (await api.call("PUT", "/fleet/v1/units/x.service", body=body(options=bad), headers=CREATE_ONLY))[0] == 412
+    # a template cannot be launched: 400, and nothing is created
+    status, _, payload = await api.call("PUT", "/fleet/v1/units/t@.service", body=body(), headers=CREATE_ONLY)
+    assert status == 400 and "template" in payload["error"]["message"]
+    assert "t@.service" not in {u.name for u in await api.registry.list_units()}
