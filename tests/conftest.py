@@ -49,6 +49,11 @@ FOLDER_MARKERS = {"etcd": ("etcd",), "lab": ("lab",), "functional": ("lab",), "v
 def pytest_configure(config: pytest.Config) -> None:
     chosen = os.environ.get("FLEET_TEST_DEPTH") or depth_for(config.option.markexpr or "")
     os.environ["FLEET_TEST_DEPTH"] = chosen  # read by tests/_depth.py when test modules are imported
+    if chosen == "fast" and os.access("/dev/shm", os.W_OK):
+        # the fast loop's tmp_path directories on a tmpfs too (pytest's numbered, self-cleaning
+        # /dev/shm/pytest-of-USER/pytest-N, read when the first one is made): image stores,
+        # busybox trees and overlay layers cost half the kernel time on the disk's ext4
+        os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", "/dev/shm")
     # no per-example deadline at any depth: a loaded machine (CI, parallel labs) once made a
     # pure property exceed hypothesis's 200 ms; time is for the benchmarks, not the tests
     if chosen == "fast":  # the full depth keeps hypothesis's own profile's example counts (e.g. "ci")

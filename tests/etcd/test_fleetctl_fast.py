@@ -6,6 +6,7 @@ path does not know go to the full CLI."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from fleetd.unit.file import UnitFile
 from fleetctl.fast import plan
 
 from _api_server import ThreadedApiServer, publish_state, register_machine
+from _forked_cli import ForkedCli
 
 REPO = Path(__file__).resolve().parents[2]
 MID = "0123456789abcdef0123456789abcdef"
@@ -46,8 +48,20 @@ def fast(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def full(*args: str) -> subprocess.CompletedProcess:
+    """The full CLI in a process started cold (for comparisons of start-up behaviour)."""
     return subprocess.run([sys.executable, "-c", "import sys; from fleetctl.cli import main; sys.argv[0] = 'fleetctl'; main()",
                            *args], capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def full_cli():
+    """The full CLI's reference runs: a process each, forked from one that imported it once
+    (tests/_forked_cli.py)."""
+    cli = ForkedCli()
+    try:
+        yield lambda *args: cli.run(list(args), cwd=REPO, env=dict(os.environ), timeout=60)
+    finally:
+        cli.close()
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +94,33 @@ COMMAND_LINES = [
 
 
 @pytest.mark.parametrize("args", COMMAND_LINES, ids=lambda a: " ".join(a))
-def test_fast_path_prints_what_the_full_cli_prints_and_imports_neither_click_nor_fleetd(server, args):
+def test_fast_path_prints_what_the_full_cli_prints_and_imports_neither_click_nor_fleetd(server, full_cli, args):
     for endpoint in (server.unix_endpoint, server.tcp_endpoint):
         quick = fast(f"--endpoint={endpoint}", *args)
-        slow = full(f"--endpoint={endpoint}", *args)
+        slow = full_cli(f"--endpoint={endpoint}", *args)
         assert (quick.returncode, slow.returncode) == (0, 0), (quick.stderr[-2000:], slow.stderr[-2000:])
         assert quick.stdout == slow.stdout
         names = imported(quick.stderr)
         assert "fleetctl.fast" in names and "fleetctl.output" in names
         assert forbidden(names) == [], "the fast path imported the full CLI's modules"
-        assert "fleetctl.cli" in imported(fast(f"--endpoint={endpoint}", *args, "--bogus").stderr)  # the control
+        # the control: the same line with a flag the fast path does not know is the full CLI's
+        # (that the import check then sees fleetctl.cli: test_the_import_check_sees_the_full_cli)
+        assert plan([f"--endpoint={endpoint}", *args, "--bogus"], os.environ) is None
     table = fast(f"--endpoint={server.unix_endpoint}", "list-units", "--no-legend").stdout
     assert [line.split("\t")[0] for line in table.splitlines()] == [
         "a.service", "b.service", "c@1.service", "d.service", "e.service"]  # all pages
     assert "99999999...\t" in table  # the unknown machine's ID alone
+
+
+@pytest.mark.parametrize("args", [COMMAND_LINES[0], COMMAND_LINES[-1]], ids=lambda a: " ".join(a))
+def test_the_import_check_sees_the_full_cli(server, args):
+    """The control of the comparisons above, in real processes: with a flag the fast path does
+    not know, the same command line imports the full CLI, and the check says so."""
+    for endpoint in (server.unix_endpoint, server.tcp_endpoint):
+        control = fast(f"--endpoint={endpoint}", *args, "--bogus")
+        assert control.returncode != 0 and "Error: No such option '--bogus'." in control.stderr
+        names = imported(control.stderr)
+        assert "fleetctl.cli" in names and "click" in forbidden(names)
 
 
 def test_environment_endpoint_and_driver(server):
@@ -113,10 +140,10 @@ def test_environment_endpoint_and_driver(server):
     ["list-units", "extra-argument"],
     ["--driver=etcd", "--endpoint=http://127.0.0.1:1", "list-units"],
 ])
-def test_what_the_fast_path_does_not_know_the_full_cli_answers(server, args):
+def test_what_the_fast_path_does_not_know_the_full_cli_answers(server, full_cli, args):
     if not any(a.startswith("--endpoint") for a in args):
         args = [f"--endpoint={server.unix_endpoint}", *args]
-    quick, slow = fast(*args), full(*args)
+    quick, slow = fast(*args), full_cli(*args)
     assert "fleetctl.cli" in imported(quick.stderr)
     assert (quick.returncode, quick.stdout) == (slow.returncode, slow.stdout)
     if args[-1] != "--help":

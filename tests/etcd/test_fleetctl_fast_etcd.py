@@ -29,6 +29,7 @@ from fleetd.model import DesiredState, Placement
 from fleetlab.testing.etcd import EtcdServer
 
 from _api_server import publish_state, register_machine
+from _forked_cli import ForkedCli
 
 MID = "0123456789abcdef0123456789abcdef"
 NEVER_ON_THE_FAST_PATH = ("click", "fleetctl.cli", "fleetctl.commands", "fleetctl.api_client", "fleetctl.client",
@@ -103,22 +104,39 @@ class Side:
         return ["--driver=etcd", f"--endpoint={self.endpoint}", f"--etcd-key-prefix={self.prefix}", *self.tls_args]
 
 
+class Clusters(tuple):
+    """(the etcd server, [the fast path's side, the full CLI's side]), and `cli`: the full CLI's
+    fork server (tests/_forked_cli.py: a process per run, the imports done once)."""
+
+    cli: ForkedCli
+
+    def like(self, value: tuple) -> "Clusters":
+        """Other sides, the same fork server."""
+        other = Clusters(value)
+        other.cli = self.cli
+        return other
+
+
 @pytest.fixture(scope="module")
 def clusters(etcd_server):
     """Two clusters (separate key prefixes, one etcd): the fast path's and the full CLI's."""
     stop = threading.Event()
     threads, sides = [], []
+    cli = ForkedCli()
     try:
         for side in ("fast", "full"):
             prefix = f"/fast-etcd/{side}-{uuid.uuid4().hex[:8]}/"
             settings = EtcdSettings(endpoints=(etcd_server.endpoint,), key_prefix=prefix, request_timeout=5.0)
             threads.append(_responder(settings, stop))
             sides.append(Side(etcd_server.endpoint, prefix))
-        yield etcd_server, sides
+        found = Clusters((etcd_server, sides))
+        found.cli = cli
+        yield found
     finally:
         stop.set()
         for thread in threads:
             thread.join(10)
+        cli.close()
 
 
 @pytest.fixture
@@ -151,8 +169,7 @@ def both(clusters, work: Path, *args: str) -> tuple:
     _, (fast, full) = clusters
     quick = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", *fast.args(), *args],
                            capture_output=True, text=True, timeout=120, cwd=work, env=_env())
-    slow = subprocess.run([sys.executable, "-c", FULL_CLI, *full.args(), *args], capture_output=True, text=True,
-                          timeout=120, cwd=work, env=_env())
+    slow = clusters.cli.run([*full.args(), *args], timeout=120, cwd=work, env=_env())
     return quick, slow
 
 
@@ -333,7 +350,7 @@ def openssl(*args: str, cwd: Path) -> None:
 
 def make_cert(d: Path, name: str, usage: str, san: str | None = None) -> None:
     (d / f"{name}.ext").write_text(f"extendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else ""))
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
             "-out", f"{name}.csr", cwd=d)
     openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
@@ -342,7 +359,7 @@ def make_cert(d: Path, name: str, usage: str, san: str | None = None) -> None:
 @pytest.fixture(scope="module")
 def tls_etcd(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ca", "-keyout", "ca.key",
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=ca", "-keyout", "ca.key",
             "-out", "ca.crt", cwd=d)
     make_cert(d, "server", "serverAuth,clientAuth", "IP:127.0.0.1")
     for user in ("root", "operator", "outsider"):
@@ -422,7 +439,7 @@ def test_a_record_it_cannot_read_is_left_to_the_full_cli(clusters, work):
     nothing and the full CLI does whatever it does with it."""
     server, _ = clusters
     fast, full = (Side(server.endpoint, f"/fast-etcd/garbled-{side}-{uuid.uuid4().hex[:8]}/") for side in "ab")
-    clusters = (server, (fast, full))  # prefixes of their own: the stand-in agents would trip on it
+    clusters = clusters.like((server, (fast, full)))  # prefixes of their own: the stand-in agents would trip on it
     for side in (fast, full):
         key = (side.prefix + "job/garbled.service").encode()
         body = json.dumps({"key": base64.b64encode(key).decode(), "value": base64.b64encode(b"{not json").decode()})
@@ -483,5 +500,5 @@ def test_a_member_that_is_down_first_in_the_list(clusters, work):
     dead = f"http://127.0.0.1:{free_port()}"
     sides = tuple(Side(f"{dead},{side.endpoint}", side.prefix) for side in (fast, full))
     write_units(work, ["second.service"])
-    out = same((server, sides), work, "start", "second.service")
+    out = same(clusters.like((server, sides)), work, "start", "second.service")
     assert out.stdout == "Unit second.service inactive\nUnit second.service launched on 01234567.../10.1.2.3\n"

@@ -23,6 +23,7 @@ from fleetd.config import EtcdSettings
 from fleetd.model import DesiredState, Machine, Placement
 
 from _api_server import ThreadedApiServer, publish_state, register_machine
+from _forked_cli import ForkedCli
 
 REPO = Path(__file__).resolve().parents[2]
 MID = "0123456789abcdef0123456789abcdef"
@@ -52,14 +53,26 @@ def _env() -> dict:
 def _responder(server: ThreadedApiServer, stop: threading.Event) -> threading.Thread:
     """Engine and agent stand-in: places every unit whose desired state is not inactive on one
     machine and reports it active (launched) or inactive (loaded); units named *stuck* are
-    placed but never reported."""
+    placed but never reported. It looks again when a unit's key changes (a watch; at least
+    every half second, to see `stop`)."""
 
     async def loop():
         reg = server.registry
         lease = await register_machine(reg, MID, "10.1.2.3", ttl=600)
         await reg.campaign(MID, lease)
         reported: dict[str, tuple] = {}
+        changed = asyncio.Event()
+        start = await reg.core.current_revision() + 1
+
+        async def watch_units():
+            async for _ in reg.core.watch([reg.keys.jobs], start):
+                changed.set()
+
+        watcher = asyncio.create_task(watch_units())
         while not stop.is_set():
+            if watcher.done():
+                watcher.result()  # the watch failed: say why
+            changed.clear()
             units = await reg.list_units()
             placements = await reg.placements()
             place = [Placement(u.name, MID, u.hash, u.desired_state) for u in units
@@ -75,17 +88,29 @@ def _responder(server: ThreadedApiServer, stop: threading.Event) -> threading.Th
                     await publish_state(reg, lease, u.name, MID, u.hash, "active" if active else "inactive",
                                         "running" if active else "dead")
                     reported[u.name] = (u.hash, active)
-            await asyncio.sleep(0.03)
+            try:
+                await asyncio.wait_for(changed.wait(), 0.5)
+            except TimeoutError:
+                pass
+        watcher.cancel()
 
     thread = threading.Thread(target=lambda: server.run(loop(), timeout=600), daemon=True)
     thread.start()
     return thread
 
 
+class Clusters(list):
+    """[the fast path's server, the full CLI's server], and `cli`: the full CLI's fork server
+    (tests/_forked_cli.py: a process per run, the imports done once)."""
+
+    cli: ForkedCli
+
+
 @pytest.fixture(scope="module")
 def clusters(etcd_server, tmp_path_factory):
     """Two clusters (separate key prefixes, same machine): the fast path's and the full CLI's."""
-    servers = []
+    servers = Clusters()
+    servers.cli = ForkedCli()
     stop = threading.Event()
     threads = []
     try:
@@ -102,6 +127,7 @@ def clusters(etcd_server, tmp_path_factory):
             thread.join(10)
         for srv in servers:
             srv.__exit__(None, None, None)
+        servers.cli.close()
 
 
 @pytest.fixture
@@ -124,9 +150,7 @@ def both(clusters, work: Path, *args: str, endpoint: str = "unix") -> tuple:
 
     quick = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", f"--endpoint={where(fast_srv)}",
                             *args], capture_output=True, text=True, timeout=120, cwd=work, env=_env())
-    slow = subprocess.run([sys.executable, "-c", "import sys; from fleetctl.cli import main; sys.argv[0] = 'fleetctl'; main()",
-                           f"--endpoint={where(full_srv)}", *args], capture_output=True, text=True, timeout=120,
-                          cwd=work, env=_env())
+    slow = clusters.cli.run([f"--endpoint={where(full_srv)}", *args], timeout=120, cwd=work, env=_env())
     return quick, slow
 
 

@@ -1,0 +1,142 @@
+"""The full fleetctl CLI as the reference of byte-for-byte comparisons, without paying its
+start-up per command line: a fork server.
+
+The fast-path tests (tests/etcd/test_fleetctl_fast*.py) run each command line twice, through
+the fast entry point and through the full CLI, and compare what they print. The fast path's
+runs must be fresh interpreters (they check its import set with `-X importtime`); the full
+CLI's runs are only the reference output, and importing click, aiohttp and fleetd again for
+each of them was most of those modules' CPU (about 0.15 s a run, some sixty runs). So one
+process imports the full CLI once and forks a child per command line: each run is still a
+process of its own (its own cwd, environment, argv, stdout/stderr on pipes, exit code, and
+fleetctl.cli's own `main()` that ends with os._exit), only the imports are inherited. Tests
+about start-up (what a cold `fleetctl` imports, how fast it starts) keep real subprocesses
+(tests/etcd/test_fleetctl_startup.py, and each fast-path module's own unreachable-API test
+compares two cold processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+
+#: imported by the server before it forks: what the full CLI's unit and list commands load
+PRELOAD = ("fleetctl.cli", "fleetctl.api_client", "fleetctl.commands.common", "fleetctl.commands.units",
+           "fleetctl.commands.unitops", "fleetctl.commands.machines")
+
+_SERVER = r"""
+import importlib, json, os, select, sys, traceback
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the server's own stdout: the replies' fd only
+for line in requests:
+    ask = json.loads(line)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the run: a process of its own, as `python -c "...main()" ARGS` would be
+        try:
+            os.close(out_r), os.close(err_r), os.close(replies.fileno())
+            os.dup2(out_w, 1), os.dup2(err_w, 2)
+            os.close(out_w), os.close(err_w)
+            stdin = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(stdin, 0)
+            os.chdir(ask["cwd"])
+            os.environ.clear()
+            os.environ.update(ask["env"])
+            sys.argv = ["fleetctl", *ask["args"]]
+            from fleetctl.cli import main
+            main()  # ends with os._exit(code)
+        except SystemExit as exc:
+            code = exc.code if exc.code is None or isinstance(exc.code, int) else 1
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(code or 0)
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+        os._exit(0)
+    os.close(out_w), os.close(err_w)
+    reply = {"pid": pid}
+    replies.write(json.dumps(reply).encode() + b"\n")
+    replies.flush()
+    chunks = {out_r: [], err_r: []}
+    open_fds = [out_r, err_r]
+    while open_fds:
+        for fd in select.select(open_fds, [], [])[0]:
+            data = os.read(fd, 65536)
+            if data:
+                chunks[fd].append(data)
+            else:
+                open_fds.remove(fd)
+                os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    reply = {"returncode": os.waitstatus_to_exitcode(status),
+             "stdout": b"".join(chunks[out_r]).decode("latin-1"), "stderr": b"".join(chunks[err_r]).decode("latin-1")}
+    replies.write(json.dumps(reply).encode() + b"\n")
+    replies.flush()
+"""
+
+
+def _text(data: bytes) -> str:
+    """What subprocess.run(text=True) makes of a stream: decoded, universal newlines."""
+    return data.decode().replace("\r\n", "\n").replace("\r", "\n")
+
+
+class ForkedCli:
+    """`run(args, cwd=, env=, timeout=)` -> subprocess.CompletedProcess, as
+    `subprocess.run([python, "-c", "...fleetctl.cli.main()", *args], capture_output=True, text=True)`."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, *PRELOAD], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, bufsize=0, start_new_session=True)
+        self.lock = threading.Lock()
+        self.pending = b""  # read from the server, not yet a whole line
+
+    def _reply(self, deadline_s: float) -> dict:
+        """The server's next line (its replies can arrive together: read the pipe unbuffered and
+        keep what follows the first line for the next call)."""
+        deadline = time.monotonic() + deadline_s
+        while b"\n" not in self.pending:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError
+            data = os.read(self.proc.stdout.fileno(), 1 << 20)
+            if not data:
+                raise RuntimeError(f"the fleetctl fork server ended (exit {self.proc.wait()})")
+            self.pending += data
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, args: list[str], *, cwd, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-c", "fleetctl.cli.main() (forked)", *args]
+        with self.lock:
+            request = memoryview(json.dumps({"args": list(args), "cwd": str(cwd), "env": dict(env)}).encode() + b"\n")
+            while request:
+                request = request[os.write(self.proc.stdin.fileno(), request):]
+            pid = self._reply(30)["pid"]
+            try:
+                done = self._reply(timeout)
+            except TimeoutError:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:  # it ended just now
+                    pass
+                self._reply(30)  # the killed run's reply: the next run's comes after it
+                raise subprocess.TimeoutExpired(argv, timeout) from None
+        return subprocess.CompletedProcess(argv, done["returncode"], _text(done["stdout"].encode("latin-1")),
+                                           _text(done["stderr"].encode("latin-1")))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()

@@ -1,0 +1,47 @@
+"""tests/_forked_cli.py, the fork server that runs the full fleetctl CLI as the reference of the
+fast-path comparisons: its runs print and exit as a cold process does, and its replies stay in
+step when they reach a slow reader together."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from _forked_cli import ForkedCli
+
+COLD = [sys.executable, "-c", "import sys; from fleetctl.cli import main; sys.argv[0] = 'fleetctl'; main()"]
+
+
+def test_a_forked_run_is_what_a_cold_process_does(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
+    cli = ForkedCli()
+    try:
+        for args in (["--version"], ["list-units", "--no-such-flag"], ["--help"],
+                     [f"--endpoint=unix://{tmp_path}/nothing.sock", "list-units"]):
+            forked = cli.run(args, cwd=tmp_path, env=env, timeout=60)
+            cold = subprocess.run([*COLD, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+            assert (forked.returncode, forked.stdout, forked.stderr) == (cold.returncode, cold.stdout, cold.stderr), args
+        assert forked.returncode == 1 and "unreachable" in forked.stderr  # the comparison saw an error too
+    finally:
+        cli.close()
+
+
+def test_replies_that_arrive_together_are_read_one_at_a_time(tmp_path):
+    cli = ForkedCli()
+    read = cli._reply
+
+    def late(deadline: float) -> dict:  # a loaded machine: both of a run's replies are waiting
+        time.sleep(1.0)
+        return read(deadline)
+
+    try:
+        cli._reply = late
+        first = cli.run(["--version"], cwd=tmp_path, env=dict(os.environ), timeout=60)
+        cli._reply = read
+        second = cli.run(["list-units", "--no-such-flag"], cwd=tmp_path, env=dict(os.environ), timeout=60)
+        assert first.returncode == 0 and first.stdout.startswith("fleetctl version ")
+        assert second.returncode == 2 and "No such option" in second.stderr
+    finally:
+        cli.close()
