@@ -28,12 +28,10 @@ import set.
 
 from __future__ import annotations
 
-import os
-
 from fleetctl.fast_etcd_state import Units, say, wait_for_states, warn
 from fleetctl.fast_http import NotFast, global_options
-from fleetctl.fast_units import REQUIREMENT_SECTIONS, parse_command
-from fleetctl.quickunit import is_plain_name, mangle, quick_options, serialize, unit_hash
+from fleetctl.fast_units import REQUIREMENT_SECTIONS, local_options, parse_command
+from fleetctl.quickunit import is_plain_name, mangle, serialize, unit_hash
 
 DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"  # fleetctl.commands.common
 DEFAULT_ETCD_ENDPOINT = "http://127.0.0.1:2379"
@@ -190,15 +188,7 @@ def resolve(units: Units, args: list[str]) -> tuple[list[tuple[str, list | None]
     resolved = []
     for arg, name in zip(args, names):
         existing = registry.get(name)
-        options = None
-        if os.path.exists(arg):
-            try:
-                with open(arg, "rb") as f:
-                    options = quick_options(f.read())
-            except OSError:
-                raise NotFast() from None
-            if not options or any(o[0] in REQUIREMENT_SECTIONS for o in options):
-                raise NotFast()
+        options = local_options(arg)
         if existing is not None:
             if options is not None and unit_hash(options) != existing["hash"]:
                 raise NotFast()  # the full CLI warns (or replaces)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 
+from fleetctl.fast_units import announce_reached
 from fleetctl.progress import Progress
 from fleetctl.quickunit import quick_options, unit_hash
 
@@ -122,13 +123,7 @@ def wait_for_states(units: Units, names: list[str], state: str, action: str, no_
             info = infos.get(name)
             if info is not None and info["current"] == state:
                 pending.remove(name)
-                message = f"Unit {name} {state}"
-                if info["machine"]:
-                    where = legend(info["machine"])
-                    if where is not None:
-                        message += f" on {where}"
-                progress.clear()
-                say(message)
+                announce_reached(name, state, info["machine"], legend, progress, say)
         if pending:
             progress.update(len(names) - len(pending))
         return not pending

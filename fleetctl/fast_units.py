@@ -143,15 +143,7 @@ def resolve(api: Api, args: list[str]) -> list[tuple[str, list | None, dict | No
     resolved = []
     for arg, name in zip(args, names):
         existing = registry.get(name)
-        options = None
-        if os.path.exists(arg):
-            try:
-                with open(arg, "rb") as f:
-                    options = quick_options(f.read())
-            except OSError:
-                raise NotFast() from None
-            if not options or any(o[0] in REQUIREMENT_SECTIONS for o in options):
-                raise NotFast()
+        options = local_options(arg)
         if existing is not None:
             existing_options = _plain_existing(existing)  # NotFast unless a plain unit
             if options is not None and unit_hash(options) != unit_hash(existing_options):
@@ -162,6 +154,32 @@ def resolve(api: Api, args: list[str]) -> list[tuple[str, list | None, dict | No
         else:
             raise NotFast()  # not found (or an instance of a template): the full CLI's error
     return resolved
+
+
+def local_options(arg: str) -> list | None:
+    """The options of the local unit file `arg` (None: no such file); NotFast when it cannot be
+    read, says nothing or has [X-Fleet] requirements (the full CLI's)."""
+    if not os.path.exists(arg):
+        return None
+    try:
+        with open(arg, "rb") as f:
+            options = quick_options(f.read())
+    except OSError:
+        raise NotFast() from None
+    if not options or any(o[0] in REQUIREMENT_SECTIONS for o in options):
+        raise NotFast()
+    return options
+
+
+def announce_reached(name: str, state: str, machine: str | None, legend, progress, say) -> None:
+    """A blocking wait's line for a unit that reached its state: `Unit NAME STATE[ on MACHINE]`."""
+    message = f"Unit {name} {state}"
+    if machine:
+        where = legend(machine)
+        if where is not None:
+            message += f" on {where}"
+    progress.clear()
+    say(message)
 
 
 def submit_load_start(api: Api, command: str, args: list[str], no_block: bool, attempts: int) -> int:
@@ -288,13 +306,7 @@ def wait_for_states(api: Api, names: list[str], state: str, action: str, no_bloc
             info = infos.get(name)
             if info is not None and (info.get("currentState") or "") == state:
                 pending.remove(name)
-                message = f"Unit {name} {state}"
-                if info.get("machineID"):
-                    where = legend(info["machineID"])
-                    if where is not None:
-                        message += f" on {where}"
-                progress.clear()
-                _say(message)
+                announce_reached(name, state, info.get("machineID"), legend, progress, _say)
         if pending:
             progress.update(len(names) - len(pending))
         return not pending
