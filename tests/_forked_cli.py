@@ -92,8 +92,10 @@ class ForkedCli:
     """`run(args, cwd=, env=, timeout=)` -> subprocess.CompletedProcess, as
     `subprocess.run([python, "-c", "...fleetctl.cli.main()", *args], capture_output=True, text=True)`."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, *PRELOAD], stdin=subprocess.PIPE,
+    def __init__(self, preload: tuple[str, ...] = ()) -> None:
+        """`preload`: modules imported before forking besides PRELOAD (importing gRPC creates no
+        channel or thread: forking after it is safe, the runs create their own)."""
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, *PRELOAD, *preload], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, bufsize=0, start_new_session=True)
         self.lock = threading.Lock()
         self.pending = b""  # read from the server, not yet a whole line

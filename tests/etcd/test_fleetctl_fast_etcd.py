@@ -122,7 +122,7 @@ def clusters(etcd_server):
     """Two clusters (separate key prefixes, one etcd): the fast path's and the full CLI's."""
     stop = threading.Event()
     threads, sides = [], []
-    cli = ForkedCli()
+    cli = ForkedCli(preload=("fleetd.registry.registry", "fleetctl.etcd_client"))  # the etcd driver: aetcd, gRPC
     try:
         for side in ("fast", "full"):
             prefix = f"/fast-etcd/{side}-{uuid.uuid4().hex[:8]}/"
