@@ -346,6 +346,17 @@ def translate(exc: BaseException, endpoints: tuple[str, ...] = ()) -> RegistryEr
 _TRANSLATED = (rpc.AioRpcError, aetcd.exceptions.ClientError, TimeoutError)
 
 
+def raise_if_cancelling(exc: BaseException) -> None:
+    """Re-raise a failed call as the CancelledError it is when the calling task is being
+    cancelled: grpc.aio may turn the cancellation of the awaiting task into an RPC error
+    (CANCELLED, "Locally cancelled by application"); translated into a RegistryError, a loop
+    that carries on after registry errors would swallow the cancellation (fleetd's stop, or a
+    test's teardown, then waited forever for presence.run())."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc
+
+
 class Connection:
     """An open etcd connection. Every call goes through `call`, which translates errors.
 
@@ -364,6 +375,7 @@ class Connection:
         try:
             await self.client.connect()
         except _TRANSLATED as exc:
+            raise_if_cancelling(exc)
             raise translate(exc, self.settings.endpoints) from None
         return self
 
@@ -385,6 +397,7 @@ class Connection:
         try:
             return await fn(*args, **kwargs)
         except _TRANSLATED as exc:
+            raise_if_cancelling(exc)
             error = translate(exc, self.settings.endpoints)
         if isinstance(error, RegistryUnavailable):
             self.failover(generation)
@@ -462,6 +475,7 @@ class Connection:
                 return reply
             return None
         except _TRANSLATED as exc:
+            raise_if_cancelling(exc)
             raise translate(exc, (endpoint,)) from None
         finally:
             with contextlib.suppress(Exception):
