@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -29,6 +28,9 @@ from fleetd.model import DesiredState, Placement
 from fleetlab.testing.etcd import EtcdServer
 
 from _api_server import publish_state, register_machine
+from _fast_cli_common import (PLAIN, env_without_fleetctl_settings as _env, imported,
+                              no_block_load_then_start_by_name_and_submit,
+                              timeout_and_destroy_messages, without_importtime, write_units)
 from _forked_cli import ForkedCli
 
 MID = "0123456789abcdef0123456789abcdef"
@@ -37,25 +39,11 @@ NEVER_ON_THE_FAST_PATH = ("click", "fleetctl.cli", "fleetctl.commands", "fleetct
                           "fleetd.config", "fleetd.registry.connection", "fleetd.registry.core",
                           "fleetd.registry.registry", "fleetd.registry.codec", "http", "email", "dataclasses",
                           "typing", "threading", "concurrent")
-PLAIN = "[Unit]\nDescription=fast {name}\n\n[Service]\nExecStart=/bin/sleep infinity\n"
 FULL_CLI = "import sys; from fleetctl.cli import main; sys.argv[0] = 'fleetctl'; main()"
-
-
-def imported(stderr: str) -> set[str]:
-    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
-            if line.startswith("import time:") and line.count("|") == 2}
 
 
 def forbidden(names: set[str], extra: tuple[str, ...] = ()) -> list[str]:
     return sorted(n for n in names if any(n == r or n.startswith(r + ".") for r in NEVER_ON_THE_FAST_PATH + extra))
-
-
-def without_importtime(stderr: str) -> str:
-    return "".join(line for line in stderr.splitlines(keepends=True) if not line.startswith("import time:"))
-
-
-def _env() -> dict:
-    return {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
 
 
 def _responder(settings: EtcdSettings, stop: threading.Event) -> threading.Thread:
@@ -144,11 +132,6 @@ def work(tmp_path):
     return tmp_path
 
 
-def write_units(directory: Path, names, text: str = PLAIN) -> None:
-    for name in names:
-        (directory / name).write_text(text.format(name=name))
-
-
 def registry_keys(endpoint: str, prefix: str, what=("job/", "unit/")) -> dict[str, bytes]:
     """The keys and values below prefix+what, read through etcd's gateway with urllib (plain
     etcd), relative to the prefix."""
@@ -208,22 +191,7 @@ def test_start_new_units_blocking_and_again(clusters, work):
 
 
 def test_no_block_load_then_start_by_name_and_submit(clusters, work):
-    names = ["nb1.service", "nb2.service", "nb3.service"]
-    write_units(work, names)
-    out = same(clusters, work, "start", "--no-block", *names)
-    assert out.stdout == "".join(f"Unit {n} inactive\n" for n in names) + "".join(
-        f"Triggered unit {n} start\n" for n in names)
-    write_units(work, ["ld1.service", "ld2.service"])
-    out = same(clusters, work, "load", "ld1.service", "--block-attempts=40", "ld2.service")
-    assert "Unit ld1.service loaded on 01234567.../10.1.2.3\n" in out.stdout
-    os.remove(work / "ld1.service")  # from the registry by name
-    out = same(clusters, work, "start", "--block-attempts", "40", "ld1", "ld2.service")
-    assert sorted(out.stdout.splitlines()) == ["Unit ld1.service launched on 01234567.../10.1.2.3",
-                                               "Unit ld2.service launched on 01234567.../10.1.2.3"]
-    write_units(work, ["sb1.service", "sb2.socket"], "[Socket]\nListenStream=/run/{name}\n")
-    assert same(clusters, work, "submit", "sb1.service", "sb2.socket").stdout == (
-        "Unit sb1.service inactive\nUnit sb2.socket inactive\n")
-    assert same(clusters, work, "submit", "sb1.service").stdout == ""
+    no_block_load_then_start_by_name_and_submit(same, clusters, work)
 
 
 def test_stop_waits_for_loaded_and_says_so(clusters, work):
@@ -257,13 +225,7 @@ def test_many_units_in_batches(clusters, work):
 
 
 def test_timeout_and_destroy_messages(clusters, work):
-    write_units(work, ["stuck.service"])
-    out = same(clusters, work, "start", "--block-attempts=2", "stuck.service")
-    assert out.returncode == 1 and out.stderr.endswith(
-        "Error waiting for units: timed out waiting for unit stuck.service to report state launched\n")
-    assert same(clusters, work, "destroy", "stuck", "nothing.service").stdout == "Destroyed stuck.service\n"
-    out = same(clusters, work, "destroy", "nothing.service")
-    assert (out.returncode, out.stdout) == (0, "") and out.stderr.endswith("Units not found in registry\n")
+    timeout_and_destroy_messages(same, clusters, work)
 
 
 def test_unit_files_the_quick_parser_reads(clusters, work):
