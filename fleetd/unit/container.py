@@ -248,7 +248,7 @@ def _parse(unit: UnitFile, name: str, strict_specifiers: bool) -> ContainerSpec:
 
     tasks = None
     if single.get("Tasks", "").strip():
-        if not single["Tasks"].strip().isdigit() or int(single["Tasks"]) < 1:
+        if not re.fullmatch(r"[0-9]+", single["Tasks"].strip()) or int(single["Tasks"]) < 1:
             raise bad("Tasks", f"{single['Tasks']!r} is not a positive integer")
         tasks = int(single["Tasks"])
 

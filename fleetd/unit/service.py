@@ -165,7 +165,7 @@ def _service(group: list[tuple[str, str]], unit_name: str, hostname: str | None,
         raise bad("Port", "is required")
     port = 0
     if not deferred(values["Port"]):
-        if not port_raw.isdigit() or not 1 <= int(port_raw) <= 65535:
+        if not re.fullmatch(r"[0-9]+", port_raw) or not 1 <= int(port_raw) <= 65535:
             raise bad("Port", f"{port_raw!r} is not a port number (1-65535)")
         port = int(port_raw)
     protocol = (get("Protocol") or "tcp").lower()
@@ -180,7 +180,7 @@ def _service(group: list[tuple[str, str]], unit_name: str, hostname: str | None,
         raw = get(key)
         if raw is None or deferred(values[key]):
             return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        if not re.fullmatch(r"[0-9]+", raw) or not low <= int(raw) <= high:
             raise bad(key, f"{raw!r} is not a whole number from {low} to {high}")
         return int(raw)
 
@@ -228,7 +228,7 @@ def _check_target(raw: str, deferred: bool, bad) -> tuple[str, str]:
             return "tcp", raw
         rest = raw[6:]
         host, sep, port = rest.rpartition(":")
-        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or "/" in rest:
+        if not sep or not re.fullmatch(r"[0-9]+", port) or not 1 <= int(port) <= 65535 or "/" in rest:
             raise bad(f"{raw!r}: expected tcp://[host]:port")
         return "tcp", rest
     if "://" in raw.split(" ", 1)[0]:
