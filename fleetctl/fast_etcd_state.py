@@ -8,11 +8,10 @@ from __future__ import annotations
 import sys
 import time
 
-from fleetctl.fast_units import announce_reached
+from fleetctl.fast_units import announce_reached, finish_wait
 from fleetctl.progress import Progress
 from fleetctl.quickunit import quick_options, unit_hash
 
-SECONDS_PER_ATTEMPT = 0.5
 WATCH_POLL = 0.25  # the full CLI's poll beside its change feed (FleetClient.wait)
 #: fleetd.model.ACTIVE_STATES (systemd's active states that count as running)
 ACTIVE_STATES = frozenset({"active", "activating", "reloading", "deactivating"})
@@ -128,16 +127,8 @@ def wait_for_states(units: Units, names: list[str], state: str, action: str, no_
             progress.update(len(names) - len(pending))
         return not pending
 
-    timeout = None if attempts <= 0 else attempts * SECONDS_PER_ATTEMPT
-    try:
-        reached = _wait(units, check, timeout, revisions)
-    finally:
-        progress.clear()
-    if reached:
-        return 0
-    for name in pending:
-        warn(f"Error waiting for units: timed out waiting for unit {name} to report state {state}")
-    return 1
+    return finish_wait(lambda timeout: _wait(units, check, timeout, revisions), pending, state, attempts,
+                       progress, warn)
 
 
 def _wait(units: Units, check, timeout: float | None, revisions: list[int]) -> bool:

@@ -171,6 +171,22 @@ def local_options(arg: str) -> list | None:
     return options
 
 
+def finish_wait(wait, pending: list[str], state: str, attempts: int, progress, warn) -> int:
+    """Run a blocking wait (`wait(timeout)`: True once every unit reached `state`) for
+    `attempts` x SECONDS_PER_ATTEMPT (<= 0: no limit); exit code 0, or 1 after one line per
+    unit still pending, as the full CLI's wait."""
+    timeout = None if attempts <= 0 else attempts * SECONDS_PER_ATTEMPT
+    try:
+        reached = wait(timeout)
+    finally:
+        progress.clear()
+    if reached:
+        return 0
+    for name in pending:
+        warn(f"Error waiting for units: timed out waiting for unit {name} to report state {state}")
+    return 1
+
+
 def announce_reached(name: str, state: str, machine: str | None, legend, progress, say) -> None:
     """A blocking wait's line for a unit that reached its state: `Unit NAME STATE[ on MACHINE]`."""
     message = f"Unit {name} {state}"
@@ -311,16 +327,8 @@ def wait_for_states(api: Api, names: list[str], state: str, action: str, no_bloc
             progress.update(len(names) - len(pending))
         return not pending
 
-    timeout = None if attempts <= 0 else attempts * SECONDS_PER_ATTEMPT
-    try:
-        reached = _wait(api, check, timeout, names)
-    finally:
-        progress.clear()
-    if reached:
-        return 0
-    for name in pending:
-        _warn(f"Error waiting for units: timed out waiting for unit {name} to report state {state}")
-    return 1
+    return finish_wait(lambda timeout: _wait(api, check, timeout, names), pending, state, attempts,
+                       progress, _warn)
 
 
 def _wait(api: Api, check, timeout: float | None, names: list[str]) -> bool:
