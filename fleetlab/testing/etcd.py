@@ -17,11 +17,54 @@ from pathlib import Path
 #: 0.2 s instead of 1 s on disk); otherwise the system's temporary folder
 DATA_PARENT_ENV = "FLEET_ETCD_DATA_PARENT"
 
+#: how many times a server whose picked ports were taken before it bound them picks new ones
+_PORT_ATTEMPTS = 5
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on TCP `port` (any address), from /proc/net/tcp{,6}."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is ADDR:PORT in hex; state 0A is LISTEN; the inode is the 10th field
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on TCP `port`.
+
+    A port picked by `free_port` is free only until someone binds it: another test's or
+    benchmark's etcd may take it first, and a health check on the port then gets that server's
+    answer (seen: a test paused its own etcd, which had failed to bind, and the other server kept
+    answering). Linux only (/proc), like the rest of the lab."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
 
 
 @dataclass
@@ -72,10 +115,35 @@ class EtcdServer:
         if self.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="fleet-etcd-", dir=os.environ.get(DATA_PARENT_ENV) or None))
             self._own_dir = True
-        self.client_port = self.client_port or free_port(self.host)
-        self.peer_port = self.peer_port or free_port(self.host)
+        # ports we picked ourselves may be taken by another server between the pick and etcd's
+        # bind: then etcd exits ("address already in use") and we pick again; given ports are kept
+        picked = (not self.client_port, not self.peer_port)
+        deadline = time.monotonic() + timeout
+        for attempt in range(_PORT_ATTEMPTS):
+            if picked[0]:
+                self.client_port = free_port(self.host)
+            if picked[1]:
+                self.peer_port = free_port(self.host)
+            self._spawn(exe)
+            outcome = self._wait_ready(deadline)
+            if outcome == "ready":
+                return self
+            if outcome == "port taken" and any(picked) and attempt + 1 < _PORT_ATTEMPTS:
+                shutil.rmtree(self.data_dir / "data", ignore_errors=True)
+                continue
+            if outcome == "timeout":
+                message = f"etcd did not become healthy in {timeout}s: {self.log_tail()}"
+            else:
+                message = f"etcd exited with {self.process.returncode}: {self.log_tail()}"
+            self.stop()
+            raise RuntimeError(message)
+        raise AssertionError("the last attempt returns or raises")
+
+    def _spawn(self, exe: str) -> None:
         peer = f"http://{self.host}:{self.peer_port}"
-        self._log = open(self.data_dir / "etcd.log", "wb")
+        if getattr(self, "_log", None):
+            self._log.close()
+        self._log = open(self.data_dir / "etcd.log", "wb")  # this attempt's log only
         self.process = subprocess.Popen(
             [
                 exe,
@@ -94,15 +162,17 @@ class EtcdServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
+
+    def _wait_ready(self, deadline: float) -> str:
+        """"ready" once our own process listens on the client port and answers healthy; "port
+        taken" or "exited" when it ended first; "timeout" at the deadline."""
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.process.returncode}: {self.log_tail()}")
-            if self._healthy():
-                return self
+                return "port taken" if "address already in use" in self.log_tail() else "exited"
+            if listens_on(self.process.pid, self.client_port) and self._healthy():
+                return "ready"
             time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"etcd did not become healthy in {timeout}s: {self.log_tail()}")
+        return "timeout"
 
     def log_tail(self, lines: int = 20) -> str:
         try:
