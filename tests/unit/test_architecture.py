@@ -79,8 +79,8 @@ def test_import_contract_kept(contract):
 
 @functools.cache
 def _parsed(source: str, filename: str) -> ast.Module:
-    """One parse of each project file for the three scans below (private names, pyflakes,
-    imports): they only read the tree (pyflakes adds attributes of its own to the nodes)."""
+    """One parse of each file for the scans below (private names, pyflakes, imports, exports,
+    test fixtures): they only read the tree (pyflakes adds attributes of its own to the nodes)."""
     return ast.parse(source, filename)
 
 
@@ -244,7 +244,7 @@ LAB_FIXTURES = {"lab", "lab_factory", "fleet"}
 
 def _fixtures_used(path: Path) -> set[str]:
     used = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(_parsed(path.read_text(), path.relative_to(ROOT).as_posix())):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             used.update(a.arg for a in node.args.args + node.args.kwonlyargs)
         elif isinstance(node, ast.Attribute) and node.attr == "lab" and isinstance(node.value, ast.Attribute) \
@@ -334,7 +334,7 @@ def _exports(module: str) -> frozenset[str] | None:
     module answers any name (a module-level __getattr__)."""
     path = _module_path(module)
     assert path is not None
-    names = _bound_at_top(ast.parse(path.read_text(), str(path)).body)
+    names = _bound_at_top(_parsed(path.read_text(), path.relative_to(ROOT).as_posix()).body)
     if "__getattr__" in names:
         return None
     if path.name == "__init__.py":
