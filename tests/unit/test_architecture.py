@@ -31,6 +31,16 @@ PENDING_CONTRACTS: frozenset[str] = frozenset()
 PENDING_CYCLES: frozenset[frozenset[str]] = frozenset()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _forget_the_parses():
+    """The caches below hold every file's syntax tree (some 600,000 objects): dropped when the
+    module is done, or every later full garbage collection of the pytest-xdist worker walks them
+    and its exit frees them at the fast loop's end."""
+    yield
+    for cached in (_contracts_kept, _parsed, _module_path, _exports):
+        cached.cache_clear()
+
+
 def _contract_ids() -> list[str]:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     return [c["id"] for c in config["tool"]["importlinter"]["contracts"]]
