@@ -47,8 +47,12 @@ def test_init_is_pid1_and_the_command_pid2(images_dir, name):
 @pytest.mark.parametrize("init", [True, False], ids=["init", "without-init"])
 def test_init_reaps_orphans(images_dir, name, init):
     # the inner sh exits at once: its background sleep is re-parented to PID 1, which must
-    # wait() for it; a command as PID 1 that never reaps (here `sleep 3`) leaves it a zombie
-    script = '(sh -c "sleep 0.2 &"; sleep 1.5; cat /proc/[0-9]*/stat 2>/dev/null) & exec sleep 3'
+    # wait() for it; a command as PID 1 that never reaps (here `cat` of a FIFO, until the
+    # listing is done) leaves it a zombie. The listing waits until that sleep has ended (its
+    # /proc entry gone, or a zombie's).
+    script = ('mkfifo /tmp/listed; (sh -c \'sleep 0.2 & echo $! > /tmp/orphan\'; pid=$(cat /tmp/orphan); '
+              'while [ -e /proc/$pid/stat ] && ! grep -qs ") Z" /proc/$pid/stat; do sleep 0.05; done; '
+              'cat /proc/[0-9]*/stat 2>/dev/null; : > /tmp/listed) & exec cat /tmp/listed')
     r = fleet_run(images_dir, "--name", name, "--image", "busybox", *(["--init"] if init else []),
                   "--", "sh", "-c", script)
     if init:
