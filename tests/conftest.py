@@ -69,10 +69,15 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    folders: dict[Path, str | None] = {}  # a test file's folder, resolved once per file (not per test)
     for item in items:
-        try:
-            folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
-        except ValueError:
+        if item.path not in folders:
+            try:
+                folders[item.path] = item.path.resolve().relative_to(TESTS).parts[0]
+            except ValueError:
+                folders[item.path] = None
+        folder = folders[item.path]
+        if folder is None:
             continue
         for marker in FOLDER_MARKERS.get(folder, ()):
             if item.get_closest_marker(marker) is None:  # keep lab(nodes=...) options

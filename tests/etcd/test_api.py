@@ -367,8 +367,10 @@ async def test_503_while_etcd_is_unreachable_then_recovers(tmp_path):
             assert (await api.call("PUT", "/fleet/v1/units/a.service", body=put_body("inactive")))[0] == 201
             etcd.pause()
             try:
-                for path in ("/fleet/v1/units", "/fleet/v1/units/a.service", "/fleet/v1/state", "/fleet/v1/machines"):
-                    status, headers, body = await api.call("GET", path)
+                # at once: each waits out the request timeout (1 s) before its 503
+                paths = ("/fleet/v1/units", "/fleet/v1/units/a.service", "/fleet/v1/state", "/fleet/v1/machines")
+                answers = await asyncio.gather(*(api.call("GET", path) for path in paths))
+                for path, (status, headers, body) in zip(paths, answers):
                     assert (status, body) == (503, error(503, "fleet server unable to communicate with etcd")), path
                     assert headers["Server"] == f"fleetd/{__version__}"
                 status, _, text = await api.call("GET", "/metrics")  # metrics still answer

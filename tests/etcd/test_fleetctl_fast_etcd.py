@@ -49,17 +49,30 @@ def forbidden(names: set[str], extra: tuple[str, ...] = ()) -> list[str]:
 def _responder(settings: EtcdSettings, stop: threading.Event) -> threading.Thread:
     """Engine and agent stand-in: places every unit whose desired state is not inactive on one
     machine and reports it active (launched) or inactive (loaded); units named *stuck* are
-    placed but never reported."""
+    placed but never reported. It looks again when a unit's key changes (a watch, as
+    test_fleetctl_fast_units's; at least every half second, to see `stop`)."""
 
     async def loop():
         from fleetd.registry import Registry
 
         reg = await Registry.connect(settings)
+        watcher = None
         try:
             lease = await register_machine(reg, MID, "10.1.2.3", ttl=600)
             await reg.campaign(MID, lease)
             reported: dict[str, tuple] = {}
+            changed = asyncio.Event()
+            start = await reg.core.current_revision() + 1
+
+            async def watch_units():
+                async for _ in reg.core.watch([reg.keys.jobs], start):
+                    changed.set()
+
+            watcher = asyncio.create_task(watch_units())
             while not stop.is_set():
+                if watcher.done():
+                    watcher.result()  # the watch failed: say why
+                changed.clear()
                 units = await reg.list_units()
                 placements = await reg.placements()
                 place = [Placement(u.name, MID, u.hash, u.desired_state) for u in units
@@ -75,8 +88,13 @@ def _responder(settings: EtcdSettings, stop: threading.Event) -> threading.Threa
                         await publish_state(reg, lease, u.name, MID, u.hash, "active" if active else "inactive",
                                             "running" if active else "dead")
                         reported[u.name] = (u.hash, active)
-                await asyncio.sleep(0.03)
+                try:
+                    await asyncio.wait_for(changed.wait(), 0.5)
+                except TimeoutError:
+                    pass
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await reg.close()
 
     thread = threading.Thread(target=lambda: asyncio.run(loop()), daemon=True)
@@ -106,11 +124,22 @@ class Clusters(tuple):
 
 
 @pytest.fixture(scope="module")
-def clusters(etcd_server):
+def full_cli():
+    """The full CLI's fork server for the module (tests/_forked_cli.py), its etcd driver
+    (aetcd, gRPC) imported before forking."""
+    cli = ForkedCli(preload=("fleetd.registry.registry", "fleetctl.etcd_client"))
+    try:
+        yield cli
+    finally:
+        cli.close()
+
+
+@pytest.fixture(scope="module")
+def clusters(etcd_server, full_cli):
     """Two clusters (separate key prefixes, one etcd): the fast path's and the full CLI's."""
     stop = threading.Event()
     threads, sides = [], []
-    cli = ForkedCli(preload=("fleetd.registry.registry", "fleetctl.etcd_client"))  # the etcd driver: aetcd, gRPC
+    cli = full_cli
     try:
         for side in ("fast", "full"):
             prefix = f"/fast-etcd/{side}-{uuid.uuid4().hex[:8]}/"
@@ -124,7 +153,6 @@ def clusters(etcd_server):
         stop.set()
         for thread in threads:
             thread.join(10)
-        cli.close()
 
 
 @pytest.fixture
@@ -330,15 +358,22 @@ def tls_etcd(tmp_path_factory):
         yield server, d
 
 
-def tls_run(server, d: Path, work: Path, how: list[str], prefix: str, *args: str,
+FAST = ["-m", "fleetctl"]  # `how` of tls_run: the fast entry point, a cold process
+
+
+def tls_run(server, d: Path, work: Path, how: list[str] | ForkedCli, prefix: str, *args: str,
             cert: str = "root") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-X", "importtime", *how, "--driver=etcd", f"--endpoint={server.endpoint}",
-                           f"--etcd-key-prefix={prefix}", f"--ca-file={d / 'ca.crt'}", f"--cert-file={d / f'{cert}.crt'}",
-                           f"--key-file={d / f'{cert}.key'}", *args],
+    """`how`: FAST (a cold `python -X importtime -m fleetctl`), or the full CLI's fork server
+    (the reference: a process per run, the imports done once)."""
+    argv = ["--driver=etcd", f"--endpoint={server.endpoint}", f"--etcd-key-prefix={prefix}", f"--ca-file={d / 'ca.crt'}",
+            f"--cert-file={d / f'{cert}.crt'}", f"--key-file={d / f'{cert}.key'}", *args]
+    if isinstance(how, ForkedCli):
+        return how.run(argv, timeout=120, cwd=work, env=_env())
+    return subprocess.run([sys.executable, "-X", "importtime", *how, *argv],
                           capture_output=True, text=True, timeout=120, cwd=work, env=_env())
 
 
-def test_tls_with_client_certificates_then_with_etcd_auth(tls_etcd, tmp_path):
+def test_tls_with_client_certificates_then_with_etcd_auth(tls_etcd, full_cli, tmp_path):
     """Over https with a client certificate the fast path speaks etcd's gRPC API itself
     (fleetd/registry/grpc_lite.py: ssl is then its one more import), before and after etcd's
     auth is turned on with certificate users (whom etcd's JSON gateway would refuse): the same
@@ -352,7 +387,7 @@ def test_tls_with_client_certificates_then_with_etcd_auth(tls_etcd, tmp_path):
     def compare(tag: str, cert: str = "root") -> None:
         runs = {side: [tls_run(server, d, tmp_path, how, f"/fast-etcd-tls/{tag}/{side}/", *args, cert=cert)
                        for args in commands]
-                for side, how in (("fast", ["-m", "fleetctl"]), ("full", ["-c", FULL_CLI]))}
+                for side, how in (("fast", FAST), ("full", full_cli))}
         for quick, slow in zip(runs["fast"], runs["full"]):
             assert (quick.returncode, quick.stdout, without_importtime(quick.stderr)) == (
                 slow.returncode, slow.stdout, without_importtime(slow.stderr))
@@ -371,7 +406,7 @@ def test_tls_with_client_certificates_then_with_etcd_auth(tls_etcd, tmp_path):
                                        keyfile=str(d / "root.key")), stop) for prefix in prefixes.values()]
     try:
         quick, slow = (tls_run(server, d, tmp_path, how, prefixes[side], "start", "--block-attempts=60", "t1.service")
-                       for side, how in (("fast", ["-m", "fleetctl"]), ("full", ["-c", FULL_CLI])))
+                       for side, how in (("fast", FAST), ("full", full_cli)))
     finally:
         stop.set()
         for thread in threads:
@@ -390,7 +425,7 @@ def test_tls_with_client_certificates_then_with_etcd_auth(tls_etcd, tmp_path):
         subprocess.run([*ctl, *args], check=True, capture_output=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
     compare("auth", cert="operator")
     runs = [tls_run(server, d, tmp_path, how, "/fast-etcd-tls/outside/", "start", "--no-block", "t1.service",
-                    cert="outsider") for how in (["-m", "fleetctl"], ["-c", FULL_CLI])]
+                    cert="outsider") for how in (FAST, full_cli)]
     assert runs[0].returncode == runs[1].returncode == 1 and "permission denied" in runs[1].stderr
     assert without_importtime(runs[0].stderr) == without_importtime(runs[1].stderr)
     assert "fleetctl.cli" in imported(runs[0].stderr)  # refused before any write: the full CLI said why

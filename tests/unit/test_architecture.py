@@ -31,6 +31,16 @@ PENDING_CONTRACTS: frozenset[str] = frozenset()
 PENDING_CYCLES: frozenset[frozenset[str]] = frozenset()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _forget_the_parses():
+    """The caches below hold every file's syntax tree (some 600,000 objects): dropped when the
+    module is done, or every later full garbage collection of the pytest-xdist worker walks them
+    and its exit frees them at the fast loop's end."""
+    yield
+    for cached in (_contracts_kept, _parsed, _module_path, _exports):
+        cached.cache_clear()
+
+
 def _contract_ids() -> list[str]:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     return [c["id"] for c in config["tool"]["importlinter"]["contracts"]]
@@ -79,8 +89,8 @@ def test_import_contract_kept(contract):
 
 @functools.cache
 def _parsed(source: str, filename: str) -> ast.Module:
-    """One parse of each project file for the three scans below (private names, pyflakes,
-    imports): they only read the tree (pyflakes adds attributes of its own to the nodes).
+    """One parse of each file for the scans below (private names, pyflakes, imports, exports,
+    test fixtures): they only read the tree (pyflakes adds attributes of its own to the nodes).
 
     CPython 3.11.7 keeps the AST constructor's recursion depth in per-interpreter state, so a
     parse in another thread of the process can make this one fail with a spurious
@@ -255,7 +265,7 @@ LAB_FIXTURES = {"lab", "lab_factory", "fleet"}
 
 def _fixtures_used(path: Path) -> set[str]:
     used = set()
-    for node in ast.walk(_parsed(path.read_text(), str(path))):
+    for node in ast.walk(_parsed(path.read_text(), path.relative_to(ROOT).as_posix())):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             used.update(a.arg for a in node.args.args + node.args.kwonlyargs)
         elif isinstance(node, ast.Attribute) and node.attr == "lab" and isinstance(node.value, ast.Attribute) \
@@ -345,7 +355,7 @@ def _exports(module: str) -> frozenset[str] | None:
     module answers any name (a module-level __getattr__)."""
     path = _module_path(module)
     assert path is not None
-    names = _bound_at_top(_parsed(path.read_text(), str(path)).body)
+    names = _bound_at_top(_parsed(path.read_text(), path.relative_to(ROOT).as_posix()).body)
     if "__getattr__" in names:
         return None
     if path.name == "__init__.py":

@@ -47,8 +47,13 @@ def test_init_is_pid1_and_the_command_pid2(images_dir, name):
 @pytest.mark.parametrize("init", [True, False], ids=["init", "without-init"])
 def test_init_reaps_orphans(images_dir, name, init):
     # the inner sh exits at once: its background sleep is re-parented to PID 1, which must
-    # wait() for it; a command as PID 1 that never reaps (here `sleep 3`) leaves it a zombie
-    script = '(sh -c "sleep 0.2 &"; sleep 1.5; cat /proc/[0-9]*/stat 2>/dev/null) & exec sleep 3'
+    # wait() for it; a command as PID 1 that never reaps (here `cat` of a FIFO, until the
+    # listing is done) leaves it a zombie. The listing waits (at most 10 s) until that sleep is
+    # gone (reaped: with the init) or a zombie (without).
+    ended = "[ ! -e /proc/$pid/stat ]" if init else 'grep -qs ") Z" /proc/$pid/stat'
+    script = ('mkfifo /tmp/listed; (sh -c \'sleep 0.2 & echo $! > /tmp/orphan\'; pid=$(cat /tmp/orphan); n=0; '
+              f'until {ended} || [ $n -ge 200 ]; do sleep 0.05; n=$((n+1)); done; '
+              'cat /proc/[0-9]*/stat 2>/dev/null; : > /tmp/listed) & exec cat /tmp/listed')
     r = fleet_run(images_dir, "--name", name, "--image", "busybox", *(["--init"] if init else []),
                   "--", "sh", "-c", script)
     if init:
