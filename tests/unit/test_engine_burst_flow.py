@@ -73,3 +73,34 @@ async def test_the_end_of_a_large_submission_is_a_longer_quiet_spell():
     took = await settle_while(eng, lambda r: [WatchEvent(f"{jobs}u{r}-{i}.service", b"{}", r)
                                               for i in range(BURST_FLOW)], seconds=flow)
     assert flow + QUIET * BURST_FLOW_QUIET * 0.9 <= took < MAX
+
+
+def test_one_full_transaction_of_a_large_submission_is_a_burst():
+    eng = engine()
+    jobs = eng.registry.keys.jobs
+    eng._events = [WatchEvent(f"{jobs}u{i}.service", b"{}", 7) for i in range(BURST_FLOW - 1)]
+    assert not eng._in_burst()  # a `fleetctl start` of up to BURST_FLOW - 1 units: planned at once
+    eng._events.append(WatchEvent(f"{jobs}u-last.service", b"{}", 7))
+    assert eng._in_burst()
+
+
+async def test_a_watch_lagging_behind_etcd_keeps_the_engine_waiting():
+    """News of a large submission pauses in the watch while etcd already holds more of its jobs
+    (etcd sends a slow watcher's events in catch-up rounds): the wait goes on, to burst_limit
+    here, where the news never comes."""
+    eng = engine()
+    jobs = eng.registry.keys.jobs
+    eng.registry.cluster.revision = 1000  # after every revision the fed events carry
+    await eng.registry.create_units([unit_named("late.service")])
+    flow = 0.1
+    took = await settle_while(eng, lambda r: [WatchEvent(f"{jobs}u{r}-{i}.service", b"{}", r)
+                                              for i in range(BURST_FLOW)], seconds=flow)
+    assert took >= LIMIT * 0.9
+    assert eng.stats.lagging_watch > 0
+
+
+def unit_named(name: str):
+    from fleetd.model import DesiredState, Unit
+    from fleetd.unit.file import UnitFile
+
+    return Unit(name, UnitFile.parse("[Service]\nExecStart=/bin/true\n"), DesiredState.LAUNCHED)
