@@ -147,7 +147,12 @@ async def agents(config: dict, registry: Registry, counter: RequestCounter) -> N
     for _ in range(max(1, min(config["connections"], len(config["machines"]))) - 1):
         registries.append(await Registry.connect(settings, counter=counter))
     progress = asyncio.Event()
-    sims = [SimulatedAgent(registries[i % len(registries)], bench_machine(n), ttl=config["ttl"], progress=progress)
+    # keep-alive phases spread over one interval by machine number (all machines of the
+    # benchmark register within a second or two; a cluster's machines joined over time): the
+    # run meets its share of the keep-alives, not all 1,000 at once 10 s after the start
+    total = config.get("total_machines") or len(config["machines"])
+    sims = [SimulatedAgent(registries[i % len(registries)], bench_machine(n), ttl=config["ttl"], progress=progress,
+                           keepalive_phase=(n + 1) / total)
             for i, n in enumerate(config["machines"])]
     semaphore = asyncio.Semaphore(100)
 

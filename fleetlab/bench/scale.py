@@ -316,6 +316,7 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             # machine i in process i % N (every process gets a share of every region); the
             # processes start their agents at the same time
             configs = [{**common, "role": "agents", "machines": list(range(k, machines, agent_processes)),
+                        "total_machines": machines,
                         "connections": connections // agent_processes + (k < connections % agent_processes),
                         "ttl": agent_ttl, "request_timeout": 30.0, "nice": agents_nice,
                         "profile": str(profile_dir / f"agents-{k}.prof") if profile_dir else None}

@@ -25,6 +25,10 @@ class SimulatedAgent:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # set after the first sync
     progress: asyncio.Event | None = None  # set after each pass that changed something (shared)
+    # the first keep-alive after this fraction of the interval (1.0: a full one, as a machine that
+    # has just registered); many agents started together get phases spread over (0, 1], as
+    # machines that joined at different times, instead of all keeping alive in the same instant
+    keepalive_phase: float = 1.0
     passes: int = 0  # sync passes so far
     active: int = 0  # units reported active after the last pass
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -48,7 +52,7 @@ class SimulatedAgent:
             await self.registry.revoke_lease(self.lease_id)
 
     async def _keepalive(self) -> None:
-        interval = keepalive_interval(self.ttl)
+        interval = keepalive_interval(self.ttl) * self.keepalive_phase
         while True:
             await asyncio.sleep(interval)  # as often as a real agent
             try:
