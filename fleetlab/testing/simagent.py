@@ -30,6 +30,7 @@ class SimulatedAgent:
     # machines that joined at different times, instead of all keeping alive in the same instant
     keepalive_phase: float = 1.0
     passes: int = 0  # sync passes so far
+    tally: list[int] | None = None  # [units active, passes] summed over the agents sharing it
     active: int = 0  # units reported active after the last pass
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _requirements: RequirementsCache = field(default_factory=RequirementsCache)
@@ -91,7 +92,11 @@ class SimulatedAgent:
         if gone:
             await reg.delete_states(gone, self.machine.id)
         self.running = new_states
-        self.active = sum(1 for state in new_states.values() if state.active_state == "active")
+        active = sum(1 for state in new_states.values() if state.active_state == "active")
+        if self.tally is not None:
+            self.tally[0] += active - self.active
+            self.tally[1] += 1
+        self.active = active
         self.passes += 1
         if publish or gone:
             self.changed.set()
