@@ -51,6 +51,7 @@ BURST_QUIET = 0.1
 BURST_MAX = 1.0
 BURST_FLOW = 60
 BURST_LIMIT = 5.0
+BURST_ASK = 1.0  # seconds etcd has to say whether a burst's jobs are still being written
 BURST_FLOW_QUIET = 3  # times BURST_QUIET: the quiet spell that ends a burst that was in full flow
 
 WRITE_LOG = 50  # passes kept in EngineStats.write_log
@@ -290,11 +291,13 @@ class Engine:
                 pass
 
     async def _jobs_pending(self, revision: int) -> bool:
-        """Whether etcd holds a job written after `revision` (False if it cannot tell now)."""
+        """Whether etcd holds a job written after `revision` (False if it cannot tell within
+        BURST_ASK seconds: the burst is then planned as it is)."""
         try:
-            return await self.registry.jobs_written_after(revision)
-        except RegistryError as exc:
-            log.debug("engine: cannot tell whether jobs are still being written: %s", exc)
+            async with asyncio.timeout(BURST_ASK):
+                return await self.registry.jobs_written_after(revision)
+        except (RegistryError, TimeoutError) as exc:
+            log.debug("engine: cannot tell whether jobs are still being written: %s", exc or "timed out")
             return False
 
     def _job_news(self, events: list, revision: int) -> tuple[int, int]:

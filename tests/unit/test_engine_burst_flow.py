@@ -104,3 +104,21 @@ def unit_named(name: str):
     from fleetd.unit.file import UnitFile
 
     return Unit(name, UnitFile.parse("[Service]\nExecStart=/bin/true\n"), DesiredState.LAUNCHED)
+
+
+async def test_etcd_that_does_not_answer_in_time_ends_the_wait(monkeypatch):
+    import fleetd.engine.leader as leader
+
+    eng = engine()
+    jobs = eng.registry.keys.jobs
+
+    async def hangs(revision: int) -> bool:
+        await asyncio.sleep(3600)
+        return True
+
+    monkeypatch.setattr(leader, "BURST_ASK", 0.05)
+    monkeypatch.setattr(eng.registry, "jobs_written_after", hangs)
+    flow = 0.1
+    took = await settle_while(eng, lambda r: [WatchEvent(f"{jobs}u{r}-{i}.service", b"{}", r)
+                                              for i in range(BURST_FLOW)], seconds=flow)
+    assert took < MAX  # planned as it is, not after the registry's request timeout
