@@ -41,6 +41,10 @@ from fleetd.engine.pool import LoadOrder
 from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement, Unit
 
 
+#: reconcile()'s reason for placing a unit that was not scheduled, per desired state
+_REASONS = {state: f"desired state {state.value} and unit not scheduled" for state in DesiredState}
+
+
 def _same(new: Mapping, old: Mapping) -> bool:
     """Mappings equal, cheaply when the values are the same objects (the engine's view reuses
     them): dict equality runs in C and takes identical values as equal without calling __eq__."""
@@ -133,24 +137,26 @@ class IncrementalPlanner:
                 return None   # a unit of the base changed or went
             new = sorted(name for name in changes.units if name in units)
         todo = []
+        info = self.cache.info
         for name in new:
             unit = units[name]
             if unit.desired_state is DesiredState.INACTIVE:
                 continue
-            reqs = self.cache.info(unit).requirements
+            unit_info = info(unit)
+            reqs = unit_info.requirements
             if (reqs is None or is_template_name(name) or reqs.is_global or reqs.machine_id or reqs.machine_of
                     or reqs.metadata or reqs.conflicts or reqs.replaces or reqs.cpu > 0 or reqs.memory > 0):
                 return None
-            todo.append(name)
+            todo.append((unit, unit_info.hash))
         places = []
-        for name in todo:
-            mid = next(iter(self._order))
-            n = self._load[mid]
-            self._order.move(mid, n, n + 1)
-            self._load[mid] = n + 1
-            unit = units[name]
-            places.append(Place(Placement(name, mid, self.cache.info(unit).hash, unit.desired_state),
-                                f"desired state {unit.desired_state.value} and unit not scheduled"))
+        order, load = self._order, self._load
+        for unit, unit_hash in todo:
+            mid = order.first()
+            n = load[mid]
+            order.move(mid, n, n + 1)
+            load[mid] = n + 1
+            state = unit.desired_state
+            places.append(Place(Placement(unit.name, mid, unit_hash, state), _REASONS[state]))
         decisions = Decisions(places=tuple(places))
         # the new base: this snapshot with these decisions written (what the next pass should see)
         self._units = units

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleetd.constraints import RequirementsCache
 from fleetd.engine.hold import Hold, HoldState, policy_for, restrain, with_ghosts
@@ -36,13 +36,25 @@ log = logging.getLogger(__name__)
 FULL_READ_EVERY = 15
 
 # A burst of unit submissions (job/ news from two or more transactions since the previous pass,
-# e.g. 10,000 units submitted in 167 transactions while a pass ran) is planned when the news
-# pauses for BURST_QUIET, or BURST_MAX after it woke the engine: one pass then places what
-# would have taken a pass per transaction or two, and each machine gets its units in fewer
-# writes (fewer agent passes, fewer etcd transactions). News from one transaction (a
-# `fleetctl start` of up to 60 units, the engine's own writes coming back) is planned at once.
+# e.g. 10,000 units submitted in 167 transactions while a pass ran) is planned when the job news
+# pauses for BURST_QUIET (the engine's own schedule writes coming back do not count), or
+# BURST_MAX after the wait began, or, while a large submission is still in full flow (at least
+# BURST_FLOW units of job news in the last BURST_QUIET), BURST_LIMIT after it: one pass then
+# places what would have taken a pass per transaction or two, and each machine gets its units
+# in one write (one agent pass, fewer etcd transactions) instead of one per pass that spread a
+# part of the burst over every machine. News from one transaction (a `fleetctl start` of up to
+# 59 units, the engine's own writes coming back) is planned at once; a trickle of small
+# submissions waits at most BURST_MAX (fleet's engine plans every 2 s). One transaction of
+# BURST_FLOW units or more (the first of a large submission, fleetd.registry's create_units
+# writes 60 a transaction) is waited on as a burst too.
 BURST_QUIET = 0.1
 BURST_MAX = 1.0
+BURST_FLOW = 60
+BURST_LIMIT = 5.0
+BURST_ASK = 1.0  # seconds etcd has to say whether a burst's jobs are still being written
+BURST_FLOW_QUIET = 3  # times BURST_QUIET: the quiet spell that ends a burst that was in full flow
+
+WRITE_LOG = 50  # passes kept in EngineStats.write_log
 
 
 @dataclass
@@ -64,6 +76,10 @@ class EngineStats:
     last_engine_seconds: float = 0.0  # view update + decision + write of the last pass that wrote
     last_decide_seconds: float = 0.0  # the decision alone (planner or reconcile()) of that pass
     settled_passes: int = 0  # passes that waited for a burst of submissions to pause (BURST_QUIET)
+    lagging_watch: int = 0  # burst waits that went on because etcd had job news the watch had not brought yet
+    # (time.monotonic() at the start and the end of the write, placements, unplacements) of the
+    # last WRITE_LOG passes that wrote
+    write_log: list = field(default_factory=list)
 
 
 def global_targets(snapshot: ClusterSnapshot,
@@ -79,7 +95,8 @@ def global_targets(snapshot: ClusterSnapshot,
 
 class Engine:
     def __init__(self, registry: Registry, machine_id: str, interval: float, lease_ttl: float | None = None,
-                 machine_ttl: float = 5.0, burst_quiet: float = BURST_QUIET, burst_max: float = BURST_MAX):
+                 machine_ttl: float = 5.0, burst_quiet: float = BURST_QUIET, burst_max: float = BURST_MAX,
+                 burst_limit: float = BURST_LIMIT):
         self.registry = registry
         self.machine_id = machine_id
         self.interval = interval
@@ -98,7 +115,7 @@ class Engine:
         self._planner = IncrementalPlanner(self._cache)
         self._view: ClusterView | None = None
         self._events: list = []
-        self.burst_quiet, self.burst_max = burst_quiet, burst_max
+        self.burst_quiet, self.burst_max, self.burst_limit = burst_quiet, burst_max, max(burst_max, burst_limit)
 
     async def run(self) -> None:
         while True:
@@ -212,35 +229,85 @@ class Engine:
             await asyncio.gather(keepalive, *( [watcher] if watcher else []), return_exceptions=True)
 
     def _in_burst(self) -> bool:
-        """Job news from two or more transactions waits for the next pass (see BURST_QUIET)."""
-        jobs, revisions = self.registry.keys.jobs, set()
+        """Job news from two or more transactions, or of BURST_FLOW units or more (a full
+        transaction of a larger submission), waits for the next pass (see BURST_QUIET)."""
+        jobs, revisions, count = self.registry.keys.jobs, set(), 0
         for event in self._events:
             if event.key.startswith(jobs):
                 revisions.add(event.revision)
-                if len(revisions) > 1:
+                count += 1
+                if len(revisions) > 1 or count >= BURST_FLOW:
                     return True
         return False
 
     async def _settle(self, dirty: asyncio.Event, keepalive: asyncio.Task) -> None:
-        """In a burst (see BURST_QUIET): wait until no news came for burst_quiet seconds, at most
-        burst_max in all, or until the lease's keeper stops (the loop then raises its error).
-        Meanwhile the news is folded into the view as it comes (decoding jobs, parsing bodies),
-        so that the pass after the burst only plans and writes."""
+        """In a burst (see BURST_QUIET): wait until no job news came for burst_quiet seconds
+        (at most burst_max in all, burst_limit while the submission is in full flow), or until
+        the lease's keeper stops (the loop then raises its error). Meanwhile the news is folded
+        into the view as it comes (decoding jobs, parsing bodies, each new unit's requirements
+        and hash), so that the pass after the burst only plans and writes.
+
+        A watch can lag behind etcd by more than the quiet spell (etcd holds back the events
+        of a watcher that reads them slower than they are written, and sends them in
+        catch-up rounds): when a large submission's news pauses, etcd is asked whether a job
+        was written after the last job event seen; if so the news is still on its way, and
+        the wait goes on (up to burst_limit)."""
         self.stats.settled_passes += 1
-        deadline = time.monotonic() + self.burst_max
+        began = last_news = time.monotonic()
+        recent: list[tuple[float, int]] = []  # (when, units) of job news in the last quiet spell
+        flowed = False  # a large submission was in full flow
+        seen = 0  # self._events before this index were counted already
+        job_revision = 0  # of the last job event seen
         while not keepalive.done():
             dirty.clear()
+            now = time.monotonic()
+            jobs, job_revision = self._job_news(self._events[seen:], job_revision)
+            seen = len(self._events)
             if self._view is not None and self._view.loaded and self._events:
                 events, self._events = self._events, []
-                await self._view.apply(events)
-            remaining = deadline - time.monotonic()
+                seen = 0  # what comes while folding is news for the next round
+                for unit in await self._view.apply(events):
+                    self._cache.info(unit)  # the pass after the burst finds them worked out
+            if jobs:  # the quiet spell is counted from here: folding the news took time too
+                last_news = time.monotonic()
+                recent.append((now, jobs))
+            recent = [(t, n) for t, n in recent if t > now - self.burst_quiet * BURST_FLOW_QUIET]
+            flowing = sum(n for _, n in recent) >= BURST_FLOW
+            flowed = flowed or flowing
+            deadline = began + (self.burst_limit if flowing else self.burst_max)
+            quiet = self.burst_quiet * (BURST_FLOW_QUIET if flowed else 1)
+            remaining = min(deadline, last_news + quiet) - time.monotonic()
             if remaining <= 0:
+                if flowed and time.monotonic() < began + self.burst_limit and await self._jobs_pending(job_revision):
+                    self.stats.lagging_watch += 1
+                    last_news = time.monotonic()
+                    recent.append((last_news, BURST_FLOW))  # as good as news in full flow
+                    continue
                 return
             try:
-                async with asyncio.timeout(min(self.burst_quiet, remaining)):
+                async with asyncio.timeout(remaining):
                     await dirty.wait()
             except TimeoutError:
-                return
+                pass
+
+    async def _jobs_pending(self, revision: int) -> bool:
+        """Whether etcd holds a job written after `revision` (False if it cannot tell within
+        BURST_ASK seconds: the burst is then planned as it is)."""
+        try:
+            async with asyncio.timeout(BURST_ASK):
+                return await self.registry.jobs_written_after(revision)
+        except (RegistryError, TimeoutError) as exc:
+            log.debug("engine: cannot tell whether jobs are still being written: %s", exc or "timed out")
+            return False
+
+    def _job_news(self, events: list, revision: int) -> tuple[int, int]:
+        """(job events among `events`, the latest of their revisions and `revision`)."""
+        jobs, count = self.registry.keys.jobs, 0
+        for event in events:
+            if event.key.startswith(jobs):
+                count += 1
+                revision = max(revision, event.revision)
+        return count, revision
 
     async def _watch(self, revision: int, dirty: asyncio.Event) -> None:
         reg = self.registry
@@ -338,6 +405,8 @@ class Engine:
         self._globals_written = wanted_globals
         self.stats.placements += len(decisions.places)
         self.stats.unplacements += len(decisions.unplaces)
+        self.stats.write_log = self.stats.write_log[-(WRITE_LOG - 1):] + [
+            (started, self.stats.last_write_at, len(decisions.places), len(decisions.unplaces))]
         return True
 
     async def resign(self) -> None:

@@ -35,6 +35,12 @@ class LoadOrder:
         self.remove(machine_id, old_load)
         self.add(machine_id, new_load)
 
+    def first(self) -> str:
+        """The least loaded machine (ties: the lowest ID); IndexError when there is none."""
+        if not self._buckets:
+            raise IndexError("no machine in the load order")
+        return self._buckets[min(self._buckets)][0]
+
     def __iter__(self) -> Iterator[str]:
         """Machine IDs, least loaded first. Do not change the order while iterating."""
         for load in sorted(self._buckets):

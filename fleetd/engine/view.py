@@ -61,8 +61,9 @@ class ClusterView:
     def snapshot(self) -> ClusterSnapshot:
         return ClusterSnapshot(self.revision, self.units, self.machines, self.placements)
 
-    async def apply(self, events: list[WatchEvent]) -> None:
-        """Fold watch events (in revision order per prefix) into the view."""
+    async def apply(self, events: list[WatchEvent]) -> list[Unit]:
+        """Fold watch events (in revision order per prefix) into the view; returns the units it
+        added or changed."""
         machines_changed = False
         jobs: dict[str, bytes | None] = {}
         for event in events:
@@ -86,8 +87,7 @@ class ClusterView:
                 # a new unit's body comes in the same transaction as its job: handed to the
                 # registry's body cache, the job's pass needs no read of it
                 self.registry.offer_body(key[len(self._bodies):], event.value)
-        if jobs:
-            await self._apply_jobs(jobs)
+        changed = await self._apply_jobs(jobs) if jobs else []
         if machines_changed:
             fresh = {m.id: m for m in await self.registry.list_machines()}
             # keep unchanged Machine objects (identity) for the planner
@@ -97,6 +97,7 @@ class ClusterView:
                     m is not self.machines[mid] for mid, m in machines.items())):
                 self._changes.machines = True
             self.machines = machines
+        return changed
 
     def _set_placement(self, name: str, machine_id: str, placement: Placement | None) -> None:
         """One schedule key. Like the snapshot, a unit under several machines' keys (never
@@ -125,8 +126,9 @@ class ClusterView:
         else:
             self._extra.pop(name, None)
 
-    async def _apply_jobs(self, jobs: dict[str, bytes | None]) -> None:
+    async def _apply_jobs(self, jobs: dict[str, bytes | None]) -> list[Unit]:
         decoded = {}
+        changed: list[Unit] = []
         noted = self._changes.units if self._changes is not None else set()
         for key_name, value in jobs.items():
             if value is None:
@@ -135,7 +137,7 @@ class ClusterView:
             else:
                 decoded[key_name] = codec.decode_job(value)
         if not decoded:
-            return
+            return changed
         wanted = [h for _, h, _ in decoded.values()]
         bodies = await self.registry.bodies(wanted)   # cached: bodies are immutable
         for key_name, (name, unit_hash, desired) in decoded.items():
@@ -147,8 +149,10 @@ class ClusterView:
                 if self.units.pop(name, None) is not None:   # as the snapshot does: a job whose body is missing is ignored
                     noted.add(name)
                 continue
-            self.units[name] = Unit(name, body, desired)
+            unit = self.units[name] = Unit(name, body, desired)
             noted.add(name)
+            changed.append(unit)
+        return changed
 
     def note_written(self, decisions) -> None:
         """The engine's own schedule writes, before their watch events arrive (same values)."""

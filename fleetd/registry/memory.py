@@ -136,6 +136,15 @@ class MemoryUnitStore:
     def offer_body(self, unit_hash: str, raw: bytes | None) -> None:
         """Every body is at hand in memory: nothing to keep."""
 
+    async def jobs_written_after(self, revision: int) -> bool:
+        latest: dict[str, bool] = {}  # job key -> still there after its last event
+        for event in reversed(self.cluster.history):
+            if event.revision <= revision:
+                break
+            if event.key.startswith(self.cluster.keys.jobs):
+                latest.setdefault(event.key, event.value is not None)
+        return any(latest.values())
+
     def current(self, name: str) -> Unit | None:
         job = self.cluster.jobs.get(name)
         return None if job is None else Unit(name, self.cluster.bodies[job[0]], job[1])

@@ -79,6 +79,7 @@ class Registry:
 
     bodies = _delegate("units", "bodies")
     offer_body = _delegate("units", "offer_body")
+    jobs_written_after = _delegate("units", "jobs_written_after")
     get_unit = _delegate("units", "get_unit")
     list_units = _delegate("units", "list_units")
     create_unit = _delegate("units", "create_unit")

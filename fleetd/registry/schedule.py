@@ -100,16 +100,26 @@ class EtcdScheduleStore:
         # Placements grouped by machine (stable within one), a machine's never split over two
         # transactions unless they alone are more than one holds: an agent then gets its new
         # units in one transaction, i.e. one watch response and one pass, instead of one per batch.
+        # Each transaction's operations are made when it is sent (a burst of 10,000 placements
+        # starts going out after the first 120 are encoded, not after all of them).
         by_machine: dict[str, list] = {}
         for p in sorted(place, key=lambda p: p.machine_id):
-            by_machine.setdefault(p.machine_id, []).append(
-                tx.put(enc(keys.placement(p.machine_id, p.name)), codec.encode_target(p.hash, p.desired_state)))
-        groups = list(by_machine.values())
-        groups += [[tx.put(enc(keys.global_unit(n)), codec.encode_target(h, s))] for n, h, s in publish_globals]
+            by_machine.setdefault(p.machine_id, []).append(p)
+        groups: list[list] = list(by_machine.values())
+        groups += [[(n, h, s)] for n, h, s in publish_globals]
         fence = tx.value(enc(keys.engine_leader)) == enc(fence_machine_id)
 
+        def operation(item: Any) -> Any:
+            if isinstance(item, Placement):
+                return tx.put(enc(keys.placement(item.machine_id, item.name)),
+                              codec.encode_target(item.hash, item.desired_state))
+            if isinstance(item, tuple):  # a global unit: (name, hash, desired state)
+                name, unit_hash, state = item
+                return tx.put(enc(keys.global_unit(name)), codec.encode_target(unit_hash, state))
+            return item  # an operation already (the removals)
+
         async def write(chunk: Sequence) -> None:
-            ok, _ = await core.txn([fence], list(chunk))
+            ok, _ = await core.txn([fence], [operation(item) for item in chunk])
             if not ok:
                 raise NotLeader(f"machine {fence_machine_id} is no longer the engine leader")
 

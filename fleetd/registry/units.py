@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 from fleetd.errors import RegistryError, UnitConflict, UnitError, UnitFileError, UnitNotFound
 from fleetd.model import DesiredState, Unit
 from fleetd.registry import codec
-from fleetd.registry.connection import enc
+from fleetd.registry.connection import enc, prefix_end
 from fleetd.registry.core import MAX_TXN_OPS, RegistryCore, chunks, pipelined
 from fleetd.unit.file import UnitFile
 from fleetd.unit.name import is_template_name, parse_unit_name
@@ -88,6 +88,14 @@ class EtcdUnitStore:
     def offer_body(self, unit_hash: str, raw: bytes | None) -> None:
         """A body key's value from a watch event; `bodies()` then needs no read for it."""
         self.body_cache.offer(unit_hash, raw)
+
+    async def jobs_written_after(self, revision: int) -> bool:
+        """Whether a job record was created or changed after `revision` (asked of etcd: one
+        compare over the job/ range, no data sent back), e.g. by a submission whose watch
+        events have not arrived yet."""
+        raw = enc(self.core.keys.jobs)
+        unchanged, _ = await self.core.txn([self.core.tx.mod(raw, prefix_end(raw)) < revision + 1], [])
+        return not unchanged
 
     async def get_unit(self, name: str) -> Unit | None:
         kv = await self.core.get(self.core.keys.job(name))

@@ -316,6 +316,7 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             # machine i in process i % N (every process gets a share of every region); the
             # processes start their agents at the same time
             configs = [{**common, "role": "agents", "machines": list(range(k, machines, agent_processes)),
+                        "total_machines": machines,
                         "connections": connections // agent_processes + (k < connections % agent_processes),
                         "ttl": agent_ttl, "request_timeout": 30.0, "nice": agents_nice,
                         "profile": str(profile_dir / f"agents-{k}.prof") if profile_dir else None}
@@ -411,6 +412,10 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
             "decision_only_p50": round(_percentile([d for _, d in engine_times], 0.5), 4),
             "decision_only_max": round(max(d for _, d in engine_times), 4),
         } if engine_times else None,
+        # the engine's schedule writes of the run: [start, end] seconds after the submission's
+        # start, placements
+        "engine_writes": [[round(a - t0, 3), round(b - t0, 3), n] for a, b, n, _ in busy["stats"]["write_log"]
+                          if b >= t0],
         "engine": {
             "passes": stats["passes"],
             "planned_passes": stats["planned_passes"],

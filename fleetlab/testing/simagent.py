@@ -25,7 +25,12 @@ class SimulatedAgent:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # set after the first sync
     progress: asyncio.Event | None = None  # set after each pass that changed something (shared)
+    # the first keep-alive after this fraction of the interval (1.0: a full one, as a machine that
+    # has just registered); many agents started together get phases spread over (0, 1], as
+    # machines that joined at different times, instead of all keeping alive in the same instant
+    keepalive_phase: float = 1.0
     passes: int = 0  # sync passes so far
+    tally: list[int] | None = None  # [units active, passes] summed over the agents sharing it
     active: int = 0  # units reported active after the last pass
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _requirements: RequirementsCache = field(default_factory=RequirementsCache)
@@ -48,7 +53,7 @@ class SimulatedAgent:
             await self.registry.revoke_lease(self.lease_id)
 
     async def _keepalive(self) -> None:
-        interval = keepalive_interval(self.ttl)
+        interval = keepalive_interval(self.ttl) * self.keepalive_phase
         while True:
             await asyncio.sleep(interval)  # as often as a real agent
             try:
@@ -87,7 +92,11 @@ class SimulatedAgent:
         if gone:
             await reg.delete_states(gone, self.machine.id)
         self.running = new_states
-        self.active = sum(1 for state in new_states.values() if state.active_state == "active")
+        active = sum(1 for state in new_states.values() if state.active_state == "active")
+        if self.tally is not None:
+            self.tally[0] += active - self.active
+            self.tally[1] += 1
+        self.active = active
         self.passes += 1
         if publish or gone:
             self.changed.set()
