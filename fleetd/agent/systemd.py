@@ -1,4 +1,4 @@
-"""asyncio adapter over dbus-next to the systemd manager (org.freedesktop.systemd1).
+"""asyncio adapter over dbus-fast (dbus-next's API, compiled) to the systemd manager (systemd1).
 
 This is the only module of fleetd that speaks D-Bus. It loads unit files the way fleet's agent
 does (a file in a runtime units directory, `LinkUnitFiles(runtime=True)`, `EnableUnitFiles` for
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterable, Mapping
 
-from dbus_next import BusType, Message, MessageType
-from dbus_next.aio import MessageBus
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
 
 from fleetd.errors import InvalidUnitName, SystemdError, SystemdUnitError, UnitFileError
 from fleetd.unit.control import check_text
@@ -143,7 +143,7 @@ def _is_hex(text: str) -> bool:
 
 
 def _variants(properties: list[tuple[str, tuple[str, object]]]) -> list:
-    from dbus_next import Variant
+    from dbus_fast import Variant
 
     return [[name, Variant(sig, value)] for name, (sig, value) in properties]
 
@@ -215,7 +215,7 @@ class SystemdManager:
         where = bus_address or "the system bus"
         try:
             await bus.connect()
-        except Exception as exc:  # dbus-next raises plain OSError/Exception subclasses
+        except Exception as exc:  # dbus-fast raises plain OSError/Exception subclasses
             raise SystemdError(f"cannot connect to {where}: {exc}") from exc
         self = cls(bus, units_dir)
         bus.add_message_handler(self._on_message)
@@ -224,7 +224,7 @@ class SystemdManager:
             # PropertiesChanged, UnitRemoved) by a rule per watched unit (`track_units`): a start
             # makes systemd signal 5-7 other units too (targets, slices: their jobs), and a
             # daemon-reload removes and re-creates every unit (~300 UnitNew/UnitRemoved in a lab
-            # node), each a message this process had to parse (dbus-next: 0.3-1 ms each)
+            # node), each a message this process had to parse (0.3-1 ms each in dbus-next's pure Python)
             for member in ("JobRemoved", "Reloading"):
                 await self._add_match(f"type='signal',sender='{SYSTEMD_BUS_NAME}',path='{MANAGER_PATH}',"
                                       f"interface='{MANAGER_IFACE}',member='{member}'")
@@ -242,7 +242,7 @@ class SystemdManager:
         self._fail_all(SystemdError("systemd manager connection closed"))
         self._bus.disconnect()
         if self._disconnect_task is not None:
-            # not cancelled: that would cancel dbus-next's own disconnect future
+            # not cancelled: that would cancel dbus-fast's own disconnect future
             await asyncio.wait({self._disconnect_task}, timeout=5)
 
     async def __aenter__(self) -> "SystemdManager":

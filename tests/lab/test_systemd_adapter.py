@@ -434,7 +434,7 @@ async def test_only_watched_units_signals_reach_the_adapter(node, mgr):
     """The units' own signals are matched per watched unit (`track_units`): a start signals
     several other units (targets, a slice), which the bus keeps to itself, and the signals of a
     unit that left the watch stop; the watched unit's state still arrives."""
-    from dbus_next import MessageType
+    from dbus_fast import MessageType
 
     from fleetd.agent.systemd import unit_object_path
 
