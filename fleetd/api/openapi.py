@@ -310,9 +310,13 @@ def _operations() -> dict[str, dict[str, Any]]:
                 {"name": "unitName", "in": "query", "required": False,
                  "description": "only changes of these units count (repeatable)",
                  "schema": {"type": "array", "items": _S}, "style": "form", "explode": True},
+                {"name": "wake", "in": "query", "required": False,
+                 "description": "states: a placement or job write answers only if no state report of the "
+                                "units follows within 0.5 s (the report answers then)",
+                 "schema": {"type": "string", "enum": ["any", "states"]}},
             ],
             "responses": {"200": _json(_ref("WatchResult"), "the revision, and whether a change came before the timeout"),
-                          "400": _error("since or timeout not a non-negative number"), "503": UNAVAILABLE},
+                          "400": _error("since, timeout or wake invalid"), "503": UNAVAILABLE},
         }},
         "/services": {"get": {
             "summary": "beyond fleet: services of the cluster with their healthy and total endpoints",

@@ -66,6 +66,10 @@ async def watch_units(request: web.Request) -> web.Response:
     asked = request.query.getall("unitName", [])
     names = set(asked)
     with_units = bool(names) and request.query.get("units", "") in ("true", "1")
+    wake = request.query.get("wake", "")
+    if wake not in ("", "any", "states"):
+        raise HttpError(400, f"invalid wake {wake!r}: any or states")
+    on_reports = wake == "states"
     hub = feed_hub(request)
     await hub.ensure()  # before the revision is read: a poll with it is answered by the hub
     if since is None:
@@ -77,7 +81,7 @@ async def watch_units(request: web.Request) -> web.Response:
     ranges = (keys.jobs, keys.schedule, keys.states)
 
     async def first_change() -> int:
-        found = await hub.first_change(since, names)  # fleetd/api/feed.py: no watch of its own
+        found = await hub.first_change(since, names, states=on_reports)  # fleetd/api/feed.py
         if found is not None:
             return found
         # one watch of the ranges' common prefix, not one per range: events of separate watch
@@ -115,7 +119,7 @@ def feed_hub(request: web.Request):
         ranges = (keys.jobs, keys.schedule, keys.states)
         hub = ctx.extras["feed_hub"] = FeedHub(
             ctx.registry, os.path.commonprefix(ranges),
-            lambda key: unit_of_key(key, *ranges) if key.startswith(ranges) else None)
+            lambda key: (unit_of_key(key, *ranges), key.startswith(keys.states)) if key.startswith(ranges) else None)
     return hub
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 import fleetd.api.feed
-from fleetd.model import Machine, Unit
+from fleetd.model import DesiredState, Machine, Placement, Unit
 from fleetd.unit.file import UnitFile
 
 from _api_server import ThreadedApiServer, publish_state, register_machine
@@ -94,3 +94,28 @@ def test_a_log_trimmed_past_since_falls_back(server, monkeypatch):
     assert get(server, f"/fleet/v1/_watch/units?since={last - 1}&timeout=20&unitName={names[-1]}") == (
         200, {"revision": last, "changed": True})
     assert len(opened) == 2  # the hub's, and the poll from before its log's start
+
+
+def test_a_poll_on_state_reports_is_not_answered_by_a_placement_a_report_follows(server):
+    reg = server.registry
+    server.run(reg.create_unit(Unit("w.service", BODY)))
+    server.run(reg.campaign(MID, server.lease))
+    since = revision(server)
+    # the placement first, its state report 0.2 s later: the report answers
+    server.run(reg.apply_schedule(fence_machine_id=MID, place=[Placement("w.service", MID, BODY.hash,
+                                                                        DesiredState.LAUNCHED)]))
+    placed = revision(server)
+    state = later(0.2, lambda: server.run(publish_state(reg, server.lease, "w.service", MID, BODY.hash)))
+    status, answer = get(server, f"/fleet/v1/_watch/units?since={since}&timeout=20&unitName=w.service&wake=states")
+    state.join()
+    assert status == 200 and answer == {"revision": placed + 1, "changed": True}
+    # without wake=states (or wake=any) the placement answers
+    for wake in ("", "&wake=any"):
+        assert get(server, f"/fleet/v1/_watch/units?since={since}&timeout=20&unitName=w.service{wake}")[1] == {
+            "revision": placed, "changed": True}
+    # no report follows (a job write): the change answers after the grace
+    since = revision(server)
+    server.run(reg.set_desired_state(["w.service"], DesiredState.LOADED))
+    assert get(server, f"/fleet/v1/_watch/units?since={since}&timeout=20&unitName=w.service&wake=states")[1] == {
+        "revision": since + 1, "changed": True}
+    assert get(server, "/fleet/v1/_watch/units?since=1&wake=sometimes")[0] == 400
