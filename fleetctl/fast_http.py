@@ -350,6 +350,8 @@ class Api:
             params += [("since", str(since)), ("timeout", f"{hold:g}")]
         if units and names:
             params.append(("units", "true"))
+            if since is not None:  # a wait that a state report completes (docs/api.md)
+                params.append(("wake", "states"))
         return WATCH_PATH + ("?" + urlencode(params) if params else "")
 
     def feed_answer(self, path: str, status: int, raw: bytes,

@@ -207,7 +207,7 @@ def submit_load_start(api: Api, command: str, args: list[str], no_block: bool, a
         paths = [f"{API_PREFIX}/units/{quote_name(name)}" for name, _ in new]
         bodies = [go_json({"name": name, "desiredState": state or "inactive", "options": wire_options(options)})
                   for name, options in new]
-        answers = api.many([("PUT", p, b, ("If-None-Match: *",)) for p, b in zip(paths, bodies)])
+        answers = create(api, paths, bodies)
         for path, answer in zip(paths, answers):
             if isinstance(answer, Exception):
                 raise answer
@@ -233,6 +233,29 @@ def submit_load_start(api: Api, command: str, args: list[str], no_block: bool, a
     except Failed as exc:  # as submit_and_set: every FleetError of set_desired_state
         raise Failed(f"Error {'starting' if action == 'start' else 'loading'} units: {str(exc)[len('Error: '):]}") from None
     return wait_for_states(api, [n for n in names if n in created or n in to_change], state, action, no_block, attempts)
+
+
+def create(api: Api, paths: list[str], bodies: list[bytes]) -> list:
+    """client.create_units: (status, body) per unit as its `PUT If-None-Match: *` answers. Several
+    go in one `POST /units` (beyond fleet, docs/api.md), which the API writes in one transaction:
+    the engine places them in one pass, each node starts its share in one pass (30 PUTs reached
+    fleetd over 10-50 ms, in 2-3 transactions). Fleet's own API, an older fleetd: the PUTs."""
+    if len(paths) > 1:
+        status, raw = api.one("POST", f"{API_PREFIX}/units", b'{"units":[' + b",".join(bodies) + b"]}")
+        if status not in (200, 404, 405, 501):
+            raise api.error("POST", f"{API_PREFIX}/units", status, raw)
+        if status == 200:
+            import json
+
+            try:
+                answers = [(int(r["status"]), json.dumps({"error": r["error"]}).encode() if r.get("error") else b"")
+                           for r in json.loads(raw)["results"]]
+            except (ValueError, KeyError, TypeError):
+                answers = []
+            if len(answers) != len(paths):
+                raise Failed(f"Error: fleet API POST {API_PREFIX}/units: not one result per unit")
+            return answers
+    return api.many([("PUT", p, b, ("If-None-Match: *",)) for p, b in zip(paths, bodies)])
 
 
 def set_states(api: Api, names: list[str], state: str) -> None:

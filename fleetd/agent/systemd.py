@@ -1,4 +1,4 @@
-"""asyncio adapter over dbus-next to the systemd manager (org.freedesktop.systemd1).
+"""asyncio adapter over dbus-fast (dbus-next's API, compiled) to the systemd manager (systemd1).
 
 This is the only module of fleetd that speaks D-Bus. It loads unit files the way fleet's agent
 does (a file in a runtime units directory, `LinkUnitFiles(runtime=True)`, `EnableUnitFiles` for
@@ -13,6 +13,9 @@ Facts it relies on (verified on systemd 252, see the lab notes):
   ActiveState and SubState ("emits-change") but never LoadState, which systemd declares
   constant although it changes (not-found -> loaded when the unit cache loads a new file,
   anything at a daemon-reload): a watch must read the load state, never infer it;
+- the bus delivers a signal only to connections with a matching rule: the units' own signals
+  are matched per watched unit (`track_units`; a start also signals the targets and slice the
+  unit depends on, a daemon-reload every unit), so this process parses only what a watch reads;
 - `JobRemoved` may be read in the same socket batch as the reply that names the job, i.e.
   before the caller knows the job path: results of such jobs are kept briefly;
 - a unit systemd does not know (or knows only as "not-found") is loaded from disk on its next
@@ -32,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterable, Mapping
 
-from dbus_next import BusType, Message, MessageType
-from dbus_next.aio import MessageBus
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
 
 from fleetd.errors import InvalidUnitName, SystemdError, SystemdUnitError, UnitFileError
 from fleetd.unit.control import check_text
@@ -108,12 +111,39 @@ def unit_name_from_path(path: str) -> str | None:
     return raw.decode(errors="replace")
 
 
+def unit_object_path(name: str) -> str:
+    """systemd's object path of a unit (bus_label_escape: every byte but an ASCII letter or digit,
+    and a leading digit, as `_xx`)."""
+    if not name:
+        return UNIT_PATH_PREFIX + "_"
+    out = []
+    for i, byte in enumerate(name.encode()):
+        c = chr(byte)
+        if (c.isascii() and c.isalpha()) or (c.isascii() and c.isdigit() and i > 0):
+            out.append(c)
+        else:
+            out.append(f"_{byte:02x}")
+    return UNIT_PATH_PREFIX + "".join(out)
+
+
+def unit_match_rules(name: str | None) -> tuple[str, ...]:
+    """The bus match rules of a watched unit's signals (None: of every unit): its Unit
+    interface's PropertiesChanged, and its UnitRemoved."""
+    where = (f"path_namespace='{UNIT_PATH_PREFIX.rstrip('/')}'" if name is None
+             else f"path='{unit_object_path(name)}'")
+    removed = "" if name is None else f",arg0='{name}'"
+    return (f"type='signal',sender='{SYSTEMD_BUS_NAME}',interface='{PROPERTIES_IFACE}',"
+            f"member='PropertiesChanged',{where},arg0='{UNIT_IFACE}'",
+            f"type='signal',sender='{SYSTEMD_BUS_NAME}',path='{MANAGER_PATH}',interface='{MANAGER_IFACE}',"
+            f"member='UnitRemoved'{removed}")
+
+
 def _is_hex(text: str) -> bool:
     return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def _variants(properties: list[tuple[str, tuple[str, object]]]) -> list:
-    from dbus_next import Variant
+    from dbus_fast import Variant
 
     return [[name, Variant(sig, value)] for name, (sig, value) in properties]
 
@@ -167,6 +197,8 @@ class SystemdManager:
         self.reloads = 0  # daemon-reloads requested by this manager
         self.reloads_skipped = 0  # load batches that needed none
         self._disconnect_task: asyncio.Task | None = None
+        self._unit_rules: dict[str, int] = {}  # watched unit -> watches of it (its match rules are on)
+        self._all_units = False  # the rules of every unit's signals are on (a unit's were refused)
 
     # --- connection -------------------------------------------------------------------------
 
@@ -183,23 +215,19 @@ class SystemdManager:
         where = bus_address or "the system bus"
         try:
             await bus.connect()
-        except Exception as exc:  # dbus-next raises plain OSError/Exception subclasses
+        except Exception as exc:  # dbus-fast raises plain OSError/Exception subclasses
             raise SystemdError(f"cannot connect to {where}: {exc}") from exc
         self = cls(bus, units_dir)
         bus.add_message_handler(self._on_message)
         try:
-            for rule in (
-                f"type='signal',sender='{SYSTEMD_BUS_NAME}',path='{MANAGER_PATH}',"
-                f"interface='{MANAGER_IFACE}'",
-                # only the Unit interface's changes (arg0: the interface), the watch reads no
-                # other: the bus drops the Service/Socket/... ones (a quarter of the signals of a
-                # burst of starts) instead of this process parsing them
-                f"type='signal',sender='{SYSTEMD_BUS_NAME}',interface='{PROPERTIES_IFACE}',"
-                f"member='PropertiesChanged',path_namespace='{UNIT_PATH_PREFIX.rstrip('/')}',"
-                f"arg0='{UNIT_IFACE}'",
-            ):
-                await self._call("AddMatch", "s", [rule], destination="org.freedesktop.DBus",
-                                 path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
+            # only the manager's signals this adapter reads; the units' own signals (their
+            # PropertiesChanged, UnitRemoved) by a rule per watched unit (`track_units`): a start
+            # makes systemd signal 5-7 other units too (targets, slices: their jobs), and a
+            # daemon-reload removes and re-creates every unit (~300 UnitNew/UnitRemoved in a lab
+            # node), each a message this process had to parse (0.3-1 ms each in dbus-next's pure Python)
+            for member in ("JobRemoved", "Reloading"):
+                await self._add_match(f"type='signal',sender='{SYSTEMD_BUS_NAME}',path='{MANAGER_PATH}',"
+                                      f"interface='{MANAGER_IFACE}',member='{member}'")
             await self._call("Subscribe")
         except BaseException:
             bus.disconnect()
@@ -214,7 +242,7 @@ class SystemdManager:
         self._fail_all(SystemdError("systemd manager connection closed"))
         self._bus.disconnect()
         if self._disconnect_task is not None:
-            # not cancelled: that would cancel dbus-next's own disconnect future
+            # not cancelled: that would cancel dbus-fast's own disconnect future
             await asyncio.wait({self._disconnect_task}, timeout=5)
 
     async def __aenter__(self) -> "SystemdManager":
@@ -238,6 +266,44 @@ class SystemdManager:
         self._job_waiters.clear()
         for watch in list(self._watches):
             watch._fail(error)
+
+    # --- the signals of watched units ------------------------------------------------------------
+
+    async def _add_match(self, rule: str) -> None:
+        await self._call("AddMatch", "s", [rule], destination="org.freedesktop.DBus",
+                         path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
+
+    async def track_units(self, added: Iterable[str] = (), gone: Iterable[str] = ()) -> None:
+        """Units that joined (`added`) or left (`gone`) a watch: their signals are matched on
+        the bus while at least one watch has them. The rule is on when this returns, so a job
+        queued or a state read after it is never missed. Should the bus refuse a rule (its
+        per-connection quota), every unit's signals are matched from then on."""
+        new = []
+        for name in added:
+            self._unit_rules[name] = self._unit_rules.get(name, 0) + 1
+            if self._unit_rules[name] == 1:
+                new.append(name)
+        old = []
+        for name in gone:
+            count = self._unit_rules.get(name, 0) - 1
+            if count > 0:
+                self._unit_rules[name] = count
+            elif self._unit_rules.pop(name, None) is not None:
+                old.append(name)
+        if self._all_units or self._closed:
+            return
+        if new:
+            added_ok = await asyncio.gather(*(self._add_match(r) for n in new for r in unit_match_rules(n)),
+                                            return_exceptions=True)
+            if any(isinstance(r, BaseException) for r in added_ok):
+                for rule in unit_match_rules(None):
+                    await self._add_match(rule)
+                self._all_units = True
+                return
+        if old:
+            await asyncio.gather(*(self._call("RemoveMatch", "s", [r], destination="org.freedesktop.DBus",
+                                              path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
+                                   for n in old for r in unit_match_rules(n)), return_exceptions=True)
 
     # --- low level ----------------------------------------------------------------------------
 
@@ -353,6 +419,7 @@ class SystemdManager:
         if watch is None:
             failures = await self._run_jobs("StartUnit", names, timeout)
         else:
+            await self.track_units([n for n in names if n not in watch.units])  # before the jobs
             watch.hold(names, known or {})
 
             async def one(name: str) -> str:
@@ -662,6 +729,7 @@ class UnitWatch:
         """Replace the set of watched units; new ones get their current state delivered."""
         names = {check_unit_name(n) for n in names}
         added = names - self._names
+        await self._manager.track_units(sorted(added), sorted(self._names - names))
         for gone in self._names - names:
             self._known.pop(gone, None)
             self._pending.pop(gone, None)
@@ -787,6 +855,7 @@ class UnitWatch:
         self._wakeup.set()
 
     def close(self) -> None:
+        # its units' match rules stay (no bus call here: the connection usually closes with it)
         self._closed = True
         self._manager._watches.discard(self)
         for task in self._tasks:

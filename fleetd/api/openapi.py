@@ -74,13 +74,14 @@ def _endpoints(description: str) -> dict[str, Any]:
 def _html(description: str) -> dict[str, Any]:
     return {"description": description, "content": {HTML: {"schema": _S}}}
 
+SCHEMAS_ERROR_BODY: dict[str, Any] = {
+    "type": "object", "required": ["code", "message"], "additionalProperties": False,
+    "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+}
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "required": ["error"], "additionalProperties": False,
-        "properties": {"error": {
-            "type": "object", "required": ["code", "message"], "additionalProperties": False,
-            "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
-        }},
+        "properties": {"error": SCHEMAS_ERROR_BODY},
     },
     "UnitOption": {
         "type": "object",
@@ -130,6 +131,20 @@ SCHEMAS: dict[str, Any] = {
             "desiredState": {"type": "string", "enum": ["inactive", "loaded", "launched"]},
             "options": {"type": "array", "items": _ref("UnitOption")},
         },
+    },
+    "UnitBatch": {
+        "type": "object", "required": ["units"],
+        "description": "beyond fleet: units to create, each as PUT /units/{name} takes it",
+        "properties": {"units": {"type": "array", "items": _ref("UnitRequest")}},
+    },
+    "UnitBatchResults": {
+        "type": "object", "required": ["results"],
+        "description": "one result per unit of the request, in its order: the status (and error envelope) "
+                       "PUT /units/{name} with If-None-Match: * would have answered",
+        "properties": {"results": {"type": "array", "items": {
+            "type": "object", "required": ["name", "status"],
+            "properties": {"name": _S, "status": {"type": "integer"},
+                           "error": SCHEMAS_ERROR_BODY}}}},
     },
     "WatchResult": {
         "type": "object", "required": ["revision"],
@@ -189,6 +204,14 @@ def _operations() -> dict[str, dict[str, Any]]:
             "parameters": [PAGE_TOKEN],
             "responses": {"200": _json(_ref("UnitPage"), "a page of units"),
                           "400": _error("invalid page token"), "503": UNAVAILABLE},
+        }, "post": {
+            "summary": "beyond fleet: create many units, each only if absent, in shared transactions",
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("UnitBatch")}}},
+            "responses": {
+                "200": _json(_ref("UnitBatchResults"), "a result per unit"),
+                "400": _error("not {\"units\": [...]}, no unit, or too many"),
+                "403": forbidden, "415": _error("not application/json"), "503": UNAVAILABLE,
+            },
         }},
         "/units/{name}": {
             "parameters": [UNIT_NAME],
@@ -287,9 +310,13 @@ def _operations() -> dict[str, dict[str, Any]]:
                 {"name": "unitName", "in": "query", "required": False,
                  "description": "only changes of these units count (repeatable)",
                  "schema": {"type": "array", "items": _S}, "style": "form", "explode": True},
+                {"name": "wake", "in": "query", "required": False,
+                 "description": "states: a placement or job write answers only if no state report of the "
+                                "units follows within 0.5 s (the report answers then)",
+                 "schema": {"type": "string", "enum": ["any", "states"]}},
             ],
             "responses": {"200": _json(_ref("WatchResult"), "the revision, and whether a change came before the timeout"),
-                          "400": _error("since or timeout not a non-negative number"), "503": UNAVAILABLE},
+                          "400": _error("since, timeout or wake invalid"), "503": UNAVAILABLE},
         }},
         "/services": {"get": {
             "summary": "beyond fleet: services of the cluster with their healthy and total endpoints",

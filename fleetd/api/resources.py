@@ -86,6 +86,8 @@ async def unit_entity(request: web.Request, name: str) -> dict[str, Any] | None:
 
 
 async def units_collection(request: web.Request) -> web.Response:
+    if request.method == "POST":  # beyond fleet: many creations in one request (docs/api.md)
+        return await _create_many(request)
     if request.method != "GET":
         raise HttpError(405, "only GET supported against this resource")
     token = _token(request)
@@ -157,13 +159,49 @@ def _unit_file(name: str, options) -> UnitFile:
     return file
 
 
+MAX_CREATE_MANY = 1000  # units of one POST /units
+
+
+async def _create_many(request: web.Request) -> web.Response:
+    """`POST /units` (beyond fleet, docs/api.md): `{"units": [<unit as PUT /units/<name> takes
+    it>, ...]}`, each created only if absent (a `PUT` with `If-None-Match: *`); 200 with
+    `{"results": [{"name", "status"[, "error"]}, ...]}` in the request's order, each status (and
+    error envelope) the one that `PUT` would have answered. The creations share the API's
+    transactions (fleetd/api/batching.py): all of one request are queued in one loop round, so
+    they go to etcd together and the engine places them in one pass."""
+    check_content_type(request)
+    body = await read_json(request)
+    items = body.get("units") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        raise HttpError(400, 'expected {"units": [...]} with at least one unit')
+    if len(items) > MAX_CREATE_MANY:
+        raise HttpError(400, f"at most {MAX_CREATE_MANY} units per request, got {len(items)}")
+
+    async def one(item: Any) -> dict[str, Any]:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name:
+            return {"name": "", "status": 400, "error": {"code": 400, "message": "unit name missing"}}
+        try:
+            response = await _set_parsed(request, name, item, create_only=True)
+        except HttpError as exc:
+            return {"name": name, "status": exc.code, "error": {"code": exc.code, "message": exc.message}}
+        return {"name": name, "status": response.status}
+
+    return json_response({"results": list(await asyncio.gather(*(one(i) for i in items)))})
+
+
 async def _set(request: web.Request, item: str) -> web.Response:
     """fleet's unitsResource.set: create (201), replace with a different body (201), change the
     desired state (204); 409 for an unknown unit without options or a known one without
     desiredState; 400 for anything invalid; 415 without an application/json body."""
     check_content_type(request)
+    create_only = request.headers.get("If-None-Match", "").strip() == "*"  # beyond fleet
+    return await _set_parsed(request, item, await read_json(request), create_only)
+
+
+async def _set_parsed(request: web.Request, item: str, body: Any, create_only: bool) -> web.Response:
     try:
-        req = parse_unit_request(await read_json(request))
+        req = parse_unit_request(body)
     except WireError as exc:
         raise HttpError(400, str(exc)) from None
     name = req.name or item
@@ -174,7 +212,6 @@ async def _set(request: web.Request, item: str) -> web.Response:
     except UnitError as exc:
         raise HttpError(400, str(exc)) from None
     reg = ctx_of(request).registry
-    create_only = request.headers.get("If-None-Match", "").strip() == "*"  # beyond fleet
     if create_only and req.options:
         # no read first: the create is conditional on the unit's absence (412 otherwise), and
         # concurrent creates share transactions (fleetd/api/batching.py)

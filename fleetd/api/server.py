@@ -146,6 +146,7 @@ def build_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=16 * 1024 * 1024)
     app[CONTEXT] = ctx
     app.on_response_prepare.append(_server_header)
+    app.on_cleanup.append(watch.close_feed_hub)  # the change feed's shared watch (fleetd/api/feed.py)
     router = app.router
     for prefix in PREFIXES:
         router.add_route("*", prefix, method_not_allowed)

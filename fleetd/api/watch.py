@@ -66,6 +66,12 @@ async def watch_units(request: web.Request) -> web.Response:
     asked = request.query.getall("unitName", [])
     names = set(asked)
     with_units = bool(names) and request.query.get("units", "") in ("true", "1")
+    wake = request.query.get("wake", "")
+    if wake not in ("", "any", "states"):
+        raise HttpError(400, f"invalid wake {wake!r}: any or states")
+    on_reports = wake == "states"
+    hub = feed_hub(request)
+    await hub.ensure()  # before the revision is read: a poll with it is answered by the hub
     if since is None:
         answer = {"revision": await reg.current_revision()}
         if with_units:  # read after the revision: a change after it is never missed
@@ -75,6 +81,9 @@ async def watch_units(request: web.Request) -> web.Response:
     ranges = (keys.jobs, keys.schedule, keys.states)
 
     async def first_change() -> int:
+        found = await hub.first_change(since, names, states=on_reports)  # fleetd/api/feed.py
+        if found is not None:
+            return found
         # one watch of the ranges' common prefix, not one per range: events of separate watch
         # streams arrive in no common order, and the answer must be the FIRST change after since
         events = reg.watch([os.path.commonprefix(ranges)], since + 1)
@@ -98,6 +107,29 @@ async def watch_units(request: web.Request) -> web.Response:
     if with_units and changed:
         answer["units"] = await units_named(request, asked)
     return json_response(answer)
+
+
+def feed_hub(request: web.Request):
+    from fleetd.api.feed import FeedHub
+
+    ctx = ctx_of(request)
+    hub = ctx.extras.get("feed_hub")
+    if hub is None:
+        keys = ctx.registry.keys
+        ranges = (keys.jobs, keys.schedule, keys.states)
+        hub = ctx.extras["feed_hub"] = FeedHub(
+            ctx.registry, os.path.commonprefix(ranges),
+            lambda key: (unit_of_key(key, *ranges), key.startswith(keys.states)) if key.startswith(ranges) else None)
+    return hub
+
+
+async def close_feed_hub(app: web.Application) -> None:
+    """The server stops: end the hub's watch (aiohttp's on_cleanup)."""
+    from fleetd.api.context import CONTEXT
+
+    hub = app[CONTEXT].extras.pop("feed_hub", None)
+    if hub is not None:
+        await hub.close()
 
 
 def is_long_poll(request: web.Request) -> bool:

@@ -61,3 +61,62 @@ async def test_an_invalid_create_only_request_gets_the_same_answers_as_before(ap
     status, _, payload = await api.call("PUT", "/fleet/v1/units/t@.service", body=body(), headers=CREATE_ONLY)
     assert status == 400 and "template" in payload["error"]["message"]
     assert "t@.service" not in {u.name for u in await api.registry.list_units()}
+
+
+async def _job_revisions(api, since: int, count: int) -> list[int]:
+    """The revisions of the next `count` writes of job keys after `since`."""
+    reg = api.registry
+    revisions: list[int] = []
+    events = reg.watch([reg.keys.jobs], since + 1)
+    try:
+        async with asyncio.timeout(10):
+            async for event in events:
+                revisions.append(event.revision)
+                if len(revisions) == count:
+                    break
+    finally:
+        await events.aclose()
+    return revisions
+
+
+async def test_many_units_in_one_post_are_created_in_one_transaction(api):
+    names = [f"p{i:02d}.service" for i in range(30)]
+    before = await api.registry.current_revision()
+    status, _, payload = await api.call("POST", "/fleet/v1/units",
+                                        body={"units": [{"name": n, **body()} for n in names]})
+    assert status == 200
+    assert payload == {"results": [{"name": n, "status": 201} for n in names]}
+    assert len(set(await _job_revisions(api, before, 30))) == 1
+    units = {u.name: u for u in await api.registry.list_units()}
+    assert all(units[n].desired_state is DesiredState.LAUNCHED for n in names)
+
+
+async def test_a_post_answers_each_unit_as_its_create_only_put(api):
+    assert (await api.call("PUT", "/fleet/v1/units/old.service", body=body("loaded"), headers=CREATE_ONLY))[0] == 201
+    bad = [{"section": "Service", "name": "ExecStart", "value": "/bin/true\u0001"}]
+    items = [{"name": "old.service", **body()}, {"name": "new.service", **body()}, {"name": "new.service", **body()},
+             {"name": "t@.service", **body()}, {"name": "ghost.service", "desiredState": "launched"},
+             {"name": "bad.service", **body(options=bad)}, {"desiredState": "launched"}]
+    status, _, payload = await api.call("POST", "/fleet/v1/units", body={"units": items})
+    assert status == 200
+    results = payload["results"]
+    assert [r["status"] for r in results] == [412, 201, 412, 400, 409, 400, 400]
+    # each status and message as the same create-only PUT answers it (a fresh name for the new one)
+    for item, result in zip(items, results):
+        if "name" not in item or item["name"] == "new.service":
+            continue
+        name = item["name"]
+        put = await api.call("PUT", f"/fleet/v1/units/{name}", body=item, headers=CREATE_ONLY)
+        assert (put[0], put[2]) == (result["status"], {"error": result["error"]}), name
+    assert results[2]["error"] == {"code": 412, "message": "unit new.service already exists"}
+    units = {u.name: u for u in await api.registry.list_units()}
+    assert units["old.service"].desired_state is DesiredState.LOADED  # untouched
+    assert set(units) == {"old.service", "new.service"}
+
+
+async def test_a_post_that_is_not_a_list_of_units_is_refused(api):
+    for payload in ({}, {"units": []}, {"units": "x"}, [1]):
+        status, _, answer = await api.call("POST", "/fleet/v1/units", body=payload)
+        assert status == 400 and "units" in answer["error"]["message"], payload
+    status, _, _ = await api.call("POST", "/fleet/v1/units", raw=b"{}", headers={"Content-Type": "text/plain"})
+    assert status == 415

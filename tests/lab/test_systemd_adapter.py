@@ -428,3 +428,38 @@ def test_default_system_bus_inside_the_node(node):
                    check=False, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["active", "not-found"]
+
+
+async def test_only_watched_units_signals_reach_the_adapter(node, mgr):
+    """The units' own signals are matched per watched unit (`track_units`): a start signals
+    several other units (targets, a slice), which the bus keeps to itself, and the signals of a
+    unit that left the watch stop; the watched unit's state still arrives."""
+    from dbus_fast import MessageType
+
+    from fleetd.agent.systemd import unit_object_path
+
+    units = {"sdx-sig-watched.service": service("watched"), "sdx-sig-other.service": service("other")}
+    await mgr.load(units)
+    seen: list[tuple[str, str]] = []
+
+    def spy(msg):
+        if msg.message_type == MessageType.SIGNAL and msg.member in ("PropertiesChanged", "UnitRemoved", "UnitNew"):
+            seen.append((msg.member, msg.path if msg.member == "PropertiesChanged" else msg.body[0]))
+
+    mgr._bus.add_message_handler(spy)
+    watch = await mgr.watch(["sdx-sig-watched.service"])
+    try:
+        await mgr.start(["sdx-sig-watched.service", "sdx-sig-other.service"])
+        await collect_until(watch, all_in(["sdx-sig-watched.service"], "active"))
+        watched = unit_object_path("sdx-sig-watched.service")
+        assert ("PropertiesChanged", watched) in seen
+        assert {p for m, p in seen if m == "PropertiesChanged"} == {watched}, seen
+        await watch.set_units([])
+        seen.clear()
+        await mgr.stop(["sdx-sig-watched.service"])
+        await mgr.start(["sdx-sig-watched.service"])
+        assert seen == []
+    finally:
+        mgr._bus.remove_message_handler(spy)
+        watch.close()
+        await mgr.unload(units)

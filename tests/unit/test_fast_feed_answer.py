@@ -18,7 +18,7 @@ def api() -> Api:
 def test_the_feed_path_asks_for_units_only_with_names():
     assert Api.feed_path(["a.service"], None, 0.0, True) == "/fleet/v1/_watch/units?unitName=a.service&units=true"
     assert Api.feed_path(["a.service"], 7, 30.0, True) == (
-        "/fleet/v1/_watch/units?unitName=a.service&since=7&timeout=30&units=true")
+        "/fleet/v1/_watch/units?unitName=a.service&since=7&timeout=30&units=true&wake=states")
     assert Api.feed_path([], 7, 1.5, True) == "/fleet/v1/_watch/units?since=7&timeout=1.5"
     assert Api.feed_path(["a.service"], None, 0.0, False) == "/fleet/v1/_watch/units?unitName=a.service"
 
