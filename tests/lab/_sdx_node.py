@@ -70,8 +70,11 @@ def _comm(pid: int) -> str:
 class SdxNode:
     def __init__(self, name: str = "sdx-n1") -> None:
         self.name = name
-        self.netns = name
-        self.state = Path(f"/run/{name}-{uuid.uuid4().hex[:8]}")
+        suffix = uuid.uuid4().hex[:8]
+        # its own namespace: two runs of a module (a full run beside a helper's) must not share
+        # (or delete) one
+        self.netns = f"{name}-{suffix}"
+        self.state = Path(f"/run/{name}-{suffix}")
         self.root = self.state / "root"
         self.units_dir = self.state / "units"
         self.proc: subprocess.Popen | None = None
@@ -106,8 +109,6 @@ class SdxNode:
         (self.root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
         (self.root / "etc/systemd/system/sdx-node.target").write_text(NODE_TARGET)
 
-        if Path(f"/run/netns/{self.netns}").exists():  # left by an earlier crashed run of ours
-            _run("ip", "netns", "del", self.netns, check=False)
         _run("ip", "netns", "add", self.netns)
         self._netns_made = True
 

@@ -463,3 +463,34 @@ async def test_only_watched_units_signals_reach_the_adapter(node, mgr):
         mgr._bus.remove_message_handler(spy)
         watch.close()
         await mgr.unload(units)
+
+
+async def test_a_refused_unit_rule_falls_back_to_every_units_signals(node, mgr, monkeypatch):
+    """The system bus keeps 512 match rules per connection (dbus-daemon's default), two per
+    watched unit: a node watching ~256 units gets a rule refused. The adapter then matches every
+    unit's signals, and a watched unit's states still arrive, also of units watched later."""
+    from fleetd.errors import SystemdError
+
+    real_add_match = mgr._add_match
+
+    async def refusing(rule: str) -> None:
+        if "path='/org/freedesktop/systemd1/unit/" in rule or ",arg0='sdx-" in rule:
+            raise SystemdError("org.freedesktop.DBus.Error.LimitsExceeded: too many match rules (test)")
+        await real_add_match(rule)
+
+    monkeypatch.setattr(mgr, "_add_match", refusing)
+    units = {"sdx-quota-a.service": service("quota a"), "sdx-quota-b.service": service("quota b")}
+    await mgr.load(units)
+    watch = await mgr.watch(["sdx-quota-a.service"])
+    try:
+        assert mgr._all_units
+        await mgr.start(["sdx-quota-a.service"])
+        await collect_until(watch, all_in(["sdx-quota-a.service"], "active"))
+        await watch.set_units(["sdx-quota-a.service", "sdx-quota-b.service"])
+        await mgr.start(["sdx-quota-b.service"])
+        await collect_until(watch, all_in(["sdx-quota-b.service"], "active"))
+        await mgr.stop(["sdx-quota-a.service"])
+        await collect_until(watch, all_in(["sdx-quota-a.service"], "inactive"))
+    finally:
+        watch.close()
+        await mgr.unload(units)
