@@ -287,3 +287,19 @@ def test_units_named_in_one_request_beyond_fleet(clusters, work):
         run_without_loop(client.close())
     assert [u.name for u in infos] == list(reversed(names)) and all(u.desired_state.value == "inactive" for u in infos)
     assert same(clusters, work, "destroy", *names).stdout.count("Destroyed ") == 120
+
+
+def test_a_lone_new_unit_is_created_without_a_read_first(clusters, work):
+    """`start --no-block X.service` of a new unit: one create-only PUT and nothing else (the
+    lookup comes only after a 412); of an existing one: the PUT's 412, then the lookup."""
+    write_units(work, ["lone.service"])
+    requests = clusters[0].harness.server.metrics.requests
+    before = dict(requests)
+    out = same(clusters, work, "start", "--no-block", "lone.service")
+    assert out.stdout == "Unit lone.service inactive\nTriggered unit lone.service start\n"
+    added = {k: v - before.get(k, 0) for k, v in requests.items() if v != before.get(k, 0)}
+    assert added == {("PUT", "201"): 1}, added
+    before = dict(requests)
+    assert same(clusters, work, "start", "--no-block", "lone.service").stdout == ""  # launched already
+    added = {k: v - before.get(k, 0) for k, v in requests.items() if v != before.get(k, 0)}
+    assert added[("PUT", "412")] == 1 and added[("GET", "200")] >= 1, added
