@@ -51,7 +51,10 @@ def active_on(lab, name: str) -> list[str]:
 def test_routing_errors_and_discovery(lab):
     assert call(lab, "POST", "/")[0] == 405  # GET / is the dashboard
     assert call(lab, "GET", "/nope")[0] == 404
-    assert call(lab, "POST", "/fleet/v1/units")[0] == 405
+    assert call(lab, "DELETE", "/fleet/v1/units")[0] == 405
+    # POST /units creates many (beyond fleet, docs/api.md): it needs a JSON body of units
+    assert call(lab, "POST", "/fleet/v1/units")[0] == 415
+    assert call(lab, "POST", "/fleet/v1/units", {"units": []})[0] == 400
     status, doc = call(lab, "GET", "/fleet/v1/discovery")
     assert status == 200 and doc["rootUrl"].startswith(f"{lab.api_url(1)}/")
     assert "Units" in json.dumps(doc["resources"]) or "units" in doc["resources"]
