@@ -5,24 +5,15 @@ past since) watches by itself."""
 
 from __future__ import annotations
 
-import pytest
 
 import fleetd.api.feed
-from fleetd.model import DesiredState, Machine, Placement, Unit
-from fleetd.unit.file import UnitFile
+from fleetd.model import DesiredState, Placement, Unit
 
-from _api_server import ThreadedApiServer, publish_state, register_machine
-from test_api_watch import get, later
+import test_api_watch
+from _api_server import publish_state
+from test_api_watch import BODY, MID, get, later
 
-MID = "0123456789abcdef0123456789abcdef"
-BODY = UnitFile.parse("[Service]\nExecStart=/bin/sleep 1000\n")
-
-
-@pytest.fixture
-def server(etcd_settings, tmp_path):
-    with ThreadedApiServer(etcd_settings, tmp_path / "srv", Machine(MID, "10.1.2.3")) as srv:
-        srv.lease = srv.run(register_machine(srv.registry, MID, "10.1.2.3"))
-        yield srv
+server = test_api_watch.server  # the same fixture: a threaded API server with its machine registered
 
 
 def count_watches(server) -> list:
