@@ -5,7 +5,6 @@ past since) watches by itself."""
 
 from __future__ import annotations
 
-
 import fleetd.api.feed
 from fleetd.model import DesiredState, Placement, Unit
 
