@@ -83,7 +83,8 @@ def lone_loss_proven(lost_at: float, others: Iterable[str], evidence: Mapping[st
       same moment last renewed before that and its lease expires before E + interval. A lease
       read at `asked_at` with `lease_left` whole seconds left (etcd rounds down) lasts until
       asked_at + lease_left at least: past lost_at + interval + EVIDENCE_MARGIN, that machine
-      was not cut off with it. (A lease granted another TTL proves nothing: no release.)
+      was not cut off with it. (A lease granted another TTL proves nothing: no release; nor
+      does one etcd no longer has, whose TTL it answers as -1: that machine vanished too.)
     - It cannot be holding on (fleetd/disruption.py): it keeps its units past its lease only
       while peers tell it that they are cut off too, and for `quiet_seconds` at most after
       the last of them was; a machine whose agent has been in touch with etcd for that long
@@ -95,9 +96,9 @@ def lone_loss_proven(lost_at: float, others: Iterable[str], evidence: Mapping[st
         e = evidence.get(machine_id)
         if e is None or e.lease_left is None or e.quiet_for is None or e.asked_at < lost_at:
             return False
-        if e.lease_granted != policy.lease_ttl:
-            return False
-        if e.asked_at + e.lease_left < lost_at + policy.interval + EVIDENCE_MARGIN:
+        if e.lease_granted != policy.lease_ttl or e.lease_left < 0:
+            return False  # another TTL, or no lease at all (etcd's -1: expired, it vanished too)
+        if e.asked_at + e.lease_left <= lost_at + policy.interval + EVIDENCE_MARGIN:
             return False
         if e.quiet_for < policy.quiet:
             return False

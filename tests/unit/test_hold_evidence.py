@@ -189,6 +189,22 @@ def test_a_machine_cut_off_with_the_lost_one_is_never_missed(ttl, data):
     assert not lone_loss_proven(lost_at, others, others, policy)
 
 
+def test_an_expired_lease_proves_nothing():
+    """Found by the property above (fast7, session 7): TTL 2, both machines renewed at 0 and
+    were cut off; the loss seen at 2.0 and asked about at 4.0. The other machine's lease is gone
+    too (etcd answers TTL -1), which once read as 'lasts until 3.0', i.e. exactly the bound,
+    and its agent answered quiet for exactly `quiet`: the loss counted as lone."""
+    policy = policy_for(2.0)
+    bound = 2.0 + policy.interval + EVIDENCE_MARGIN
+    gone = Liveness(4.0, -1, 2, policy.quiet)
+    assert not lone_loss_proven(2.0, [M[1].id], {M[1].id: gone}, policy)
+    # a live lease that lasts exactly to the bound is no proof either (it must last past it)
+    at_bound = Liveness(bound - 1, 1, 2, policy.quiet)
+    assert not lone_loss_proven(2.0, [M[1].id], {M[1].id: at_bound}, policy)
+    past_bound = Liveness(bound - 0.5, 1, 2, policy.quiet)
+    assert lone_loss_proven(2.0, [M[1].id], {M[1].id: past_bound}, policy)
+
+
 @settings(max_examples=examples(300), deadline=None)
 @given(ttls, st.floats(0.0, 1000.0), st.data())
 def test_a_machine_lately_cut_off_always_keeps_the_settle(ttl, lost_at, data):
