@@ -336,6 +336,9 @@ def translate(exc: BaseException, endpoints: tuple[str, ...] = ()) -> RegistryEr
         return RegistryError(f"etcd error{where}: {code.name}: {exc.details()}")
     if isinstance(exc, (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)):
         return RegistryUnavailable(f"etcd unreachable{where}: {exc}")
+    if isinstance(exc, aetcd.exceptions.WatchTimeoutError):
+        # aetcd raises it without a message when etcd did not confirm a new watch in time
+        return RegistryUnavailable(f"etcd did not confirm a watch in time{where}")
     if isinstance(exc, TimeoutError):
         return RegistryUnavailable(f"etcd request timed out{where}")
     if isinstance(exc, aetcd.exceptions.ClientError):
