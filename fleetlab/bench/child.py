@@ -164,6 +164,15 @@ async def agents(config: dict, registry: Registry, counter: RequestCounter) -> N
     try:
         await asyncio.gather(*(start(a) for a in sims))
         await asyncio.gather(*(a.synced.wait() for a in sims))
+        # an agent's watches are requested by a task of its own after its first read: the run
+        # must not begin before every one went out (etcd's watcher count, which the parent
+        # waits for, includes the engine's watches and so can be reached a few agents early)
+        watches = 3 * len(sims)  # schedule/<id>/, global/, machines/<id>/metadata/ each
+        deadline = time.monotonic() + 60
+        while counter.sent.get("Watch/Watch", 0) < watches:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agents: {counter.sent.get('Watch/Watch', 0)} of {watches} watches requested in 60 s")
+            await asyncio.sleep(0.01)
 
         def figures() -> dict:
             return {"active": tally[0], "passes": tally[1]}

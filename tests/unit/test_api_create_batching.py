@@ -27,9 +27,11 @@ class FakeRegistry:
         self.existing: set[str] = set()
         self.calls: list[list[str]] = []
         self.fail = fail
+        self.in_flight = asyncio.Event()  # set while a call runs
 
     async def create_units(self, units):
         self.calls.append([u.name for u in units])
+        self.in_flight.set()
         await asyncio.sleep(0.01)
         if self.fail:
             raise RegistryError("etcd unavailable")
@@ -80,7 +82,9 @@ def test_requests_arriving_during_a_flush_form_the_next_one():
         reg = FakeRegistry()
         batcher = CreateBatcher(reg.create_units)
         first = asyncio.ensure_future(batcher.create(unit("a.service")))
-        await asyncio.sleep(0.001)  # the first transaction is in flight
+        # the first transaction is in flight (a 1 ms sleep here could end within the flush's
+        # first loop rounds on a loaded machine: then all six went in one transaction)
+        await reg.in_flight.wait()
         later = [asyncio.ensure_future(batcher.create(unit(f"b{i}.service"))) for i in range(5)]
         assert await first and all(await asyncio.gather(*later))
         assert reg.calls == [["a.service"], [f"b{i}.service" for i in range(5)]]
