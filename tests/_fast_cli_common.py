@@ -5,7 +5,9 @@ byte against the full CLI. `same(clusters, work, *args)` is each module's own co
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from pathlib import Path
 
 PLAIN = "[Unit]\nDescription=fast {name}\n\n[Service]\nExecStart=/bin/sleep infinity\n"
@@ -22,6 +24,58 @@ def without_importtime(stderr: str) -> str:
 
 def env_without_fleetctl_settings() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
+
+
+MID = "0123456789abcdef0123456789abcdef"
+
+
+async def stand_in(reg, stop: threading.Event) -> None:
+    """Engine and agent stand-in on a registry: places every unit whose desired state is not
+    inactive on one machine (MID) and reports it active (launched) or inactive (loaded); units
+    named *stuck* are placed but never reported. It looks again when a unit's key changes (a
+    watch of the job keys; at least every half second, to see `stop`)."""
+    from fleetd.model import DesiredState, Placement
+
+    from _api_server import publish_state, register_machine
+
+    lease = await register_machine(reg, MID, "10.1.2.3", ttl=600)
+    await reg.campaign(MID, lease)
+    reported: dict[str, tuple] = {}
+    changed = asyncio.Event()
+    start = await reg.core.current_revision() + 1
+
+    async def watch_units():
+        async for _ in reg.core.watch([reg.keys.jobs], start):
+            changed.set()
+
+    watcher = asyncio.create_task(watch_units())
+    try:
+        while not stop.is_set():
+            if watcher.done():
+                watcher.result()  # the watch failed: say why
+            changed.clear()
+            units = await reg.list_units()
+            placements = await reg.placements()
+            place = [Placement(u.name, MID, u.hash, u.desired_state) for u in units
+                     if u.desired_state is not DesiredState.INACTIVE
+                     and placements.get(u.name) != Placement(u.name, MID, u.hash, u.desired_state)]
+            if place:
+                await reg.apply_schedule(fence_machine_id=MID, place=place)
+            for u in units:
+                if u.desired_state is DesiredState.INACTIVE or "stuck" in u.name:
+                    continue
+                active = u.desired_state is DesiredState.LAUNCHED
+                if reported.get(u.name) != (u.hash, active):
+                    await publish_state(reg, lease, u.name, MID, u.hash, "active" if active else "inactive",
+                                        "running" if active else "dead")
+                    reported[u.name] = (u.hash, active)
+            try:
+                await asyncio.wait_for(changed.wait(), 0.5)
+            except TimeoutError:
+                pass
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
 def write_units(directory: Path, names, text: str = PLAIN) -> None:

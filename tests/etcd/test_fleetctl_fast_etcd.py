@@ -24,16 +24,13 @@ from pathlib import Path
 import pytest
 
 from fleetd.config import EtcdSettings
-from fleetd.model import DesiredState, Placement
 from fleetlab.testing.etcd import EtcdServer
 
-from _api_server import publish_state, register_machine
 from _fast_cli_common import (PLAIN, env_without_fleetctl_settings as _env, imported,
                               no_block_load_then_start_by_name_and_submit,
-                              timeout_and_destroy_messages, without_importtime, write_units)
+                              stand_in, timeout_and_destroy_messages, without_importtime, write_units)
 from _forked_cli import ForkedCli
 
-MID = "0123456789abcdef0123456789abcdef"
 NEVER_ON_THE_FAST_PATH = ("click", "fleetctl.cli", "fleetctl.commands", "fleetctl.api_client", "fleetctl.client",
                           "fleetctl.etcd_client", "aetcd", "grpc", "google", "asyncio", "fleetd.model", "fleetd.unit",
                           "fleetd.config", "fleetd.registry.connection", "fleetd.registry.core",
@@ -47,54 +44,15 @@ def forbidden(names: set[str], extra: tuple[str, ...] = ()) -> list[str]:
 
 
 def _responder(settings: EtcdSettings, stop: threading.Event) -> threading.Thread:
-    """Engine and agent stand-in: places every unit whose desired state is not inactive on one
-    machine and reports it active (launched) or inactive (loaded); units named *stuck* are
-    placed but never reported. It looks again when a unit's key changes (a watch, as
-    test_fleetctl_fast_units's; at least every half second, to see `stop`)."""
+    """The engine and agent stand-in (_fast_cli_common.stand_in) on a connection of its own."""
 
     async def loop():
         from fleetd.registry import Registry
 
         reg = await Registry.connect(settings)
-        watcher = None
         try:
-            lease = await register_machine(reg, MID, "10.1.2.3", ttl=600)
-            await reg.campaign(MID, lease)
-            reported: dict[str, tuple] = {}
-            changed = asyncio.Event()
-            start = await reg.core.current_revision() + 1
-
-            async def watch_units():
-                async for _ in reg.core.watch([reg.keys.jobs], start):
-                    changed.set()
-
-            watcher = asyncio.create_task(watch_units())
-            while not stop.is_set():
-                if watcher.done():
-                    watcher.result()  # the watch failed: say why
-                changed.clear()
-                units = await reg.list_units()
-                placements = await reg.placements()
-                place = [Placement(u.name, MID, u.hash, u.desired_state) for u in units
-                         if u.desired_state is not DesiredState.INACTIVE
-                         and placements.get(u.name) != Placement(u.name, MID, u.hash, u.desired_state)]
-                if place:
-                    await reg.apply_schedule(fence_machine_id=MID, place=place)
-                for u in units:
-                    if u.desired_state is DesiredState.INACTIVE or "stuck" in u.name:
-                        continue
-                    active = u.desired_state is DesiredState.LAUNCHED
-                    if reported.get(u.name) != (u.hash, active):
-                        await publish_state(reg, lease, u.name, MID, u.hash, "active" if active else "inactive",
-                                            "running" if active else "dead")
-                        reported[u.name] = (u.hash, active)
-                try:
-                    await asyncio.wait_for(changed.wait(), 0.5)
-                except TimeoutError:
-                    pass
+            await stand_in(reg, stop)
         finally:
-            if watcher is not None:
-                watcher.cancel()
             await reg.close()
 
     thread = threading.Thread(target=lambda: asyncio.run(loop()), daemon=True)
