@@ -29,7 +29,6 @@ from typing import Any, Callable
 
 from fleetd.errors import BenchmarkError
 
-from ..config import LAB_API_PORT
 from ..lab import Lab
 from ..peer import back_to_project, peer_fleetctl, peer_problem, to_original_fleet
 from ..sysutil import run
@@ -85,12 +84,14 @@ def compare(samples: int = 5, *, burst: int = 30, no_block: int = 300, nodes: in
 
 
 def _project_ctl(lab: Lab) -> Callable[..., Any]:
+    """fleetctl on node 1's TCP API as the lab serves it: plain http for the benchmark's own
+    (--insecure) labs, https with the operator certificate for a `--keep-lab` lab booted with
+    fleet-lab's defaults (a plain request to its TLS port was refused until the warm-up gave up)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
-    endpoint = f"http://{lab.node(1).ip}:{LAB_API_PORT}"
+    api = lab.fleetctl_api_args(1)
 
     def ctl(*args: str, check: bool = True, timeout: float = 120.0):
-        return run([*lab.fleetctl_command(), "--driver", "api", "--endpoint", endpoint, *args],
-                   env=env, check=check, timeout=timeout)
+        return run([*lab.fleetctl_command(), *api, *args], env=env, check=check, timeout=timeout)
 
     return ctl
 
