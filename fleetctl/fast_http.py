@@ -1,5 +1,5 @@
 """The fast paths' HTTP (fleetctl/fast.py, fleetctl/fast_units.py): the global flags they
-understand, where the API is (a unix socket or plain http://), HTTP/1.0 requests on the standard
+understand, where the API is (a unix socket, http:// or https://: fleetctl/fast_conn.py), HTTP/1.0 requests on the standard
 library's socket (several at once on their own connections, as the full CLI's API driver sends
 batches on 16 threads), and the API driver's error messages (fleetctl/api_client.py)."""
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+
+from fleetctl.fast_conn import NotFast, connect  # noqa: F401 - both used here and imported from here
 
 API_PREFIX = "/fleet/v1"
 DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
@@ -27,10 +29,6 @@ HARMLESS_ENV = {"FLEETCTL_ENDPOINT", "FLEETCTL_DRIVER", "FLEETCTL_REQUEST_TIMEOU
                 "FLEETCTL_SSH_TIMEOUT", "FLEETCTL_STRICT_HOST_KEY_CHECKING", "FLEETCTL_KNOWN_HOSTS_FILE"}
 
 
-class NotFast(Exception):
-    """This command line or answer is for the full CLI."""
-
-
 class Unreachable(Exception):
     """The API did not answer (the full CLI's one-line error, without waiting a second time)."""
 
@@ -44,6 +42,10 @@ def global_options(argv: list[str], environ) -> tuple[dict, list[str]] | None:
     opts = {"endpoint": env.get("FLEETCTL_ENDPOINT", DEFAULT_ENDPOINT), "driver": env.get("FLEETCTL_DRIVER", ""),
             "timeout": env.get("FLEETCTL_REQUEST_TIMEOUT", "3.0"), "fields": None, "full": False,
             "no_legend": False, "output": "table"}
+    # TLS files for an https:// API, as the full CLI takes them: --ca-file (or FLEETCTL_CA_FILE,
+    # click's envvar: empty is unset) before the hidden --etcd-cafile
+    tls = {name: env.get(f"FLEETCTL_{name.upper()}_FILE") or None for name in ("ca", "cert", "key")}
+    old_tls: dict[str, str] = {}
     args = list(argv)
     while args and args[0].startswith("-"):  # global flags, before the command
         flag, eq, value = args.pop(0).partition("=")
@@ -59,11 +61,17 @@ def global_options(argv: list[str], environ) -> tuple[dict, list[str]] | None:
             opts[flag[2:]] = value
         elif flag == "--request-timeout":
             opts["timeout"] = value
+        elif flag in ("--ca-file", "--cert-file", "--key-file"):
+            tls[flag[2:-5]] = value
+        elif flag in ("--etcd-cafile", "--etcd-certfile", "--etcd-keyfile"):
+            old_tls[flag[7:-4]] = value
+    for name in ("ca", "cert", "key"):
+        opts[f"{name}_file"] = tls[name] or old_tls.get(name) or None
     return opts, args
 
 
 def locate(opts: dict) -> dict | None:
-    """`opts` with where the API is (a unix socket or plain http), or None (the full CLI's)."""
+    """`opts` with where the API is (a unix socket, http or https), or None (the full CLI's)."""
     try:
         opts["timeout"] = float(opts["timeout"])
     except ValueError:
@@ -76,13 +84,14 @@ def locate(opts: dict) -> dict | None:
         opts["unix"], opts["display"] = endpoint[7:], endpoint
     elif endpoint.startswith("/"):
         opts["unix"], opts["display"] = endpoint, "unix://" + endpoint
-    elif "://" not in endpoint or endpoint.startswith("http://"):
+    elif "://" not in endpoint or endpoint.startswith(("http://", "https://")):
         from urllib.parse import urlsplit
 
         display = endpoint if "://" in endpoint else "http://" + endpoint
+        opts["tls"] = display.startswith("https://")
         try:
             url = urlsplit(display)
-            port = url.port or 80
+            port = url.port or (443 if opts["tls"] else 80)
         except ValueError:
             return None
         if not url.hostname or url.username or url.query or url.fragment or (not driver and port in (2379, 4001)):
@@ -92,23 +101,6 @@ def locate(opts: dict) -> dict | None:
     else:
         return None
     return opts
-
-
-def connect(opts: dict, timeout: float) -> socket.socket:
-    """A connection to the API (OSError if it cannot be made)."""
-    if "unix" in opts:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(opts["unix"])
-        except OSError:
-            sock.close()
-            raise
-        return sock
-    host, port = opts["tcp"]
-    if host.isascii():  # as bytes: getaddrinfo of a str imports the idna codec (5-13 ms under load)
-        host = host.encode()
-    return socket.create_connection((host, port), timeout=timeout)
 
 
 def request_bytes(opts: dict, method: str, path: str, body: bytes | None = None, headers: tuple[str, ...] = ()) -> bytes:

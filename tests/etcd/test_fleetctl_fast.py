@@ -161,7 +161,7 @@ def test_unreachable_api_gives_the_full_clis_error_line(tmp_path):
 @pytest.mark.parametrize("argv", [
     ["list-units", "--fields"],  # a flag without its value
     ["--tunnel=bastion", "list-units"],
-    ["--endpoint=https://10.0.0.1:443", "list-units"],
+    ["--endpoint=https://user@10.0.0.1:443", "list-units"],  # user info in the URL
     ["--endpoint=http://10.0.0.1:2379", "list-units"],  # etcd's port: the etcd driver
     ["--endpoint=unix:///a.sock,unix:///b.sock", "list-units"],
     ["--debug", "list-units"],
