@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-import uuid
 from pathlib import Path
 
 import pytest
 
-from fleetd.config import EtcdSettings
-from fleetd.model import Machine
-
-from _api_server import ThreadedApiServer
-from _fast_cli_common import MID, env_without_fleetctl_settings, imported, stand_in, without_importtime, write_units
-from _forked_cli import ForkedCli
+from _fast_cli_common import env_without_fleetctl_settings, imported, without_importtime, write_units
 from test_api import NEW_KEY, make_pki
-from test_fleetctl_fast_units import waited
+from test_fleetctl_fast_units import serving_clusters, waited
 
 FULL_CLI_MODULES = ("click", "fleetd", "fleetctl.cli", "fleetctl.commands", "fleetctl.api_client", "asyncio")
 
@@ -45,28 +38,10 @@ def operator_certificate(pki: dict[str, str]) -> None:
 def tls_clusters(etcd_server, tmp_path_factory):
     pki = make_pki(tmp_path_factory.mktemp("pki"))
     operator_certificate(pki)
-    cli = ForkedCli()
-    stop = threading.Event()
-    servers, threads = [], []
-    try:
-        for side in ("fast", "full"):
-            settings = EtcdSettings(endpoints=(etcd_server.endpoint,), key_prefix=f"/fast-https/{uuid.uuid4().hex[:8]}/",
-                                    request_timeout=5.0)
-            srv = ThreadedApiServer(settings, tmp_path_factory.mktemp(side), Machine(MID, "10.1.2.3"),
-                                    api_cafile=pki["ca.pem"], api_certfile=pki["server.pem"],
-                                    api_keyfile=pki["server.key"], api_insecure_tcp=False)
-            servers.append(srv.__enter__())
-            thread = threading.Thread(target=lambda s=srv: s.run(stand_in(s.registry, stop), timeout=600), daemon=True)
-            thread.start()
-            threads.append(thread)
-        yield servers, pki, cli
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(10)
-        for srv in servers:
-            srv.__exit__(None, None, None)
-        cli.close()
+    tls = dict(api_cafile=pki["ca.pem"], api_certfile=pki["server.pem"], api_keyfile=pki["server.key"],
+               api_insecure_tcp=False)
+    with serving_clusters(etcd_server, tmp_path_factory, "fast-https", **tls) as servers:
+        yield servers, pki, servers.cli
 
 
 def both(tls_clusters, work, *args, tls=("ca", "client")):

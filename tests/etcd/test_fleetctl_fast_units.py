@@ -9,6 +9,7 @@ the registry, [X-Fleet], CRLF files, errors before any write...) must be left to
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -50,18 +51,19 @@ class Clusters(list):
     cli: ForkedCli
 
 
-@pytest.fixture(scope="module")
-def clusters(etcd_server, tmp_path_factory):
-    """Two clusters (separate key prefixes, same machine): the fast path's and the full CLI's."""
+@contextlib.contextmanager
+def serving_clusters(etcd_server, tmp_path_factory, prefix: str, **server_options):
+    """Two clusters (separate key prefixes below `prefix`, same machine, the stand-in answering
+    on each): the fast path's and the full CLI's; `server_options` for ThreadedApiServer (TLS)."""
     servers = Clusters()
     servers.cli = ForkedCli()
     stop = threading.Event()
     threads = []
     try:
         for side in ("fast", "full"):
-            settings = EtcdSettings(endpoints=(etcd_server.endpoint,), key_prefix=f"/fast-units/{uuid.uuid4().hex[:8]}/",
+            settings = EtcdSettings(endpoints=(etcd_server.endpoint,), key_prefix=f"/{prefix}/{uuid.uuid4().hex[:8]}/",
                                     request_timeout=5.0)
-            srv = ThreadedApiServer(settings, tmp_path_factory.mktemp(side), Machine(MID, "10.1.2.3"))
+            srv = ThreadedApiServer(settings, tmp_path_factory.mktemp(side), Machine(MID, "10.1.2.3"), **server_options)
             servers.append(srv.__enter__())
             threads.append(_responder(srv, stop))
         yield servers
@@ -72,6 +74,12 @@ def clusters(etcd_server, tmp_path_factory):
         for srv in servers:
             srv.__exit__(None, None, None)
         servers.cli.close()
+
+
+@pytest.fixture(scope="module")
+def clusters(etcd_server, tmp_path_factory):
+    with serving_clusters(etcd_server, tmp_path_factory, "fast-units") as servers:
+        yield servers
 
 
 @pytest.fixture
