@@ -12,7 +12,9 @@ from fleetd.engine.leader import BURST_FLOW, BURST_FLOW_QUIET, Engine
 from fleetd.registry import WatchEvent
 from fleetd.registry.memory import MemoryCluster, MemoryRegistry
 
-QUIET, MAX, LIMIT = 0.03, 0.3, 1.2
+# the upper bounds below leave room for a loaded machine (a stalled event loop): MAX is 20 quiet
+# spells, LIMIT more than three MAXes
+QUIET, MAX, LIMIT = 0.03, 0.6, 2.0
 
 
 def engine() -> Engine:
