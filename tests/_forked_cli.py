@@ -21,6 +21,11 @@ driver, again each time (~0.2-0.3 CPU-s a run). The run reports `handed_over`: w
 entry point called `fleetctl.cli.main`. The runs whose import set is checked (every run the
 fast path answers itself) stay cold processes, and so does one hand-over per module (the
 control that a cold process hands over the same way).
+
+`ForkedCli(preload, cli=False)` and `run(..., entry="module:NAME")`: `python -m NAME ARGS` (runpy,
+as `-m` does) forked from a server that imported `preload` once, for other programs whose runs
+start the same code again and again (fleet-run in tests/unit/test_launcher.py: ~0.12 CPU-s of
+start-up in each of its thirty-odd runs).
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ for line in requests:
             os.chdir(ask["cwd"])
             os.environ.clear()
             os.environ.update(ask["env"])
+            if ask.get("entry", "").startswith("module:"):  # as `python -m NAME ARGS`
+                import runpy
+                sys.argv = ["-m", *ask["args"]]  # run_module sets argv[0] to the module's file
+                runpy.run_module(ask["entry"].split(":", 1)[1], run_name="__main__", alter_sys=True)
+                raise SystemExit(0)
             if ask.get("entry") == "fast":  # as `python -m fleetctl ARGS`: fleetctl/__main__.py
                 import fleetctl.cli, fleetctl.fast
                 full_main = fleetctl.cli.main
@@ -120,10 +130,12 @@ class ForkedCli:
     """`run(args, cwd=, env=, timeout=)` -> subprocess.CompletedProcess, as
     `subprocess.run([python, "-c", "...fleetctl.cli.main()", *args], capture_output=True, text=True)`."""
 
-    def __init__(self, preload: tuple[str, ...] = ()) -> None:
+    def __init__(self, preload: tuple[str, ...] = (), cli: bool = True) -> None:
         """`preload`: modules imported before forking besides PRELOAD (importing gRPC creates no
-        channel or thread: forking after it is safe, the runs create their own)."""
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, *PRELOAD, *preload], stdin=subprocess.PIPE,
+        channel or thread: forking after it is safe, the runs create their own); `cli=False`:
+        without PRELOAD (a server for `entry="module:..."` runs only)."""
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, *(PRELOAD if cli else ()), *preload],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, bufsize=0, start_new_session=True)
         self.lock = threading.Lock()
         self.pending = b""  # read from the server, not yet a whole line
@@ -146,9 +158,10 @@ class ForkedCli:
     def run(self, args: list[str], *, cwd, env: dict, timeout: float = 120,
             entry: str = "cli") -> subprocess.CompletedProcess:
         """entry "cli": the full CLI's `main()`; "fast": the fast entry point (`python -m
-        fleetctl`), and the result's `handed_over` says whether it called the full CLI."""
-        assert entry in ("cli", "fast")
-        argv = [sys.executable, "-c", f"fleetctl.{'cli' if entry == 'cli' else 'fast'}.main() (forked)", *args]
+        fleetctl`), and the result's `handed_over` says whether it called the full CLI;
+        "module:NAME": `python -m NAME`."""
+        assert entry in ("cli", "fast") or entry.startswith("module:")
+        argv = [sys.executable, "-c", f"{entry} (forked)", *args]
         with self.lock:
             request = memoryview(json.dumps({"args": list(args), "cwd": str(cwd), "env": dict(env),
                                              "entry": entry}).encode() + b"\n")
