@@ -18,17 +18,24 @@ def create(api: Api, paths: list[str], bodies: list[bytes]) -> list:
         if status not in (200, 404, 405, 501):
             raise api.error("POST", f"{API_PREFIX}/units", status, raw)
         if status == 200:
-            import json
+            from fleetctl.lean import loads
 
             try:
-                answers = [(int(r["status"]), json.dumps({"error": r["error"]}).encode() if r.get("error") else b"")
-                           for r in json.loads(raw)["results"]]
+                answers = [(int(r["status"]), _error_body(r["error"]) if r.get("error") else b"")
+                           for r in loads(raw)["results"]]
             except (ValueError, KeyError, TypeError):
                 answers = []
             if len(answers) != len(paths):
                 raise Failed(f"Error: fleet API POST {API_PREFIX}/units: not one result per unit")
             return answers
     return api.many([("PUT", p, b, ("If-None-Match: *",)) for p, b in zip(paths, bodies)])
+
+
+def _error_body(error) -> bytes:
+    """The body a create-only PUT would have answered with this error (read by error_message)."""
+    import json
+
+    return json.dumps({"error": error}).encode()
 
 
 def set_states(api: Api, names: list[str], state: str) -> None:

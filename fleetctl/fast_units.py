@@ -2,7 +2,7 @@
 
 A `fleetctl start` through the full CLI spends 0.2-0.3 s of CPU importing (click, fleetd.model,
 fleetd.unit, http.client...) for ~0.09 s of cluster time. This module does the same command with
-the standard library alone (socket, json, hashlib, re, urllib.parse), for the cases it knows
+the standard library alone (its C sockets and JSON through fleetctl/lean.py; hashlib), for the cases it knows
 exactly:
 
 * API driver over a unix socket or plain http:// (fleetctl.fast.global_options/locate);
@@ -36,7 +36,6 @@ the lookup (a 412 writes nothing, and the lookup follows), one round trip less f
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 
@@ -83,7 +82,9 @@ def parse_command(args: list[str]) -> tuple[str, list[str], bool, int] | None:
                 if not rest:
                     return None
                 value = rest.pop(0)
-            if not re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+            digits = value.strip()
+            digits = digits[1:] if digits[:1] in ("+", "-") else digits
+            if not (digits.isascii() and digits.isdigit()):  # [+-]?[0-9]+ (no re: fleetctl/lean.py)
                 return None
             attempts = int(value)
         else:  # --replace, --sign, --help, --, anything else
