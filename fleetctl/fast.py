@@ -5,7 +5,8 @@ plain http:// are what scripts and people run most. Through the full CLI (click,
 interface, fleetd.model and fleetd.wire, http.client with email and ssl) a process spent
 0.2-0.5 s, nearly all of it importing; the API's answer itself takes milliseconds. So `main()`
 first looks whether the command line is one of these in its plain form, and answers it with the
-standard library's socket and json only (this module imports nothing else at start). Any other
+standard library's C sockets and JSON only (fleetctl/lean.py: no re, json, socket or urllib.parse,
+~10-25 ms of imports; bin/fleetctl is the launcher, without the console script's `import re`) (this module imports nothing else at start). Any other
 command line, and anything unexpected on the way (an option it does not know, TLS, a --tunnel,
 an answer that is not a plain 200 JSON page), goes to the full CLI (`fleetctl.cli.main`), which
 then does the whole command itself: the fast path never prints a partial answer.
@@ -21,7 +22,6 @@ fleetctl/fast_http.py.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 from fleetctl.fast_http import API_PREFIX, NotFast, Unreachable, connect, global_options, locate, read_response, request_bytes
@@ -65,7 +65,7 @@ def _get(opts: dict, path: str) -> dict:
         with connect(opts, opts["timeout"]) as sock:
             sock.sendall(request_bytes(opts, "GET", path))
             status, headers, body = read_response(sock)
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:  # socket.timeout
         raise Unreachable(f"no answer within {opts['timeout']:g}s") from None
     except OSError as exc:
         if exc.strerror:
@@ -73,9 +73,9 @@ def _get(opts: dict, path: str) -> dict:
         raise NotFast() from None
     if status != 200 or "json" not in headers.get("content-type", ""):
         raise NotFast()
-    import json
+    from fleetctl.lean import loads
 
-    page = json.loads(body)
+    page = loads(body)
     if not isinstance(page, dict):
         raise NotFast()
     return page
@@ -87,7 +87,7 @@ def _items(opts: dict, resource: str, key: str) -> list[dict]:
     while True:
         query = ""
         if token:
-            from urllib.parse import quote
+            from fleetctl.lean import quote
 
             query = "?nextPageToken=" + quote(token, safe="")
         page = _get(opts, f"{API_PREFIX}/{resource}{query}")

@@ -4,31 +4,27 @@ client (fleetd.wire.client_ssl_context), imported only for https."""
 
 from __future__ import annotations
 
-import socket
+from fleetctl import lean
 
 
 class NotFast(Exception):
     """This command line or answer is for the full CLI."""
 
 
-def connect(opts: dict, timeout: float) -> socket.socket:
-    """A connection to the API (OSError if it cannot be made)."""
+def connect(opts: dict, timeout: float):
+    """A connection to the API (OSError if it cannot be made): a lean.Socket (the socket
+    module, which imports re and enum, only for https)."""
     if "unix" in opts:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(opts["unix"])
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return lean.connect_unix(opts["unix"], timeout)
     host, port = opts["tcp"]
     if host.isascii():  # as bytes: getaddrinfo of a str imports the idna codec (5-13 ms under load)
         host = host.encode()
-    sock = socket.create_connection((host, port), timeout=timeout)
     if not opts.get("tls"):
-        return sock
+        return lean.create_connection((host, port), timeout)
+    import socket
     import ssl  # https only: not on the unix socket's or plain http's path
+
+    sock = socket.create_connection((host, port), timeout=timeout)
 
     try:
         return _tls_context(opts).wrap_socket(sock)

@@ -5,10 +5,9 @@ batches on 16 threads), and the API driver's error messages (fleetctl/api_client
 
 from __future__ import annotations
 
-import json
-import socket
 import time
 
+from fleetctl import lean
 from fleetctl.fast_conn import NotFast, connect  # noqa: F401 - both used here and imported from here
 
 API_PREFIX = "/fleet/v1"
@@ -85,19 +84,25 @@ def locate(opts: dict) -> dict | None:
     elif endpoint.startswith("/"):
         opts["unix"], opts["display"] = endpoint, "unix://" + endpoint
     elif "://" not in endpoint or endpoint.startswith(("http://", "https://")):
-        from urllib.parse import urlsplit
-
         display = endpoint if "://" in endpoint else "http://" + endpoint
         opts["tls"] = display.startswith("https://")
         try:
-            url = urlsplit(display)
-            port = url.port or (443 if opts["tls"] else 80)
+            url = lean.split_url(display)  # urlsplit's answer (urllib.parse imports re)
+            if url is None:
+                from urllib.parse import urlsplit
+
+                std = urlsplit(display)
+                if std.username:
+                    return None
+                url = (std.scheme, std.netloc, std.path, std.query, std.fragment, std.hostname, std.port)
+            _, netloc, path, query, fragment, hostname, port = url
+            port = port or (443 if opts["tls"] else 80)
         except ValueError:
             return None
-        if not url.hostname or url.username or url.query or url.fragment or (not driver and port in (2379, 4001)):
+        if not hostname or query or fragment or (not driver and port in (2379, 4001)):
             return None
-        opts["tcp"] = (url.hostname, port)
-        opts["host"], opts["prefix"], opts["display"] = url.netloc, url.path.rstrip("/"), display
+        opts["tcp"] = (hostname, port)
+        opts["host"], opts["prefix"], opts["display"] = netloc, path.rstrip("/"), display
     else:
         return None
     return opts
@@ -112,7 +117,7 @@ def request_bytes(opts: dict, method: str, path: str, body: bytes | None = None,
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
 
-def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
+def read_response(sock) -> tuple[int, dict, bytes]:
     """(status, headers in lower case, body) of an answer read to EOF; NotFast for an answer
     that is not plain HTTP (a chunked body is decoded)."""
     chunks = []
@@ -158,9 +163,7 @@ class Failed(Exception):
 
 
 def quote_name(name: str, safe: str = "@:") -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe=safe)
+    return lean.quote(name, safe=safe)
 
 
 def name_chunks(names: list[str], limit: int = QUERY_LIMIT) -> list[list[str]]:
@@ -200,14 +203,14 @@ def error_message(raw: bytes) -> str:
     """The message of fleet's error envelope {"error": {"message": ...}}, else the body's start
     (shared with fleetctl/api_client.py)."""
     try:
-        return json.loads(raw)["error"]["message"]
+        return lean.loads(raw)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         return raw.decode("utf-8", "replace").strip()[:200]
 
 
 def unreachable_reason(exc: BaseException, wait: float) -> str:
     """Why the API did not answer, in a few words (shared with fleetctl/api_client.py)."""
-    if isinstance(exc, (socket.timeout, TimeoutError)):
+    if isinstance(exc, TimeoutError):  # socket.timeout
         return f"no answer within {wait:g}s"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -280,16 +283,14 @@ class Api:
 
     def pages(self, resource: str, key: str, params: list[tuple[str, str]] = ()) -> list[dict]:
         """Every item of a paged collection (api_client._pages)."""
-        from urllib.parse import urlencode
-
         items: list[dict] = []
         query = list(params)
         while True:
-            path = f"{API_PREFIX}/{resource}" + ("?" + urlencode(query) if query else "")
+            path = f"{API_PREFIX}/{resource}" + ("?" + lean.urlencode(query) if query else "")
             status, raw = self.one("GET", path)
             if status not in (200, 201, 204):
                 raise self.error("GET", path, status, raw)
-            page = (json.loads(raw) if raw.strip() else None) or {}
+            page = (lean.loads(raw) if raw.strip() else None) or {}
             items.extend(page.get(key) or [])
             token = page.get("nextPageToken") or ""
             if not token:
@@ -299,19 +300,17 @@ class Api:
     def units_and_machines(self, names: list[str]) -> tuple[dict[str, dict], list[dict]]:
         """`units_named(names)` and the machines' list, asked at the same time (a wait's first
         check: its legends need the machines, and one round trip less is 5-20 ms here)."""
-        from urllib.parse import urlencode
-
         wanted = list(dict.fromkeys(names))
         chunks = name_chunks(wanted)
         if len(chunks) == 1:
-            paths = [f"{API_PREFIX}/units?" + urlencode([("unitName", n) for n in wanted]), f"{API_PREFIX}/machines"]
+            paths = [f"{API_PREFIX}/units?" + lean.urlencode([("unitName", n) for n in wanted]), f"{API_PREFIX}/machines"]
             pages = []
             for path, answer in zip(paths, self.many([("GET", p, None, ()) for p in paths])):
                 if isinstance(answer, Exception):
                     raise answer
                 if answer[0] not in (200, 201, 204):
                     raise self.error("GET", path, *answer)
-                pages.append((json.loads(answer[1]) if answer[1].strip() else None) or {})
+                pages.append((lean.loads(answer[1]) if answer[1].strip() else None) or {})
             if not any(page.get("nextPageToken") for page in pages):
                 found = {u["name"]: u for u in pages[0].get("units") or [] if u.get("name") in wanted}
                 return {n: found[n] for n in wanted if n in found}, pages[1].get("machines") or []
@@ -338,8 +337,6 @@ class Api:
 
     @staticmethod
     def feed_path(names: list[str], since: int | None, hold: float, units: bool) -> str:
-        from urllib.parse import urlencode
-
         params = [("unitName", n) for n in names]
         if since is not None:
             params += [("since", str(since)), ("timeout", f"{hold:g}")]
@@ -347,7 +344,7 @@ class Api:
             params.append(("units", "true"))
             if since is not None:  # a wait that a state report completes (docs/api.md)
                 params.append(("wake", "states"))
-        return WATCH_PATH + ("?" + urlencode(params) if params else "")
+        return WATCH_PATH + ("?" + lean.urlencode(params) if params else "")
 
     def feed_answer(self, path: str, status: int, raw: bytes,
                     names: list[str]) -> tuple[int | None, dict[str, dict] | None]:
@@ -356,7 +353,7 @@ class Api:
         if status != 200:
             raise self.error("GET", path, status, raw)
         try:
-            answer = json.loads(raw)
+            answer = lean.loads(raw)
             revision = int(answer["revision"])
         except (ValueError, KeyError, TypeError):
             return None, None
@@ -378,6 +375,6 @@ class Api:
         revision, units = self.feed_answer(path, *feed_answer, names)
         if machines_answer[0] not in (200, 201, 204):
             raise self.error("GET", machines_path, *machines_answer)
-        page = (json.loads(machines_answer[1]) if machines_answer[1].strip() else None) or {}
+        page = (lean.loads(machines_answer[1]) if machines_answer[1].strip() else None) or {}
         machines = None if page.get("nextPageToken") else page.get("machines") or []
         return revision, units, machines

@@ -2,7 +2,7 @@
 
 A `fleetctl start` through the full CLI spends 0.2-0.3 s of CPU importing (click, fleetd.model,
 fleetd.unit, http.client...) for ~0.09 s of cluster time. This module does the same command with
-the standard library alone (socket, json, hashlib, re, urllib.parse), for the cases it knows
+the standard library alone (its C sockets and JSON through fleetctl/lean.py; hashlib), for the cases it knows
 exactly:
 
 * API driver over a unix socket or plain http:// (fleetctl.fast.global_options/locate);
@@ -30,25 +30,24 @@ inactive and sets the state in a second request per unit: for a 30-unit start th
 of 30 writes took 0.1-0.35 s on this machine, and the engine placed the units in several passes
 as their states trickled in, so each node's agent started them in several passes too. Several new
 units go in one `POST /units` (fleetctl/fast_create.py); a lone local unit file is created before
-the lookup (a 412 writes nothing, and the lookup follows), one round trip less for `start X`.
+the lookup (a 412 writes nothing, and the lookup follows), one round trip less for `start X`;
+2 to 60 local unit files go first in one `POST /units` with `createAll` (all created if none
+exists, else nothing written and the existing units in the answer: no lookup either way).
 """
 
 from __future__ import annotations
 
-import os
-import re
 import sys
 import time
 
-from fleetctl.fast_create import create, set_states
+from fleetctl.fast_create import REQUIREMENT_SECTIONS, create, create_all, create_lone, local_options, set_states
 from fleetctl.fast_http import API_PREFIX, Api, Failed, NotFast, global_options, locate, quote_name, until_next_check
-from fleetctl.quickunit import is_plain_name, mangle, options_from_wire, quick_options, unit_hash, wire_options, go_json
+from fleetctl.quickunit import is_plain_name, mangle, options_from_wire, unit_hash, wire_options, go_json
 from fleetctl.progress import Progress
 
 SECONDS_PER_ATTEMPT = 0.5
 FAST_POLL, FAST_POLL_FOR = 0.025, 0.5  # fleetctl.client.poll_delays without a change feed
 ACTIONS = {"start": ("launched", "start"), "load": ("loaded", "load"), "submit": (None, "submit")}
-REQUIREMENT_SECTIONS = ("X-Fleet", "X-Container", "X-Service")
 
 # ---------------------------------------------------------------------------- the commands
 
@@ -83,7 +82,9 @@ def parse_command(args: list[str]) -> tuple[str, list[str], bool, int] | None:
                 if not rest:
                     return None
                 value = rest.pop(0)
-            if not re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+            digits = value.strip()
+            digits = digits[1:] if digits[:1] in ("+", "-") else digits
+            if not (digits.isascii() and digits.isdigit()):  # [+-]?[0-9]+ (no re: fleetctl/lean.py)
                 return None
             attempts = int(value)
         else:  # --replace, --sign, --help, --, anything else
@@ -135,14 +136,16 @@ def _plain_existing(unit: dict) -> list[tuple[str, str, str]]:
     return options
 
 
-def resolve(api: Api, args: list[str]) -> list[tuple[str, list | None, dict | None]]:
+def resolve(api: Api, args: list[str], registry: dict[str, dict] | None = None) -> list[tuple[str, list | None, dict | None]]:
     """unitops.resolve_units for plain units: (name, options to create or None, the unit in the
-    registry or None) per argument; NotFast for anything else."""
+    registry or None) per argument; NotFast for anything else. `registry`: the named units
+    that exist, when already known (else read here)."""
     names = [mangle(a) for a in args]
     if (len(set(names)) != len(names) or not all(map(is_plain_name, names))
             or any(a.endswith("/") for a in args)):
         raise NotFast()
-    registry = _lookup(api, names)
+    if registry is None:
+        registry = _lookup(api, names)
     resolved = []
     for arg, name in zip(args, names):
         existing = registry.get(name)
@@ -157,21 +160,6 @@ def resolve(api: Api, args: list[str]) -> list[tuple[str, list | None, dict | No
         else:
             raise NotFast()  # not found (or an instance of a template): the full CLI's error
     return resolved
-
-
-def local_options(arg: str) -> list | None:
-    """The options of the local unit file `arg` (None: no such file); NotFast when it cannot be
-    read, says nothing or has [X-Fleet] requirements (the full CLI's)."""
-    if not os.path.exists(arg):
-        return None
-    try:
-        with open(arg, "rb") as f:
-            options = quick_options(f.read())
-    except OSError:
-        raise NotFast() from None
-    if not options or any(o[0] in REQUIREMENT_SECTIONS for o in options):
-        raise NotFast()
-    return options
 
 
 def finish_wait(wait, pending: list[str], state: str, attempts: int, progress, warn) -> int:
@@ -201,33 +189,18 @@ def announce_reached(name: str, state: str, machine: str | None, legend, progres
     say(message)
 
 
-def _create_lone(api: Api, args: list[str], state: str | None) -> str | None:
-    """A lone local unit file: created only if absent before any read (what resolve + create
-    would do for a new unit, one round trip less); its name if it was created (201), None if
-    it exists (412: nothing written, the usual path follows); NotFast on any other answer."""
-    name = mangle(args[0]) if len(args) == 1 else ""
-    if not name or not is_plain_name(name) or args[0].endswith("/"):
-        return None
-    options = local_options(args[0])
-    if options is None:
-        return None
-    body = go_json({"name": name, "desiredState": state or "inactive", "options": wire_options(options)})
-    try:
-        status, _ = api.one("PUT", f"{API_PREFIX}/units/{quote_name(name)}", body, ("If-None-Match: *",))
-    except Failed:
-        raise NotFast() from None
-    if status not in (201, 412):
-        raise NotFast()
-    return name if status == 201 else None
-
-
 def submit_load_start(api: Api, command: str, args: list[str], no_block: bool, attempts: int) -> int:
     state, action = ACTIONS[command]
-    lone = _create_lone(api, args, state)
+    lone = create_lone(api, args, state)
     if lone is not None:
         _say(f"Unit {lone} inactive")
         return 0 if state is None else wait_for_states(api, [lone], state, action, no_block, attempts)
-    resolved = resolve(api, args)
+    registry, created_all = create_all(api, args, state)
+    if created_all is not None:
+        for name in created_all:
+            _say(f"Unit {name} inactive")
+        return 0 if state is None else wait_for_states(api, created_all, state, action, no_block, attempts)
+    resolved = resolve(api, args, registry)
     new = [(name, options) for name, options, existing in resolved if options is not None]
     created: set[str] = set()
     if new:  # client.create_units: PUT If-None-Match: *, 201 or 412; created in the wanted state

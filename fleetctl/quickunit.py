@@ -6,8 +6,7 @@ hypothesis; `quick_options` answers None for any text it is not sure of (the ful
 
 from __future__ import annotations
 
-import json
-import re
+from fleetctl.lean import dumps
 
 # ---------------------------------------------------------------------------- unit names
 
@@ -15,7 +14,8 @@ import re
 UNIT_TYPES = frozenset({"automount", "busname", "device", "mount", "path", "scope", "service", "slice",
                         "snapshot", "socket", "swap", "target", "timer"})
 RECOGNIZED_TYPES = ("service", "socket", "timer", "path", "device", "mount", "automount")
-_PLAIN_NAME = re.compile(r"[a-zA-Z0-9:_.\-\\]{1,256}")  # fleet's characters without "@"
+# fleet's characters without "@" ([a-zA-Z0-9:_.\-\\]{1,256}; no re: fleetctl/lean.py)
+_PLAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.-\\")
 
 
 def mangle(arg: str) -> str:
@@ -29,7 +29,7 @@ def mangle(arg: str) -> str:
 
 def is_plain_name(name: str) -> bool:
     """A valid unit name that is neither a template nor an instance (fleetd.unit.name)."""
-    if not _PLAIN_NAME.fullmatch(name):
+    if not 0 < len(name) <= 256 or not _PLAIN_CHARS.issuperset(name):
         return False
     dot = name.rfind(".")
     return 0 < dot < len(name) - 1 and name[dot + 1:] in UNIT_TYPES
@@ -41,7 +41,7 @@ def is_plain_name(name: str) -> bool:
 GO_SPACE = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
             "\u2028\u2029\u202f\u205f\u3000")
 # refused here (the full parser refuses most, accepts CR before LF: left to it)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = frozenset([*map(chr, range(0x00, 0x09)), *map(chr, range(0x0b, 0x20)), *map(chr, range(0x7f, 0xa0))])
 LINE_MAX = 2048
 
 
@@ -55,7 +55,7 @@ def quick_options(data: bytes) -> list[tuple[str, str, str]] | None:
         return None
     if text.startswith("\ufeff"):
         text = text[1:]
-    if _CONTROL.search(text):
+    if not _CONTROL.isdisjoint(text):
         return None
     lines = text.split("\n")
     if any(len(line) * 4 >= LINE_MAX and len(line.encode()) >= LINE_MAX for line in lines):
@@ -163,7 +163,7 @@ def options_from_wire(data: dict) -> list[tuple[str, str, str]] | None:
 
 def go_json(value) -> bytes:
     """fleetd.wire.go_json: compact JSON as Go writes it."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = dumps(value)  # json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     text = (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
     return text.encode("utf-8")

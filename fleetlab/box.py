@@ -40,7 +40,7 @@ from fleetd.errors import LabError
 BOX_NAME = "fleet-py/debian12"
 VENV = "/opt/fleet-venv"
 CHECKOUT = "/opt/fleet-py"  # where the Vagrantfile syncs the checkout
-PROJECT_FILES = ("pyproject.toml", "README.md", "fleetd", "fleetctl", "fleetlab")
+PROJECT_FILES = ("pyproject.toml", "README.md", "bin", "fleetd", "fleetctl", "fleetlab")  # bin: fleetctl (script-files)
 SUITE = "bookworm"
 DISK_GIB = 8
 PART_OFFSET = 1 << 20  # the root partition starts at 1 MiB (sector 2048)

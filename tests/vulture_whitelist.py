@@ -33,3 +33,9 @@ EngineStats.view_passes
 EngineStats.last_engine_seconds
 EngineStats.last_decide_seconds
 _.__getattr__                  # fleetd/images/__init__.py: the module's lazy attributes (PEP 562)
+_.strict                       # fleetctl/lean.py _Context: read by the C JSON scanner (_json.make_scanner)
+_.object_hook
+_.object_pairs_hook
+_.parse_float
+_.parse_int
+_.parse_constant

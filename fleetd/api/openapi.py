@@ -133,9 +133,12 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "UnitBatch": {
-        "type": "object", "required": ["units"],
-        "description": "beyond fleet: units to create, each as PUT /units/{name} takes it",
-        "properties": {"units": {"type": "array", "items": _ref("UnitRequest")}},
+        "type": "object",
+        "description": "beyond fleet: units to create, each as PUT /units/{name} takes it: `units` each only "
+                       "if absent; or `createAll` (1 to 60 units): all in one transaction if none exists, else "
+                       "none (409 with the existing units)",
+        "properties": {"units": {"type": "array", "items": _ref("UnitRequest")},
+                       "createAll": {"type": "array", "items": _ref("UnitRequest")}},
     },
     "UnitBatchResults": {
         "type": "object", "required": ["results"],
@@ -209,8 +212,13 @@ def _operations() -> dict[str, dict[str, Any]]:
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("UnitBatch")}}},
             "responses": {
                 "200": _json(_ref("UnitBatchResults"), "a result per unit"),
-                "400": _error("not {\"units\": [...]}, no unit, or too many"),
-                "403": forbidden, "415": _error("not application/json"), "503": UNAVAILABLE,
+                "400": _error("not {\"units\": [...]}, no unit, or too many; an invalid unit of createAll"),
+                "403": forbidden,
+                "409": _json({"type": "object", "required": ["error"],
+                              "properties": {"error": SCHEMAS_ERROR_BODY,
+                                             "units": {"type": "array", "items": _ref("Unit")}}},
+                             "createAll: units existed (listed; nothing written), or a unit without options"),
+                "415": _error("not application/json"), "503": UNAVAILABLE,
             },
         }},
         "/units/{name}": {

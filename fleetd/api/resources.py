@@ -171,6 +171,8 @@ async def _create_many(request: web.Request) -> web.Response:
     they go to etcd together and the engine places them in one pass."""
     check_content_type(request)
     body = await read_json(request)
+    if isinstance(body, dict) and "createAll" in body:
+        return await _create_all(request, body["createAll"])
     items = body.get("units") if isinstance(body, dict) else None
     if not isinstance(items, list) or not items:
         raise HttpError(400, 'expected {"units": [...]} with at least one unit')
@@ -188,6 +190,46 @@ async def _create_many(request: web.Request) -> web.Response:
         return {"name": name, "status": response.status}
 
     return json_response({"results": list(await asyncio.gather(*(one(i) for i in items)))})
+
+
+MAX_CREATE_ALL = 60  # units of one `createAll`: one etcd transaction (registry MAX_TXN_OPS // 2)
+
+
+def _new_unit(item: Any) -> Unit:
+    """A unit of `createAll`, checked as a create-only PUT of a new unit checks it (HttpError)."""
+    try:
+        req = parse_unit_request(item)
+    except WireError as exc:
+        raise HttpError(400, str(exc)) from None
+    try:
+        parse_unit_name(req.name)
+    except UnitError as exc:
+        raise HttpError(400, str(exc)) from None
+    if not req.options:
+        raise HttpError(409, f"unit {req.name}: options field empty")
+    file = _unit_file(req.name, req.options)
+    state = _desired(req.desired_state) if req.desired_state else DesiredState.INACTIVE
+    _refuse_template(req.name, state)
+    return Unit(req.name, file, state)
+
+
+async def _create_all(request: web.Request, items: Any) -> web.Response:
+    """`POST /units` with `{"createAll": [<unit as PUT /units/<name> takes it>, ...]}` (beyond
+    fleet, docs/api.md): all the units created in one transaction if none of them exists (200,
+    each result 201), else nothing written: 409 with the named units that exist, as `GET
+    /units?unitName=` shows them (a client creating its new units learns in one round trip which
+    of them were not new, and has written nothing). 400 for an invalid unit (nothing written)."""
+    if not isinstance(items, list) or not items or len(items) > MAX_CREATE_ALL:
+        raise HttpError(400, f'expected {{"createAll": [...]}} with 1 to {MAX_CREATE_ALL} units')
+    units = [_new_unit(item) for item in items]
+    names = [u.name for u in units]
+    if len(set(names)) != len(names):
+        raise HttpError(400, "a unit named twice in createAll")
+    if await ctx_of(request).registry.create_units(units, all_or_none=True):
+        return json_response({"results": [{"name": n, "status": 201} for n in names]})
+    existing = await units_named(request, names)
+    return json_response({"error": {"code": 409, "message": "units exist already; nothing created"},
+                          "units": existing}, 409)
 
 
 async def _set(request: web.Request, item: str) -> web.Response:

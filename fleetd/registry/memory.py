@@ -158,9 +158,11 @@ class MemoryUnitStore:
     async def create_unit(self, unit: Unit) -> bool:
         return bool(await self.create_units([unit]))
 
-    async def create_units(self, units: Sequence[Unit]) -> list[str]:
+    async def create_units(self, units: Sequence[Unit], *, all_or_none: bool = False) -> list[str]:
         for u in units:
             parse_unit_name(u.name)
+        if all_or_none and any(u.name in self.cluster.jobs for u in units):
+            return []
         created = []
         for u in units:
             if u.name in self.cluster.jobs:

@@ -119,8 +119,11 @@ class EtcdUnitStore:
         created = await self.create_units([unit])
         return bool(created)
 
-    async def create_units(self, units: Sequence[Unit]) -> list[str]:
+    async def create_units(self, units: Sequence[Unit], *, all_or_none: bool = False) -> list[str]:
         """Create the units that do not exist yet, in batched transactions; returns the created names.
+
+        `all_or_none`: one transaction (at most MAX_TXN_OPS // 2 units) that creates them all if
+        none exists, else nothing (`POST /units` with `createAll`, docs/api.md).
 
         Each creation is conditional on the job key being absent, so a concurrent creator
         never has its unit overwritten. Names are checked first (a name with '/' would break
@@ -129,6 +132,8 @@ class EtcdUnitStore:
         for u in units:
             parse_unit_name(u.name)
         core, keys, tx = self.core, self.core.keys, self.core.tx
+        if all_or_none and len(units) > MAX_TXN_OPS // 2:
+            raise ValueError(f"at most {MAX_TXN_OPS // 2} units in one all-or-none creation")
 
         async def create(chunk: Sequence[Unit]) -> list[str]:
             compare = [tx.create(enc(keys.job(u.name))) == 0 for u in chunk]
@@ -140,6 +145,8 @@ class EtcdUnitStore:
                 for u in chunk:
                     self.body_cache.remember(u.file)
                 return [u.name for u in chunk]
+            if all_or_none:
+                return []
             created = []
             for u in chunk:  # slow path: someone else created some of them
                 ok, _ = await core.txn(

@@ -120,3 +120,44 @@ async def test_a_post_that_is_not_a_list_of_units_is_refused(api):
         assert status == 400 and "units" in answer["error"]["message"], payload
     status, _, _ = await api.call("POST", "/fleet/v1/units", raw=b"{}", headers={"Content-Type": "text/plain"})
     assert status == 415
+
+
+async def test_create_all_creates_every_unit_in_one_transaction_or_none(api):
+    """`POST /units` with `createAll`: none of the units exists: all created in one revision
+    (200, 201 each); one exists: nothing written, 409 with the existing units as `GET
+    /units?unitName=` shows them."""
+    names = [f"a{i:02d}.service" for i in range(30)]
+    before = await api.registry.current_revision()
+    status, _, payload = await api.call("POST", "/fleet/v1/units",
+                                        body={"createAll": [{"name": n, **body()} for n in names]})
+    assert (status, payload) == (200, {"results": [{"name": n, "status": 201} for n in names]})
+    assert len(set(await _job_revisions(api, before, 30))) == 1
+    units = {u.name: u for u in await api.registry.list_units()}
+    assert all(units[n].desired_state is DesiredState.LAUNCHED for n in names)
+    # again with two new units among them: nothing written
+    revision = await api.registry.current_revision()
+    again = ["n1.service", "a03.service", "n2.service", "a07.service"]
+    status, _, payload = await api.call("POST", "/fleet/v1/units",
+                                        body={"createAll": [{"name": n, **body("loaded")} for n in again]})
+    shown = (await api.call("GET", "/fleet/v1/units?unitName=a03.service&unitName=a07.service"))[2]["units"]
+    assert status == 409 and payload["units"] == shown and [u["name"] for u in shown] == ["a03.service", "a07.service"]
+    assert payload["error"]["code"] == 409
+    assert await api.registry.current_revision() == revision
+    assert {u.name for u in await api.registry.list_units()} == set(names)
+
+
+async def test_create_all_refuses_invalid_units_and_writes_nothing(api):
+    bad = [{"section": "Service", "name": "ExecStart", "value": "/bin/true\u0001"}]
+    revision = await api.registry.current_revision()
+    cases = [[{"name": "ok.service", **body()}, {"name": "bad.service", **body(options=bad)}],
+             [{"name": "ok.service", **body()}, {"name": "t@.service", **body()}],
+             [{"name": "ok.service", **body()}, {"name": "ok.service", **body()}],
+             [{"name": "ok.service", **body()}, {"desiredState": "launched"}],
+             [{"name": f"m{i}.service", **body()} for i in range(61)], [], "x"]
+    for items in cases:
+        status, _, answer = await api.call("POST", "/fleet/v1/units", body={"createAll": items})
+        assert status == 400 and answer["error"]["message"], items
+    status, _, answer = await api.call("POST", "/fleet/v1/units",
+                                       body={"createAll": [{"name": "ghost.service", "desiredState": "launched"}]})
+    assert status == 409 and "options" in answer["error"]["message"] and "units" not in answer
+    assert await api.registry.current_revision() == revision

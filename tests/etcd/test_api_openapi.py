@@ -81,6 +81,8 @@ REQUESTS = {
     ("/units", "POST", "200"): ("main", "POST", "/units", {"units": [{"name": "m1.service", **NEW}, {"name": "m2.service", **NEW}]}, {}),
     ("/units", "POST", "400"): ("main", "POST", "/units", {"units": []}, {}),
     ("/units", "POST", "403"): ("ro", "POST", "/units", {"units": [{"name": "m3.service", **NEW}]}, {}),
+    ("/units", "POST", "409"): ("main", "POST", "/units", {"createAll": [{"name": "m1.service", **NEW},
+                                                                         {"name": "m9.service", **NEW}]}, {}),
     ("/units", "POST", "415"): ("main", "POST", "/units", b"{}", {"Content-Type": "text/plain"}),
     ("/units", "POST", "503"): ("down", "POST", "/units", {"units": [{"name": "m4.service", **NEW}]}, {}),
     ("/units/{name}", "GET", "200"): ("main", "GET", "/units/hello.service", None, {}),

@@ -277,3 +277,29 @@ def test_a_lone_new_unit_is_created_without_a_read_first(clusters, work):
     assert same(clusters, work, "start", "--no-block", "lone.service").stdout == ""  # launched already
     added = {k: v - before.get(k, 0) for k, v in requests.items() if v != before.get(k, 0)}
     assert added[("PUT", "412")] == 1 and added[("GET", "200")] >= 1, added
+
+
+def test_several_new_units_are_created_in_one_request_without_a_read_first(clusters, work):
+    """`start --no-block` of several new local units: one `POST /units` with `createAll` and
+    nothing else (no lookup); with one of them existing already: that POST's 409 (nothing
+    written, the existing units in its answer), then the creation of the new ones without a
+    lookup (the read of the existing units' desired states follows, as before); the output byte
+    for byte the full CLI's (`same`)."""
+    names = ["all-a.service", "all-b.service", "all-c.service"]
+    write_units(work, names + ["all-d.service"])
+    requests = clusters[0].harness.server.metrics.requests
+    before = dict(requests)
+    out = same(clusters, work, "start", "--no-block", *names)
+    assert out.stdout == "".join(f"Unit {n} inactive\n" for n in names) + "".join(
+        f"Triggered unit {n} start\n" for n in names)
+    added = {k: v - before.get(k, 0) for k, v in requests.items() if v != before.get(k, 0)}
+    assert added == {("POST", "200"): 1}, added
+    before = dict(requests)
+    out = same(clusters, work, "start", "--no-block", "all-d.service", "all-a.service")
+    assert out.stdout == "Unit all-d.service inactive\nTriggered unit all-d.service start\n"
+    added = {k: v - before.get(k, 0) for k, v in requests.items() if v != before.get(k, 0)}
+    assert added == {("POST", "409"): 1, ("PUT", "201"): 1, ("GET", "200"): 1}, added  # GET: desired states
+    before = dict(requests)
+    assert same(clusters, work, "start", "--no-block", *names).stdout == ""  # all launched already
+    added = {k: v - before.get(k, 0) for k, v in requests.items() if v != before.get(k, 0)}
+    assert added == {("POST", "409"): 1, ("GET", "200"): 1}, added
