@@ -9,7 +9,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import aetcd
@@ -318,6 +318,24 @@ class _Client(AetcdClientBase):
         self.install_stubs(stubs)
 
 
+class WatchCompacted(RegistryError):
+    """The requested start revision was compacted: the watcher must resync from a snapshot."""
+
+    def __init__(self, compact_revision: int):
+        super().__init__(f"etcd revision compacted (oldest available {compact_revision}); resync needed")
+        self.compact_revision = compact_revision
+
+
+class _WatchCall:
+    """A watch stream of this connection: its gRPC call, the channel generation it runs on,
+    and whether a failover ended it (its reader then reconnects, as after any lost stream)."""
+
+    __slots__ = ("call", "generation", "retired")
+
+    def __init__(self, call: Any, generation: int):
+        self.call, self.generation, self.retired = call, generation, False
+
+
 def _read(path: str | None) -> bytes | None:
     if not path:
         return None
@@ -373,6 +391,7 @@ class Connection:
         self._generation = 0  # bumped by every failover
         self._retiring: set[asyncio.Task] = set()
         self._retired_channels: list[Any] = []
+        self._watches: set[_WatchCall] = set()
 
     async def open(self) -> "Connection":
         try:
@@ -427,6 +446,9 @@ class Connection:
         log.warning("etcd did not answer; reconnecting to %s first", client.preferred_endpoint)
         if old_channel is not None:
             self._retired_channels.append(old_channel)
+        for watch in [w for w in self._watches if w.generation < self._generation]:
+            watch.retired = True
+            watch.call.cancel()
         task = asyncio.get_running_loop().create_task(self._retire(old_channel, old_watcher))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -441,6 +463,68 @@ class Connection:
                 await channel.close()
             with contextlib.suppress(ValueError):
                 self._retired_channels.remove(channel)
+
+    async def watch(self, ranges: Sequence[tuple[bytes, bytes]], start_revision: int) -> AsyncIterator[Any]:
+        """Watch the key ranges [key, range_end) from `start_revision` on (inclusive), on a gRPC
+        Watch stream of this generator's own: yields the events of each response as they come
+        (etcd's Event messages, one sequence per response), until closed.
+
+        Raises WatchCompacted if etcd compacted a revision still to be sent, RegistryUnavailable
+        when the stream is lost (etcd gone, a failover of this connection, the stream ended),
+        RegistryError for other errors. Closing the generator cancels the stream (and with it
+        its watches on etcd's side): no cancel request waits for an answer.
+        """
+        client = self.client
+        generation = self._generation
+        try:
+            await client.connect()
+        except _TRANSLATED as exc:
+            raise_if_cancelling(exc)
+            error = translate(exc, self.settings.endpoints)
+            if isinstance(error, RegistryUnavailable):
+                self.failover(generation)
+            raise error from None
+        requests = [rpc.WatchRequest(create_request=rpc.WatchCreateRequest(key=key, range_end=end,
+                                                                            start_revision=start_revision))
+                    for key, end in ranges]
+        forever = asyncio.Event()  # never set: the request side stays open while the watch lives
+
+        async def outgoing() -> AsyncIterator[Any]:
+            for request in requests:
+                yield request
+            await forever.wait()
+
+        watch = _WatchCall(client.watchstub.Watch(outgoing(), metadata=client.metadata), generation)
+        self._watches.add(watch)
+        created = 0
+        try:
+            async for response in watch.call:
+                if response.compact_revision:
+                    raise WatchCompacted(response.compact_revision)
+                if response.canceled:  # e.g. no permission for the range
+                    raise RegistryError(f"etcd cancelled a watch at {','.join(self.settings.endpoints)}: "
+                                        f"{response.cancel_reason or 'no reason given'}")
+                if response.created:
+                    created += 1
+                if response.events:
+                    yield response.events
+            raise translate(TimeoutError("watch stream ended"), self.settings.endpoints)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # the call was cancelled, not this task: by a failover, or the channel was closed
+            reason = f"a reconnect to {client.preferred_endpoint}" if watch.retired else "its channel closing"
+            raise RegistryUnavailable(f"etcd watch ended by {reason}") from None
+        except _TRANSLATED as exc:
+            raise_if_cancelling(exc)
+            error = translate(exc, self.settings.endpoints)
+            if isinstance(error, RegistryUnavailable) and created < len(ranges):
+                self.failover(generation)  # as a failed call would: the next attempt tries another member
+            raise error from None
+        finally:
+            self._watches.discard(watch)
+            watch.call.cancel()
 
     async def lease_keepalive(self, lease_id: int, timeout: float | None = None) -> Any:
         """One LeaseKeepAlive round trip, within `timeout` seconds (default: the request timeout)."""
