@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import ipaddress
@@ -326,14 +327,118 @@ class WatchCompacted(RegistryError):
         self.compact_revision = compact_revision
 
 
-class _WatchCall:
-    """A watch stream of this connection: its gRPC call, the channel generation it runs on,
-    and whether a failover ended it (its reader then reconnects, as after any lost stream)."""
+class _Watch:
+    """One `Connection.watch()`: the batches of events its ranges' watches bring, or the error
+    that ended them, in one queue; the watch IDs etcd gave it."""
 
-    __slots__ = ("call", "generation", "retired")
+    __slots__ = ("queue", "ids", "closed")
 
-    def __init__(self, call: Any, generation: int):
-        self.call, self.generation, self.retired = call, generation, False
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.ids: list[int] = []
+        self.closed = False
+
+
+class _WatchStream:
+    """A connection's gRPC Watch stream, read here and shared by its watches (as etcd's own
+    clients do: one stream per connection, not one per watch): each response's events are
+    handed to the watch they belong to as one batch. Create requests are answered in order
+    (etcd answers every one with `created`, refusals included), so the watch waiting longest
+    for its ID gets the next one."""
+
+    def __init__(self, connection: "Connection", generation: int):
+        client = connection.client
+        self.connection, self.generation = connection, generation
+        self.requests: asyncio.Queue = asyncio.Queue()
+        self.pending: collections.deque[_Watch] = collections.deque()  # sent, awaiting `created`
+        self.watches: dict[int, _Watch] = {}
+        self.error: RegistryError | None = None
+        self.retired = False  # ended by a failover of the connection
+        self.call = client.watchstub.Watch(self._outgoing(), metadata=client.metadata)
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _outgoing(self) -> AsyncIterator[Any]:
+        while True:
+            yield await self.requests.get()
+
+    def add(self, watch: _Watch, ranges: Sequence[tuple[bytes, bytes]], start_revision: int) -> None:
+        for key, end in ranges:
+            self.pending.append(watch)
+            self.requests.put_nowait(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+                key=key, range_end=end, start_revision=start_revision)))
+
+    def remove(self, watch: _Watch) -> None:
+        watch.closed = True
+        for watch_id in watch.ids:
+            if self.watches.pop(watch_id, None) is not None and self.error is None:
+                self._cancel(watch_id)
+        watch.ids.clear()
+
+    def _cancel(self, watch_id: int) -> None:
+        self.requests.put_nowait(rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=watch_id)))
+
+    def _end(self, watch: _Watch, error: RegistryError) -> None:
+        """One watch ends with `error` (its other ranges' watches are cancelled)."""
+        if not watch.closed:
+            watch.queue.put_nowait(error)
+        self.remove(watch)
+
+    async def _read(self) -> None:
+        endpoints = self.connection.settings.endpoints
+        try:
+            async for response in self.call:
+                if response.created:
+                    watch = self.pending.popleft()
+                    if response.canceled:  # refused, e.g. no permission for the range
+                        self._end(watch, RegistryError(f"etcd refused a watch at {','.join(endpoints)}: "
+                                                       f"{response.cancel_reason or 'no reason given'}"))
+                    elif watch.closed:
+                        self._cancel(response.watch_id)
+                    else:
+                        self.watches[response.watch_id] = watch
+                        watch.ids.append(response.watch_id)
+                    continue
+                watch = self.watches.get(response.watch_id)
+                if watch is None:  # the rest of a cancelled watch
+                    continue
+                if response.compact_revision:
+                    self._end(watch, WatchCompacted(response.compact_revision))
+                elif response.canceled:
+                    self.watches.pop(response.watch_id, None)
+                    self._end(watch, RegistryUnavailable(f"etcd cancelled a watch at {','.join(endpoints)}: "
+                                                         f"{response.cancel_reason or 'no reason given'}"))
+                elif response.events:
+                    watch.queue.put_nowait(response.events)
+            error = translate(TimeoutError("watch stream ended"), endpoints)
+        except asyncio.CancelledError:
+            # the call was cancelled (a failover, the channel closing) or this reader (close())
+            reason = f"a reconnect to {self.connection.client.preferred_endpoint}" if self.retired else "its connection closing"
+            self._fail(RegistryUnavailable(f"etcd watch ended by {reason}"))
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return
+        except _TRANSLATED as exc:
+            error = translate(exc, endpoints)
+            if isinstance(error, RegistryUnavailable) and self.pending:
+                self.connection.failover(self.generation)  # as a failed call would
+        except RegistryError as exc:  # e.g. a create answered with no watch waiting for it
+            error = exc
+        except IndexError:
+            error = RegistryError(f"etcd at {','.join(endpoints)} confirmed a watch nobody asked for")
+        self._fail(error)
+
+    def _fail(self, error: RegistryError) -> None:
+        self.error = error
+        for watch in set(self.watches.values()) | set(self.pending):
+            if not watch.closed:
+                watch.queue.put_nowait(error)
+        self.watches.clear()
+        self.pending.clear()
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.reader.cancel()
 
 
 def _read(path: str | None) -> bytes | None:
@@ -391,7 +496,7 @@ class Connection:
         self._generation = 0  # bumped by every failover
         self._retiring: set[asyncio.Task] = set()
         self._retired_channels: list[Any] = []
-        self._watches: set[_WatchCall] = set()
+        self._watch_stream: _WatchStream | None = None
 
     async def open(self) -> "Connection":
         try:
@@ -402,6 +507,10 @@ class Connection:
         return self
 
     async def close(self) -> None:
+        stream, self._watch_stream = self._watch_stream, None
+        if stream is not None:
+            stream.close()
+            await asyncio.gather(stream.reader, return_exceptions=True)
         for task in list(self._retiring):
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -446,9 +555,10 @@ class Connection:
         log.warning("etcd did not answer; reconnecting to %s first", client.preferred_endpoint)
         if old_channel is not None:
             self._retired_channels.append(old_channel)
-        for watch in [w for w in self._watches if w.generation < self._generation]:
-            watch.retired = True
-            watch.call.cancel()
+        if self._watch_stream is not None:
+            self._watch_stream.retired = True
+            self._watch_stream.close()
+            self._watch_stream = None
         task = asyncio.get_running_loop().create_task(self._retire(old_channel, old_watcher))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -465,14 +575,13 @@ class Connection:
                 self._retired_channels.remove(channel)
 
     async def watch(self, ranges: Sequence[tuple[bytes, bytes]], start_revision: int) -> AsyncIterator[Any]:
-        """Watch the key ranges [key, range_end) from `start_revision` on (inclusive), on a gRPC
-        Watch stream of this generator's own: yields the events of each response as they come
-        (etcd's Event messages, one sequence per response), until closed.
+        """Watch the key ranges [key, range_end) from `start_revision` on (inclusive) on this
+        connection's watch stream (_WatchStream): yields the events of each etcd response as
+        they come (etcd's Event messages, one sequence per response), until closed.
 
         Raises WatchCompacted if etcd compacted a revision still to be sent, RegistryUnavailable
-        when the stream is lost (etcd gone, a failover of this connection, the stream ended),
-        RegistryError for other errors. Closing the generator cancels the stream (and with it
-        its watches on etcd's side): no cancel request waits for an answer.
+        when the stream is lost (etcd gone, a failover of this connection, the connection
+        closing), RegistryError for other errors. Closing the generator cancels its watches.
         """
         client = self.client
         generation = self._generation
@@ -484,47 +593,19 @@ class Connection:
             if isinstance(error, RegistryUnavailable):
                 self.failover(generation)
             raise error from None
-        requests = [rpc.WatchRequest(create_request=rpc.WatchCreateRequest(key=key, range_end=end,
-                                                                            start_revision=start_revision))
-                    for key, end in ranges]
-        forever = asyncio.Event()  # never set: the request side stays open while the watch lives
-
-        async def outgoing() -> AsyncIterator[Any]:
-            for request in requests:
-                yield request
-            await forever.wait()
-
-        watch = _WatchCall(client.watchstub.Watch(outgoing(), metadata=client.metadata), generation)
-        self._watches.add(watch)
-        created = 0
+        stream = self._watch_stream
+        if stream is None or stream.error is not None or stream.generation != self._generation:
+            stream = self._watch_stream = _WatchStream(self, self._generation)
+        watch = _Watch()
+        stream.add(watch, ranges, start_revision)
         try:
-            async for response in watch.call:
-                if response.compact_revision:
-                    raise WatchCompacted(response.compact_revision)
-                if response.canceled:  # e.g. no permission for the range
-                    raise RegistryError(f"etcd cancelled a watch at {','.join(self.settings.endpoints)}: "
-                                        f"{response.cancel_reason or 'no reason given'}")
-                if response.created:
-                    created += 1
-                if response.events:
-                    yield response.events
-            raise translate(TimeoutError("watch stream ended"), self.settings.endpoints)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            # the call was cancelled, not this task: by a failover, or the channel was closed
-            reason = f"a reconnect to {client.preferred_endpoint}" if watch.retired else "its channel closing"
-            raise RegistryUnavailable(f"etcd watch ended by {reason}") from None
-        except _TRANSLATED as exc:
-            raise_if_cancelling(exc)
-            error = translate(exc, self.settings.endpoints)
-            if isinstance(error, RegistryUnavailable) and created < len(ranges):
-                self.failover(generation)  # as a failed call would: the next attempt tries another member
-            raise error from None
+            while True:
+                item = await watch.queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
         finally:
-            self._watches.discard(watch)
-            watch.call.cancel()
+            stream.remove(watch)
 
     async def lease_keepalive(self, lease_id: int, timeout: float | None = None) -> Any:
         """One LeaseKeepAlive round trip, within `timeout` seconds (default: the request timeout)."""

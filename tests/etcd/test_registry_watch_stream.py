@@ -1,5 +1,6 @@
-"""The registry's own watch streams (fleetd/registry/connection.py `Connection.watch`, read by
-`RegistryCore.watch`): one gRPC stream per watch, a response's events handed on in a loop.
+"""The registry's own watch stream (fleetd/registry/connection.py `_WatchStream`, read by
+`Connection.watch` and `RegistryCore.watch`): one gRPC stream per connection shared by its
+watches, a response's events handed to its watch as one batch.
 Against a real etcd: what a watcher sees (order, deletions, several prefixes, many watches on
 one connection), and that closing or cancelling a watch removes its watchers from etcd."""
 
@@ -72,6 +73,24 @@ async def test_many_watches_on_one_connection_each_see_their_own(registry: Regis
             await stream.aclose()
 
 
+async def test_watches_of_a_connection_share_one_stream(registry: Registry, etcd_server):
+    keys = registry.keys
+    revision = await registry.current_revision()
+    first = registry.watch([keys.jobs], revision + 1)
+    second = registry.watch([keys.schedule, keys.globals], revision + 1)
+    pending = [asyncio.ensure_future(first.__anext__()), asyncio.ensure_future(second.__anext__())]
+    await registry.core.put(keys.job("a.service"), b"{}")
+    await registry.core.put(keys.placement("m1", "a.service"), b"{}")
+    try:
+        a, b = [await asyncio.wait_for(p, 10) for p in pending]
+        assert (a.key, b.key) == (keys.job("a.service"), keys.placement("m1", "a.service"))
+        stream = registry.connection._watch_stream
+        assert len(stream.watches) == 3 and len(set(map(id, stream.watches.values()))) == 2
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
 async def test_closing_or_cancelling_a_watch_removes_it_from_etcd(registry: Registry, etcd_server):
     keys = registry.keys
     before = await _watchers(etcd_server.endpoint)
@@ -96,7 +115,8 @@ async def test_closing_or_cancelling_a_watch_removes_it_from_etcd(registry: Regi
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await _wait_watchers(etcd_server.endpoint, before) == before
-    assert registry.connection._watches == set()
+    stream = registry.connection._watch_stream
+    assert stream is not None and stream.watches == {} and not stream.pending
 
 
 async def test_a_closed_connection_ends_its_watches_as_unavailable(etcd_settings):
@@ -109,3 +129,24 @@ async def test_a_closed_connection_ends_its_watches_as_unavailable(etcd_settings
         await asyncio.wait_for(pending, 10)
     await stream.aclose()
     await reg.close()
+
+
+async def test_a_compacted_watch_ends_alone(registry: Registry):
+    from fleetd.registry import WatchCompacted
+
+    keys = registry.keys
+    old = await registry.current_revision()
+    await registry.core.put(keys.job("a.service"), b"{}")
+    await registry.connection.client.compact(await registry.current_revision())
+    alive = registry.watch([keys.schedule], await registry.current_revision() + 1)
+    pending = asyncio.ensure_future(alive.__anext__())
+    with pytest.raises(WatchCompacted):
+        async for _ in registry.watch([keys.jobs, keys.globals], old):
+            break
+    await registry.core.put(keys.placement("m1", "b.service"), b"{}")
+    try:
+        event = await asyncio.wait_for(pending, 10)
+        assert event.key == keys.placement("m1", "b.service")
+        assert len(registry.connection._watch_stream.watches) == 1  # the compacted one's other range cancelled
+    finally:
+        await alive.aclose()
