@@ -48,6 +48,14 @@ ETCD_TUNING_FLAGS: tuple[str, ...] = ("--backend-batch-limit=500",)
 ETCD_TUNING_ENV: dict[str, str] = {"GOGC": "400"}
 
 
+def etcd_setup(stock: bool, options: tuple[str, ...] | list[str]) -> tuple[tuple[str, ...], dict[str, str] | None]:
+    """(etcd flags, environment added to etcd's) for a run: the large-cluster settings, unless
+    `stock`, then `options`."""
+    if stock:
+        return tuple(options), None
+    return ETCD_TUNING_FLAGS + tuple(options), dict(ETCD_TUNING_ENV)
+
+
 def machine_id(i: int) -> str:
     """Distinct 32-hex IDs whose 8-character short IDs are distinct too."""
     return f"{i * 2654435761 % 2**32:08x}{i:024x}"
@@ -508,8 +516,7 @@ def scale(machines: int | None = None, units: int | None = None, *, quick: bool 
         raise BenchmarkError(f"scale benchmark: agent processes must be 1..{machines}, got {agent_processes}")
     result = asyncio.run(_scale(machines, units, connections, timeout, agent_ttl, engine_interval,
                                 etcd_binary, profile, idle_seconds, single_starts, agent_processes,
-                                agents_nice, (() if etcd_stock else ETCD_TUNING_FLAGS) + tuple(etcd_options),
-                                None if etcd_stock else dict(ETCD_TUNING_ENV)))
+                                agents_nice, *etcd_setup(etcd_stock, etcd_options)))
     result["date"] = time.strftime("%Y-%m-%d")
     result["cpus"] = os.cpu_count()
     return result
