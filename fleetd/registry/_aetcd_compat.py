@@ -63,6 +63,7 @@ class AetcdClientBase(aetcd.Client):
         self.clusterstub = rpc.ClusterStub(stubs)
         self.leasestub = rpc.LeaseStub(stubs)
         self.maintenancestub = rpc.MaintenanceStub(stubs)
+        self.watchstub = rpc.WatchStub(stubs)  # the registry's own watch streams (Connection.watch)
         self._watcher = watcher.Watcher(rpc.WatchStub(stubs), timeout=None, metadata=self.metadata)
         self._connected.set()
 

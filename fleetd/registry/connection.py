@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import ipaddress
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import aetcd
@@ -318,6 +319,128 @@ class _Client(AetcdClientBase):
         self.install_stubs(stubs)
 
 
+class WatchCompacted(RegistryError):
+    """The requested start revision was compacted: the watcher must resync from a snapshot."""
+
+    def __init__(self, compact_revision: int):
+        super().__init__(f"etcd revision compacted (oldest available {compact_revision}); resync needed")
+        self.compact_revision = compact_revision
+
+
+class _Watch:
+    """One `Connection.watch()`: the batches of events its ranges' watches bring, or the error
+    that ended them, in one queue; the watch IDs etcd gave it."""
+
+    __slots__ = ("queue", "ids", "closed")
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.ids: list[int] = []
+        self.closed = False
+
+
+class _WatchStream:
+    """A connection's gRPC Watch stream, read here and shared by its watches (as etcd's own
+    clients do: one stream per connection, not one per watch): each response's events are
+    handed to the watch they belong to as one batch. Create requests are answered in order
+    (etcd answers every one with `created`, refusals included), so the watch waiting longest
+    for its ID gets the next one."""
+
+    def __init__(self, connection: "Connection", generation: int):
+        client = connection.client
+        self.connection, self.generation = connection, generation
+        self.requests: asyncio.Queue = asyncio.Queue()
+        self.pending: collections.deque[_Watch] = collections.deque()  # sent, awaiting `created`
+        self.watches: dict[int, _Watch] = {}
+        self.error: RegistryError | None = None
+        self.retired = False  # ended by a failover of the connection
+        self.call = client.watchstub.Watch(self._outgoing(), metadata=client.metadata)
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _outgoing(self) -> AsyncIterator[Any]:
+        while True:
+            yield await self.requests.get()
+
+    def add(self, watch: _Watch, ranges: Sequence[tuple[bytes, bytes]], start_revision: int) -> None:
+        for key, end in ranges:
+            self.pending.append(watch)
+            self.requests.put_nowait(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+                key=key, range_end=end, start_revision=start_revision)))
+
+    def remove(self, watch: _Watch) -> None:
+        watch.closed = True
+        for watch_id in watch.ids:
+            if self.watches.pop(watch_id, None) is not None and self.error is None:
+                self._cancel(watch_id)
+        watch.ids.clear()
+
+    def _cancel(self, watch_id: int) -> None:
+        self.requests.put_nowait(rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=watch_id)))
+
+    def _end(self, watch: _Watch, error: RegistryError) -> None:
+        """One watch ends with `error` (its other ranges' watches are cancelled)."""
+        if not watch.closed:
+            watch.queue.put_nowait(error)
+        self.remove(watch)
+
+    async def _read(self) -> None:
+        endpoints = self.connection.settings.endpoints
+        try:
+            async for response in self.call:
+                if response.created:
+                    watch = self.pending.popleft()
+                    if response.canceled:  # refused, e.g. no permission for the range
+                        self._end(watch, RegistryError(f"etcd refused a watch at {','.join(endpoints)}: "
+                                                       f"{response.cancel_reason or 'no reason given'}"))
+                    elif watch.closed:
+                        self._cancel(response.watch_id)
+                    else:
+                        self.watches[response.watch_id] = watch
+                        watch.ids.append(response.watch_id)
+                    continue
+                watch = self.watches.get(response.watch_id)
+                if watch is None:  # the rest of a cancelled watch
+                    continue
+                if response.compact_revision:
+                    self._end(watch, WatchCompacted(response.compact_revision))
+                elif response.canceled:
+                    self.watches.pop(response.watch_id, None)
+                    self._end(watch, RegistryUnavailable(f"etcd cancelled a watch at {','.join(endpoints)}: "
+                                                         f"{response.cancel_reason or 'no reason given'}"))
+                elif response.events:
+                    watch.queue.put_nowait(response.events)
+            error = translate(TimeoutError("watch stream ended"), endpoints)
+        except asyncio.CancelledError:
+            # the call was cancelled (a failover, the channel closing) or this reader (close())
+            reason = f"a reconnect to {self.connection.client.preferred_endpoint}" if self.retired else "its connection closing"
+            self._fail(RegistryUnavailable(f"etcd watch ended by {reason}"))
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return
+        except _TRANSLATED as exc:
+            error = translate(exc, endpoints)
+            if isinstance(error, RegistryUnavailable) and self.pending:
+                self.connection.failover(self.generation)  # as a failed call would
+        except RegistryError as exc:  # e.g. a create answered with no watch waiting for it
+            error = exc
+        except IndexError:
+            error = RegistryError(f"etcd at {','.join(endpoints)} confirmed a watch nobody asked for")
+        self._fail(error)
+
+    def _fail(self, error: RegistryError) -> None:
+        self.error = error
+        for watch in set(self.watches.values()) | set(self.pending):
+            if not watch.closed:
+                watch.queue.put_nowait(error)
+        self.watches.clear()
+        self.pending.clear()
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.reader.cancel()
+
+
 def _read(path: str | None) -> bytes | None:
     if not path:
         return None
@@ -373,6 +496,7 @@ class Connection:
         self._generation = 0  # bumped by every failover
         self._retiring: set[asyncio.Task] = set()
         self._retired_channels: list[Any] = []
+        self._watch_stream: _WatchStream | None = None
 
     async def open(self) -> "Connection":
         try:
@@ -383,6 +507,10 @@ class Connection:
         return self
 
     async def close(self) -> None:
+        stream, self._watch_stream = self._watch_stream, None
+        if stream is not None:
+            stream.close()
+            await asyncio.gather(stream.reader, return_exceptions=True)
         for task in list(self._retiring):
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -427,6 +555,10 @@ class Connection:
         log.warning("etcd did not answer; reconnecting to %s first", client.preferred_endpoint)
         if old_channel is not None:
             self._retired_channels.append(old_channel)
+        if self._watch_stream is not None:
+            self._watch_stream.retired = True
+            self._watch_stream.close()
+            self._watch_stream = None
         task = asyncio.get_running_loop().create_task(self._retire(old_channel, old_watcher))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -441,6 +573,39 @@ class Connection:
                 await channel.close()
             with contextlib.suppress(ValueError):
                 self._retired_channels.remove(channel)
+
+    async def watch(self, ranges: Sequence[tuple[bytes, bytes]], start_revision: int) -> AsyncIterator[Any]:
+        """Watch the key ranges [key, range_end) from `start_revision` on (inclusive) on this
+        connection's watch stream (_WatchStream): yields the events of each etcd response as
+        they come (etcd's Event messages, one sequence per response), until closed.
+
+        Raises WatchCompacted if etcd compacted a revision still to be sent, RegistryUnavailable
+        when the stream is lost (etcd gone, a failover of this connection, the connection
+        closing), RegistryError for other errors. Closing the generator cancels its watches.
+        """
+        client = self.client
+        generation = self._generation
+        try:
+            await client.connect()
+        except _TRANSLATED as exc:
+            raise_if_cancelling(exc)
+            error = translate(exc, self.settings.endpoints)
+            if isinstance(error, RegistryUnavailable):
+                self.failover(generation)
+            raise error from None
+        stream = self._watch_stream
+        if stream is None or stream.error is not None or stream.generation != self._generation:
+            stream = self._watch_stream = _WatchStream(self, self._generation)
+        watch = _Watch()
+        stream.add(watch, ranges, start_revision)
+        try:
+            while True:
+                item = await watch.queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stream.remove(watch)
 
     async def lease_keepalive(self, lease_id: int, timeout: float | None = None) -> Any:
         """One LeaseKeepAlive round trip, within `timeout` seconds (default: the request timeout)."""

@@ -12,29 +12,18 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
-import aetcd.exceptions
-
 from fleetd.config import EtcdSettings
-from fleetd.errors import RegistryError, UnitConflict
-from fleetd.registry.connection import Connection, enc, prefix_end, translate
+from fleetd.errors import UnitConflict
+from fleetd.registry.connection import Connection, WatchCompacted, enc, prefix_end
 from fleetd.registry.keys import KeyLayout
 from fleetd.registry.records import CAS_ATTEMPTS, MAX_TXN_OPS
 
 T = TypeVar("T")
 
+PUT = 0  # etcd's Event.EventType of a put (DELETE is 1)
+
 #: Transactions in flight at once when a large read or write is split into many.
 PIPELINE_DEPTH = 8
-
-
-WATCH_CANCEL_TIMEOUT = 1.0  # seconds a cancelled watch waits for etcd to confirm
-
-
-class WatchCompacted(RegistryError):
-    """The requested start revision was compacted: the watcher must resync from a snapshot."""
-
-    def __init__(self, compact_revision: int):
-        super().__init__(f"etcd revision compacted (oldest available {compact_revision}); resync needed")
-        self.compact_revision = compact_revision
 
 
 @dataclass(frozen=True)
@@ -202,47 +191,18 @@ class RegistryCore:
         """Events below any of the prefixes from start_revision on (inclusive), until cancelled.
 
         Raises WatchCompacted if start_revision is gone, RegistryUnavailable if etcd is lost.
+        One gRPC stream per call, read here: each response's events are decoded and handed on
+        in a loop, with no task, lock or queue per event (Connection.watch).
         """
-        conn = self.connection
-        queue: asyncio.Queue = asyncio.Queue()
-        watches = []
+        ranges = []
+        for prefix in prefixes:
+            raw = enc(prefix)
+            ranges.append((raw, prefix_end(raw)))
+        stream = self.connection.watch(ranges, start_revision)
         try:
-            for prefix in prefixes:
-                raw = enc(prefix)
-                try:
-                    watch = await conn.call(conn.client.watch, raw, range_end=prefix_end(raw), start_revision=start_revision)
-                except aetcd.exceptions.RevisionCompactedError as exc:
-                    raise WatchCompacted(exc.compacted_revision) from None
-                watches.append(watch)
-
-            async def pump(watch) -> None:
-                try:
-                    async for event in watch:
-                        await queue.put(event)
-                except aetcd.exceptions.RevisionCompactedError as exc:
-                    await queue.put(WatchCompacted(exc.compacted_revision))
-                except Exception as exc:  # delivered to the consumer below
-                    await queue.put(translate(exc, self.settings.endpoints))
-                else:
-                    await queue.put(translate(TimeoutError("watch stream ended"), self.settings.endpoints))
-
-            pumps = [asyncio.create_task(pump(w)) for w in watches]
-            try:
-                while True:
-                    item = await queue.get()
-                    if isinstance(item, Exception):
-                        raise item
-                    value = item.kv.value if item.kind == "PUT" else None
-                    yield WatchEvent(item.kv.key.decode(), value, item.kv.mod_revision)
-            finally:
-                for task in pumps:
-                    task.cancel()
+            async for events in stream:
+                for event in events:
+                    kv = event.kv
+                    yield WatchEvent(kv.key.decode(), kv.value if event.type == PUT else None, kv.mod_revision)
         finally:
-            # bounded: aetcd's cancel waits for etcd's answer on the shared watch stream, which
-            # may never come (seen with several watches of one consumer being cancelled at once);
-            # the consumer's own cancellation must not hang on it
-            for watch in watches:
-                try:
-                    await asyncio.wait_for(watch.cancel(), WATCH_CANCEL_TIMEOUT)
-                except Exception:  # asyncio.TimeoutError included
-                    pass
+            await stream.aclose()

@@ -11,8 +11,11 @@ MAX_TXN_OPS = 120  # etcd's default --max-txn-ops is 128; keep room for compares
 CAS_ATTEMPTS = 10
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)  # json.dumps made one per call
+
+
 def dumps(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def loads(raw: bytes) -> object:

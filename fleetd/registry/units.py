@@ -39,7 +39,7 @@ class BodyCache:
 
     def _learn(self, unit_hash: str, raw: bytes) -> None:
         try:
-            self.known[unit_hash] = UnitFile.parse(raw, source=f"unit body {unit_hash}")
+            self.known[unit_hash] = UnitFile.parse_stored(raw, unit_hash, source=f"unit body {unit_hash}")
         except UnitFileError as exc:  # e.g. a NUL written around the API: never served
             log.warning("%s; units using it are ignored", exc)
 

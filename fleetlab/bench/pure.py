@@ -56,6 +56,9 @@ def main() -> None:
                    "the CPU that etcd, the engine and the client leave, as on separate machines).")
 @click.option("--etcd-option", "etcd_options", multiple=True,
               help="An extra etcd flag, e.g. --etcd-option=--backend-batch-interval=10ms (repeatable).")
+@click.option("--etcd-stock", is_flag=True,
+              help="etcd with its own defaults, without the large-cluster settings of docs/registry.md "
+                   "(--backend-batch-limit=500, GOGC=400) the benchmark uses otherwise.")
 @click.option("--profile-dir", type=click.Path(file_okay=False), default=None,
               help="Write cProfile data (agents-K.prof, engine.prof) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -74,6 +74,7 @@ class EtcdServer:
     binary: str = "etcd"
     host: str = "127.0.0.1"
     extra_args: tuple[str, ...] = ()
+    env: dict[str, str] | None = None  # added to the inherited environment (e.g. GOGC)
     # (ca, cert, key) files: clients must use https and present a certificate signed by ca
     tls: tuple[str, str, str] | None = None
     client_port: int = 0
@@ -161,6 +162,7 @@ class EtcdServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
 
     def _wait_ready(self, deadline: float) -> str:

@@ -62,10 +62,19 @@ def test_scale_agents_niceness_and_etcd_options(tiny_scale):
     result = tiny_scale
     assert result["agents_nice"] == 5
     assert result["agents_niceness_observed"] == [min(19, os.nice(0) + 5)]  # added to the inherited one
-    assert result["etcd_options"] == ["--backend-batch-interval=10ms"]
+    # after the large-cluster settings docs/registry.md recommends, unless --etcd-stock
+    assert result["etcd_options"] == ["--backend-batch-limit=500", "--backend-batch-interval=10ms"]
+    assert result["etcd_env"] == {"GOGC": "400"}
     assert result["verified"]["active"] == 103
     with pytest.raises(Exception, match="etcd"):  # the flags reach etcd: an unknown one stops it
         scale(machines=1, units=1, timeout=30, idle_seconds=0, single_starts=0, etcd_options=("--no-such-flag",))
+
+
+def test_scale_etcd_settings_and_stock_etcd():
+    from fleetlab.bench.scale import etcd_setup
+
+    assert etcd_setup(False, ("--x=1",)) == (("--backend-batch-limit=500", "--x=1"), {"GOGC": "400"})
+    assert etcd_setup(True, ("--x=1",)) == (("--x=1",), None)
 
 
 def test_scheduler_benchmark_places_everything():
@@ -81,3 +90,12 @@ def test_lookup_benchmark_checks_its_answers():
     assert (result["units"], result["machines"], result["samples"], result["verified"]) == (300, 7, 4, 4)
     assert all(result[k] > 0 for k in ("unit_by_name_ms", "unit_by_name_with_schedule_scan_ms", "wait_check_ms",
                                        "whole_cluster_ms"))
+
+
+def test_etcd_server_environment_reaches_etcd():
+    from fleetlab.testing.etcd import EtcdServer
+
+    with EtcdServer(env={"GOGC": "400"}) as etcd:
+        environ = open(f"/proc/{etcd.process.pid}/environ", "rb").read().split(b"\0")
+        assert b"GOGC=400" in environ
+        assert any(e.startswith(b"PATH=") for e in environ)  # added to the inherited environment
