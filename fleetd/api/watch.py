@@ -9,7 +9,8 @@
 With `units=true` and unitName, the answer also carries `"units"`: the named units that exist, as
 GET /units?unitName=... shows them, read after that revision (so a client checks them at once
 instead of reading them in a second request; a change after the revision still answers the
-next long poll at once).
+next long poll at once). A long poll's units come from the shared watch's changes folded onto the
+last read of them (fleetd/api/feed_records.py), read from etcd only where that cannot tell.
 
 A change is any write to a unit's job record (desired state, body), its placement in the
 schedule or a state published by an agent. The server holds the request on an etcd watch of
