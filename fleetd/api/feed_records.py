@@ -54,7 +54,14 @@ class KeyKinds:
 def fold(seed: Seed, changes: Iterable[tuple[str, bytes | None]], kinds: KeyKinds):
     """The unit's record after the changes (key, value: None for a deletion) of its keys, in
     revision order, applied to the seed; None when it does not exist; UNKNOWN when that
-    cannot be told."""
+    cannot be told (a value that is no record: the memory registry's watch carries no states)."""
+    try:
+        return _fold(seed, changes, kinds)
+    except (ValueError, KeyError, TypeError):
+        return UNKNOWN
+
+
+def _fold(seed: Seed, changes: Iterable[tuple[str, bytes | None]], kinds: KeyKinds):
     record = seed.record
     if record is None:
         job = body = None

@@ -173,6 +173,11 @@ def test_fold_cannot_tell_a_new_unit_or_body():
                                                                              DesiredState.LAUNCHED))], KINDS) is UNKNOWN
 
 
+def test_a_value_that_is_no_record_cannot_be_told():
+    assert fold(Seed(record(), 1, 1), [(f"p/states/a.service/{MID}", b"")], KINDS) is UNKNOWN
+    assert fold(Seed(record(), 1, 1), [("p/job/a.service", b'{"name": "a.service"}')], KINDS) is UNKNOWN
+
+
 def test_placement_as_the_registry_chooses_it():
     on = {m: Placement("a.service", m, BODY.hash, DesiredState.LAUNCHED) for m in (MID, OTHER)}
     assert placement_of({}, (state(MID),)) is None
