@@ -185,3 +185,84 @@ def test_placement_as_the_registry_chooses_it():
     assert placement_of(on, (state(OTHER),)) == on[OTHER]  # on a reporting machine first
     assert placement_of(on, (state(MID), state(OTHER))) == on[OTHER]  # the last of them
     assert placement_of(on, ()) == on[OTHER]  # the last in key order
+
+
+# a property: a seed read at any point of a history, folded with the changes after it, gives
+# what a read at the end gives (the read modelled on the keys as etcd holds them)
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+MACHINES = (MID, OTHER)
+SECOND = UnitFile.parse("[Service]\nExecStart=/bin/sleep 3000\n")
+
+
+def change_strategy():
+    job = st.tuples(st.just("job"), st.sampled_from(["launched", "loaded", "inactive", None]))
+    place = st.tuples(st.just("schedule"), st.sampled_from(MACHINES), st.booleans())
+    report = st.tuples(st.just("states"), st.sampled_from(MACHINES),
+                       st.sampled_from(["active", "failed", "activating", None]))
+    return st.one_of(job, place, report)
+
+
+def as_key_change(change, body):
+    kind = change[0]
+    if kind == "job":
+        value = None if change[1] is None else codec.encode_job("a.service", body.hash, DesiredState(change[1]))
+        return "p/job/a.service", value
+    if kind == "schedule":
+        value = codec.encode_target(body.hash, DesiredState.LAUNCHED) if change[2] else None
+        return f"p/schedule/{change[1]}/a.service", value
+    value = None if change[2] is None else codec.encode_state(state(change[1], change[2]))
+    return f"p/states/a.service/{change[1]}", value
+
+
+def read(keys: dict, body) -> UnitRecord | None:
+    """What Registry.unit_records returns for the keys held (fleetd/registry/views.py)."""
+    if "p/job/a.service" not in keys:
+        return None
+    _, _, desired = codec.decode_job(keys["p/job/a.service"])
+    states = sorted((codec.decode_state(v) for k, v in keys.items() if k.startswith("p/states/")),
+                    key=lambda s: s.machine_id)
+    placements = {k.split("/")[2]: codec.decode_placement("a.service", k.split("/")[2], v)
+                  for k, v in sorted(keys.items()) if k.startswith("p/schedule/")}
+    found = None
+    for s in states:
+        found = placements.get(s.machine_id, found)
+    if found is None and placements:
+        found = placements[sorted(placements)[-1]]
+    return UnitRecord(Unit("a.service", body, desired), found, tuple(states))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(change_strategy(), max_size=25), st.data())
+def test_fold_of_a_seed_and_the_changes_after_equals_a_read(changes, data):
+    history = [as_key_change(c, BODY) for c in changes]
+    # one placement of a unit at a time, as the engine writes them: a placement moves
+    keys: dict = {}
+    kept = []
+    for key, value in history:
+        if key.startswith("p/schedule/") and value is not None:
+            for other in [k for k in keys if k.startswith("p/schedule/") and k != key]:
+                kept.append((other, None))
+                del keys[other]
+        kept.append((key, value))
+        if value is None:
+            keys.pop(key, None)
+        else:
+            keys[key] = value
+    at = data.draw(st.integers(0, len(kept)))
+    before: dict = {}
+    for key, value in kept[:at]:
+        if value is None:
+            before.pop(key, None)
+        else:
+            before[key] = value
+    seed = Seed(read(before, BODY), at, at)
+    # a change the read saw already may come again (the read was between low and high)
+    again = data.draw(st.integers(0, at))
+    result = fold(seed, kept[at - again:], KINDS)
+    seen_job_created = seed.record is None and any(k == "p/job/a.service" and v is not None for k, v in kept[at - again:])
+    if seen_job_created:
+        assert result is UNKNOWN
+    else:
+        assert result == read(keys, BODY)
