@@ -35,9 +35,9 @@ MODULE_SECONDS: dict[str, float] = {
     "tests/etcd/test_engine_hold_together.py": 7.5,
     "tests/etcd/test_engine_hold_lone.py": 4.5,
     "tests/etcd/test_fleetctl_fast_etcd.py": 20.0,  # ~10 CPU-s (fleetctl processes) since session 7; early, or it is the loop's tail
-    "tests/etcd/test_presence_peers.py": 7.0,  # session 8: split in three (was 18.0)
+    "tests/etcd/test_presence_peers.py": 6.0,  # session 8: split in three (was 18.0)
     "tests/etcd/test_presence_peers_silent.py": 9.5,
-    "tests/etcd/test_presence_peers_cutoff.py": 8.0,
+    "tests/etcd/test_presence_peers_cutoff.py": 7.5,
     "tests/unit/test_launcher.py": 17.0,
     "tests/etcd/test_fleetctl_fast_units.py": 11.0,
     "tests/etcd/test_api.py": 7.0,

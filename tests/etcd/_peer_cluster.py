@@ -49,9 +49,10 @@ class Node:
 
 
 @asynccontextmanager
-async def peer_cluster(own_etcd: EtcdServer, tmp_path) -> AsyncIterator[list[Node]]:
-    """Three nodes (presence and API server each) on one etcd of their own."""
-    settings = EtcdSettings(endpoints=(own_etcd.endpoint,), key_prefix=f"/fleet-test/{uuid.uuid4().hex[:12]}/",
+async def peer_cluster(etcd: EtcdServer, tmp_path) -> AsyncIterator[list[Node]]:
+    """Three nodes (presence and API server each) on `etcd`, under a key prefix of their own
+    (tests that pause etcd give them an etcd of their own; the others the worker's)."""
+    settings = EtcdSettings(endpoints=(etcd.endpoint,), key_prefix=f"/fleet-test/{uuid.uuid4().hex[:12]}/",
                             request_timeout=1.0)
     registries, nodes = [], []
     port = free_port()
@@ -67,7 +68,7 @@ async def peer_cluster(own_etcd: EtcdServer, tmp_path) -> AsyncIterator[list[Nod
             assert len(node.presence.known) == 3
         yield nodes
     finally:
-        own_etcd.resume()
+        etcd.resume()  # (a no-op unless the test paused it)
         for node in nodes:
             await node.stop()
         for reg in registries:

@@ -8,9 +8,10 @@ a real etcd and real peer endpoints (fleetd's API server on loopback addresses):
 - holding on through an outage, peers silent for a moment change nothing; silent for longer
   than `settle - STOP_MARGIN` after the last round that said hold, the machine fences.
 
-One module per group of these (tests/etcd/_peer_cluster.py has the nodes): this one the peer
-endpoint and the total outage; test_presence_peers_cutoff.py one machine cut off, and the quiet
-endpoint; test_presence_peers_silent.py peers silent during an outage.
+One module per group of these (tests/etcd/_peer_cluster.py has the nodes): this one the total
+outage; test_presence_peers_cutoff.py the peer endpoints and one machine cut off (on the
+worker's etcd: nothing there pauses it); test_presence_peers_silent.py peers silent during an
+outage.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import time
 import pytest
 
 from _peer_cluster import TTL, peer_cluster
-from fleetd.disruption import PeerAnswer
 from fleetlab.testing.etcd import EtcdServer
 
 
@@ -35,14 +35,6 @@ def own_etcd():
 async def cluster(own_etcd, tmp_path):
     async with peer_cluster(own_etcd, tmp_path) as nodes:
         yield nodes
-
-
-async def test_peer_endpoint_answers(cluster):
-    client = cluster[0].presence.peer_client
-    peers = {n.presence.machine.id: n.presence.machine.public_ip for n in cluster[1:]}
-    assert await client.ask(peers) == {m: PeerAnswer.REACHES_ETCD for m in peers}
-    wrong = {"ff" * 16: cluster[1].presence.machine.public_ip}  # another machine answers there
-    assert await client.ask(wrong) == {"ff" * 16: PeerAnswer.UNREACHABLE}
 
 
 async def test_total_etcd_outage_fences_nobody(cluster, own_etcd):

@@ -1,6 +1,6 @@
-"""Presence asks its peers before it fences (see test_presence_peers.py), one machine cut off
-from etcd: it fences no later than its lease deadline whether its peers reach etcd or are
-silent; the peers' quiet endpoint tells how long a machine has reached etcd."""
+"""Presence asks its peers before it fences (see test_presence_peers.py): the peer endpoint
+answers; one machine cut off from etcd fences no later than its lease deadline whether its
+peers reach etcd or are silent; the quiet endpoint tells how long a machine has reached etcd."""
 
 from __future__ import annotations
 
@@ -10,19 +10,22 @@ import time
 import pytest
 
 from _peer_cluster import TTL, cut, heal, peer_cluster
-from fleetlab.testing.etcd import EtcdServer
+from fleetd.disruption import PeerAnswer
 
 
 @pytest.fixture
-def own_etcd():
-    with EtcdServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def cluster(own_etcd, tmp_path):
-    async with peer_cluster(own_etcd, tmp_path) as nodes:
+async def cluster(etcd_server, tmp_path):
+    """On the worker's etcd (nothing here pauses it)."""
+    async with peer_cluster(etcd_server, tmp_path) as nodes:
         yield nodes
+
+
+async def test_peer_endpoint_answers(cluster):
+    client = cluster[0].presence.peer_client
+    peers = {n.presence.machine.id: n.presence.machine.public_ip for n in cluster[1:]}
+    assert await client.ask(peers) == {m: PeerAnswer.REACHES_ETCD for m in peers}
+    wrong = {"ff" * 16: cluster[1].presence.machine.public_ip}  # another machine answers there
+    assert await client.ask(wrong) == {"ff" * 16: PeerAnswer.UNREACHABLE}
 
 
 async def test_an_isolated_machine_fences_by_its_deadline(cluster):
