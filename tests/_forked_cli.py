@@ -12,6 +12,20 @@ fleetctl.cli's own `main()` that ends with os._exit), only the imports are inher
 about start-up (what a cold `fleetctl` imports, how fast it starts) keep real subprocesses
 (tests/etcd/test_fleetctl_startup.py, and each fast-path module's own unreachable-API test
 compares two cold processes).
+
+`run(..., entry="fast")` forks the fast entry point instead (what `python -m fleetctl` runs,
+fleetctl/__main__.py's `fleetctl.fast.main()`) for the runs the fast path hands over to the
+full CLI: what such a run checks is the fast path's decision (nothing printed, nothing written,
+then the full CLI's answer), and a cold hand-over imports the full CLI, gRPC for the etcd
+driver, again each time (~0.2-0.3 CPU-s a run). The run reports `handed_over`: whether the fast
+entry point called `fleetctl.cli.main`. The runs whose import set is checked (every run the
+fast path answers itself) stay cold processes, and so does one hand-over per module (the
+control that a cold process hands over the same way).
+
+`ForkedCli(preload, cli=False)` and `run(..., entry="module:NAME")`: `python -m NAME ARGS` (runpy,
+as `-m` does) forked from a server that imported `preload` once, for other programs whose runs
+start the same code again and again (fleet-run in tests/unit/test_launcher.py: ~0.12 CPU-s of
+start-up in each of its thirty-odd runs).
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ import threading
 import time
 
 #: imported by the server before it forks: what the full CLI's unit and list commands load
-PRELOAD = ("fleetctl.cli", "fleetctl.api_client", "fleetctl.commands.common", "fleetctl.commands.units",
+PRELOAD = ("fleetctl.cli", "fleetctl.fast", "fleetctl.fast_units", "fleetctl.fast_etcd", "fleetctl.api_client", "fleetctl.commands.common", "fleetctl.commands.units",
            "fleetctl.commands.unitops", "fleetctl.commands.machines")
 
 _SERVER = r"""
@@ -38,10 +52,11 @@ for line in requests:
     ask = json.loads(line)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    hand_r, hand_w = os.pipe()  # the fast entry's run writes one byte here when it calls the full CLI
     pid = os.fork()
     if pid == 0:  # the run: a process of its own, as `python -c "...main()" ARGS` would be
         try:
-            os.close(out_r), os.close(err_r), os.close(replies.fileno())
+            os.close(out_r), os.close(err_r), os.close(hand_r), os.close(replies.fileno())
             os.dup2(out_w, 1), os.dup2(err_w, 2)
             os.close(out_w), os.close(err_w)
             stdin = os.open(os.devnull, os.O_RDONLY)
@@ -49,6 +64,23 @@ for line in requests:
             os.chdir(ask["cwd"])
             os.environ.clear()
             os.environ.update(ask["env"])
+            if ask.get("entry", "").startswith("module:"):  # as `python -m NAME ARGS`
+                import runpy
+                sys.argv = ["-m", *ask["args"]]  # run_module sets argv[0] to the module's file
+                runpy.run_module(ask["entry"].split(":", 1)[1], run_name="__main__", alter_sys=True)
+                raise SystemExit(0)
+            if ask.get("entry") == "fast":  # as `python -m fleetctl ARGS`: fleetctl/__main__.py
+                import fleetctl.cli, fleetctl.fast
+                full_main = fleetctl.cli.main
+
+                def hand_over():
+                    os.write(hand_w, b"1")
+                    return full_main()
+
+                fleetctl.cli.main = hand_over  # what fleetctl.fast.main() imports when it hands over
+                sys.argv = [os.path.join(os.path.dirname(fleetctl.fast.__file__), "__main__.py"), *ask["args"]]
+                fleetctl.fast.main()  # ends with os._exit(code), its own or the full CLI's
+                raise SystemExit(0)  # (as the end of fleetctl/__main__.py would)
             sys.argv = ["fleetctl", *ask["args"]]
             from fleetctl.cli import main
             main()  # ends with os._exit(code)
@@ -61,7 +93,7 @@ for line in requests:
             sys.stderr.flush()
             os._exit(1)
         os._exit(0)
-    os.close(out_w), os.close(err_w)
+    os.close(out_w), os.close(err_w), os.close(hand_w)
     reply = {"pid": pid}
     replies.write(json.dumps(reply).encode() + b"\n")
     replies.flush()
@@ -76,7 +108,13 @@ for line in requests:
                 open_fds.remove(fd)
                 os.close(fd)
     _, status = os.waitpid(pid, 0)
-    reply = {"returncode": os.waitstatus_to_exitcode(status),
+    os.set_blocking(hand_r, False)  # the child has ended: its byte is there or never comes
+    try:
+        handed_over = os.read(hand_r, 1) == b"1"
+    except BlockingIOError:
+        handed_over = False
+    os.close(hand_r)
+    reply = {"returncode": os.waitstatus_to_exitcode(status), "handed_over": handed_over,
              "stdout": b"".join(chunks[out_r]).decode("latin-1"), "stderr": b"".join(chunks[err_r]).decode("latin-1")}
     replies.write(json.dumps(reply).encode() + b"\n")
     replies.flush()
@@ -92,10 +130,12 @@ class ForkedCli:
     """`run(args, cwd=, env=, timeout=)` -> subprocess.CompletedProcess, as
     `subprocess.run([python, "-c", "...fleetctl.cli.main()", *args], capture_output=True, text=True)`."""
 
-    def __init__(self, preload: tuple[str, ...] = ()) -> None:
+    def __init__(self, preload: tuple[str, ...] = (), cli: bool = True) -> None:
         """`preload`: modules imported before forking besides PRELOAD (importing gRPC creates no
-        channel or thread: forking after it is safe, the runs create their own)."""
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, *PRELOAD, *preload], stdin=subprocess.PIPE,
+        channel or thread: forking after it is safe, the runs create their own); `cli=False`:
+        without PRELOAD (a server for `entry="module:..."` runs only)."""
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, *(PRELOAD if cli else ()), *preload],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, bufsize=0, start_new_session=True)
         self.lock = threading.Lock()
         self.pending = b""  # read from the server, not yet a whole line
@@ -115,10 +155,16 @@ class ForkedCli:
         line, self.pending = self.pending.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, args: list[str], *, cwd, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
-        argv = [sys.executable, "-c", "fleetctl.cli.main() (forked)", *args]
+    def run(self, args: list[str], *, cwd, env: dict, timeout: float = 120,
+            entry: str = "cli") -> subprocess.CompletedProcess:
+        """entry "cli": the full CLI's `main()`; "fast": the fast entry point (`python -m
+        fleetctl`), and the result's `handed_over` says whether it called the full CLI;
+        "module:NAME": `python -m NAME`."""
+        assert entry in ("cli", "fast") or entry.startswith("module:")
+        argv = [sys.executable, "-c", f"{entry} (forked)", *args]
         with self.lock:
-            request = memoryview(json.dumps({"args": list(args), "cwd": str(cwd), "env": dict(env)}).encode() + b"\n")
+            request = memoryview(json.dumps({"args": list(args), "cwd": str(cwd), "env": dict(env),
+                                             "entry": entry}).encode() + b"\n")
             while request:
                 request = request[os.write(self.proc.stdin.fileno(), request):]
             pid = self._reply(30)["pid"]
@@ -131,8 +177,10 @@ class ForkedCli:
                     pass
                 self._reply(30)  # the killed run's reply: the next run's comes after it
                 raise subprocess.TimeoutExpired(argv, timeout) from None
-        return subprocess.CompletedProcess(argv, done["returncode"], _text(done["stdout"].encode("latin-1")),
-                                           _text(done["stderr"].encode("latin-1")))
+        result = subprocess.CompletedProcess(argv, done["returncode"], _text(done["stdout"].encode("latin-1")),
+                                             _text(done["stderr"].encode("latin-1")))
+        result.handed_over = done["handed_over"]
+        return result
 
     def close(self) -> None:
         self.proc.stdin.close()

@@ -25,7 +25,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+
+# hypothesis runs its third-party plugins' hooks when imported: the one installed here is trio's
+# (a dependency of a dependency; no test uses trio), and importing trio cost ~0.1 CPU-s in every
+# pytest process of the fast loop (the controller and each xdist worker)
+os.environ.setdefault("HYPOTHESIS_NO_PLUGINS", "1")
+from hypothesis import settings  # noqa: E402  (after the line above)
 
 from _depth import depth_for
 from _schedule import scheduler, slowest_modules_first

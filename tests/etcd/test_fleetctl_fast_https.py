@@ -44,10 +44,11 @@ def tls_clusters(etcd_server, tmp_path_factory):
         yield servers, pki, servers.cli
 
 
-def both(tls_clusters, work, *args, tls=("ca", "client")):
-    """`fleetctl ARGS` on https: the fast entry point (a cold process) on one cluster, the full CLI
-    on the other; `tls`: the CA and the client certificate given (by flags, as the environment
-    would: both paths read them alike)."""
+def both(tls_clusters, work, *args, tls=("ca", "client"), cold=True):
+    """`fleetctl ARGS` on https: the fast entry point (a cold process; with `cold=False`, for a
+    run it hands over to the full CLI, forked: tests/_forked_cli.py, entry "fast") on one
+    cluster, the full CLI on the other; `tls`: the CA and the client certificate given (by
+    flags, as the environment would: both paths read them alike)."""
     (fast_srv, full_srv), pki, cli = tls_clusters
     flags = []
     if "ca" in tls:
@@ -58,8 +59,12 @@ def both(tls_clusters, work, *args, tls=("ca", "client")):
     def endpoint(srv):
         return "--endpoint=https://" + srv.harness.server.tcp_addresses[0]
 
-    quick = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", endpoint(fast_srv), *flags, *args],
-                           capture_output=True, text=True, timeout=120, cwd=work, env=env_without_fleetctl_settings())
+    if cold:
+        quick = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", endpoint(fast_srv), *flags, *args],
+                               capture_output=True, text=True, timeout=120, cwd=work, env=env_without_fleetctl_settings())
+    else:
+        quick = cli.run([endpoint(fast_srv), *flags, *args], timeout=120, cwd=work, env=env_without_fleetctl_settings(),
+                        entry="fast")
     slow = cli.run([endpoint(full_srv), *flags, *args], timeout=120, cwd=work, env=env_without_fleetctl_settings())
     # the endpoints differ only in their port: compare with it taken out
     for proc, srv in ((quick, fast_srv), (slow, full_srv)):
@@ -68,10 +73,14 @@ def both(tls_clusters, work, *args, tls=("ca", "client")):
     return quick, slow
 
 
-def same(tls_clusters, work, *args, fast_path=True, tls=("ca", "client")):
-    quick, slow = both(tls_clusters, work, *args, tls=tls)
+def same(tls_clusters, work, *args, fast_path=True, tls=("ca", "client"), cold=True):
+    """`cold=False` (with fast_path=False): the hand-over forked, `handed_over` checked."""
+    quick, slow = both(tls_clusters, work, *args, tls=tls, cold=cold)
     assert (quick.returncode, waited(quick.stdout), without_importtime(quick.stderr)) == (
         slow.returncode, waited(slow.stdout), slow.stderr), args
+    if not cold:
+        assert not fast_path and quick.handed_over, args
+        return quick
     names = imported(quick.stderr)
     on_fast_path = not any(n == m or n.startswith(m + ".") for n in names for m in FULL_CLI_MODULES)
     assert on_fast_path == fast_path, (args, sorted(n for n in names if n.startswith(("fleetctl", "click"))))
@@ -98,5 +107,6 @@ def test_a_tls_failure_is_the_full_clis_to_report(tls_clusters, tmp_path, tls):
     out = same(tls_clusters, tmp_path, "list-machines", fast_path=False, tls=tls)
     assert out.returncode == 1 and "unreachable" in out.stderr
     write_units(tmp_path, ["tlsfail.service"])
-    out = same(tls_clusters, tmp_path, "start", "tlsfail.service", fast_path=False, tls=tls)
+    # (the cold hand-over above is the control: this one forked)
+    out = same(tls_clusters, tmp_path, "start", "tlsfail.service", fast_path=False, tls=tls, cold=False)
     assert out.returncode == 1

@@ -37,7 +37,7 @@ def _forget_the_parses():
     module is done, or every later full garbage collection of the pytest-xdist worker walks them
     and its exit frees them at the fast loop's end."""
     yield
-    for cached in (_contracts_kept, _parsed, _module_path, _exports):
+    for cached in (_contracts_kept, _parsed, _nodes, _module_path, _exports):
         cached.cache_clear()
 
 
@@ -103,6 +103,13 @@ def _parsed(source: str, filename: str) -> ast.Module:
             if "recursion depth mismatch" not in str(error) or attempt == 2:
                 raise
     raise AssertionError("the last attempt returns or raises")
+
+
+@functools.cache
+def _nodes(source: str, filename: str) -> tuple[ast.AST, ...]:
+    """Every node of the file's tree, in `ast.walk`'s order: walked once for the four scans
+    below (private names, own names, imports, test fixtures), not once per scan."""
+    return tuple(ast.walk(_parsed(source, filename)))
 
 
 def _graph() -> grimp.ImportGraph:
@@ -181,11 +188,12 @@ def _is_private(name: str) -> bool:
 STDLIB_PRIVATE_API = {("os", "_exit"), ("sys", "_getframe")}
 
 
-def _own_private_names(tree: ast.AST) -> set[str]:
+def _own_private_names(nodes: tuple[ast.AST, ...]) -> set[str]:
     """Private names a file defines itself (functions, classes, attributes it assigns): using
-    them on other objects of its own classes is the module's own business."""
+    them on other objects of its own classes is the module's own business. `nodes`: the file's
+    (_nodes)."""
     own = set()
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             own.add(node.name)
         elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
@@ -207,9 +215,9 @@ def private_uses(source: str, filename: str = "<source>") -> list[str]:
     """`x._name` where x is not self/cls/super() and `_name` is not defined in this file, and
     `from m import _name` / `import m._name`: each as "file:line: text"."""
     found = []
-    tree = _parsed(source, filename)
-    own = _own_private_names(tree)
-    for node in ast.walk(tree):
+    nodes = _nodes(source, filename)
+    own = _own_private_names(nodes)
+    for node in nodes:
         if isinstance(node, ast.Attribute) and _is_private(node.attr):
             base = node.value
             if isinstance(base, ast.Name) and (base.id in ("self", "cls") or (base.id, node.attr) in STDLIB_PRIVATE_API):
@@ -265,7 +273,7 @@ LAB_FIXTURES = {"lab", "lab_factory", "fleet"}
 
 def _fixtures_used(path: Path) -> set[str]:
     used = set()
-    for node in ast.walk(_parsed(path.read_text(), path.relative_to(ROOT).as_posix())):
+    for node in _nodes(path.read_text(), path.relative_to(ROOT).as_posix()):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             used.update(a.arg for a in node.args.args + node.args.kwonlyargs)
         elif isinstance(node, ast.Attribute) and node.attr == "lab" and isinstance(node.value, ast.Attribute) \
@@ -391,7 +399,7 @@ def unresolved_imports(source: str, filename: str) -> list[str]:
             if exports is not None and name != "*" and name not in exports:
                 found.append(f"{filename}:{line}: {module} has no {name}")
 
-    for node in ast.walk(_parsed(source, filename)):
+    for node in _nodes(source, filename):
         if isinstance(node, ast.ImportFrom):
             module = _absolute(node, filename)
             if module.split(".")[0] in PACKAGES:

@@ -45,3 +45,26 @@ def test_replies_that_arrive_together_are_read_one_at_a_time(tmp_path):
         assert second.returncode == 2 and "No such option" in second.stderr
     finally:
         cli.close()
+
+
+def test_a_forked_fast_entry_run_is_what_a_cold_python_m_fleetctl_does(tmp_path):
+    """entry="fast": the fast entry point forked, for the runs it hands over to the full CLI
+    (the same output and exit code as a cold `python -m fleetctl`, `handed_over` true), and
+    for one it answers itself (`handed_over` false)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
+    cli = ForkedCli()
+    try:
+        for args in (["list-units", "--no-such-flag"], ["start", "--help"],
+                     [f"--endpoint=unix://{tmp_path}/nothing.sock", "list-machines", "--bogus"]):
+            forked = cli.run(args, cwd=tmp_path, env=env, timeout=60, entry="fast")
+            cold = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", *args], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=60)
+            cold_stderr = "".join(line for line in cold.stderr.splitlines(keepends=True)
+                                  if not line.startswith("import time:"))
+            assert (forked.returncode, forked.stdout, forked.stderr) == (cold.returncode, cold.stdout, cold_stderr), args
+            assert forked.handed_over and "fleetctl.cli" in cold.stderr, args
+        answered = cli.run([f"--endpoint=unix://{tmp_path}/nothing.sock", "list-machines"], cwd=tmp_path, env=env,
+                           timeout=60, entry="fast")  # the fast path's own error: no hand-over
+        assert answered.returncode == 1 and "unreachable" in answered.stderr and not answered.handed_over
+    finally:
+        cli.close()

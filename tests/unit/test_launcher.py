@@ -22,6 +22,8 @@ from fleetd.images import ImageStore, build_busybox_image
 from fleetd.launcher.spec import DEFAULT_STATE_ROOT
 from fleetd.launcher.idrange import userns_base
 
+from _forked_cli import ForkedCli
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fleet-run needs root")
 
 LAUNCHER = [sys.executable, "-m", "fleetd.launcher"]
@@ -51,10 +53,28 @@ def name() -> str:
     assert mounts == [], f"mounts left on the host: {mounts}"
 
 
+_forked: list[ForkedCli] = []  # the module's fork server of `python -m fleetd.launcher` (below)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def launcher_server():
+    """fleet_run's runs: `python -m fleetd.launcher` forked from one process that imported the
+    launcher once (tests/_forked_cli.py; each run still a process of its own: its argv,
+    environment, exit code, stdout and stderr), not ~0.12 CPU-s of start-up each. The runs the
+    tests signal or watch while they run (`start`) are cold processes."""
+    server = ForkedCli(preload=("fleetd.launcher.cli",), cli=False)
+    _forked.append(server)
+    try:
+        yield server
+    finally:
+        _forked.remove(server)
+        server.close()
+
+
 def fleet_run(images_dir: Path, *args: str, timeout: float = 60,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*LAUNCHER, "--images-dir", str(images_dir), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return _forked[0].run(["--images-dir", str(images_dir), *args], cwd=os.getcwd(),
+                          env=dict(os.environ) if env is None else env, timeout=timeout, entry="module:fleetd.launcher")
 
 
 def start(images_dir: Path, *args: str, **kw) -> subprocess.Popen:

@@ -17,7 +17,7 @@ import pytest
 
 from fleetd.launcher.spec import DEFAULT_INIT, DEFAULT_STATE_ROOT
 from tests.unit.test_launcher import (LAUNCHER, fleet_run, images_dir, init_pid, kill_container,  # noqa: F401
-                                 name, pid_ns, pids_in_ns, start, wait_for)
+                                 launcher_server, name, pid_ns, pids_in_ns, start, wait_for)
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="fleet-run needs root"),
               pytest.mark.skipif(not DEFAULT_INIT.exists(), reason=f"{DEFAULT_INIT} missing (apt tini)")]

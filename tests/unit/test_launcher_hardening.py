@@ -15,7 +15,7 @@ import pytest
 from fleetd.images import ImageStore
 from fleetd.launcher.idrange import userns_base
 from fleetd.launcher.spec import DEFAULT_STATE_ROOT
-from tests.unit.test_launcher import LAUNCHER, images_dir, name  # noqa: F401  (fixtures)
+from tests.unit.test_launcher import LAUNCHER, fleet_run, images_dir, launcher_server, name  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fleet-run needs root")
 
@@ -29,9 +29,13 @@ def store(images_dir) -> ImageStore:
 
 
 def run(store_root: Path, *args: str, wrap: list[str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*(wrap or []), *LAUNCHER, "--images-dir", str(store_root), *args],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    """fleet-run ARGS: forked from test_launcher's fork server (fleet_run), or with `wrap` (a
+    command that runs it, e.g. in a mount namespace of its own) a cold process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if not wrap:
+        return fleet_run(store_root, *args, timeout=120, env=env)
+    return subprocess.run([*wrap, *LAUNCHER, "--images-dir", str(store_root), *args],
+                          capture_output=True, text=True, timeout=120, env=env)
 
 
 def status(text: str, key: str) -> str:
