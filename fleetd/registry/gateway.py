@@ -477,6 +477,8 @@ class UnitGateway:
                     op_put(keys.body(unit_hash), text), op_put(keys.job(name), job_value(name, unit_hash, "inactive"))])
                 if ok:
                     created[name] = (unit_hash, revision)
+        if created and len(units) >= MAX_TXN_OPS // 2:  # the submission's end, as EtcdUnitStore marks it
+            self.gateway.txn([], [op_put(keys.submitted, str(len(created)))])
         return created
 
     def set_desired_state(self, names: list[str], state: str, created: dict[str, tuple[str, int]] | None = None) -> None:

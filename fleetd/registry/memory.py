@@ -172,6 +172,8 @@ class MemoryUnitStore:
             created.append(u.name)
         if created:
             self.cluster.bump(*((self.cluster.keys.job(n), self.cluster.job_value(n)) for n in created))
+            if len(units) >= MAX_TXN_OPS // 2:  # the submission's end, as UnitStore.create_units marks it
+                self.cluster.bump((self.cluster.keys.submitted, str(len(created)).encode()))
         return created
 
     async def replace_unit(self, unit: Unit, *, expected_hash: str | None = None) -> None:

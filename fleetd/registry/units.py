@@ -163,7 +163,12 @@ class EtcdUnitStore:
 
         # Batches are independent (each unit is created only if absent): pipelined.
         batches = await pipelined([create(chunk) for chunk in chunks(list(units), MAX_TXN_OPS // 2)])
-        return [name for batch in batches for name in batch]
+        created = [name for batch in batches for name in batch]
+        if created and len(units) >= MAX_TXN_OPS // 2:
+            # a submission of a full transaction or more: its end marked (after every batch's
+            # answer, so at a revision after all of them) for the engine's burst wait
+            await core.put(keys.submitted, str(len(created)).encode())
+        return created
 
     async def replace_unit(self, unit: Unit, *, expected_hash: str | None = None) -> None:
         """Store a new body (and desired state) for a unit, whether or not it existed."""
