@@ -492,9 +492,10 @@ class UnitGateway:
         pending = list(by_key)
         given = {keys.job(n): {"value": b64(job_value(n, h, "inactive")), "mod_revision": str(r)}
                  for n, (h, r) in (created or {}).items()}
+        written: set[str] = set()
         for _ in range(CAS_ATTEMPTS):
             if not pending:
-                return
+                break
             current = {k: given[k] for k in pending if k in given}
             given = {}
             unknown = [k for k in pending if k not in current]
@@ -526,9 +527,13 @@ class UnitGateway:
                 ok, _, _ = self.gateway.txn(compare, success)
                 if not ok:
                     retry += batch
+                else:
+                    written.update(k for k in batch if planned[k] is not None)
             pending = retry
         if pending:
             raise UnitConflict(f"units {', '.join(by_key[k] for k in pending)}: too many concurrent updates")
+        if written and len(by_key) >= MAX_TXN_OPS // 2:  # the submission's end, as EtcdUnitStore marks it
+            self.gateway.txn([], [op_put(keys.submitted, str(len(written)))])
 
     def destroy_units(self, names: list[str]) -> list[str]:
         """EtcdUnitStore.destroy_units: the names that existed, their job keys deleted."""

@@ -201,6 +201,8 @@ class MemoryUnitStore:
         if changes:
             self.cluster.jobs.update(changes)
             self.cluster.bump(*((self.cluster.keys.job(n), self.cluster.job_value(n)) for n in changes))
+            if len(names) >= MAX_TXN_OPS // 2:  # the submission's end, as EtcdUnitStore marks it
+                self.cluster.bump((self.cluster.keys.submitted, str(len(changes)).encode()))
 
     async def destroy_units(self, names: Sequence[str]) -> list[str]:
         destroyed = [n for n in dict.fromkeys(names) if self.cluster.jobs.pop(n, None) is not None]

@@ -190,6 +190,7 @@ class EtcdUnitStore:
         """Set the desired state of existing units (compare-and-swap per unit, batched)."""
         keys, tx = self.core.keys, self.core.tx
         by_key = {keys.job(n): n for n in dict.fromkeys(names)}
+        changed: set[str] = set()
 
         def update(key: str, current: Any) -> list | None:
             name = by_key[key]
@@ -200,11 +201,14 @@ class EtcdUnitStore:
                 return None
             if unit_hash and state is not DesiredState.INACTIVE and is_template_name(name):
                 raise UnitError(f"unit {name}: cannot activate a template")
+            changed.add(key)
             return [tx.put(enc(key), codec.encode_job(job_name, unit_hash, state))]
 
         await self.core.cas_update(
             list(by_key), update,
             conflict=lambda left: f"units {', '.join(by_key[k] for k in left)}: too many concurrent updates")
+        if changed and len(by_key) >= MAX_TXN_OPS // 2:  # the submission's end, as create_units marks it
+            await self.core.put(keys.submitted, str(len(changed)).encode())
 
     async def destroy_units(self, names: Sequence[str]) -> list[str]:
         """Delete units; returns the names that existed. Bodies are kept (content-addressed)."""

@@ -96,3 +96,36 @@ async def test_fleetctls_fast_path_marks_the_end_as_the_registry_does(etcd_setti
     assert len(jobs) == FULL + 5
     assert len(marks) == 1 and marks[0].revision > max(e.revision for e in jobs)
     assert len(marks) == 1 and marks[0].value == str(FULL + 2).encode()
+
+
+async def test_setting_the_desired_state_of_many_units_marks_its_end(any_registry):
+    """`fleetctl start` of many units creates them inactive, then launches them: the launch is
+    the engine's burst, its end marked too; a change of fewer units, or none, is not."""
+    reg = any_registry
+    units = [Unit(u.name, u.file, DesiredState.INACTIVE) for u in (unit(i) for i in range(FULL + 3))]
+    await reg.create_units(units)
+    start = await revision_of(reg) + 1
+    await reg.set_desired_state([u.name for u in units[:FULL - 1]], DesiredState.LOADED)  # no mark
+    await reg.set_desired_state([u.name for u in units], DesiredState.LAUNCHED)
+    events = await events_until_mark(reg, start, FULL - 1 + FULL + 3)
+    marks = [e for e in events if e.key == reg.keys.submitted]
+    jobs = [e for e in events if e.key.startswith(reg.keys.jobs)]
+    assert len(marks) == 1 and marks[0].value == str(FULL + 3).encode()
+    assert marks[0].revision > max(e.revision for e in jobs)
+    again = await revision_of(reg)
+    await reg.set_desired_state([u.name for u in units], DesiredState.LAUNCHED)  # nothing to change
+    assert await revision_of(reg) == again
+
+
+async def test_fleetctls_fast_path_marks_the_end_of_a_launch(etcd_settings):
+    from fleetd.registry.gateway import Gateway, UnitGateway
+
+    gateway = UnitGateway(Gateway(etcd_settings.endpoints[0], 5.0), etcd_settings.key_prefix)
+    units = [(u.name, u.hash, u.file.serialize()) for u in (unit(i) for i in range(FULL))]
+    async with await Registry.connect(etcd_settings) as reg:
+        created = await asyncio.to_thread(gateway.create_units, units)  # inactive; marked
+        start = await reg.current_revision() + 1
+        await asyncio.to_thread(gateway.set_desired_state, [n for n, _, _ in units], "launched", created)
+        events = await events_until_mark(reg, start, FULL)
+    marks = [e for e in events if e.key == reg.keys.submitted]
+    assert len(marks) == 1 and marks[0].revision > max(e.revision for e in events if e.key.startswith(reg.keys.jobs))
