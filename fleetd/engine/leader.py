@@ -54,7 +54,8 @@ BURST_LIMIT = 5.0
 BURST_ASK = 1.0  # seconds etcd has to say whether a burst's jobs are still being written
 BURST_FLOW_QUIET = 3  # times BURST_QUIET: the quiet spell that ends a burst that was in full flow
 # A client that submits a full transaction of units or more marks the submission's end
-# (Registry.create_units writes the `submitted` key after its last batch's answer): when the
+# (Registry.create_units and set_desired_state write the `submitted` key after their last
+# batch's answer): when the
 # engine sees that mark after the last job news, and etcd holds no job written after that news
 # (no other submission still on its way), the burst is planned at once, without the quiet spell.
 
