@@ -53,6 +53,11 @@ BURST_FLOW = 60
 BURST_LIMIT = 5.0
 BURST_ASK = 1.0  # seconds etcd has to say whether a burst's jobs are still being written
 BURST_FLOW_QUIET = 3  # times BURST_QUIET: the quiet spell that ends a burst that was in full flow
+# A client that submits a full transaction of units or more marks the submission's end
+# (Registry.create_units and set_desired_state write the `submitted` key after their last
+# batch's answer): when the
+# engine sees that mark after the last job news, and etcd holds no job written after that news
+# (no other submission still on its way), the burst is planned at once, without the quiet spell.
 
 WRITE_LOG = 50  # passes kept in EngineStats.write_log
 
@@ -75,6 +80,8 @@ class EngineStats:
     view_passes: int = 0  # passes on the watch-fed view (no range read)
     last_engine_seconds: float = 0.0  # view update + decision + write of the last pass that wrote
     last_decide_seconds: float = 0.0  # the decision alone (planner or reconcile()) of that pass
+    marked_bursts: int = 0  # burst waits ended by a submission's end mark (see BURST_FLOW_QUIET)
+    last_settled_at: float = 0.0  # time.monotonic() when the last burst wait ended
     settled_passes: int = 0  # passes that waited for a burst of submissions to pause (BURST_QUIET)
     lagging_watch: int = 0  # burst waits that went on because etcd had job news the watch had not brought yet
     # (time.monotonic() at the start and the end of the write, placements, unplacements) of the
@@ -218,6 +225,7 @@ class Engine:
                     resync = False
                     if self._in_burst():
                         await self._settle(dirty, keepalive)
+                        self.stats.last_settled_at = time.monotonic()
                 except TimeoutError:
                     quiet += 1
                     resync = quiet >= FULL_READ_EVERY  # the periodic safety net: re-read everything
@@ -255,13 +263,17 @@ class Engine:
         self.stats.settled_passes += 1
         began = last_news = time.monotonic()
         recent: list[tuple[float, int]] = []  # (when, units) of job news in the last quiet spell
+        marked = 0  # revision of the last end-of-submission mark seen
+        asked = -1  # job_revision etcd was last asked about after a mark
         flowed = False  # a large submission was in full flow
         seen = 0  # self._events before this index were counted already
         job_revision = 0  # of the last job event seen
         while not keepalive.done():
             dirty.clear()
             now = time.monotonic()
-            jobs, job_revision = self._job_news(self._events[seen:], job_revision)
+            news = self._events[seen:]
+            jobs, job_revision = self._job_news(news, job_revision)
+            marked = self._submission_end(news, marked)
             seen = len(self._events)
             if self._view is not None and self._view.loaded and self._events:
                 events, self._events = self._events, []
@@ -276,6 +288,12 @@ class Engine:
             flowed = flowed or flowing
             deadline = began + (self.burst_limit if flowing else self.burst_max)
             quiet = self.burst_quiet * (BURST_FLOW_QUIET if flowed else 1)
+            if marked > job_revision and asked != job_revision:
+                asked = job_revision  # a submission ended after the last job news: anything else on its way?
+                if not await self._jobs_pending(job_revision, default=True):
+                    self.stats.marked_bursts += 1
+                    return
+                continue
             remaining = min(deadline, last_news + quiet) - time.monotonic()
             if remaining <= 0:
                 if flowed and time.monotonic() < began + self.burst_limit and await self._jobs_pending(job_revision):
@@ -290,15 +308,23 @@ class Engine:
             except TimeoutError:
                 pass
 
-    async def _jobs_pending(self, revision: int) -> bool:
-        """Whether etcd holds a job written after `revision` (False if it cannot tell within
-        BURST_ASK seconds: the burst is then planned as it is)."""
+    async def _jobs_pending(self, revision: int, default: bool = False) -> bool:
+        """Whether etcd holds a job written after `revision` (`default` if it cannot tell
+        within BURST_ASK seconds: by default the burst is then planned as it is)."""
         try:
             async with asyncio.timeout(BURST_ASK):
                 return await self.registry.jobs_written_after(revision)
         except (RegistryError, TimeoutError) as exc:
             log.debug("engine: cannot tell whether jobs are still being written: %s", exc or "timed out")
-            return False
+            return default
+
+    def _submission_end(self, events: list, revision: int) -> int:
+        """The latest revision of an end-of-submission mark among `events` and `revision`."""
+        key = self.registry.keys.submitted
+        for event in events:
+            if event.key == key and event.value is not None:
+                revision = max(revision, event.revision)
+        return revision
 
     def _job_news(self, events: list, revision: int) -> tuple[int, int]:
         """(job events among `events`, the latest of their revisions and `revision`)."""
@@ -312,6 +338,7 @@ class Engine:
     async def _watch(self, revision: int, dirty: asyncio.Event) -> None:
         reg = self.registry
         prefixes = self._view.prefixes if self._view is not None else [reg.keys.jobs, reg.keys.machines, reg.keys.schedule]
+        prefixes = [*prefixes, reg.keys.submitted]
         async for event in reg.watch(prefixes, revision):
             self._events.append(event)
             dirty.set()

@@ -477,6 +477,8 @@ class UnitGateway:
                     op_put(keys.body(unit_hash), text), op_put(keys.job(name), job_value(name, unit_hash, "inactive"))])
                 if ok:
                     created[name] = (unit_hash, revision)
+        if created and len(units) >= MAX_TXN_OPS // 2:  # the submission's end, as EtcdUnitStore marks it
+            self.gateway.txn([], [op_put(keys.submitted, str(len(created)))])
         return created
 
     def set_desired_state(self, names: list[str], state: str, created: dict[str, tuple[str, int]] | None = None) -> None:
@@ -490,9 +492,10 @@ class UnitGateway:
         pending = list(by_key)
         given = {keys.job(n): {"value": b64(job_value(n, h, "inactive")), "mod_revision": str(r)}
                  for n, (h, r) in (created or {}).items()}
+        written: set[str] = set()
         for _ in range(CAS_ATTEMPTS):
             if not pending:
-                return
+                break
             current = {k: given[k] for k in pending if k in given}
             given = {}
             unknown = [k for k in pending if k not in current]
@@ -524,9 +527,13 @@ class UnitGateway:
                 ok, _, _ = self.gateway.txn(compare, success)
                 if not ok:
                     retry += batch
+                else:
+                    written.update(k for k in batch if planned[k] is not None)
             pending = retry
         if pending:
             raise UnitConflict(f"units {', '.join(by_key[k] for k in pending)}: too many concurrent updates")
+        if written and len(by_key) >= MAX_TXN_OPS // 2:  # the submission's end, as EtcdUnitStore marks it
+            self.gateway.txn([], [op_put(keys.submitted, str(len(written)))])
 
     def destroy_units(self, names: list[str]) -> list[str]:
         """EtcdUnitStore.destroy_units: the names that existed, their job keys deleted."""

@@ -99,6 +99,12 @@ class KeyLayout:
     def state(self, name: str, machine_id: str) -> str:
         return f"{self.states}{name}/{machine_id}"
 
+    # the end of a submission of many units (one key, any client; value = units created): the
+    # engine plans a burst when it sees it instead of waiting for the job news to pause
+    @property
+    def submitted(self) -> str:
+        return f"{self.prefix}submitted"
+
     # the engine leader's lease
     @property
     def engine_leader(self) -> str:

@@ -172,6 +172,8 @@ class MemoryUnitStore:
             created.append(u.name)
         if created:
             self.cluster.bump(*((self.cluster.keys.job(n), self.cluster.job_value(n)) for n in created))
+            if len(units) >= MAX_TXN_OPS // 2:  # the submission's end, as UnitStore.create_units marks it
+                self.cluster.bump((self.cluster.keys.submitted, str(len(created)).encode()))
         return created
 
     async def replace_unit(self, unit: Unit, *, expected_hash: str | None = None) -> None:
@@ -199,6 +201,8 @@ class MemoryUnitStore:
         if changes:
             self.cluster.jobs.update(changes)
             self.cluster.bump(*((self.cluster.keys.job(n), self.cluster.job_value(n)) for n in changes))
+            if len(names) >= MAX_TXN_OPS // 2:  # the submission's end, as EtcdUnitStore marks it
+                self.cluster.bump((self.cluster.keys.submitted, str(len(changes)).encode()))
 
     async def destroy_units(self, names: Sequence[str]) -> list[str]:
         destroyed = [n for n in dict.fromkeys(names) if self.cluster.jobs.pop(n, None) is not None]

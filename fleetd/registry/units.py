@@ -163,7 +163,12 @@ class EtcdUnitStore:
 
         # Batches are independent (each unit is created only if absent): pipelined.
         batches = await pipelined([create(chunk) for chunk in chunks(list(units), MAX_TXN_OPS // 2)])
-        return [name for batch in batches for name in batch]
+        created = [name for batch in batches for name in batch]
+        if created and len(units) >= MAX_TXN_OPS // 2:
+            # a submission of a full transaction or more: its end marked (after every batch's
+            # answer, so at a revision after all of them) for the engine's burst wait
+            await core.put(keys.submitted, str(len(created)).encode())
+        return created
 
     async def replace_unit(self, unit: Unit, *, expected_hash: str | None = None) -> None:
         """Store a new body (and desired state) for a unit, whether or not it existed."""
@@ -185,6 +190,7 @@ class EtcdUnitStore:
         """Set the desired state of existing units (compare-and-swap per unit, batched)."""
         keys, tx = self.core.keys, self.core.tx
         by_key = {keys.job(n): n for n in dict.fromkeys(names)}
+        changed: set[str] = set()
 
         def update(key: str, current: Any) -> list | None:
             name = by_key[key]
@@ -195,11 +201,14 @@ class EtcdUnitStore:
                 return None
             if unit_hash and state is not DesiredState.INACTIVE and is_template_name(name):
                 raise UnitError(f"unit {name}: cannot activate a template")
+            changed.add(key)
             return [tx.put(enc(key), codec.encode_job(job_name, unit_hash, state))]
 
         await self.core.cas_update(
             list(by_key), update,
             conflict=lambda left: f"units {', '.join(by_key[k] for k in left)}: too many concurrent updates")
+        if changed and len(by_key) >= MAX_TXN_OPS // 2:  # the submission's end, as create_units marks it
+            await self.core.put(keys.submitted, str(len(changed)).encode())
 
     async def destroy_units(self, names: Sequence[str]) -> list[str]:
         """Delete units; returns the names that existed. Bodies are kept (content-addressed)."""

@@ -395,7 +395,8 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
     stats = {key: busy["stats"][key] - before["stats"][key]  # the run itself, without setup or idle phase
              for key in ("passes", "skipped_passes", "placements", "transactions", "reconcile_seconds",
                          "reconcile_cpu_seconds", "snapshot_seconds", "apply_seconds",
-                         "planned_passes", "view_passes", "full_reads", "settled_passes")}
+                         "planned_passes", "view_passes", "full_reads", "settled_passes", "marked_bursts",
+                         "lagging_watch")}
     placed_seconds = busy["stats"]["last_write_at"] - t0
     total_traffic = agent_traffic + client_traffic + engine_traffic
     return {
@@ -433,10 +434,14 @@ async def _scale(machines: int, units: int, connections: int, timeout: float, ag
         # start, placements
         "engine_writes": [[round(a - t0, 3), round(b - t0, 3), n] for a, b, n, _ in busy["stats"]["write_log"]
                           if b >= t0],
+        # when the engine's last wait for a burst of submissions ended (seconds after the start)
+        "engine_burst_wait_end_seconds": round(busy["stats"].get("last_settled_at", 0.0) - t0, 3),
         "engine": {
             "passes": stats["passes"],
             "planned_passes": stats["planned_passes"],
             "settled_passes": stats["settled_passes"],
+            "marked_bursts": stats["marked_bursts"],
+            "lagging_watch": stats["lagging_watch"],
             "view_passes": stats["view_passes"],
             "full_reads": stats["full_reads"],
             "placements": stats["placements"],

@@ -1,23 +1,24 @@
 """No stampede (fleetd/engine/hold.py): the pure hold decision, what it leaves of a reconcile
 pass, hypothesis properties over the real scheduler, and the engine loop against a real etcd
-with simulated agents (three of four machines vanish at once: nothing moves; a lone lost
-machine's units move at once when every other lease is fresh, and not when another machine's
-lease is as old as its own, or another agent was cut off lately)."""
+with simulated agents (tests/etcd/_hold_cluster.py): three of four machines vanish at once and
+nothing moves. The lone lost machine's evidence is tested in test_engine_hold_lone.py (its units
+move at once when every other lease is fresh, and not when another agent was cut off lately)
+and test_engine_hold_together.py (not when another machine's lease is as old as its own): one
+module each, so that xdist's workers wait through their TTLs at the same time."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import Counter
-from dataclasses import replace
 
 from hypothesis import given, settings, strategies as st
 
 from _depth import examples
+from _hold_cluster import Cluster, unit
 from fleetd.engine.hold import HoldPolicy, HoldState, policy_for, restrain, with_ghosts
 from fleetd.engine.scheduler import reconcile
-from fleetd.model import ClusterSnapshot, DesiredState, Machine, Placement, Unit
-from fleetd.unit.file import UnitFile
+from fleetd.model import ClusterSnapshot, Machine, Placement
 
 P = HoldPolicy(grace=10.0, settle=4.0)
 M = {i: Machine(c * 32) for i, c in enumerate("abcd")}
@@ -25,11 +26,6 @@ M = {i: Machine(c * 32) for i, c in enumerate("abcd")}
 
 def present(*ids: int) -> dict[str, Machine]:
     return {M[i].id: M[i] for i in ids}
-
-
-def unit(name: str, desired: str = "launched", xfleet: str = "") -> Unit:
-    text = "[Service]\nExecStart=/bin/sleep 1000\n" + (f"[X-Fleet]\n{xfleet}\n" if xfleet else "")
-    return Unit(name, UnitFile.parse(text), DesiredState(desired))
 
 
 def snap(units, machines, placed: dict[str, int]) -> ClusterSnapshot:
@@ -156,71 +152,6 @@ def test_no_unit_leaves_a_held_machine(unit_names, data):
 
 # ------------------------------------------------------------------ the engine loop, real etcd
 
-class Cluster:
-    """Simulated agents (TTL 2 s) and an engine with the lone-loss evidence wired: leases read
-    from the real etcd, the agents' quiet times from `quiet` (by machine index; default long)."""
-
-    def __init__(self, etcd_settings, ttl: float = 2.0):
-        self.etcd_settings = etcd_settings
-        self.ttl = ttl
-        self.regs, self.agents = [], []
-        self.quiet: dict[str, float | None] = {}
-        self.reg = self.engine = self.task = None
-
-    async def __aenter__(self) -> "Cluster":
-        from fleetd.engine.evidence import LoneLossEvidence
-        from fleetd.engine.leader import Engine
-        from fleetd.registry import Registry
-
-        self.reg = await Registry.connect(self.etcd_settings)
-        engine_reg = await Registry.connect(self.etcd_settings)
-        self.regs += [self.reg, engine_reg]
-        self.engine = Engine(engine_reg, "f" * 32, 0.5, lease_ttl=2.0, machine_ttl=self.ttl)
-
-        async def ask_quiet(peers):
-            self.asked = sorted(peers)
-            return {m: self.quiet.get(m, 100.0) for m in peers}
-
-        self.asked: list[str] = []
-        self.engine.evidence = LoneLossEvidence(engine_reg, ask_quiet)
-        return self
-
-    async def add_agent(self, i: int):
-        from fleetd.registry import Registry
-        from fleetlab.testing.simagent import SimulatedAgent
-
-        r = await Registry.connect(self.etcd_settings)
-        self.regs.append(r)
-        agent = SimulatedAgent(r, Machine(f"{i:x}" * 32, f"10.0.0.{i}"), ttl=self.ttl)
-        await agent.start()
-        self.agents.append(agent)
-        return agent
-
-    async def start(self, units: int) -> dict:
-        self.task = asyncio.create_task(self.engine.run())
-        await self.reg.create_units([unit(f"u{i}.service") for i in range(units)])
-        deadline = time.monotonic() + 15
-        while len(placed := await self.reg.placements()) < units:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
-        return placed
-
-    async def wait_registered(self, count: int) -> None:
-        deadline = time.monotonic() + 10
-        while len(await self.reg.list_machines()) != count:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
-
-    async def __aexit__(self, *exc) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        for agent in self.agents:
-            await agent.crash()
-        for r in self.regs:
-            await r.close()
-
-
 async def test_machine_leases_as_etcd_has_them(etcd_settings):
     async with Cluster(etcd_settings) as c:
         a = [await c.add_agent(i) for i in (1, 2)]
@@ -246,110 +177,8 @@ async def test_three_of_four_machines_vanishing_at_once_move_nothing(etcd_settin
             await c.add_agent(i)
         await asyncio.sleep(c.engine.hold_policy.settle)
         assert await c.reg.placements() == before
-        await c.agents[-1].crash()  # one machine lost alone: its units move
+        await c.lose(c.agents[-1])  # one machine lost alone: its units move
         deadline = time.monotonic() + 20
         while any(p.machine_id == c.agents[-1].machine.id for p in (await c.reg.placements()).values()):
             assert time.monotonic() < deadline, "units of a lone lost machine did not move"
             await asyncio.sleep(0.1)
-
-
-async def test_a_lone_lost_machine_moves_at_once_when_every_other_lease_is_fresh(etcd_settings):
-    # TTL 5 s: a lease renewed every 1.67 s has 3 s left at least, well past the bound of
-    # 1.67 + 0.5 s (at TTL 2 s a keep-alive 0.3 s late on a loaded machine keeps the settle)
-    async with Cluster(etcd_settings, ttl=5.0) as c:
-        a = [await c.add_agent(i) for i in (1, 2, 3, 4)]
-        c.engine.hold_policy = replace(c.engine.hold_policy, grace=0.5, settle=600.0)  # only evidence moves them now
-        before = await c.start(8)
-        await a[3].crash()
-        deadline = time.monotonic() + 20
-        while True:
-            after = await c.reg.placements()
-            if len(after) == 8 and not any(p.machine_id == a[3].machine.id for p in after.values()):
-                break  # (a move may be written as an unplacement, then a placement)
-            assert time.monotonic() < deadline, "the units of a lone lost machine waited for the settle time"
-            await asyncio.sleep(0.1)
-        assert c.asked == sorted(x.machine.id for x in a[:3])  # every other machine was asked
-        assert {n for n, p in after.items() if p != before[n]} == {n for n, p in before.items()
-                                                                  if p.machine_id == a[3].machine.id}
-
-
-async def test_machines_lost_together_do_not_move_early(etcd_settings):
-    """Two of four machines are cut off at one moment (no disruption: 2 of 4), one of them had
-    renewed its lease 0.8 s before the other (less than a keep-alive interval of 1.67 s at a
-    TTL of 5 s): when the first one's lease expires, the second one's is about to, so nothing
-    moves before the settle time; once both vanished, each waits for its settle time."""
-    async with Cluster(etcd_settings, ttl=5.0) as c:
-        healthy = [await c.add_agent(i) for i in (1, 2)]
-        lost = [Machine(f"{i:x}" * 32, f"10.0.0.{i}") for i in (3, 4)]
-        leases = []
-        for machine in lost:
-            leases.append(await c.reg.grant_lease(5.0))
-            await c.reg.register_machine(machine, leases[-1])
-        c.engine.hold_policy = replace(c.engine.hold_policy, grace=0.5, settle=600.0)
-        before = await c.start(8)
-        assert {p.machine_id for p in before.values()} == {m.machine.id for m in healthy} | {m.id for m in lost}
-        await c.reg.keepalive(leases[0])  # the last keep-alives of the two, 0.8 s apart
-        await asyncio.sleep(0.8)
-        await c.reg.keepalive(leases[1])
-        await c.wait_registered(3)  # the first one vanished
-        await asyncio.sleep(0.3)
-        assert c.asked == sorted([m.machine.id for m in healthy] + [lost[1].id]), "the engine did not ask"
-        assert await c.reg.placements() == before, "units of machines lost together moved before the settle time"
-        await c.wait_registered(2)
-        await asyncio.sleep(1.0)
-        assert await c.reg.placements() == before
-        assert c.engine.hold.held == {m.id for m in lost}
-
-
-async def test_a_lone_lost_machine_waits_when_another_agent_was_cut_off_lately(etcd_settings):
-    """Every lease is fresh, but one agent says it was cut off from etcd 1 s ago: it may have
-    told the lost machine to hold on, so its units wait for the settle time."""
-    async with Cluster(etcd_settings) as c:
-        a = [await c.add_agent(i) for i in (1, 2, 3, 4)]
-        c.engine.hold_policy = replace(c.engine.hold_policy, grace=0.5, settle=600.0)
-        c.quiet[a[0].machine.id] = 1.0
-        before = await c.start(8)
-        await a[3].crash()
-        await c.wait_registered(3)
-        await asyncio.sleep(2.0)
-        assert c.asked, "the engine did not ask the agents"
-        assert await c.reg.placements() == before
-        assert c.engine.hold.held == {a[3].machine.id}
-
-
-async def test_a_new_leader_moves_the_units_of_the_lost_old_leader_machine_in_grace(etcd_settings):
-    """The engine leader's machine crashes: the new leader starts in its grace period, and the
-    schedule names the lost machine. Once evidence proves it lost (every other lease fresh,
-    every agent quiet), the grace ends and its units move (grace and settle 600 s here: only
-    the evidence can move them)."""
-    from fleetd.engine.evidence import LoneLossEvidence
-    from fleetd.engine.leader import Engine
-
-    async with Cluster(etcd_settings, ttl=5.0) as c:
-        a = [await c.add_agent(i) for i in (1, 2, 3)]
-        old = Machine("9" * 32, "10.0.0.9")  # the old leader's machine
-        lease = await c.reg.grant_lease(5.0)
-        await c.reg.register_machine(old, lease)
-        c.engine.hold_policy = replace(c.engine.hold_policy, grace=0.5)
-        before = await c.start(8)
-        on_old = {n for n, p in before.items() if p.machine_id == old.id}
-        assert on_old
-        c.task.cancel()
-        await asyncio.gather(c.task, return_exceptions=True)
-        await c.engine.resign()
-        await c.reg.revoke_lease(lease)  # it crashed (its lease expired)
-        await c.wait_registered(3)
-        new = Engine(c.engine.registry, "e" * 32, 0.5, lease_ttl=2.0, machine_ttl=5.0)
-        new.hold_policy = replace(new.hold_policy, grace=600.0, settle=600.0)
-        new.evidence = LoneLossEvidence(c.engine.registry, c.engine.evidence.ask_quiet)
-        c.task = asyncio.create_task(new.run())
-        deadline = time.monotonic() + 20
-        while True:
-            after = await c.reg.placements()
-            if len(after) == 8 and not any(p.machine_id == old.id for p in after.values()):
-                break  # (a move may be written as an unplacement, then a placement)
-            assert time.monotonic() < deadline, "the lost old leader's units waited for the grace period"
-            await asyncio.sleep(0.1)
-        assert {n for n, p in after.items() if p != before[n]} == on_old
-        assert not new.hold.in_grace
-        assert c.asked == sorted(x.machine.id for x in a)

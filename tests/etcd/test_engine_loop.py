@@ -77,7 +77,7 @@ async def running_by_machine(reg: Registry) -> Counter:
 async def test_six_units_spread_and_fail_over(cluster):
     reg, add_agent, add_engine = cluster
     a1, a2, a3 = [await add_agent(i) for i in (1, 2, 3)]
-    await add_engine(mid(1))
+    engine, _ = await add_engine(mid(1))
     units = [Unit(f"u{i}.service", UnitFile.parse(SLEEP), DesiredState.LAUNCHED) for i in range(6)]
     await reg.create_units(units)
 
@@ -100,11 +100,28 @@ async def test_six_units_spread_and_fail_over(cluster):
     print(f"\nfailover after simulated node loss (ttl 2s): {time.monotonic() - started:.2f}s")
     assert sorted(on.values()) == [3, 3]
 
-    # the machine coming back causes no churn
+    # the machine coming back causes no churn: once the engine has decided on a snapshot with it
     placements_before = await reg.placements()
+    seen = passed_with(engine, mid(3))
     await add_agent(3)
-    await asyncio.sleep(1.5)
+    await asyncio.wait_for(seen.wait(), 10)
     assert await reg.placements() == placements_before
+
+
+def passed_with(engine: Engine, machine_id: str) -> asyncio.Event:
+    """Set once a pass of `engine` on a snapshot with `machine_id` registered has returned (its
+    decisions written): the passes after it decide the same on the same inputs."""
+    done = asyncio.Event()
+    reconcile = engine.reconcile
+
+    async def recorded(snapshot, changes=None):
+        wrote = await reconcile(snapshot, changes)
+        if machine_id in snapshot.machines:
+            done.set()
+        return wrote
+
+    engine.reconcile = recorded
+    return done
 
 
 async def test_leader_failover_without_duplicates(cluster):

@@ -272,15 +272,19 @@ async def test_failover_to_the_next_member_when_one_does_not_answer(etcd_server,
         revision = await reg.current_revision()
         lease = await reg.grant_lease(5)
         events = reg.watch([reg.keys.machines], revision + 1)
-        first = asyncio.ensure_future(events.__anext__())
-        await asyncio.sleep(0.5)  # setup: let the watch be created before the cut
-        assert not first.done()
+        # setup: the watch is in place before the cut once it has brought an event
+        await reg.register_machine(Machine(MID_B), lease)
+        assert (await asyncio.wait_for(events.__anext__(), 5)).key == reg.keys.machine_object(MID_B)
+        revision = await reg.current_revision()
+        second = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0)  # (the future waits on the watch stream)
+        assert not second.done()
         proxy.cut = True
         with pytest.raises(RegistryUnavailable):
             await reg.keepalive(lease)
         assert await reg.keepalive(lease) > 0  # the next member
         with pytest.raises(RegistryUnavailable):  # the old connection's watch ends ...
-            await asyncio.wait_for(first, 5)
+            await asyncio.wait_for(second, 5)
         events = reg.watch([reg.keys.machines], revision + 1)  # ... and watching again works
         await reg.register_machine(Machine(MID_A), lease)
         event = await asyncio.wait_for(events.__anext__(), 5)
