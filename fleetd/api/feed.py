@@ -45,6 +45,9 @@ class FeedHub:
         self._revisions: list[int] = []
         self._units: list[str] = []
         self._reports: list[bool] = []
+        self._changes: list[tuple[str, bytes | None]] = []  # each logged change's key and value (None: deleted)
+        self.position: int | None = None  # the revision of the last event the watch delivered (start before one)
+        self.seeds: dict[str, Any] = {}  # unit name -> what fleetd/api/feed_records.py folds the log onto
         self._news = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
@@ -59,9 +62,14 @@ class FeedHub:
             if self._task is not None and not self._task.done():
                 return
             start = await self._reg.current_revision()
-            self._revisions, self._units, self._reports = [], [], []
-            self.start = start
+            self._revisions, self._units, self._reports, self._changes = [], [], [], []
+            self.seeds.clear()
+            self.start = self.position = start
             self._task = asyncio.get_running_loop().create_task(self._run(start))
+
+    @property
+    def registry_keys(self) -> Any:
+        return self._reg.keys
 
     async def close(self) -> None:
         if self._task is not None:
@@ -104,21 +112,36 @@ class FeedHub:
             finally:
                 self._waiting -= 1
 
+    def changes_after(self, revision: int, names: Collection[str]) -> list[tuple[str, str, bytes | None]] | None:
+        """The logged changes of the named units after `revision` up to `position`, in order, as
+        (revision, unit, key, value); None when the log does not hold every one (revision before the hub's
+        start, or the hub not running). Called without an await in between from the answer's
+        check to its use: the hub's watch hands on each etcd response's events in one go (no
+        suspension within one, fleetd/registry/core.py), and etcd sends a revision's events in
+        one response, so `position` is always a whole revision here."""
+        if self.start is None or revision < self.start:
+            return None
+        i = bisect.bisect_right(self._revisions, revision)
+        return [(revision, unit, *change) for revision, unit, change
+                in zip(self._revisions[i:], self._units[i:], self._changes[i:]) if unit in names]
+
     async def _run(self, start: int) -> None:
         try:
             events = self._reg.watch([self._prefix], start + 1)
             try:
                 async for event in events:
+                    self.position = event.revision
                     found = self._unit_of(event.key)
                     if found is None:
                         continue
                     self._revisions.append(event.revision)
                     self._units.append(found[0])
                     self._reports.append(found[1])
+                    self._changes.append((event.key, event.value))
                     if len(self._revisions) > LOG_MAX:
                         cut = len(self._revisions) - LOG_MAX // 2
                         self.start = self._revisions[cut - 1]  # every change after it is kept
-                        del self._revisions[:cut], self._units[:cut], self._reports[:cut]
+                        del self._revisions[:cut], self._units[:cut], self._reports[:cut], self._changes[:cut]
                     self._wake()
                     if not self._waiting and time.monotonic() - self._used > IDLE:
                         return
@@ -129,7 +152,8 @@ class FeedHub:
         except Exception as exc:  # noqa: BLE001 - compaction, etcd gone: the polls watch by themselves
             log.debug("change feed hub stopped: %s", exc)
         finally:
-            self.start = None
+            self.start = self.position = None
+            self.seeds.clear()
             self._wake()
 
     def _wake(self) -> None:
