@@ -17,7 +17,9 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network, ip_network
 from pathlib import Path
@@ -428,7 +430,10 @@ class Lab:
         return etcd.registered_machines(self.etcd_endpoints, self.etcd_key_prefix, self.etcd_tls)
 
     def wait_fleetd(self, timeout: float = 60.0) -> None:
-        """Wait until every node's fleetd registered its machine (`<prefix>machines/<id>/object`)."""
+        """Wait until every node's fleetd registered its machine (`<prefix>machines/<id>/object`)
+        and then accepts connections on its API port (fleetd registers before it starts its API
+        server, so a registered machine alone let a first API request be refused under load)."""
+        deadline = time.monotonic() + timeout
         want = {n.machine_id for n in self._state().nodes}
         seen: set[str] = set()
 
@@ -440,6 +445,21 @@ class Lab:
         if not wait_until(ready, timeout, interval=0.5):
             missing = sorted(n.name for n in self._state().nodes if n.machine_id not in seen)
             raise LabError(f"lab {self.name}: fleetd not registered after {timeout:g}s on {', '.join(missing)}")
+        refused: list[str] = []
+
+        def serving() -> bool:
+            refused.clear()
+            for node in self.nodes:
+                try:
+                    with socket.create_connection((node.ip, LAB_API_PORT), timeout=1):
+                        pass
+                except OSError:
+                    refused.append(node.name)
+            return not refused
+
+        if not wait_until(serving, max(deadline - time.monotonic(), 1.0), interval=0.1):
+            raise LabError(f"lab {self.name}: fleetd's API (port {LAB_API_PORT}) not accepting connections "
+                           f"after {timeout:g}s on {', '.join(refused)}")
 
     # --- fleetctl ------------------------------------------------------------------
 
