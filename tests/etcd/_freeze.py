@@ -11,6 +11,8 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+import pytest
+
 from fleetd.config import EtcdSettings
 from fleetd.presence import Presence
 from fleetd.registry import Registry
@@ -88,3 +90,10 @@ async def freeze_before_next_keepalive(presence: Presence, etcd: EtcdServer) -> 
     await asyncio.sleep(max(0.0, presence.last_alive + presence.timing.interval - 0.02 - time.monotonic()))
     etcd.pause()
     return time.monotonic()
+
+
+@pytest.fixture
+async def own_registry(own_etcd):
+    """A registry on the test's own etcd (tests/etcd/conftest.py)."""
+    async with registry_on(own_etcd) as registry:
+        yield registry

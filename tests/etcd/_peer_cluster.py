@@ -10,6 +10,8 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+import pytest
+
 from fleetd.api.peer import PeerClient
 from fleetd.api.server import ApiServer
 from fleetd.config import EtcdSettings, FleetConfig
@@ -112,3 +114,10 @@ async def hold_through_outage(cluster, own_etcd):
     for peer in cluster[1:]:
         silence(peer)
     return p
+
+
+@pytest.fixture
+async def cluster(own_etcd, tmp_path):
+    """The peer cluster on the test's own etcd (tests/etcd/conftest.py), which its tests pause."""
+    async with peer_cluster(own_etcd, tmp_path) as nodes:
+        yield nodes

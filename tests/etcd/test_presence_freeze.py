@@ -17,23 +17,12 @@ import time
 
 import pytest
 
-from _freeze import LostWatch, freeze_before_next_keepalive, registry_on
+from _freeze import own_registry  # noqa: F401  (a fixture)
+from _freeze import LostWatch, freeze_before_next_keepalive
 from fleetd.errors import RegistryUnavailable
 from fleetd.model import Machine
 from fleetd.presence import Presence
-from fleetlab.testing.etcd import EtcdServer, free_port
-
-
-@pytest.fixture
-def own_etcd():
-    with EtcdServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def own_registry(own_etcd):
-    async with registry_on(own_etcd) as registry:
-        yield registry
+from fleetlab.testing.etcd import free_port
 
 
 @pytest.mark.parametrize("ttl", [2.0, pytest.param(5.0, marks=pytest.mark.deep)])  # 5 s: the full suite

@@ -7,24 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
-from _freeze import AnsweredKeepalives, LostWatch, freeze_before_next_keepalive, registry_on
+from _freeze import own_registry  # noqa: F401  (a fixture)
+from _freeze import AnsweredKeepalives, LostWatch, freeze_before_next_keepalive
 from fleetd.model import Machine
 from fleetd.presence import Presence
-from fleetlab.testing.etcd import EtcdServer
-
-
-@pytest.fixture
-def own_etcd():
-    with EtcdServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def own_registry(own_etcd):
-    async with registry_on(own_etcd) as registry:
-        yield registry
 
 
 async def test_a_freeze_longer_than_the_ttl_sets_lost_before_etcd_may_expire_the_lease(

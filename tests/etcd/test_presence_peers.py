@@ -19,22 +19,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
-from _peer_cluster import TTL, peer_cluster
-from fleetlab.testing.etcd import EtcdServer
-
-
-@pytest.fixture
-def own_etcd():
-    with EtcdServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def cluster(own_etcd, tmp_path):
-    async with peer_cluster(own_etcd, tmp_path) as nodes:
-        yield nodes
+from _peer_cluster import cluster  # noqa: F401  (a fixture)
+from _peer_cluster import TTL
 
 
 async def test_total_etcd_outage_fences_nobody(cluster, own_etcd):

@@ -7,23 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
-from _peer_cluster import TTL, hold_through_outage, peer_cluster, speak
+from _peer_cluster import cluster  # noqa: F401  (a fixture)
+from _peer_cluster import TTL, hold_through_outage, speak
 from fleetd.disruption import settle_seconds
-from fleetlab.testing.etcd import EtcdServer
-
-
-@pytest.fixture
-def own_etcd():
-    with EtcdServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def cluster(own_etcd, tmp_path):
-    async with peer_cluster(own_etcd, tmp_path) as nodes:
-        yield nodes
 
 
 async def test_silent_peers_for_a_moment_fence_nobody_during_an_outage(cluster, own_etcd):

@@ -4,11 +4,8 @@ leader.py); real etcd and the in-memory registry answer alike."""
 
 from __future__ import annotations
 
-import pytest
-
+from _any_registry import any_registry, revision_of  # noqa: F401  (a fixture)
 from fleetd.model import DesiredState, Machine, Unit, UnitState
-from fleetd.registry import Registry
-from fleetd.registry.memory import MemoryCluster, MemoryRegistry
 from fleetd.unit.file import UnitFile
 
 MID = "c" * 32
@@ -16,21 +13,6 @@ MID = "c" * 32
 
 def unit(name: str) -> Unit:
     return Unit(name, UnitFile.parse(f"[Service]\nExecStart=/bin/sleep {len(name)}\n"), DesiredState.LAUNCHED)
-
-
-async def revision_of(reg) -> int:
-    if isinstance(reg, MemoryRegistry):
-        return reg.cluster.revision
-    return await reg.current_revision()
-
-
-@pytest.fixture(params=["etcd", "memory"])
-async def any_registry(request, etcd_settings):
-    if request.param == "memory":
-        yield MemoryRegistry(MemoryCluster())
-    else:
-        async with await Registry.connect(etcd_settings) as reg:
-            yield reg
 
 
 async def test_jobs_written_after(any_registry):

@@ -9,10 +9,10 @@ import asyncio
 
 import pytest
 
+from _any_registry import any_registry, revision_of  # noqa: F401  (a fixture)
 from fleetd.model import DesiredState, Unit
 from fleetd.registry import Registry
 from fleetd.registry.core import MAX_TXN_OPS
-from fleetd.registry.memory import MemoryCluster, MemoryRegistry
 from fleetd.unit.file import UnitFile
 
 FULL = MAX_TXN_OPS // 2  # units in one of create_units' transactions
@@ -20,21 +20,6 @@ FULL = MAX_TXN_OPS // 2  # units in one of create_units' transactions
 
 def unit(i: int) -> Unit:
     return Unit(f"sub-{i:04d}.service", UnitFile.parse(f"[Service]\nExecStart=/bin/sleep {i}\n"), DesiredState.LAUNCHED)
-
-
-async def revision_of(reg) -> int:
-    if isinstance(reg, MemoryRegistry):
-        return reg.cluster.revision
-    return await reg.current_revision()
-
-
-@pytest.fixture(params=["etcd", "memory"])
-async def any_registry(request, etcd_settings):
-    if request.param == "memory":
-        yield MemoryRegistry(MemoryCluster())
-    else:
-        async with await Registry.connect(etcd_settings) as reg:
-            yield reg
 
 
 async def events_until_mark(reg, start: int, jobs: int) -> list:
