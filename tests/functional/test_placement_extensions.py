@@ -67,8 +67,10 @@ def test_units_only_placed_where_they_fit(fleet, kind):
     freed_unit = sorted(placed)[0]
     freed_machine = placed[freed_unit]
     fleet.ctl("destroy", freed_unit)
-    now = wait_for(f"{waiting} placed on the freed machine",
-                   lambda: (lambda a: a if waiting in a else None)(fleet.single(fleet.active())))
+    # until the waiting unit is active and the destroyed one is no longer listed: the agent
+    # starts the one and stops the other in one pass, and their reports need not land together
+    now = wait_for(f"{waiting} placed on the freed machine, {freed_unit} gone",
+                   lambda: (lambda a: a if waiting in a and freed_unit not in a else None)(fleet.single(fleet.active())))
     assert now[waiting] == freed_machine
     assert {n: m for n, m in now.items() if n != waiting} == {n: m for n, m in placed.items() if n != freed_unit}
     fleet.wait_runs_once([n for n in names if n != freed_unit])
