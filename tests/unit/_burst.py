@@ -9,11 +9,18 @@ import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Iterable
 
-from fleetd.engine.leader import Engine
+from fleetd.engine.leader import BURST_FLOW, Engine
 from fleetd.model import Machine
 from fleetd.registry import WatchEvent
 from fleetd.registry.memory import MemoryCluster, MemoryRegistry
 from fleetlab.testing.simagent import SimulatedAgent
+
+
+def full_news(eng: Engine, revision: int) -> list[WatchEvent]:
+    """One transaction of a large submission in full flow, as the watch brings it: BURST_FLOW
+    jobs at `revision`."""
+    jobs = eng.registry.keys.jobs
+    return [WatchEvent(f"{jobs}u{revision}-{i}.service", b"{}", revision) for i in range(BURST_FLOW)]
 
 
 async def settle_while(eng: Engine, rounds: Iterable[list[WatchEvent]], fed: list[float] | None = None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from _burst import leading_engine, load, placed, settle_while
+from _burst import full_news, leading_engine, load, placed, settle_while
 from fleetd.engine.leader import BURST_FLOW, BURST_FLOW_QUIET, Engine
 from fleetd.model import DesiredState, Unit
 from fleetd.registry import WatchEvent
@@ -29,8 +29,7 @@ def unit(i: int, state: DesiredState = DesiredState.LAUNCHED) -> Unit:
 
 
 def full_flow(eng: Engine, first: int, last: int) -> list[list[WatchEvent]]:
-    jobs = eng.registry.keys.jobs
-    return [[WatchEvent(f"{jobs}u{r}-{i}.service", b"{}", r) for i in range(BURST_FLOW)] for r in range(first, last)]
+    return [full_news(eng, r) for r in range(first, last)]
 
 
 def mark(eng: Engine, revision: int) -> WatchEvent:
