@@ -47,6 +47,7 @@ from fleetd.unit.control import check_option, check_text
 
 #: go-systemd's SYSTEMD_LINE_MAX.
 LINE_MAX = 2048
+_SHORT_LINE = LINE_MAX // 4  # characters: a line with fewer is under LINE_MAX bytes whatever they are
 
 # Go's unicode.IsSpace: Latin-1 whitespace plus the Unicode White_Space property.
 # (Python's str.isspace also counts U+001C..U+001F, which Go does not.)
@@ -250,7 +251,10 @@ class _Lexer:
         line = self.lines[idx]
         self.i += 1
         eof = self.i >= self.n
-        if max((len(seg.encode("utf-8")) for seg in line.split("\r")), default=0) >= LINE_MAX:
+        # a character is at most 4 bytes of UTF-8: a line shorter than LINE_MAX // 4 characters
+        # (nearly every line) cannot be too long, and is not encoded to find out
+        if len(line) >= _SHORT_LINE and max((len(seg.encode("utf-8")) for seg in line.split("\r")),
+                                            default=0) >= LINE_MAX:
             self.fail(idx + 1, f"line too long (max {LINE_MAX} bytes)")
         if eof and line.endswith("\r"):
             # toEOL trims "\r" only when it is not followed by "\n"
@@ -303,6 +307,12 @@ class _Lexer:
                               f"{_short(rest[:cr] if cr != -1 else rest)}")
         name = go_trim_space(rest[:eq])
         line = rest[eq + 1:]
+        if not line.endswith("\\"):  # one line, no continuation (the common case): what the loop gives
+            value = go_trim_space(line)
+            if value.endswith("\\"):
+                self.fail(lineno, f"option {name}: value ends in a backslash followed by "
+                                  "blanks or CR (a continuation must end the line)")
+            return UnitOption(section, name, value)
         parts: list[str] = []
         last_lineno = lineno
         while True:
