@@ -659,8 +659,8 @@ class Connection:
         await client.connect()
         request = rpc.TxnRequest(
             compare=[c.build_message() for c in compare],
-            success=client.ops_to_requests(success),
-            failure=client.ops_to_requests(failure),
+            success=_requests(client, success),
+            failure=_requests(client, failure),
         )
         response = await client.kvstub.Txn(request, timeout=client.request_timeout, metadata=client.metadata)
         results: list = []
@@ -672,6 +672,27 @@ class Connection:
     @property
     def tx(self) -> Any:
         return self.client.transactions
+
+
+_REQUEST_OP = rpc.RequestOp
+
+
+def put_request(key: bytes, value: bytes) -> Any:
+    """A transaction operation writing `value` under `key` (no lease), built as the RequestOp
+    message etcd takes: what aetcd's `tx.put` becomes when sent, in less than half the time
+    (the engine writes a placement per unit of a burst)."""
+    return _REQUEST_OP(request_put=rpc.PutRequest(key=key, value=value))
+
+
+def _requests(client: Any, ops: Sequence[Any]) -> list[Any]:
+    """Transaction operations as RequestOp messages: aetcd's builds (tx.put, tx.get, ...)
+    converted, put_request's taken as they are, in their order."""
+    built = sum(1 for op in ops if type(op) is _REQUEST_OP)
+    if not built:
+        return client.ops_to_requests(ops)
+    if built == len(ops):
+        return list(ops)
+    return [op if type(op) is _REQUEST_OP else client.ops_to_requests([op])[0] for op in ops]
 
 
 def enc(text: str) -> bytes:

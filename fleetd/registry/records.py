@@ -18,7 +18,23 @@ def dumps(value: object) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
+_SCAN = json.JSONDecoder().scan_once
+
+
 def loads(raw: bytes) -> object:
+    """json.loads(raw). A JSON object in UTF-8 (every value the project writes) is read with
+    the decoder's scanner straight away: json.loads would first guess the encoding and match
+    whitespace around it in Python (~2/3 of its time for a placement); anything else, or
+    anything the scanner does not read to the end, goes to json.loads (its answer or error)."""
+    if raw[:1] == b"{" and raw[1:2] != b"\x00":   # json.detect_encoding's "utf-8" for these
+        try:
+            text = raw.decode("utf-8", "surrogatepass")
+            value, end = _SCAN(text, 0)
+        except (StopIteration, ValueError):   # not UTF-8 or not JSON: json.loads says which
+            pass
+        else:
+            if end == len(text):
+                return value
     return json.loads(raw)
 
 
