@@ -212,3 +212,19 @@ class RegistryCore:
                     yield WatchEvent(kv.key.decode(), kv.value if event.type == PUT else None, kv.mod_revision)
         finally:
             await stream.aclose()
+
+    async def watch_batches(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[list[WatchEvent]]:
+        """watch()'s events, errors and end, as one list per etcd response: one step of the
+        iterator per response instead of per event (the engine leader takes in some 30,000
+        events while 10,000 units are submitted and placed)."""
+        ranges = []
+        for prefix in prefixes:
+            raw = enc(prefix)
+            ranges.append((raw, prefix_end(raw)))
+        stream = self.connection.watch(ranges, start_revision)
+        try:
+            async for events in stream:
+                yield [WatchEvent(kv.key.decode(), kv.value if event.type == PUT else None, kv.mod_revision)
+                       for event in events for kv in (event.kv,)]
+        finally:
+            await stream.aclose()

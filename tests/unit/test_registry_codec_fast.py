@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from _depth import examples
 from fleetd.model import DesiredState
 from fleetd.registry import codec
-from fleetd.registry.records import dumps, loads
+from fleetd.registry.records import dumps, job_value, loads
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -52,3 +52,11 @@ def test_loads_edges(raw):
 def test_encode_target_is_dumps(unit_hash, state):
     assert codec.encode_target(unit_hash, state) == dumps({"hash": unit_hash, "desiredState": state.value})
     assert codec.decode_placement("a.service", "m", codec.encode_target(unit_hash, state)).hash == unit_hash
+
+
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(st.text(max_size=20), st.text(alphabet="abc-_.@:\\\"\x7f\x1f é", max_size=20)),
+       st.one_of(st.text(max_size=45), st.text(alphabet="0123456789abcdef", min_size=40, max_size=40)),
+       st.sampled_from([s.value for s in DesiredState] + ["", "x\"y"]))
+def test_job_value_is_dumps(name, unit_hash, desired):
+    assert job_value(name, unit_hash, desired) == dumps({"name": name, "hash": unit_hash, "desiredState": desired})
