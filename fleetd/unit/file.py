@@ -90,7 +90,9 @@ class UnitFile:
     @classmethod
     def parse(cls, text: str | bytes, *, source: str = "<unit>") -> "UnitFile":
         """Parse unit-file text; raise UnitFileError("<source>: line N: <reason>")."""
-        return cls(_group(_Lexer(text, source).run()))
+        lexer = _Lexer(text, source)
+        options = lexer.run()
+        return cls(tuple(options) if lexer.grouped else _group(options))
 
     @classmethod
     def parse_stored(cls, raw: bytes, unit_hash: str, *, source: str = "<unit>") -> "UnitFile":
@@ -228,6 +230,8 @@ class _Lexer:
         check_text(decoded, source)
         # Physical lines split on LF only (as bufio.ReadBytes('\n')); the last piece is the
         # text after the final LF ("" when the file ends with a newline).
+        self.has_cr = "\r" in decoded
+        self.grouped = False   # whether run()'s options are known to be grouped by section already
         self.lines = decoded.split("\n")
         self.n = len(self.lines)
         self.i = 0
@@ -262,6 +266,53 @@ class _Lexer:
         return idx + 1, line, eof
 
     def run(self) -> list[UnitOption]:
+        simple = self._run_simple()
+        return simple if simple is not None else self.run_general()
+
+    def _run_simple(self) -> list[UnitOption] | None:
+        """The options of a text made only of short `[Section]` lines, `Name=Value` lines that
+        start with neither a blank nor a comment and do not end in a backslash, and empty
+        lines, with no CR anywhere — most units — in one loop; None for anything else (then
+        `run_general`, which also gives the errors). Its answer is run_general's for such a
+        text: the same lines read by the same rules, without the per-line steps that cannot
+        apply to them (comments, continuations, CR, the line-length check)."""
+        if self.has_cr:
+            return None
+        lines = self.lines
+        options: list[UnitOption] = []
+        section: str | None = None
+        seen: set[str] = set()
+        grouped = True   # no section named again after another: the options are in _group's order
+        blanks = _GO_SPACE
+        for line in lines:
+            if not line:
+                continue
+            if len(line) >= _SHORT_LINE or line[0] in blanks:
+                return None
+            first = line[0]
+            if first == "[":
+                if line[-1] != "]" or len(line) < 2 or "]" in line[1:-1]:
+                    return None
+                if line[1:-1] != section:
+                    section = line[1:-1]
+                    if section in seen:
+                        grouped = False
+                    seen.add(section)
+            elif first in "#;" or section is None:
+                return None
+            else:
+                eq = line.find("=")
+                if eq == -1:
+                    return None
+                value = go_trim_space(line[eq + 1:])
+                if value.endswith("\\"):
+                    return None
+                options.append(UnitOption(section, go_trim_space(line[:eq]), value))
+        self.i = self.n
+        self.grouped = grouped
+        return options
+
+    def run_general(self) -> list[UnitOption]:
         options: list[UnitOption] = []
         section: str | None = None
         while self.i < self.n:
