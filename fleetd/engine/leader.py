@@ -339,8 +339,8 @@ class Engine:
         reg = self.registry
         prefixes = self._view.prefixes if self._view is not None else [reg.keys.jobs, reg.keys.machines, reg.keys.schedule]
         prefixes = [*prefixes, reg.keys.submitted]
-        async for event in reg.watch(prefixes, revision):
-            self._events.append(event)
+        async for events in reg.watch_batches(prefixes, revision):   # one etcd response at a time
+            self._events.extend(events)
             dirty.set()
 
     async def _keep_lease(self) -> None:

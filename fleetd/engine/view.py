@@ -77,10 +77,15 @@ class ClusterView:
                 jobs[key[len(self._jobs):]] = event.value   # the last event per job wins
             elif key.startswith(self._schedule):
                 machine_id, _, name = key[len(self._schedule):].partition("/")
-                if event.value is None:
+                value = event.value
+                if value is None:
                     self._set_placement(name, machine_id, None)
-                else:
-                    self._set_placement(name, machine_id, codec.decode_placement(name, machine_id, event.value))
+                    continue
+                current = self.placements.get(name)
+                if (current is not None and current.machine_id == machine_id
+                        and value == codec.encode_target(current.hash, current.desired_state)):
+                    continue   # what the view holds already: the engine's own write coming back
+                self._set_placement(name, machine_id, codec.decode_placement(name, machine_id, value))
             elif key.startswith(self._machines_prefix):
                 machines_changed = True
             elif key.startswith(self._bodies):
@@ -102,6 +107,18 @@ class ClusterView:
     def _set_placement(self, name: str, machine_id: str, placement: Placement | None) -> None:
         """One schedule key. Like the snapshot, a unit under several machines' keys (never
         written so by the engine) shows the one of the last machine ID in key order."""
+        if name not in self._extra:
+            current = self.placements.get(name)
+            if current is None or current.machine_id == machine_id:   # one key at most: no order to keep
+                if placement is not None and current is not None and (current is placement or current == placement):
+                    return
+                if self._changes is not None:
+                    self._changes.placements.add(name)
+                if placement is None:
+                    self.placements.pop(name, None)
+                else:
+                    self.placements[name] = placement
+                return
         extra = self._extra.get(name)
         current = self.placements.get(name)
         keys: dict[str, Placement] = dict(extra) if extra else {}

@@ -21,6 +21,10 @@ def decode_job(raw: bytes) -> tuple[str, str, DesiredState]:
 
 
 def encode_target(unit_hash: str, desired: DesiredState) -> bytes:
+    if unit_hash.isascii() and unit_hash.isalnum():
+        # what dumps() gives (sorted keys, no spaces) when no character needs escaping; a
+        # placement of every unit of a burst is encoded in the engine's writing pass
+        return f'{{"desiredState":"{desired.value}","hash":"{unit_hash}"}}'.encode()
     return dumps({"hash": unit_hash, "desiredState": desired.value})
 
 

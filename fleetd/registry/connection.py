@@ -657,11 +657,9 @@ class Connection:
         """
         client = self.client
         await client.connect()
-        request = rpc.TxnRequest(
-            compare=[c.build_message() for c in compare],
-            success=client.ops_to_requests(success),
-            failure=client.ops_to_requests(failure),
-        )
+        request = rpc.TxnRequest(compare=[c.build_message() for c in compare])
+        _add_requests(client, request.success, success)
+        _add_requests(client, request.failure, failure)
         response = await client.kvstub.Txn(request, timeout=client.request_timeout, metadata=client.metadata)
         results: list = []
         for item in response.responses:
@@ -672,6 +670,40 @@ class Connection:
     @property
     def tx(self) -> Any:
         return self.client.transactions
+
+
+class PutOp(tuple):
+    """A transaction operation writing `value` under `key` (no lease): what aetcd's `tx.put`
+    does, written into the transaction's message in place when it is sent, in about a fifth
+    of the time of building aetcd's operation and its RequestOp and copying that into the
+    request (the engine writes a placement per unit of a burst, a submission two keys per
+    unit)."""
+
+    __slots__ = ()
+
+    def __new__(cls, key: bytes, value: bytes) -> "PutOp":
+        return tuple.__new__(cls, (key, value))
+
+
+def put_request(key: bytes, value: bytes) -> PutOp:
+    return PutOp(key, value)
+
+
+def _add_requests(client: Any, field: Any, ops: Sequence[Any]) -> None:
+    """Append transaction operations to a TxnRequest's success or failure list, in order:
+    put_request's written in place, aetcd's builds (tx.put, tx.get, ...) converted."""
+    pending: list[Any] = []   # aetcd operations in a row
+    for op in ops:
+        if type(op) is PutOp:
+            if pending:
+                field.extend(client.ops_to_requests(pending))
+                pending = []
+            put = field.add().request_put
+            put.key, put.value = op
+        else:
+            pending.append(op)
+    if pending:
+        field.extend(client.ops_to_requests(pending))
 
 
 def enc(text: str) -> bytes:

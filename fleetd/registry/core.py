@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence, 
 
 from fleetd.config import EtcdSettings
 from fleetd.errors import UnitConflict
-from fleetd.registry.connection import Connection, WatchCompacted, enc, prefix_end
+from fleetd.registry.connection import Connection, WatchCompacted, enc, prefix_end, put_request
 from fleetd.registry.keys import KeyLayout
 from fleetd.registry.records import CAS_ATTEMPTS, MAX_TXN_OPS
 
@@ -133,6 +133,12 @@ class RegistryCore:
         _, _, revision = await self.txn_at([], [])
         return revision
 
+    @staticmethod
+    def put_op(key: bytes, value: bytes) -> Any:
+        """A transaction operation writing `value` under `key` without a lease: `tx.put(key,
+        value)`, built cheaper (for writes of thousands of keys)."""
+        return put_request(key, value)
+
     def range_op(self, prefix: str) -> Any:
         """A transaction operation reading every key below `prefix`."""
         raw = enc(prefix)
@@ -204,5 +210,21 @@ class RegistryCore:
                 for event in events:
                     kv = event.kv
                     yield WatchEvent(kv.key.decode(), kv.value if event.type == PUT else None, kv.mod_revision)
+        finally:
+            await stream.aclose()
+
+    async def watch_batches(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[list[WatchEvent]]:
+        """watch()'s events, errors and end, as one list per etcd response: one step of the
+        iterator per response instead of per event (the engine leader takes in some 30,000
+        events while 10,000 units are submitted and placed)."""
+        ranges = []
+        for prefix in prefixes:
+            raw = enc(prefix)
+            ranges.append((raw, prefix_end(raw)))
+        stream = self.connection.watch(ranges, start_revision)
+        try:
+            async for events in stream:
+                yield [WatchEvent(kv.key.decode(), kv.value if event.type == PUT else None, kv.mod_revision)
+                       for event in events for kv in (event.kv,)]
         finally:
             await stream.aclose()

@@ -76,6 +76,7 @@ class Registry:
     set_call_observer = _delegate("core", "set_call_observer")
     current_revision = _delegate("core", "current_revision")
     watch = _delegate("core", "watch")
+    watch_batches = _delegate("core", "watch_batches")
 
     bodies = _delegate("units", "bodies")
     offer_body = _delegate("units", "offer_body")

@@ -138,8 +138,9 @@ class EtcdUnitStore:
         async def create(chunk: Sequence[Unit]) -> list[str]:
             compare = [tx.create(enc(keys.job(u.name))) == 0 for u in chunk]
             bodies = {u.hash: u.file for u in chunk}  # etcd refuses a key twice in one txn
-            success = [tx.put(enc(keys.body(h)), enc(f.serialize())) for h, f in bodies.items()]
-            success += [tx.put(enc(keys.job(u.name)), codec.encode_job(u.name, u.hash, u.desired_state)) for u in chunk]
+            put = core.put_op
+            success = [put(enc(keys.body(h)), enc(f.serialize())) for h, f in bodies.items()]
+            success += [put(enc(keys.job(u.name)), codec.encode_job(u.name, u.hash, u.desired_state)) for u in chunk]
             ok, _ = await core.txn(compare, success)
             if ok:
                 for u in chunk:

@@ -47,6 +47,7 @@ from fleetd.unit.control import check_option, check_text
 
 #: go-systemd's SYSTEMD_LINE_MAX.
 LINE_MAX = 2048
+_SHORT_LINE = LINE_MAX // 4  # characters: a line with fewer is under LINE_MAX bytes whatever they are
 
 # Go's unicode.IsSpace: Latin-1 whitespace plus the Unicode White_Space property.
 # (Python's str.isspace also counts U+001C..U+001F, which Go does not.)
@@ -89,7 +90,9 @@ class UnitFile:
     @classmethod
     def parse(cls, text: str | bytes, *, source: str = "<unit>") -> "UnitFile":
         """Parse unit-file text; raise UnitFileError("<source>: line N: <reason>")."""
-        return cls(_group(_Lexer(text, source).run()))
+        lexer = _Lexer(text, source)
+        options = lexer.run()
+        return cls(tuple(options) if lexer.grouped else _group(options))
 
     @classmethod
     def parse_stored(cls, raw: bytes, unit_hash: str, *, source: str = "<unit>") -> "UnitFile":
@@ -227,6 +230,8 @@ class _Lexer:
         check_text(decoded, source)
         # Physical lines split on LF only (as bufio.ReadBytes('\n')); the last piece is the
         # text after the final LF ("" when the file ends with a newline).
+        self.has_cr = "\r" in decoded
+        self.grouped = False   # whether run()'s options are known to be grouped by section already
         self.lines = decoded.split("\n")
         self.n = len(self.lines)
         self.i = 0
@@ -250,7 +255,10 @@ class _Lexer:
         line = self.lines[idx]
         self.i += 1
         eof = self.i >= self.n
-        if max((len(seg.encode("utf-8")) for seg in line.split("\r")), default=0) >= LINE_MAX:
+        # a character is at most 4 bytes of UTF-8: a line shorter than LINE_MAX // 4 characters
+        # (nearly every line) cannot be too long, and is not encoded to find out
+        if len(line) >= _SHORT_LINE and max((len(seg.encode("utf-8")) for seg in line.split("\r")),
+                                            default=0) >= LINE_MAX:
             self.fail(idx + 1, f"line too long (max {LINE_MAX} bytes)")
         if eof and line.endswith("\r"):
             # toEOL trims "\r" only when it is not followed by "\n"
@@ -258,6 +266,53 @@ class _Lexer:
         return idx + 1, line, eof
 
     def run(self) -> list[UnitOption]:
+        simple = self._run_simple()
+        return simple if simple is not None else self.run_general()
+
+    def _run_simple(self) -> list[UnitOption] | None:
+        """The options of a text made only of short `[Section]` lines, `Name=Value` lines that
+        start with neither a blank nor a comment and do not end in a backslash, and empty
+        lines, with no CR anywhere — most units — in one loop; None for anything else (then
+        `run_general`, which also gives the errors). Its answer is run_general's for such a
+        text: the same lines read by the same rules, without the per-line steps that cannot
+        apply to them (comments, continuations, CR, the line-length check)."""
+        if self.has_cr:
+            return None
+        lines = self.lines
+        options: list[UnitOption] = []
+        section: str | None = None
+        seen: set[str] = set()
+        grouped = True   # no section named again after another: the options are in _group's order
+        blanks = _GO_SPACE
+        for line in lines:
+            if not line:
+                continue
+            if len(line) >= _SHORT_LINE or line[0] in blanks:
+                return None
+            first = line[0]
+            if first == "[":
+                if line[-1] != "]" or len(line) < 2 or "]" in line[1:-1]:
+                    return None
+                if line[1:-1] != section:
+                    section = line[1:-1]
+                    if section in seen:
+                        grouped = False
+                    seen.add(section)
+            elif first in "#;" or section is None:
+                return None
+            else:
+                eq = line.find("=")
+                if eq == -1:
+                    return None
+                value = go_trim_space(line[eq + 1:])
+                if value.endswith("\\"):
+                    return None
+                options.append(UnitOption(section, go_trim_space(line[:eq]), value))
+        self.i = self.n
+        self.grouped = grouped
+        return options
+
+    def run_general(self) -> list[UnitOption]:
         options: list[UnitOption] = []
         section: str | None = None
         while self.i < self.n:
@@ -303,6 +358,12 @@ class _Lexer:
                               f"{_short(rest[:cr] if cr != -1 else rest)}")
         name = go_trim_space(rest[:eq])
         line = rest[eq + 1:]
+        if not line.endswith("\\"):  # one line, no continuation (the common case): what the loop gives
+            value = go_trim_space(line)
+            if value.endswith("\\"):
+                self.fail(lineno, f"option {name}: value ends in a backslash followed by "
+                                  "blanks or CR (a continuation must end the line)")
+            return UnitOption(section, name, value)
         parts: list[str] = []
         last_lineno = lineno
         while True:

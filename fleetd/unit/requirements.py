@@ -169,9 +169,27 @@ def _last_container_value(unit: UnitFile, key: str) -> str | None:
     return (go_trim_space(found[-1]) or None) if found else None
 
 
-@functools.lru_cache(maxsize=4096)
+#: Options other than [X-Fleet] ones that requirements_of() reads: a unit with none of these
+#: and no [X-Fleet] option requires nothing (`NO_REQUIREMENTS`).
+_RESOURCE_OPTIONS = {"CPUQuota": "Service", "MemoryMax": "Service", "MemoryLimit": "Service",
+                     "CPUs": "X-Container", "Memory": "X-Container"}
+NO_REQUIREMENTS = Requirements()
+
+
 def requirements_of(unit: UnitFile, name: str) -> Requirements:
-    """The scheduling requirements of `unit` submitted as `name` (never raises)."""
+    """The scheduling requirements of `unit` submitted as `name` (never raises).
+
+    A unit without [X-Fleet] options and resource settings (most units) requires nothing: found
+    in one look at its options, without the cache below (whose key hashes every option)."""
+    resources = _RESOURCE_OPTIONS
+    for opt in unit.options:
+        if opt.section == X_FLEET or resources.get(opt.name) == opt.section:
+            return _requirements_of(unit, name)
+    return NO_REQUIREMENTS
+
+
+@functools.lru_cache(maxsize=4096)
+def _requirements_of(unit: UnitFile, name: str) -> Requirements:
     values = _xfleet_values(unit, name)
 
     machine_id = None
