@@ -33,7 +33,7 @@ from typing import Protocol, Sequence, TypeVar
 #: test module -> seconds its tests take in the fast loop
 MODULE_SECONDS: dict[str, float] = {
     "tests/etcd/test_engine_hold.py": 10.0,  # session 8: split in three (was 29.5), see "Fast loop waits, session 8"
-    "tests/etcd/test_engine_hold_together.py": 7.5,
+    "tests/etcd/test_engine_hold_together.py": 7.0,  # session 9: 4 s leases (was 7.5)
     "tests/etcd/test_engine_hold_lone.py": 4.5,
     "tests/etcd/test_fleetctl_fast_etcd.py": 20.0,  # ~10 CPU-s (fleetctl processes) since session 7; early, or it is the loop's tail
     "tests/etcd/test_presence_peers.py": 6.0,  # session 8: split in three (was 18.0)
@@ -43,12 +43,12 @@ MODULE_SECONDS: dict[str, float] = {
     "tests/etcd/test_fleetctl_fast_units.py": 11.0,
     "tests/etcd/test_fleetctl_fast_https.py": 5.0,  # session 8: unlisted (it ran among the last modules)
     "tests/etcd/test_api.py": 7.0,
-    "tests/etcd/test_presence.py": 5.5,  # session 8: split in two (was 11.0)
+    "tests/etcd/test_presence.py": 4.0,  # session 8: split in two (was 11.0); session 9: TTL 2 s (was 5.5)
     "tests/etcd/test_presence_retry.py": 5.5,
     "tests/etcd/test_engine_loop.py": 9.0,
     "tests/unit/test_engine_loop_memory.py": 7.5,
     "tests/etcd/test_presence_freeze.py": 4.0,  # session 8: split in two (was 9.0)
-    "tests/etcd/test_presence_freeze_expiry.py": 5.0,
+    "tests/etcd/test_presence_freeze_expiry.py": 4.2,  # session 9: waits for lost (was 5.0)
     "tests/etcd/test_registry.py": 8.0,
     "tests/unit/test_architecture.py": 5.5,  # session 8: one walk per tree (was 7.5)
     "tests/etcd/test_fleetctl.py": 7.0,
