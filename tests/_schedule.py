@@ -107,13 +107,56 @@ def slowest_modules_first(items: Sequence[T]) -> list[T]:
     return sorted(items, key=lambda item: -MODULE_SECONDS.get(module_of(item.nodeid), 0.0))
 
 
-def scheduler(config, log):
+#: modules that mostly wait (TTLs, settle times, quiet spells, freezes): their worker's CPU is
+#: 1-6 % of their wall time (session 9, per module in the fast loop under load 11-22)
+WAITING_MODULES = frozenset({
+    "tests/etcd/test_engine_hold.py", "tests/etcd/test_engine_hold_together.py",
+    "tests/etcd/test_engine_hold_lone.py", "tests/etcd/test_presence_peers.py",
+    "tests/etcd/test_presence_peers_silent.py", "tests/etcd/test_presence_peers_cutoff.py",
+    "tests/etcd/test_presence.py", "tests/etcd/test_presence_retry.py",
+    "tests/etcd/test_presence_freeze.py", "tests/etcd/test_presence_freeze_expiry.py",
+    "tests/etcd/test_engine_loop.py", "tests/unit/test_engine_loop_memory.py",
+    "tests/etcd/test_registry.py", "tests/etcd/test_api_watch.py", "tests/etcd/test_api_feed_hub.py",
+    "tests/unit/test_engine_burst_flow.py", "tests/unit/test_engine_burst_mark.py",
+})
+
+
+def next_module(queued: Sequence[str], running: Sequence[str], cores: int) -> str:
+    """The module (or scope) to hand to a worker that asks for work, given the queue (slowest
+    first) and what the other workers run: while fewer than `cores` modules that work the CPU
+    run, the first such module; else the first that mostly waits (WAITING_MODULES); the first
+    of the other kind when none of that one is left. So the cores are kept busy by as many
+    CPU-bound modules as there are cores, and the waiting ones wait beside them instead of
+    several of them at once with a core idle."""
+    busy = sum(1 for m in running if module_of(m) not in WAITING_MODULES)
+    want_waiting = busy >= cores
+    for m in queued:
+        if (module_of(m) in WAITING_MODULES) == want_waiting:
+            return m
+    return queued[0]
+
+
+def scheduler(config, log, cores: int | None = None):
     """For tests/conftest.py's pytest_xdist_make_scheduler: with `--dist load` (what `-n` picks
-    unless told otherwise) xdist's loadscope scheduler over the workers' order of modules;
-    None (xdist's own choice) for other modes."""
+    unless told otherwise) xdist's loadscope scheduler over the workers' order of modules, each
+    worker's next module chosen by `next_module` when there are more workers than cores (the
+    machine's, or `cores`); None (xdist's own choice) for other modes."""
     if config.getvalue("dist") != "load":
         return None
+    import os
+
     from xdist.scheduler import LoadScopeScheduling
 
+    cores = cores or len(os.sched_getaffinity(0))
+
+    class KindsScheduling(LoadScopeScheduling):
+        def _assign_work_unit(self, node) -> None:
+            if len(self.nodes) > cores and len(self.workqueue) > 1:
+                running = [next((scope for scope, tests in work.items() if not all(tests.values())), "")
+                           for other, work in self.assigned_work.items() if other is not node]
+                scope = next_module(list(self.workqueue), [r for r in running if r], cores)
+                self.workqueue.move_to_end(scope, last=False)  # what the base class takes next
+            super()._assign_work_unit(node)
+
     config.option.loadscopereorder = False  # loadscope would sort the modules by their number of tests
-    return LoadScopeScheduling(config, log)
+    return KindsScheduling(config, log)
