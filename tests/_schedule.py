@@ -13,7 +13,11 @@ So with `-n`, `scheduler` picks xdist's `loadscope` distribution (a module at a 
 collection's order of modules, and the workers order their collection by `MODULE_SECONDS`, the
 slowest module first (`slowest_modules_first`; the tests of a module keep their order): every
 worker starts on one of the longest modules and takes the next when it is nearly done, so the
-many short modules fill the gaps at the end (longest processing time first). A run without
+many short modules fill the gaps at the end (longest processing time first). With more
+workers than cores, the module a worker gets next is the slowest of one kind (`next_module`):
+one that works the CPU while fewer than one per core run on the other workers, else one that
+mostly waits (`WAITING_MODULES`), so that the waiting modules wait beside the CPU-bound ones
+instead of several at once with a core idle (session 9). A run without
 `-n` keeps the file order (tests/conftest.py orders only in xdist workers, all alike, so their
 collections agree).
 
