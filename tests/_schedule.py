@@ -111,8 +111,8 @@ def slowest_modules_first(items: Sequence[T]) -> list[T]:
     return sorted(items, key=lambda item: -MODULE_SECONDS.get(module_of(item.nodeid), 0.0))
 
 
-#: modules that mostly wait (TTLs, settle times, quiet spells, freezes): their worker's CPU is
-#: 1-6 % of their wall time (session 9, per module in the fast loop under load 11-22)
+#: modules that mostly wait (TTLs, settle times, quiet spells, freezes): their worker's CPU was
+#: 1-11 % of their wall time in a fast loop at load 9 (session 9), the next modules 12 % and more
 WAITING_MODULES = frozenset({
     "tests/etcd/test_engine_hold.py", "tests/etcd/test_engine_hold_together.py",
     "tests/etcd/test_engine_hold_lone.py", "tests/etcd/test_presence_peers.py",
