@@ -22,7 +22,13 @@ async def test_a_freeze_longer_than_the_ttl_sets_lost_before_etcd_may_expire_the
     with AnsweredKeepalives(own_registry) as calls:
         async with running(presence, own_etcd) as watch:
             frozen_at = await freeze_before_next_keepalive(presence, own_etcd)
-            await asyncio.sleep(ttl + 1.0)
+            # until lost is set (due by the lease's deadline, before frozen_at + ttl; a second past
+            # it at most), and etcd frozen for longer than the TTL all the same (0.25 s more: it
+            # then expires the lease on resuming, whatever keep-alive reaches it first)
+            until = frozen_at + ttl + 1.0
+            while not watch.events and time.monotonic() < until:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(max(0.0, frozen_at + ttl + 0.25 - time.monotonic()))
             assert len(watch.events) == 1, "lost not set although etcd was frozen for longer than the TTL"
             seen_at, _ = watch.events[0]
             # etcd renewed the lease when it received the last answered keep-alive, after it was
