@@ -71,7 +71,7 @@ def main() -> None:
               help="fleetd metadata for every node, or for node N only (repeatable).")
 @click.option("--etcd-key-prefix", default=DEFAULT_KEY_PREFIX, show_default=True)
 @click.option("--fleetd/--no-fleetd", default=True, show_default=True, help="Install and start fleetd.")
-@click.option("--wait-fleetd", is_flag=True, help="Wait until every node's fleetd registered in etcd.")
+@click.option("--wait-fleetd", is_flag=True, help="Wait until fleetd.service is active on every node (its machine registered, its API listening).")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for boots (and fleetd).")
 @click.option("--insecure", is_flag=True,
               help="No TLS and no etcd authentication: etcd, the fleet API and the image server in "

@@ -65,19 +65,6 @@ def endpoint_health(endpoints: Sequence[str], tls: EtcdTLS | None = None) -> dic
     return health
 
 
-def registered_machines(endpoints: Sequence[str], key_prefix: str, tls: EtcdTLS | None = None) -> set[str]:
-    """IDs of machines with a live `<prefix>machines/<id>/object` key (it expires with agent_ttl)."""
-    base = key_prefix.rstrip("/") + "/machines/"
-    proc = etcdctl(endpoints, "get", "--prefix", "--keys-only", base, tls=tls)
-    ids = set()
-    for key in proc.stdout.split():
-        rest = key[len(base) :] if key.startswith(base) else ""
-        machine, _, leaf = rest.partition("/")
-        if machine and leaf == "object":
-            ids.add(machine)
-    return ids
-
-
 def enable_rbac(endpoints: Sequence[str], tls: EtcdTLS, key_prefix: str, writers: Sequence[str],
                 readers: Sequence[str] = (), extra_prefixes: Sequence[str] = ()) -> None:
     """Turn on etcd's authentication with certificate-named users and no passwords at all.

@@ -17,9 +17,7 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network, ip_network
 from pathlib import Path
@@ -426,40 +424,30 @@ class Lab:
             bad = [ep for ep, ok in health.items() if not ok]
             raise LabError(f"lab {self.name}: etcd not healthy after {timeout:g}s: {', '.join(bad)}")
 
-    def registered_machines(self) -> set[str]:
-        return etcd.registered_machines(self.etcd_endpoints, self.etcd_key_prefix, self.etcd_tls)
-
     def wait_fleetd(self, timeout: float = 60.0) -> None:
-        """Wait until every node's fleetd registered its machine (`<prefix>machines/<id>/object`)
-        and then accepts connections on its API port (fleetd registers before it starts its API
-        server, so a registered machine alone let a first API request be refused under load)."""
-        deadline = time.monotonic() + timeout
-        want = {n.machine_id for n in self._state().nodes}
-        seen: set[str] = set()
+        """Wait until fleetd.service is active in every node. fleetd is a Type=notify service
+        (units/fleetd.service) that sends READY=1 only once its machine is registered and its API
+        server listens (fleetd/daemon.py), so systemd's `active` means both: a first API request
+        is not refused."""
+        states: dict[str, str] = {}
 
-        def ready() -> bool:
-            seen.clear()
-            seen.update(self.registered_machines())
-            return want <= seen
-
-        if not wait_until(ready, timeout, interval=0.5):
-            missing = sorted(n.name for n in self._state().nodes if n.machine_id not in seen)
-            raise LabError(f"lab {self.name}: fleetd not registered after {timeout:g}s on {', '.join(missing)}")
-        refused: list[str] = []
-
-        def serving() -> bool:
-            refused.clear()
+        def active() -> bool:
             for node in self.nodes:
-                try:
-                    with socket.create_connection((node.ip, LAB_API_PORT), timeout=1):
-                        pass
-                except OSError:
-                    refused.append(node.name)
-            return not refused
+                states[node.name] = self._fleetd_state(node)
+            return all(state == "active" for state in states.values())
 
-        if not wait_until(serving, max(deadline - time.monotonic(), 1.0), interval=0.1):
-            raise LabError(f"lab {self.name}: fleetd's API (port {LAB_API_PORT}) not accepting connections "
-                           f"after {timeout:g}s on {', '.join(refused)}")
+        if not wait_until(active, timeout, interval=0.2):
+            waiting = ", ".join(f"{name} {state}" for name, state in sorted(states.items()) if state != "active")
+            raise LabError(f"lab {self.name}: {FLEETD_UNIT} not active after {timeout:g}s: {waiting}")
+
+    @staticmethod
+    def _fleetd_state(node: Node) -> str:
+        """`systemctl is-active fleetd.service` in the node (activating until fleetd's READY=1)."""
+        try:
+            proc = node.exec(["systemctl", "is-active", FLEETD_UNIT], check=False, timeout=10)
+        except LabError as exc:  # the node is down, or its systemd did not answer
+            return f"({exc})"
+        return proc.stdout.strip() or "unknown"
 
     # --- fleetctl ------------------------------------------------------------------
 

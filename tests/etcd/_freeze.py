@@ -1,7 +1,8 @@
 """A presence against an etcd of its own that the test freezes (SIGSTOP), for
 tests/etcd/test_presence_freeze*.py: the registry on it, a recorder of when `lost` was set and
-of the answered keep-alives, and the freeze at the worst moment (split in two modules so that
-two xdist workers wait through the freezes at once)."""
+of the answered keep-alives, the presence running under that recorder (and cleaned up after it),
+and the freeze at the worst moment (split in two modules so that two xdist workers wait through
+the freezes at once)."""
 
 from __future__ import annotations
 
@@ -52,8 +53,24 @@ class LostWatch:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
+@asynccontextmanager
+async def running(presence: Presence, etcd: EtcdServer) -> AsyncIterator[LostWatch]:
+    """The presence running, watched by a LostWatch; afterwards etcd runs again (whatever froze
+    it), the watch stops and the presence's runner is cancelled."""
+    runner = asyncio.create_task(presence.run())
+    watch = LostWatch(presence)
+    try:
+        yield watch
+    finally:
+        etcd.resume()
+        await watch.stop()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
 class AnsweredKeepalives:
-    """Wraps the registry's keep-alive calls: when each answered one was sent, and its TTL."""
+    """Wraps the registry's keep-alive calls (until the `with` block ends): when each answered
+    one was sent, and its TTL."""
 
     def __init__(self, registry: Registry):
         self.answered: list[tuple[float, int]] = []
@@ -76,7 +93,11 @@ class AnsweredKeepalives:
         """The earliest moment etcd may expire the lease, from the answered keep-alives alone."""
         return max(sent + ttl for sent, ttl in self.answered)
 
-    def restore(self) -> None:
+    def __enter__(self) -> AnsweredKeepalives:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """The registry's own keep-alive calls again."""
         del self.registry.keepalive, self.registry.keepalive_direct
 
 

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from _freeze import own_registry  # noqa: F401  (a fixture)
-from _freeze import LostWatch, freeze_before_next_keepalive
+from _freeze import freeze_before_next_keepalive, running
 from fleetd.errors import RegistryUnavailable
 from fleetd.model import Machine
 from fleetd.presence import Presence
@@ -30,15 +30,11 @@ async def test_a_freeze_of_half_the_ttl_keeps_the_lease_confirmed(own_etcd, own_
     presence = Presence(own_registry, Machine("a1" * 16, "10.0.0.1"), ttl, tmp_path)
     await presence.register()
     lease = presence.lease_id
-    runner = asyncio.create_task(presence.run())
-    watch = LostWatch(presence)
-    try:
+    async with running(presence, own_etcd) as watch:
         frozen_at = await freeze_before_next_keepalive(presence, own_etcd)
         deadline_at_freeze = presence.expires_at
-        try:
-            await asyncio.sleep(ttl / 2)
-        finally:
-            own_etcd.resume()
+        await asyncio.sleep(ttl / 2)
+        own_etcd.resume()  # (running() resumes it should the test fail before)
         resumed_at = time.monotonic()
         assert deadline_at_freeze - resumed_at < ttl / 2  # the freeze really ate into the lease
         # past the old deadline (0.5 s of event-loop slack), and a keep-alive sent after the freeze
@@ -51,11 +47,6 @@ async def test_a_freeze_of_half_the_ttl_keeps_the_lease_confirmed(own_etcd, own_
         assert presence.registered.is_set() and presence.lease_id == lease
         assert presence.expires_at > resumed_at + ttl / 2  # confirmed again since
         assert await own_registry.get_machine(presence.machine.id) is not None
-    finally:
-        own_etcd.resume()
-        await watch.stop()
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
 
 
 async def test_keepalive_direct_uses_a_connection_of_its_own(registry, etcd_server):

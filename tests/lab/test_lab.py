@@ -19,6 +19,7 @@ import pytest
 
 from fleetd.errors import LabError
 from fleetlab import Lab
+from fleetlab.config import LAB_API_PORT
 from fleetlab.sysutil import ProcRef, memory_v1_hierarchy, wait_until
 
 pytest_plugins = ["fleetlab.pytest_plugin"]
@@ -135,6 +136,16 @@ def test_fleetd_unit_and_config_are_installed(lab):
     assert 'agent_ttl="5s"\n' in conf and "engine_reconcile_interval=1\n" in conf
     # the checkout (and its venv) is visible inside the node through the overlay
     node.exec(f"test -f {CHECKOUT}/pyproject.toml && test -x {CHECKOUT}/.venv/bin/python")
+
+
+def test_wait_fleetd_returns_once_every_fleetd_is_registered_and_its_api_listens(lab):
+    """fleetd sends READY=1 (Type=notify) after registering its machine and opening its API:
+    once wait_fleetd has seen fleetd.service active everywhere, both hold at once."""
+    lab.wait_fleetd()
+    refused = [n.name for n in lab.nodes if not host_tcp_ok(n.ip, LAB_API_PORT, timeout=1)]
+    assert not refused, f"API port {LAB_API_PORT} refused on {refused}"
+    listed = lab.fleetctl("list-machines", "--no-legend", "--full").stdout.split()
+    assert {n.machine_id for n in lab.nodes} <= set(listed)
 
 
 def test_env_and_cli_reach_the_lab(lab):
@@ -270,6 +281,9 @@ def test_hanging_fleetd_does_not_hold_up_the_boot(lab_factory):
         assert f"ExecStart={fake}/.venv/bin/fleetd --config /etc/fleet/fleet.conf" in unit
         assert "Type=notify" in unit and "Restart=always" in unit and "RestartSec=1" in unit
         assert node.exec("systemctl is-active fleetd.service", check=False).stdout.strip() == "activating"
+        # wait_fleetd waits for READY=1 (systemd's `active`), which this fleetd never sends
+        with pytest.raises(LabError, match=rf"fleetd.service not active after 1s: {node.name} activating$"):
+            small.wait_fleetd(timeout=1)
         assert small.down() == []
     finally:
         for path in sorted(fake.rglob("*"), reverse=True):

@@ -8,12 +8,12 @@ import asyncio
 
 import pytest
 
+from _burst import leading_engine, load, placed
 from fleetd.engine.leader import Engine
-from fleetd.model import DesiredState, Machine, Unit
+from fleetd.model import DesiredState, Unit
 from fleetd.registry import WatchEvent
 from fleetd.registry.memory import MemoryCluster, MemoryRegistry
 from fleetd.unit.file import UnitFile
-from fleetlab.testing.simagent import SimulatedAgent
 
 
 def unit(i: int) -> Unit:
@@ -64,34 +64,14 @@ async def test_settle_ends_when_news_pauses_or_never_pauses_or_the_lease_is_lost
 
 @pytest.mark.parametrize("batches", [1, 8])
 async def test_a_burst_over_many_transactions_is_placed_once_each(batches):
-    shared = MemoryCluster()
-    client = MemoryRegistry(shared)
-    agents = [SimulatedAgent(MemoryRegistry(shared), Machine(f"{i:032x}", f"10.0.0.{i}", {}), ttl=30)
-              for i in range(1, 5)]
-    for agent in agents:
-        await agent.start()
-    eng = Engine(MemoryRegistry(shared), agents[0].machine.id, 2.0, lease_ttl=5.0, burst_quiet=0.05, burst_max=1.0)
-    task = asyncio.create_task(eng.run())
-    try:
-        while not eng.is_leader:
-            await asyncio.sleep(0.01)
+    async with leading_engine(burst_quiet=0.05, burst_max=1.0) as (client, agents, eng):
         units = [unit(i) for i in range(48)]  # one transaction of 48: below BURST_FLOW
         size = len(units) // batches
         for k in range(batches):  # one transaction each, back to back
             await client.create_units(units[k * size:(k + 1) * size])
-        for _ in range(500):
-            placements = await client.placements()
-            if len(placements) == len(units) and sum(a.active for a in agents) == len(units):
-                break
-            await asyncio.sleep(0.02)
+        placements = await placed(client, agents, len(units), polls=500)
         assert sorted(placements) == sorted(u.name for u in units)
-        load = [sum(1 for p in placements.values() if p.machine_id == a.machine.id) for a in agents]
-        assert load == [12, 12, 12, 12]  # least loaded first, as reconcile() spreads them
+        assert load(placements, agents) == [12, 12, 12, 12]  # least loaded first, as reconcile() spreads them
         assert eng.stats.placements == len(units)  # each placed once
         # one submission is planned at once; eight back to back wait for the burst to pause
         assert (eng.stats.settled_passes > 0) == (batches > 1)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        for agent in agents:
-            await agent.crash()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from _burst import full_news, settle_while
 from fleetd.engine.leader import BURST_FLOW, BURST_FLOW_QUIET, Engine
 from fleetd.registry import WatchEvent
 from fleetd.registry.memory import MemoryCluster, MemoryRegistry
@@ -21,62 +22,39 @@ def engine() -> Engine:
     return Engine(MemoryRegistry(MemoryCluster()), "m" * 32, 2.0, burst_quiet=QUIET, burst_max=MAX, burst_limit=LIMIT)
 
 
-async def settle_while(eng: Engine, news, seconds: float | None = None, fed: list[float] | None = None) -> float:
-    """Seconds _settle() took while `news(revision)` returned events every 5 ms (for at most
-    `seconds`, if given); `fed` gets the seconds (from the same start) at which each news came."""
-    dirty = asyncio.Event()
-    keeper = asyncio.create_task(asyncio.sleep(3600))
-
-    async def feed() -> None:
-        revision, began = 1, time.monotonic()
-        while seconds is None or time.monotonic() - began < seconds:
-            revision += 1
-            eng._events.extend(news(revision))
-            dirty.set()
-            if fed is not None:
-                fed.append(time.monotonic() - started)
-            await asyncio.sleep(0.005)
-
-    feeder = asyncio.create_task(feed())
-    started = time.monotonic()
-    try:
-        await asyncio.wait_for(eng._settle(dirty, keeper), 10)
-        return time.monotonic() - started
-    finally:
-        feeder.cancel()
-        keeper.cancel()
-        await asyncio.gather(feeder, keeper, return_exceptions=True)
+def flowing(news, seconds: float | None = None):
+    """Rounds of `news(revision)` (revisions 2, 3, ...), for at most `seconds` from the first, if given."""
+    revision, began = 1, time.monotonic()
+    while seconds is None or time.monotonic() - began < seconds:
+        revision += 1
+        yield news(revision)
 
 
 async def test_the_engines_own_schedule_news_does_not_keep_it_waiting():
     eng = engine()
     schedule = eng.registry.keys.schedule
-    took = await settle_while(eng, lambda r: [WatchEvent(f"{schedule}m/u{r}.service", b"{}", r)])
+    took = await settle_while(eng, flowing(lambda r: [WatchEvent(f"{schedule}m/u{r}.service", b"{}", r)]))
     assert took < MAX  # ended by the quiet spell of job news, though schedule news never paused
 
 
 async def test_a_trickle_of_small_submissions_waits_at_most_burst_max():
     eng = engine()
     jobs = eng.registry.keys.jobs
-    took = await settle_while(eng, lambda r: [WatchEvent(f"{jobs}u{r}.service", b"{}", r)])
+    took = await settle_while(eng, flowing(lambda r: [WatchEvent(f"{jobs}u{r}.service", b"{}", r)]))
     assert MAX * 0.9 <= took < LIMIT * 0.8
 
 
 async def test_a_large_submission_in_full_flow_is_waited_for_up_to_burst_limit():
     eng = engine()
-    jobs = eng.registry.keys.jobs
-    took = await settle_while(eng, lambda r: [WatchEvent(f"{jobs}u{r}-{i}.service", b"{}", r)
-                                              for i in range(BURST_FLOW)])
+    took = await settle_while(eng, flowing(lambda r: full_news(eng, r)))
     assert LIMIT * 0.9 <= took < LIMIT + 1.0
 
 
 async def test_the_end_of_a_large_submission_is_a_longer_quiet_spell():
     eng = engine()
-    jobs = eng.registry.keys.jobs
     flow = 0.1  # seconds of full flow, then nothing
     fed: list[float] = []
-    took = await settle_while(eng, lambda r: [WatchEvent(f"{jobs}u{r}-{i}.service", b"{}", r)
-                                              for i in range(BURST_FLOW)], seconds=flow, fed=fed)
+    took = await settle_while(eng, flowing(lambda r: full_news(eng, r), seconds=flow), fed=fed)
     # counted from the last news actually fed (a stalled loop can end the feeder's flow early)
     assert fed[-1] + QUIET * BURST_FLOW_QUIET * 0.9 <= took < MAX
 
@@ -95,12 +73,10 @@ async def test_a_watch_lagging_behind_etcd_keeps_the_engine_waiting():
     (etcd sends a slow watcher's events in catch-up rounds): the wait goes on, to burst_limit
     here, where the news never comes."""
     eng = engine()
-    jobs = eng.registry.keys.jobs
     eng.registry.cluster.revision = 1000  # after every revision the fed events carry
     await eng.registry.create_units([unit_named("late.service")])
     flow = 0.1
-    took = await settle_while(eng, lambda r: [WatchEvent(f"{jobs}u{r}-{i}.service", b"{}", r)
-                                              for i in range(BURST_FLOW)], seconds=flow)
+    took = await settle_while(eng, flowing(lambda r: full_news(eng, r), seconds=flow))
     assert took >= LIMIT * 0.9
     assert eng.stats.lagging_watch > 0
 
@@ -116,7 +92,6 @@ async def test_etcd_that_does_not_answer_in_time_ends_the_wait(monkeypatch):
     import fleetd.engine.leader as leader
 
     eng = engine()
-    jobs = eng.registry.keys.jobs
 
     async def hangs(revision: int) -> bool:
         await asyncio.sleep(3600)
@@ -125,6 +100,5 @@ async def test_etcd_that_does_not_answer_in_time_ends_the_wait(monkeypatch):
     monkeypatch.setattr(leader, "BURST_ASK", 0.05)
     monkeypatch.setattr(eng.registry, "jobs_written_after", hangs)
     flow = 0.1
-    took = await settle_while(eng, lambda r: [WatchEvent(f"{jobs}u{r}-{i}.service", b"{}", r)
-                                              for i in range(BURST_FLOW)], seconds=flow)
+    took = await settle_while(eng, flowing(lambda r: full_news(eng, r), seconds=flow))
     assert took < MAX  # planned as it is, not after the registry's request timeout

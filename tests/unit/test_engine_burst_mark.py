@@ -6,14 +6,13 @@ news the watch has not brought yet (another submission still on its way)."""
 from __future__ import annotations
 
 import asyncio
-import time
 
+from _burst import full_news, leading_engine, load, placed, settle_while
 from fleetd.engine.leader import BURST_FLOW, BURST_FLOW_QUIET, Engine
-from fleetd.model import DesiredState, Machine, Unit
+from fleetd.model import DesiredState, Unit
 from fleetd.registry import WatchEvent
 from fleetd.registry.memory import MemoryCluster, MemoryRegistry
 from fleetd.unit.file import UnitFile
-from fleetlab.testing.simagent import SimulatedAgent
 
 # a long quiet spell (QUIET * BURST_FLOW_QUIET = 1.5 s), so that a wait it ended and one the
 # mark ended are told apart by their counters, not by how fast the machine is
@@ -29,31 +28,8 @@ def unit(i: int, state: DesiredState = DesiredState.LAUNCHED) -> Unit:
     return Unit(f"mark-{i:04d}.service", UnitFile.parse(f"[Service]\nExecStart=/bin/sleep {i}\n"), state)
 
 
-async def settle_on(eng: Engine, rounds: list[list[WatchEvent]]) -> float:
-    """Seconds _settle() took while the rounds of events came 5 ms apart."""
-    dirty = asyncio.Event()
-    keeper = asyncio.create_task(asyncio.sleep(3600))
-
-    async def feed() -> None:
-        for events in rounds:
-            eng._events.extend(events)
-            dirty.set()
-            await asyncio.sleep(0.005)
-
-    feeder = asyncio.create_task(feed())
-    started = time.monotonic()
-    try:
-        await asyncio.wait_for(eng._settle(dirty, keeper), 30)
-        return time.monotonic() - started
-    finally:
-        feeder.cancel()
-        keeper.cancel()
-        await asyncio.gather(feeder, keeper, return_exceptions=True)
-
-
 def full_flow(eng: Engine, first: int, last: int) -> list[list[WatchEvent]]:
-    jobs = eng.registry.keys.jobs
-    return [[WatchEvent(f"{jobs}u{r}-{i}.service", b"{}", r) for i in range(BURST_FLOW)] for r in range(first, last)]
+    return [full_news(eng, r) for r in range(first, last)]
 
 
 def mark(eng: Engine, revision: int) -> WatchEvent:
@@ -62,7 +38,7 @@ def mark(eng: Engine, revision: int) -> WatchEvent:
 
 async def test_a_marked_end_ends_the_wait_without_the_quiet_spell():
     eng = engine()
-    took = await settle_on(eng, full_flow(eng, 2, 12) + [[mark(eng, 12)]])
+    took = await settle_while(eng, full_flow(eng, 2, 12) + [[mark(eng, 12)]], timeout=30)
     assert eng.stats.marked_bursts == 1
     assert eng.stats.lagging_watch == 0
     assert took < QUIET * BURST_FLOW_QUIET  # generous: ends right after the mark's round
@@ -72,8 +48,8 @@ async def test_a_mark_before_later_job_news_does_not_end_the_wait():
     """Another submission's jobs came after the mark (in the same round of news): the wait
     ends by the quiet spell."""
     eng = engine()
-    took = await settle_on(eng, full_flow(eng, 2, 6) + [[mark(eng, 6), *full_flow(eng, 7, 8)[0]]]
-                           + full_flow(eng, 8, 12))
+    took = await settle_while(eng, full_flow(eng, 2, 6) + [[mark(eng, 6), *full_flow(eng, 7, 8)[0]]]
+                              + full_flow(eng, 8, 12), timeout=30)
     assert eng.stats.marked_bursts == 0
     assert took >= QUIET * BURST_FLOW_QUIET * 0.9
 
@@ -84,7 +60,7 @@ async def test_a_mark_while_etcd_holds_later_jobs_does_not_end_the_wait():
     eng = engine()
     eng.registry.cluster.revision = 1000  # after every revision the fed events carry
     await eng.registry.create_units([unit(1)])  # one unit: no mark of its own
-    took = await settle_on(eng, full_flow(eng, 2, 12) + [[mark(eng, 12)]])
+    took = await settle_while(eng, full_flow(eng, 2, 12) + [[mark(eng, 12)]], timeout=30)
     assert eng.stats.marked_bursts == 0
     assert eng.stats.lagging_watch > 0  # then the lag check kept it waiting, to burst_limit
     assert took >= LIMIT * 0.9
@@ -99,7 +75,7 @@ async def test_the_mark_arriving_before_its_own_job_news_waits_for_that_news():
     await eng.registry.create_units([unit(1)])  # the submission's last job, at revision 21
     jobs = eng.registry.keys.jobs
     rounds = full_flow(eng, 2, 12) + [[mark(eng, 22)]] + [[WatchEvent(f"{jobs}mark-0001.service", b"{}", 21)]]
-    took = await settle_on(eng, rounds)
+    took = await settle_while(eng, rounds, timeout=30)
     assert eng.stats.marked_bursts == 1
     assert eng.stats.lagging_watch == 0
     assert took < QUIET * BURST_FLOW_QUIET
@@ -120,35 +96,14 @@ async def test_create_units_marks_the_end_of_a_full_transaction_or_more():
 async def test_a_marked_burst_is_placed_once_each_in_one_pass():
     """The whole loop: a submission of 240 units in one call is planned in one writing pass,
     its wait ended by the mark, each unit placed once and spread as reconcile() would."""
-    shared = MemoryCluster()
-    client = MemoryRegistry(shared)
-    agents = [SimulatedAgent(MemoryRegistry(shared), Machine(f"{i:032x}", f"10.0.0.{i}", {}), ttl=30)
-              for i in range(1, 5)]
-    for agent in agents:
-        await agent.start()
-    eng = Engine(MemoryRegistry(shared), agents[0].machine.id, 2.0, lease_ttl=5.0,
-                 burst_quiet=QUIET, burst_max=MAX, burst_limit=LIMIT)
-    task = asyncio.create_task(eng.run())
-    try:
-        while not eng.is_leader:
-            await asyncio.sleep(0.01)
+    async with leading_engine(burst_quiet=QUIET, burst_max=MAX, burst_limit=LIMIT) as (client, agents, eng):
         await asyncio.sleep(0.1)
         units = [unit(i) for i in range(240)]
         await client.create_units(units)
-        for _ in range(1000):
-            placements = await client.placements()
-            if len(placements) == len(units) and sum(a.active for a in agents) == len(units):
-                break
-            await asyncio.sleep(0.02)
+        placements = await placed(client, agents, len(units), polls=1000)
         assert sorted(placements) == sorted(u.name for u in units)
-        load = [sum(1 for p in placements.values() if p.machine_id == a.machine.id) for a in agents]
-        assert load == [60, 60, 60, 60]
+        assert load(placements, agents) == [60, 60, 60, 60]
         assert eng.stats.placements == len(units)
         assert eng.stats.settled_passes == 1 and eng.stats.marked_bursts == 1
         assert eng.stats.last_settled_at <= eng.stats.last_write_at
         assert len(eng.stats.write_log) == 1
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        for agent in agents:
-            await agent.crash()
