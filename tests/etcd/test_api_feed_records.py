@@ -15,6 +15,7 @@ from fleetd.registry.stores import UnitRecord
 from fleetd.unit.file import UnitFile
 
 import test_api_watch
+from _depth import examples
 from _api_server import publish_state
 from test_api_watch import BODY, MID, get
 
@@ -233,7 +234,7 @@ def read(keys: dict, body) -> UnitRecord | None:
     return UnitRecord(Unit("a.service", body, desired), found, tuple(states))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(change_strategy(), max_size=25), st.data())
 def test_fold_of_a_seed_and_the_changes_after_equals_a_read(changes, data):
     history = [as_key_change(c, BODY) for c in changes]

@@ -11,6 +11,8 @@ import urllib.parse
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from _depth import examples
+
 from fleetctl import lean
 
 ASCIIISH = st.text(st.characters(min_codepoint=0, max_codepoint=0x7F)) | st.text()
@@ -59,7 +61,7 @@ def test_urlencode_is_urllib_urlencode(pairs):
 URL_PARTS = st.text(st.sampled_from("aB0.-_:/%@?#[] \t"), max_size=12)
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(st.sampled_from(["http://", "https://", "HTTP://", "ftp://", "http:/", ""]), URL_PARTS,
        st.sampled_from(["", ":", ":80", ":0", ":65535", ":65536", ":x1", ":-1", ":٣"]), URL_PARTS)
 def test_split_url_is_urlsplit(scheme, host, port, path):
