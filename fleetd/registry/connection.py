@@ -358,8 +358,11 @@ class _WatchStream:
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _outgoing(self) -> AsyncIterator[Any]:
-        while True:
-            yield await self.requests.get()
+        while (request := await self.requests.get()) is not None:
+            yield request
+        # None (close, _fail): the request iterator ends, so gRPC's task consuming it ends too
+        # (cancelling a call that already ended, e.g. on a closed channel, left it pending
+        # forever: "Task was destroyed but it is pending!" after an etcd outage)
 
     def add(self, watch: _Watch, ranges: Sequence[tuple[bytes, bytes]], start_revision: int) -> None:
         for key, end in ranges:
@@ -437,6 +440,7 @@ class _WatchStream:
         self.pending.clear()
 
     def close(self) -> None:
+        self.requests.put_nowait(None)
         self.call.cancel()
         self.reader.cancel()
 
@@ -469,8 +473,11 @@ class _KeepAliveStream:
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _outgoing(self) -> AsyncIterator[Any]:
-        while True:
-            yield await self.requests.get()
+        while (request := await self.requests.get()) is not None:
+            yield request
+        # None (close, _fail): the request iterator ends, so gRPC's task consuming it ends too
+        # (cancelling a call that already ended, e.g. on a closed channel, left it pending
+        # forever: "Task was destroyed but it is pending!" after an etcd outage)
 
     @property
     def usable(self) -> bool:
@@ -521,6 +528,7 @@ class _KeepAliveStream:
 
     def _fail(self, error: BaseException) -> None:
         self.error = error
+        self.requests.put_nowait(None)
         for line in self.waiting.values():
             for future in line:
                 if not future.done():
@@ -537,6 +545,7 @@ class _KeepAliveStream:
             self.close()
 
     def close(self) -> None:
+        self.requests.put_nowait(None)
         self.call.cancel()
         self.reader.cancel()
 
