@@ -104,6 +104,9 @@ class Daemon:
             if watchdog:
                 self.tasks.append(asyncio.create_task(self._watchdog(watchdog), name="watchdog"))
             sdnotify.notify(f"READY=1\nSTATUS=machine {machine.id[:8]} registered")
+            from fleetd.gc_tuning import settle_after_startup
+
+            settle_after_startup()  # start-up done: its objects frozen, fewer young collections
             log.info("fleetd %s started on machine %s", __version__, machine.id)
             await self._until_stopped()
             sdnotify.notify("STOPPING=1")

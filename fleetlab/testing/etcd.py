@@ -183,10 +183,18 @@ class EtcdServer:
             return ""
 
     def pause(self) -> None:
-        """Freeze the server (SIGSTOP): clients see an unresponsive etcd."""
+        """Freeze the server (SIGSTOP): clients see an unresponsive etcd. Returns once every
+        thread of etcd is stopped: SIGSTOP only takes effect when a thread of etcd next runs,
+        and on a loaded machine the others answered requests sent after `kill` returned
+        (a test's keep-alive "sent to a frozen etcd" was answered)."""
         import signal
 
         self.process.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while not _all_threads_stopped(self.process.pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd (pid {self.process.pid}) did not stop within 30s of SIGSTOP")
+            time.sleep(0.002)
 
     def resume(self) -> None:
         import signal
@@ -212,3 +220,20 @@ class EtcdServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of process `pid` is stopped (state T in /proc/PID/task/*/stat), or gone."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                state = stat.read().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, IndexError):
+            continue
+        if state not in ("T", "t", "Z", "X"):
+            return False
+    return True
