@@ -358,11 +358,8 @@ class _WatchStream:
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _outgoing(self) -> AsyncIterator[Any]:
-        while (request := await self.requests.get()) is not None:
-            yield request
-        # None (close, _fail): the request iterator ends, so gRPC's task consuming it ends too
-        # (cancelling a call that already ended, e.g. on a closed channel, left it pending
-        # forever: "Task was destroyed but it is pending!" after an etcd outage)
+        while True:
+            yield await self.requests.get()
 
     def add(self, watch: _Watch, ranges: Sequence[tuple[bytes, bytes]], start_revision: int) -> None:
         for key, end in ranges:
@@ -440,7 +437,6 @@ class _WatchStream:
         self.pending.clear()
 
     def close(self) -> None:
-        self.requests.put_nowait(None)
         self.call.cancel()
         self.reader.cancel()
 
@@ -473,11 +469,8 @@ class _KeepAliveStream:
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _outgoing(self) -> AsyncIterator[Any]:
-        while (request := await self.requests.get()) is not None:
-            yield request
-        # None (close, _fail): the request iterator ends, so gRPC's task consuming it ends too
-        # (cancelling a call that already ended, e.g. on a closed channel, left it pending
-        # forever: "Task was destroyed but it is pending!" after an etcd outage)
+        while True:
+            yield await self.requests.get()
 
     @property
     def usable(self) -> bool:
@@ -528,7 +521,6 @@ class _KeepAliveStream:
 
     def _fail(self, error: BaseException) -> None:
         self.error = error
-        self.requests.put_nowait(None)
         for line in self.waiting.values():
             for future in line:
                 if not future.done():
@@ -545,7 +537,6 @@ class _KeepAliveStream:
             self.close()
 
     def close(self) -> None:
-        self.requests.put_nowait(None)
         self.call.cancel()
         self.reader.cancel()
 

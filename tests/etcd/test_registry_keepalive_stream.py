@@ -104,33 +104,3 @@ async def test_closing_the_connection_ends_a_waiting_keepalive(own_etcd):
         assert time.monotonic() - started < 5
     finally:
         own_etcd.resume()
-
-
-def _request_consumers() -> list[asyncio.Task]:
-    """gRPC's tasks feeding a streaming call's requests from its iterator, still running."""
-    return [task for task in asyncio.all_tasks() if not task.done()
-            and task.get_coro().__qualname__.endswith("_consume_request_iterator")]
-
-
-async def test_a_stream_that_ended_leaves_no_request_task_behind(own_etcd):
-    """A stream's request iterator ends with the stream: gRPC's task consuming it ended only
-    when its call was cancelled, and cancelling a call that had ended already (etcd gone)
-    does nothing: the task was left pending forever ("Task was destroyed but it is pending!"
-    in fleetd's log after an etcd outage)."""
-    registry, _ = await _counted(own_etcd.endpoint)
-    try:
-        lease = await registry.grant_lease(10)
-        assert await registry.keepalive(lease) > 0
-        stream = registry.connection._keepalive_stream
-        assert len(_request_consumers()) == 1
-        own_etcd.stop()  # the stream ends with an error
-        await asyncio.wait_for(asyncio.gather(stream.reader, return_exceptions=True), 5)
-        assert stream.error is not None and not stream.usable
-        stream.retire()
-        for _ in range(100):
-            if not _request_consumers():
-                break
-            await asyncio.sleep(0.02)
-        assert _request_consumers() == []
-    finally:
-        await registry.close()
