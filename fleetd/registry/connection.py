@@ -441,106 +441,6 @@ class _WatchStream:
         self.reader.cancel()
 
 
-class _KeepAliveStream:
-    """A connection's gRPC LeaseKeepAlive stream, shared by every lease kept alive over the
-    connection (as etcd's Go client does: its lessor keeps one stream per client and sends
-    each lease's request on it), instead of a new stream per keep-alive: opening one is most of
-    a keep-alive's cost on the client (a call object, its request iterator's task, the
-    deallocation of both). etcd answers a stream's requests one by one in the order they came
-    (its server renews, answers, then reads the next), so each answer is handed to the oldest
-    keep-alive of its lease still waiting.
-
-    A keep-alive that gets no answer within its timeout retires the stream (the connection's
-    next keep-alive opens a new one, as every keep-alive did before): an answer that comes
-    later must never be taken for a newer request's (its renewal may be older than the newer
-    request). A retired stream is closed once its last request is answered or timed out. An
-    error of the stream (etcd gone, the channel closed, a failover) fails every keep-alive
-    waiting on it; TTL 0 in an answer means the lease is gone, as before."""
-
-    def __init__(self, connection: "Connection", generation: int):
-        client = connection.client
-        self.connection, self.generation = connection, generation
-        self.requests: asyncio.Queue = asyncio.Queue()
-        self.waiting: dict[int, collections.deque[asyncio.Future]] = {}  # lease ID -> oldest first
-        self.pending = 0  # requests not answered (or given up) yet
-        self.error: BaseException | None = None
-        self.retired = False
-        self.call = client.leasestub.LeaseKeepAlive(self._outgoing(), metadata=client.metadata)
-        self.reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _outgoing(self) -> AsyncIterator[Any]:
-        while True:
-            yield await self.requests.get()
-
-    @property
-    def usable(self) -> bool:
-        return self.error is None and not self.retired and self.generation == self.connection._generation
-
-    async def keepalive(self, lease_id: int, timeout: float) -> Any:
-        """Send one keep-alive of `lease_id` and wait up to `timeout` seconds for its answer
-        (TimeoutError then: the stream is retired)."""
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.setdefault(lease_id, collections.deque()).append(future)
-        self.pending += 1
-        self.requests.put_nowait(rpc.LeaseKeepAliveRequest(ID=lease_id))
-        try:
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            self.retire()
-            raise
-        finally:
-            if not future.done():
-                future.cancel()  # kept in line: its answer, if it comes, is dropped
-            self.pending -= 1
-            if self.retired and self.pending <= 0:
-                self.close()
-
-    async def _read(self) -> None:
-        try:
-            async for reply in self.call:
-                line = self.waiting.get(reply.ID)
-                if not line:
-                    continue  # e.g. an answer to a request whose waiter was cancelled already
-                future = line.popleft()
-                if not line:
-                    del self.waiting[reply.ID]
-                if not future.done():
-                    future.set_result(reply)
-            error: BaseException = TimeoutError("lease keep-alive stream ended")
-        except asyncio.CancelledError:
-            reason = "a reconnect" if self.retired else "its connection closing"
-            self._fail(RegistryUnavailable(f"etcd lease keep-alive stream ended by {reason}"))
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            return
-        except _TRANSLATED as exc:
-            error = exc  # translated (and failed over) by Connection.call, as a failed call's
-        self._fail(error)
-
-    def _fail(self, error: BaseException) -> None:
-        self.error = error
-        for line in self.waiting.values():
-            for future in line:
-                if not future.done():
-                    future.set_exception(error)
-        self.waiting.clear()
-
-    def retire(self) -> None:
-        """No new requests on this stream; closed once its last one is done."""
-        if not self.retired:
-            self.retired = True
-            if self.connection._keepalive_stream is self:
-                self.connection._keepalive_stream = None
-        if self.pending <= 0:
-            self.close()
-
-    def close(self) -> None:
-        self.call.cancel()
-        self.reader.cancel()
-
-
 def _read(path: str | None) -> bytes | None:
     if not path:
         return None
@@ -597,7 +497,6 @@ class Connection:
         self._retiring: set[asyncio.Task] = set()
         self._retired_channels: list[Any] = []
         self._watch_stream: _WatchStream | None = None
-        self._keepalive_stream: _KeepAliveStream | None = None
 
     async def open(self) -> "Connection":
         try:
@@ -612,10 +511,6 @@ class Connection:
         if stream is not None:
             stream.close()
             await asyncio.gather(stream.reader, return_exceptions=True)
-        keepalives, self._keepalive_stream = self._keepalive_stream, None
-        if keepalives is not None:
-            keepalives.close()
-            await asyncio.gather(keepalives.reader, return_exceptions=True)
         for task in list(self._retiring):
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -664,8 +559,6 @@ class Connection:
             self._watch_stream.retired = True
             self._watch_stream.close()
             self._watch_stream = None
-        if self._keepalive_stream is not None:
-            self._keepalive_stream.retire()  # its keep-alives in flight keep their own timeouts
         task = asyncio.get_running_loop().create_task(self._retire(old_channel, old_watcher))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -715,18 +608,16 @@ class Connection:
             stream.remove(watch)
 
     async def lease_keepalive(self, lease_id: int, timeout: float | None = None) -> Any:
-        """One LeaseKeepAlive round trip, within `timeout` seconds (default: the request
-        timeout), on the connection's shared keep-alive stream (_KeepAliveStream); no answer in
-        time raises TimeoutError (Connection.call: unavailable, failover)."""
+        """One LeaseKeepAlive round trip, within `timeout` seconds (default: the request timeout)."""
         client = self.client
-        generation = self._generation
         await client.connect()
-        stream = self._keepalive_stream
-        if stream is None or not stream.usable or generation != self._generation:
-            if stream is not None:
-                stream.retire()
-            stream = self._keepalive_stream = _KeepAliveStream(self, self._generation)
-        return await stream.keepalive(lease_id, client.request_timeout if timeout is None else timeout)
+        async for reply in client.leasestub.LeaseKeepAlive(
+            [rpc.LeaseKeepAliveRequest(ID=lease_id)],
+            timeout=client.request_timeout if timeout is None else timeout,
+            metadata=client.metadata,
+        ):
+            return reply
+        return None
 
     async def lease_keepalive_direct(self, endpoint: str, lease_id: int, timeout: float) -> Any:
         """One LeaseKeepAlive round trip to one etcd member, on a channel (a TCP connection)
