@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from fleetd.errors import UnitFileError
-from fleetd.unit.control import check_option, check_text, find_control
+from fleetd.unit.control import check_option, check_text
 
 #: go-systemd's SYSTEMD_LINE_MAX.
 LINE_MAX = 2048
@@ -100,9 +100,7 @@ class UnitFile:
         when `raw` hashes to `unit_hash`, it is the serialization that hash was taken of (what
         every writer stores), so both are kept instead of being worked out again: one SHA-1 of
         the bytes at hand instead of serializing and hashing the parsed unit (~10 us a body)."""
-        unit = _parse_plain(raw)
-        if unit is None:
-            unit = cls.parse(raw, source=source)
+        unit = cls.parse(raw, source=source)
         if hashlib.sha1(raw).hexdigest() == unit_hash:
             unit.__dict__["_serialized"] = raw.decode("utf-8")
             unit.__dict__["hash"] = unit_hash
@@ -198,43 +196,6 @@ class UnitFile:
         """The first [Unit] Description= (fleet's UnitFile.Description), or ""."""
         found = self.values("Unit", "Description")
         return found[0] if found else ""
-
-
-def _parse_plain(raw: bytes) -> UnitFile | None:
-    """parse() of plain text, the form every writer stores (a serialization: sections and
-    `Name=Value` lines, nothing to trim), in a few string operations a line instead of the
-    lexer's; None for anything else (a backslash, CR, comment, blank to trim, control
-    character, long line, text outside a section, ...), which parse() then reads (and
-    refuses where it must). tests/unit/test_unit_parse_stored.py holds it to parse()."""
-    if len(raw) >= LINE_MAX or b"\\" in raw or b"\r" in raw:
-        return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if text.startswith("\ufeff") or find_control(text) is not None:
-        return None
-    options: list[UnitOption] = []
-    section: str | None = None
-    for line in text.split("\n"):
-        if not line:
-            continue
-        first = line[0]
-        if first == "[":
-            if line.find("]") != len(line) - 1:
-                return None
-            section = line[1:-1]
-        elif first in _PLAIN_NOT_NAME or section is None:
-            return None
-        else:
-            name, eq, value = line.partition("=")
-            if not eq or name[-1] in _GO_SPACE or (value and (value[0] in _GO_SPACE or value[-1] in _GO_SPACE)):
-                return None
-            options.append(UnitOption(section, name, value))
-    return UnitFile(_group(options))
-
-
-_PLAIN_NOT_NAME = _GO_SPACE | {"#", ";", "="}  # a line starting so is not a plain option
 
 
 def _group(options: Iterable[UnitOption]) -> tuple[UnitOption, ...]:
