@@ -198,20 +198,15 @@ class RegistryCore:
 
         Raises WatchCompacted if start_revision is gone, RegistryUnavailable if etcd is lost.
         One gRPC stream per call, read here: each response's events are decoded and handed on
-        in a loop, with no task, lock or queue per event (Connection.watch).
+        in a loop, with no task, lock or queue per event (Connection.watch, watch_batches).
         """
-        ranges = []
-        for prefix in prefixes:
-            raw = enc(prefix)
-            ranges.append((raw, prefix_end(raw)))
-        stream = self.connection.watch(ranges, start_revision)
+        batches = self.watch_batches(prefixes, start_revision)
         try:
-            async for events in stream:
-                for event in events:
-                    kv = event.kv
-                    yield WatchEvent(kv.key.decode(), kv.value if event.type == PUT else None, kv.mod_revision)
+            async for batch in batches:
+                for event in batch:
+                    yield event
         finally:
-            await stream.aclose()
+            await batches.aclose()
 
     async def watch_batches(self, prefixes: Sequence[str], start_revision: int) -> AsyncIterator[list[WatchEvent]]:
         """watch()'s events, errors and end, as one list per etcd response: one step of the
