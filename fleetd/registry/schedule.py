@@ -109,11 +109,11 @@ class EtcdScheduleStore:
         groups += [[(n, h, s)] for n, h, s in publish_globals]
         fence = tx.value(enc(keys.engine_leader)) == enc(fence_machine_id)
 
-        put, schedule = core.put_op, keys.schedule
+        put = core.put_op
 
         def operation(item: Any) -> Any:
-            if isinstance(item, Placement):   # keys.placement(), inlined: 10,000 of them in a burst
-                return put(f"{schedule}{item.machine_id}/{item.name}".encode(),
+            if isinstance(item, Placement):
+                return put(enc(keys.placement(item.machine_id, item.name)),
                            codec.encode_target(item.hash, item.desired_state))
             if isinstance(item, tuple):  # a global unit: (name, hash, desired state)
                 name, unit_hash, state = item
