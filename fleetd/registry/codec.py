@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from fleetd.model import DesiredState, Machine, Placement, Resources, UnitState
-from fleetd.registry.records import dumps, job_value, loads
+from fleetd.registry.records import dumps, job_value, loads, plain
 
 __all__ = ["dumps", "loads", "encode_job", "decode_job", "encode_target", "decode_placement", "encode_machine",
            "decode_machine", "encode_state", "decode_state"]
@@ -21,7 +21,7 @@ def decode_job(raw: bytes) -> tuple[str, str, DesiredState]:
 
 
 def encode_target(unit_hash: str, desired: DesiredState) -> bytes:
-    if unit_hash.isascii() and unit_hash.isalnum():
+    if plain(unit_hash):
         # what dumps() gives (sorted keys, no spaces) when no character needs escaping; a
         # placement of every unit of a burst is encoded in the engine's writing pass
         return f'{{"desiredState":"{desired.value}","hash":"{unit_hash}"}}'.encode()

@@ -685,13 +685,9 @@ class PutOp(tuple):
         return tuple.__new__(cls, (key, value))
 
 
-def put_request(key: bytes, value: bytes) -> PutOp:
-    return PutOp(key, value)
-
-
 def _add_requests(client: Any, field: Any, ops: Sequence[Any]) -> None:
     """Append transaction operations to a TxnRequest's success or failure list, in order:
-    put_request's written in place, aetcd's builds (tx.put, tx.get, ...) converted."""
+    PutOps written in place, aetcd's builds (tx.put, tx.get, ...) converted."""
     pending: list[Any] = []   # aetcd operations in a row
     for op in ops:
         if type(op) is PutOp:

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence, 
 
 from fleetd.config import EtcdSettings
 from fleetd.errors import UnitConflict
-from fleetd.registry.connection import Connection, WatchCompacted, enc, prefix_end, put_request
+from fleetd.registry.connection import Connection, WatchCompacted, enc, prefix_end, PutOp
 from fleetd.registry.keys import KeyLayout
 from fleetd.registry.records import CAS_ATTEMPTS, MAX_TXN_OPS
 
@@ -137,7 +137,7 @@ class RegistryCore:
     def put_op(key: bytes, value: bytes) -> Any:
         """A transaction operation writing `value` under `key` without a lease: `tx.put(key,
         value)`, built cheaper (for writes of thousands of keys)."""
-        return put_request(key, value)
+        return PutOp(key, value)
 
     def range_op(self, prefix: str) -> Any:
         """A transaction operation reading every key below `prefix`."""

@@ -38,13 +38,13 @@ def loads(raw: bytes) -> object:
     return json.loads(raw)
 
 
-def _plain(text: str) -> bool:
+def plain(text: str) -> bool:
     """Whether dumps() writes `text` as it is (printable ASCII without quote or backslash)."""
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 def job_value(name: str, unit_hash: str, desired: str) -> bytes:
     """A unit's job record: {"name","hash","desiredState"}."""
-    if _plain(name) and _plain(unit_hash) and _plain(desired):   # dumps()'s bytes, formatted
+    if plain(name) and plain(unit_hash) and plain(desired):   # dumps()'s bytes, formatted
         return f'{{"desiredState":"{desired}","hash":"{unit_hash}","name":"{name}"}}'.encode()
     return dumps({"name": name, "hash": unit_hash, "desiredState": desired})

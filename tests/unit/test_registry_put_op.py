@@ -1,4 +1,4 @@
-"""fleetd/registry/connection.py `put_request` (RegistryCore.put_op): a put written into the
+"""fleetd/registry/connection.py `PutOp` (RegistryCore.put_op): a put written into the
 transaction's message in place is the very RequestOp aetcd's `tx.put` becomes, in order among
 aetcd's own operations (the bytes etcd receives are the same)."""
 
@@ -7,14 +7,14 @@ from __future__ import annotations
 from aetcd import rpc
 
 from fleetd.config import EtcdSettings
-from fleetd.registry.connection import _add_requests, _Client, put_request
+from fleetd.registry.connection import _add_requests, _Client, PutOp
 
 
 def test_puts_in_place_are_aetcds_puts_in_their_order():
     client = _Client(EtcdSettings())
     tx = client.transactions
-    mixed = [tx.put(b"a", b"1"), put_request(b"b", b"2"), put_request(b"c", b""), tx.get(b"d"),
-             tx.delete(b"e"), put_request(b"f", b"{\"x\":1}")]
+    mixed = [tx.put(b"a", b"1"), PutOp(b"b", b"2"), PutOp(b"c", b""), tx.get(b"d"),
+             tx.delete(b"e"), PutOp(b"f", b"{\"x\":1}")]
     plain = [tx.put(b"a", b"1"), tx.put(b"b", b"2"), tx.put(b"c", b""), tx.get(b"d"), tx.delete(b"e"),
              tx.put(b"f", b"{\"x\":1}")]
     built = rpc.TxnRequest()
