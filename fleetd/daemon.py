@@ -14,6 +14,7 @@ from pathlib import Path
 from fleetd import __version__, sdnotify
 from fleetd.config import FleetConfig, load_config
 from fleetd.errors import ConfigError, FleetError
+from fleetd.gc_tuning import settle_after_startup
 
 log = logging.getLogger("fleetd")
 
@@ -104,8 +105,6 @@ class Daemon:
             if watchdog:
                 self.tasks.append(asyncio.create_task(self._watchdog(watchdog), name="watchdog"))
             sdnotify.notify(f"READY=1\nSTATUS=machine {machine.id[:8]} registered")
-            from fleetd.gc_tuning import settle_after_startup
-
             settle_after_startup()  # start-up done: its objects frozen, fewer young collections
             log.info("fleetd %s started on machine %s", __version__, machine.id)
             await self._until_stopped()
