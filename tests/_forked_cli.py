@@ -22,6 +22,12 @@ entry point called `fleetctl.cli.main`. The runs whose import set is checked (ev
 fast path answers itself) stay cold processes, and so does one hand-over per module (the
 control that a cold process hands over the same way).
 
+`shared()`: the pytest process's one full-CLI server (the etcd driver's aetcd and gRPC preloaded
+too), started by the first module that asks and closed at the session's end (tests/conftest.py's
+`forked_cli`): the fast-path, fleetctl and image-build modules a worker runs share it instead of
+importing the CLI again each (~0.3-0.5 CPU-s a server). A run forks from the server as it was
+after its imports: nothing a run does reaches the next.
+
 `ForkedCli(preload, cli=False)` and `run(..., entry="module:NAME")`: `python -m NAME ARGS` (runpy,
 as `-m` does) forked from a server that imported `preload` once, for other programs whose runs
 start the same code again and again (fleet-run in tests/unit/test_launcher.py: ~0.12 CPU-s of
@@ -190,3 +196,22 @@ class ForkedCli:
             self.proc.kill()
             self.proc.wait()
         self.proc.stdout.close()
+
+
+#: what the shared server imports besides PRELOAD: the etcd driver (aetcd, gRPC; no channel or
+#: thread is created by importing them, so forking after it is safe)
+SHARED_PRELOAD = ("fleetd.registry.registry", "fleetctl.etcd_client")
+_shared: list[ForkedCli] = []
+
+
+def shared() -> ForkedCli:
+    """The pytest process's full-CLI fork server, started on first use (a new one if it ended)."""
+    if not _shared or _shared[0].proc.poll() is not None:
+        close_shared()
+        _shared.append(ForkedCli(preload=SHARED_PRELOAD))
+    return _shared[0]
+
+
+def close_shared() -> None:
+    while _shared:
+        _shared.pop().close()

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from fleetctl.cli import cli
+from _forked_cli import shared
 from fleetctl.output import tabwrite
 from fleetd.model import DesiredState, Machine, Placement, UnitState
 from fleetd.registry import Registry
@@ -210,24 +211,31 @@ def test_tabwriter_matches_go():
     assert tabwrite(rows) == "MACHINE\t\tIP\t\tMETADATA\n148a18ff...\t10.0.0.1\t-\n"
 
 
+def python_m_fleetctl(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`python -m fleetctl ARGS`, forked (tests/_forked_cli.py, entry "fast": fleetctl/__main__.py's
+    fast entry point, which hands these over to the full CLI): a process of its own with its
+    exit code and output, the imports done once by the worker's fork server."""
+    return shared().run(args, cwd=os.getcwd(), env=env, timeout=60, entry="fast")
+
+
 def test_exit_codes_and_help_through_the_real_binary(etcd_settings, tmp_path):
-    exe = [sys.executable, "-m", "fleetctl"]
     env = dict(os.environ, FLEETCTL_ENDPOINT=etcd_settings.endpoints[0], FLEETCTL_DRIVER="etcd",
                FLEETCTL_ETCD_KEY_PREFIX=etcd_settings.key_prefix)
-    out = subprocess.run(exe + ["version"], capture_output=True, text=True, env=env)
+    # the real binary, a cold process; the other command lines forked, as the same entry point
+    out = subprocess.run([sys.executable, "-m", "fleetctl", "version"], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.startswith("fleetctl version ")
-    out = subprocess.run(exe + ["verify", "x"], capture_output=True, text=True, env=env)
+    out = python_m_fleetctl(["verify", "x"], env)
     assert out.returncode == 2 and "DEPRECATED" in out.stderr
-    out = subprocess.run(exe + ["--help"], capture_output=True, text=True, env=env)
+    out = python_m_fleetctl(["--help"], env)
     assert out.returncode == 0 and "list-unit-files" in out.stdout
     # environment variables reach the etcd driver: an empty cluster lists nothing
-    out = subprocess.run(exe + ["list-unit-files", "--no-legend"], capture_output=True, text=True, env=env)
+    out = python_m_fleetctl(["list-unit-files", "--no-legend"], env)
     assert out.returncode == 0 and out.stdout == ""
     # prefix matching of commands, as fleet's CLI
-    out = subprocess.run(exe + ["list-unit-f", "--no-legend"], capture_output=True, text=True, env=env)
+    out = python_m_fleetctl(["list-unit-f", "--no-legend"], env)
     assert out.returncode == 0
     bad = dict(env, FLEETCTL_ENDPOINT="http://127.0.0.1:1", FLEETCTL_REQUEST_TIMEOUT="0.5")
-    out = subprocess.run(exe + ["list-unit-files"], capture_output=True, text=True, env=bad)
+    out = python_m_fleetctl(["list-unit-files"], bad)
     assert out.returncode == 1 and "etcd unreachable" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
@@ -237,22 +245,20 @@ def test_second_etcd_endpoint_is_used_when_the_first_is_down(etcd_settings):
     dead = f"http://127.0.0.1:{free_port()}"
     env = dict(os.environ, FLEETCTL_DRIVER="etcd", FLEETCTL_ETCD_KEY_PREFIX=etcd_settings.key_prefix,
                FLEETCTL_ENDPOINT=f"{dead},{etcd_settings.endpoints[0]}")
-    out = subprocess.run([sys.executable, "-m", "fleetctl", "list-machines"], capture_output=True, text=True, env=env)
+    out = python_m_fleetctl(["list-machines"], env)
     assert out.returncode == 0 and out.stdout.split() == ["MACHINE", "IP", "METADATA"] and out.stderr == ""
     env["FLEETCTL_ENDPOINT"] = f"{dead},http://127.0.0.1:{free_port()}"
     env["FLEETCTL_REQUEST_TIMEOUT"] = "1"
-    out = subprocess.run([sys.executable, "-m", "fleetctl", "list-machines"], capture_output=True, text=True, env=env)
+    out = python_m_fleetctl(["list-machines"], env)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "etcd unreachable" in out.stderr
 
 
 def test_main_flushes_output_and_keeps_exit_codes_despite_os_exit():
-    """main() leaves with os._exit: what was printed must still arrive, exit codes unchanged."""
-    import subprocess
-    import sys
+    """main() leaves with os._exit: what was printed must still arrive, exit codes unchanged
+    (each run fleetctl.cli's main() in a process of its own, forked: tests/_forked_cli.py)."""
 
     def fleetctl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", "from fleetctl.cli import main; main()", *args],
-                              capture_output=True, text=True, timeout=60)
+        return shared().run(list(args), cwd=os.getcwd(), env=dict(os.environ), timeout=60)
 
     version = fleetctl("--version")
     assert (version.returncode, version.stdout) == (0, f"fleetctl version {__import__('fleetd').__version__}\n")

@@ -18,7 +18,7 @@ from fleetd.unit.file import UnitFile
 from fleetctl.fast import plan
 
 from _api_server import ThreadedApiServer, publish_state, register_machine
-from _forked_cli import ForkedCli
+from _forked_cli import ForkedCli, shared
 
 REPO = Path(__file__).resolve().parents[2]
 MID = "0123456789abcdef0123456789abcdef"
@@ -70,12 +70,8 @@ class Forked:
 @pytest.fixture(scope="module")
 def full_cli():
     """The full CLI's reference runs: a process each, forked from one that imported it once
-    (tests/_forked_cli.py)."""
-    cli = ForkedCli()
-    try:
-        yield Forked(cli)
-    finally:
-        cli.close()
+    (tests/_forked_cli.py, the worker's shared server)."""
+    return Forked(shared())
 
 
 @pytest.fixture(scope="module")

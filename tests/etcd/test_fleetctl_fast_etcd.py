@@ -29,7 +29,7 @@ from fleetlab.testing.etcd import EtcdServer
 from _fast_cli_common import (PLAIN, env_without_fleetctl_settings as _env, imported,
                               no_block_load_then_start_by_name_and_submit,
                               stand_in, timeout_and_destroy_messages, without_importtime, write_units)
-from _forked_cli import ForkedCli
+from _forked_cli import ForkedCli, shared
 
 NEVER_ON_THE_FAST_PATH = ("click", "fleetctl.cli", "fleetctl.commands", "fleetctl.api_client", "fleetctl.client",
                           "fleetctl.etcd_client", "aetcd", "grpc", "google", "asyncio", "fleetd.model", "fleetd.unit",
@@ -83,13 +83,9 @@ class Clusters(tuple):
 
 @pytest.fixture(scope="module")
 def full_cli():
-    """The full CLI's fork server for the module (tests/_forked_cli.py), its etcd driver
-    (aetcd, gRPC) imported before forking."""
-    cli = ForkedCli(preload=("fleetd.registry.registry", "fleetctl.etcd_client"))
-    try:
-        yield cli
-    finally:
-        cli.close()
+    """The full CLI's fork server (tests/_forked_cli.py, the worker's shared one: its etcd
+    driver, aetcd and gRPC, imported before forking)."""
+    return shared()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from _api_server import ThreadedApiServer
 from _fast_cli_common import (MID, PLAIN, env_without_fleetctl_settings as _env, imported,
                               no_block_load_then_start_by_name_and_submit,
                               stand_in, timeout_and_destroy_messages, without_importtime, write_units)
-from _forked_cli import ForkedCli
+from _forked_cli import ForkedCli, shared
 
 REPO = Path(__file__).resolve().parents[2]
 NEVER_ON_THE_FAST_PATH = ("click", "fleetd", "fleetctl.cli", "fleetctl.commands", "fleetctl.api_client",
@@ -56,7 +56,7 @@ def serving_clusters(etcd_server, tmp_path_factory, prefix: str, **server_option
     """Two clusters (separate key prefixes below `prefix`, same machine, the stand-in answering
     on each): the fast path's and the full CLI's; `server_options` for ThreadedApiServer (TLS)."""
     servers = Clusters()
-    servers.cli = ForkedCli()
+    servers.cli = shared()  # the worker's full-CLI fork server (tests/_forked_cli.py)
     stop = threading.Event()
     threads = []
     try:
@@ -73,7 +73,6 @@ def serving_clusters(etcd_server, tmp_path_factory, prefix: str, **server_option
             thread.join(10)
         for srv in servers:
             srv.__exit__(None, None, None)
-        servers.cli.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,24 @@ import subprocess
 import sys
 import time
 
-from _forked_cli import ForkedCli
+from _forked_cli import shared
 
 COLD = [sys.executable, "-c", "import sys; from fleetctl.cli import main; sys.argv[0] = 'fleetctl'; main()"]
 
 
 def test_a_forked_run_is_what_a_cold_process_does(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
-    cli = ForkedCli()
-    try:
-        for args in (["--version"], ["list-units", "--no-such-flag"], ["--help"],
-                     [f"--endpoint=unix://{tmp_path}/nothing.sock", "list-units"]):
-            forked = cli.run(args, cwd=tmp_path, env=env, timeout=60)
-            cold = subprocess.run([*COLD, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-            assert (forked.returncode, forked.stdout, forked.stderr) == (cold.returncode, cold.stdout, cold.stderr), args
-        assert forked.returncode == 1 and "unreachable" in forked.stderr  # the comparison saw an error too
-    finally:
-        cli.close()
+    cli = shared()
+    for args in (["--version"], ["list-units", "--no-such-flag"], ["--help"],
+                 [f"--endpoint=unix://{tmp_path}/nothing.sock", "list-units"]):
+        forked = cli.run(args, cwd=tmp_path, env=env, timeout=60)
+        cold = subprocess.run([*COLD, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (cold.returncode, cold.stdout, cold.stderr), args
+    assert forked.returncode == 1 and "unreachable" in forked.stderr  # the comparison saw an error too
 
 
 def test_replies_that_arrive_together_are_read_one_at_a_time(tmp_path):
-    cli = ForkedCli()
+    cli = shared()
     read = cli._reply
 
     def late(deadline: float) -> dict:  # a loaded machine: both of a run's replies are waiting
@@ -44,7 +41,7 @@ def test_replies_that_arrive_together_are_read_one_at_a_time(tmp_path):
         assert first.returncode == 0 and first.stdout.startswith("fleetctl version ")
         assert second.returncode == 2 and "No such option" in second.stderr
     finally:
-        cli.close()
+        del cli._reply  # the shared server's own method again
 
 
 def test_a_forked_fast_entry_run_is_what_a_cold_python_m_fleetctl_does(tmp_path):
@@ -52,19 +49,27 @@ def test_a_forked_fast_entry_run_is_what_a_cold_python_m_fleetctl_does(tmp_path)
     (the same output and exit code as a cold `python -m fleetctl`, `handed_over` true), and
     for one it answers itself (`handed_over` false)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
-    cli = ForkedCli()
-    try:
-        for args in (["list-units", "--no-such-flag"], ["start", "--help"],
-                     [f"--endpoint=unix://{tmp_path}/nothing.sock", "list-machines", "--bogus"]):
-            forked = cli.run(args, cwd=tmp_path, env=env, timeout=60, entry="fast")
-            cold = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", *args], cwd=tmp_path, env=env,
-                                  capture_output=True, text=True, timeout=60)
-            cold_stderr = "".join(line for line in cold.stderr.splitlines(keepends=True)
-                                  if not line.startswith("import time:"))
-            assert (forked.returncode, forked.stdout, forked.stderr) == (cold.returncode, cold.stdout, cold_stderr), args
-            assert forked.handed_over and "fleetctl.cli" in cold.stderr, args
-        answered = cli.run([f"--endpoint=unix://{tmp_path}/nothing.sock", "list-machines"], cwd=tmp_path, env=env,
-                           timeout=60, entry="fast")  # the fast path's own error: no hand-over
-        assert answered.returncode == 1 and "unreachable" in answered.stderr and not answered.handed_over
-    finally:
-        cli.close()
+    cli = shared()
+    for args in (["list-units", "--no-such-flag"], ["start", "--help"],
+                 [f"--endpoint=unix://{tmp_path}/nothing.sock", "list-machines", "--bogus"]):
+        forked = cli.run(args, cwd=tmp_path, env=env, timeout=60, entry="fast")
+        cold = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        cold_stderr = "".join(line for line in cold.stderr.splitlines(keepends=True)
+                              if not line.startswith("import time:"))
+        assert (forked.returncode, forked.stdout, forked.stderr) == (cold.returncode, cold.stdout, cold_stderr), args
+        assert forked.handed_over and "fleetctl.cli" in cold.stderr, args
+    answered = cli.run([f"--endpoint=unix://{tmp_path}/nothing.sock", "list-machines"], cwd=tmp_path, env=env,
+                       timeout=60, entry="fast")  # the fast path's own error: no hand-over
+    assert answered.returncode == 1 and "unreachable" in answered.stderr and not answered.handed_over
+
+
+def test_the_shared_server_is_started_once_and_again_when_it_ended(tmp_path):
+    """tests/_forked_cli.py's `shared()`: one server for the process while it runs, a new one
+    once it ended."""
+    cli = shared()
+    assert shared() is cli
+    cli.proc.kill()
+    cli.proc.wait()
+    again = shared()
+    assert again is not cli and again.run(["--version"], cwd=tmp_path, env=dict(os.environ), timeout=60).returncode == 0
