@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
+from _forked_cli import shared
 from fleetd.images import ImageStore, build_busybox_image
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image imports keep owners: needs root")
 
 
 def fleetctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fleetctl", *args], capture_output=True, text=True, timeout=120)
+    """`python -m fleetctl ARGS` in a process of its own, forked from the worker's fleetctl fork
+    server (tests/_forked_cli.py, entry "fast": the same entry point, its imports done once)."""
+    return shared().run(list(args), cwd=os.getcwd(), env=dict(os.environ), timeout=120, entry="fast")
 
 
 def test_directory_and_tar_are_the_same_image(tmp_path):
