@@ -213,5 +213,164 @@ def shared() -> ForkedCli:
 
 
 def close_shared() -> None:
+    """Close the shared servers (both kinds): each is reaped here, its CPU the worker's."""
     while _shared:
         _shared.pop().close()
+    while _shared_bare:
+        _shared_bare.pop().close()
+
+
+# ---------------------------------------------------------------- the fast path's runs, forked bare
+
+#: the bare server: `python -X importtime` that imports nothing beyond the interpreter's start-up
+#: but `select` (every fast-path run imports it too, through socket's selectors) and forks a child
+#: per run, which runs the fast entry point as `-m fleetctl` does (runpy._run_module_as_main), so
+#: the child's own imports are logged to its stderr by -X importtime as in a cold process.
+#: `marshal` (loaded at start-up) carries the requests and replies: no json, no traceback here.
+_BARE_SERVER = r"""
+import marshal, os, sys
+before = set(sys.modules)
+import select
+preloaded = sorted(set(sys.modules) - before)
+reply_fd = os.dup(1)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+
+
+def read_exactly(n):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(0, n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def send(obj):
+    data = marshal.dumps(obj)
+    data = len(data).to_bytes(8, "little") + data
+    while data:
+        data = data[os.write(reply_fd, data):]
+
+
+send({"preloaded": preloaded})
+while True:
+    head = read_exactly(8)
+    if head is None:
+        break
+    ask = marshal.loads(read_exactly(int.from_bytes(head, "little")))
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # as `python -X importtime -m fleetctl ARGS` in ask["cwd"] with ask["env"]
+        code = 1
+        try:
+            os.close(out_r), os.close(err_r), os.close(reply_fd)
+            os.dup2(out_w, 1), os.dup2(err_w, 2)
+            os.close(out_w), os.close(err_w)
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.chdir(ask["cwd"])
+            os.environ.clear()
+            os.environ.update(ask["env"])
+            sys.path[0] = os.getcwd()  # -m puts the working directory first, -c put ''
+            sys.argv = ["-m", *ask["args"]]
+            import runpy
+            runpy._run_module_as_main("fleetctl")  # fleetctl/__main__.py: ends with os._exit(code)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if exc.code is None or isinstance(exc.code, int) else 1
+            if not isinstance(exc.code, (int, type(None))):
+                print(exc.code, file=sys.stderr)
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+        try:
+            sys.stdout.flush(), sys.stderr.flush()
+        finally:
+            os._exit(code or 0)
+    os.close(out_w), os.close(err_w)
+    send({"pid": pid})
+    chunks = {out_r: [], err_r: []}
+    open_fds = [out_r, err_r]
+    while open_fds:
+        for fd in select.select(open_fds, [], [])[0]:
+            data = os.read(fd, 65536)
+            if data:
+                chunks[fd].append(data)
+            else:
+                open_fds.remove(fd)
+                os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    send({"returncode": os.waitstatus_to_exitcode(status),
+          "stdout": b"".join(chunks[out_r]), "stderr": b"".join(chunks[err_r])})
+"""
+
+
+class ForkedFastPath:
+    """`run(args, cwd=, env=, timeout=)` -> subprocess.CompletedProcess, as
+    `subprocess.run([python, "-X", "importtime", "-m", "fleetctl", *args], capture_output=True,
+    text=True)`: the fast entry point in a child forked from a bare interpreter (_BARE_SERVER),
+    for the fast-path runs whose import set the tests check. The child's stderr has the
+    `-X importtime` lines of everything it imported; `preloaded` is what the server had
+    imported beyond start-up before forking (only `select`), which the log then lacks.
+    tests/unit/test_forked_cli.py holds such runs to cold ones: the same output, exit code and
+    import set. What it saves is the interpreter's start-up (~20 ms of a cold run's ~55 ms)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-X", "importtime", "-c", _BARE_SERVER],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     bufsize=0, start_new_session=True)
+        self.lock = threading.Lock()
+        self.pending = b""
+        self.preloaded = frozenset(self._reply(60)["preloaded"])
+
+    def _reply(self, deadline_s: float) -> dict:
+        import marshal
+
+        deadline = time.monotonic() + deadline_s
+        while len(self.pending) < 8 or len(self.pending) < 8 + int.from_bytes(self.pending[:8], "little"):
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError
+            data = os.read(self.proc.stdout.fileno(), 1 << 20)
+            if not data:
+                raise RuntimeError(f"the bare fork server ended (exit {self.proc.wait()})")
+            self.pending += data
+        size = int.from_bytes(self.pending[:8], "little")
+        reply, self.pending = marshal.loads(self.pending[8:8 + size]), self.pending[8 + size:]
+        return reply
+
+    def run(self, args: list[str], *, cwd, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+        import marshal
+
+        argv = [sys.executable, "-X", "importtime", "-m", "fleetctl (forked bare)", *args]
+        with self.lock:
+            data = marshal.dumps({"args": [str(a) for a in args], "cwd": str(cwd), "env": dict(env)})
+            request = memoryview(len(data).to_bytes(8, "little") + data)
+            while request:
+                request = request[os.write(self.proc.stdin.fileno(), request):]
+            pid = self._reply(30)["pid"]
+            try:
+                done = self._reply(timeout)
+            except TimeoutError:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+                self._reply(30)
+                raise subprocess.TimeoutExpired(argv, timeout) from None
+        return subprocess.CompletedProcess(argv, done["returncode"], _text(done["stdout"]), _text(done["stderr"]))
+
+    close = ForkedCli.close
+
+
+_shared_bare: list[ForkedFastPath] = []
+
+
+def shared_fast_path() -> ForkedFastPath:
+    """The pytest process's bare fork server for fast-path runs, started on first use (a new one
+    if it ended); closed by close_shared()."""
+    if not _shared_bare or _shared_bare[0].proc.poll() is not None:
+        while _shared_bare:
+            _shared_bare.pop().close()
+        _shared_bare.append(ForkedFastPath())
+    return _shared_bare[0]

@@ -18,7 +18,7 @@ from fleetd.unit.file import UnitFile
 from fleetctl.fast import plan
 
 from _api_server import ThreadedApiServer, publish_state, register_machine
-from _forked_cli import ForkedCli, shared
+from _forked_cli import ForkedCli, shared, shared_fast_path
 
 REPO = Path(__file__).resolve().parents[2]
 MID = "0123456789abcdef0123456789abcdef"
@@ -45,6 +45,12 @@ def forbidden(names: set[str]) -> list[str]:
 def fast(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", *args], capture_output=True,
                           text=True, timeout=60, cwd=REPO, env=env)
+
+
+def fast_forked(*args: str) -> subprocess.CompletedProcess:
+    """As `fast`, forked from a bare interpreter (tests/_forked_cli.py's ForkedFastPath: the
+    same imports, all logged, without the interpreter's start-up); the controls stay cold."""
+    return shared_fast_path().run(list(args), timeout=60, cwd=REPO, env=dict(os.environ))
 
 
 def full(*args: str) -> subprocess.CompletedProcess:
@@ -106,7 +112,7 @@ COMMAND_LINES = [
 @pytest.mark.parametrize("args", COMMAND_LINES, ids=lambda a: " ".join(a))
 def test_fast_path_prints_what_the_full_cli_prints_and_imports_neither_click_nor_fleetd(server, full_cli, args):
     for endpoint in (server.unix_endpoint, server.tcp_endpoint):
-        quick = fast(f"--endpoint={endpoint}", *args)
+        quick = fast_forked(f"--endpoint={endpoint}", *args)
         slow = full_cli(f"--endpoint={endpoint}", *args)
         assert (quick.returncode, slow.returncode) == (0, 0), (quick.stderr[-2000:], slow.stderr[-2000:])
         assert quick.stdout == slow.stdout
@@ -116,7 +122,7 @@ def test_fast_path_prints_what_the_full_cli_prints_and_imports_neither_click_nor
         # the control: the same line with a flag the fast path does not know is the full CLI's
         # (that the import check then sees fleetctl.cli: test_the_import_check_sees_the_full_cli)
         assert plan([f"--endpoint={endpoint}", *args, "--bogus"], os.environ) is None
-    table = fast(f"--endpoint={server.unix_endpoint}", "list-units", "--no-legend").stdout
+    table = fast_forked(f"--endpoint={server.unix_endpoint}", "list-units", "--no-legend").stdout
     assert [line.split("\t")[0] for line in table.splitlines()] == [
         "a.service", "b.service", "c@1.service", "d.service", "e.service"]  # all pages
     assert "99999999...\t" in table  # the unknown machine's ID alone

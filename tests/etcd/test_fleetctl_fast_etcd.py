@@ -29,7 +29,7 @@ from fleetlab.testing.etcd import EtcdServer
 from _fast_cli_common import (PLAIN, env_without_fleetctl_settings as _env, imported,
                               no_block_load_then_start_by_name_and_submit,
                               stand_in, timeout_and_destroy_messages, without_importtime, write_units)
-from _forked_cli import ForkedCli, shared
+from _forked_cli import ForkedCli, shared, shared_fast_path
 
 NEVER_ON_THE_FAST_PATH = ("click", "fleetctl.cli", "fleetctl.commands", "fleetctl.api_client", "fleetctl.client",
                           "fleetctl.etcd_client", "aetcd", "grpc", "google", "asyncio", "fleetd.model", "fleetd.unit",
@@ -130,13 +130,13 @@ def registry_keys(endpoint: str, prefix: str, what=("job/", "unit/")) -> dict[st
 
 def both(clusters, work: Path, *args: str, cold: bool = True) -> tuple:
     """Run `fleetctl ARGS` with the fast entry point on one cluster and the full CLI on the other
-    (cwd `work`); returns both CompletedProcesses. The fast entry point's run is a cold
-    `python -X importtime -m fleetctl`, or with `cold=False` (a run it hands over to the full
-    CLI) forked from the fork server (tests/_forked_cli.py, entry "fast")."""
+    (cwd `work`); returns both CompletedProcesses. The fast entry point's run is
+    `python -X importtime -m fleetctl` forked from a bare interpreter (tests/_forked_cli.py's
+    ForkedFastPath: its imports all its own, logged), or with `cold=False` (a run it hands over
+    to the full CLI) forked from the full CLI's fork server (entry "fast")."""
     _, (fast, full) = clusters
     if cold:
-        quick = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", *fast.args(), *args],
-                               capture_output=True, text=True, timeout=120, cwd=work, env=_env())
+        quick = shared_fast_path().run([*fast.args(), *args], timeout=120, cwd=work, env=_env())
     else:
         quick = clusters.cli.run([*fast.args(), *args], timeout=120, cwd=work, env=_env(), entry="fast")
     slow = clusters.cli.run([*full.args(), *args], timeout=120, cwd=work, env=_env())
@@ -322,19 +322,20 @@ def tls_etcd(tmp_path_factory):
         yield server, d
 
 
-FAST = ["-m", "fleetctl"]  # `how` of tls_run: the fast entry point, a cold process
+FAST = ["-m", "fleetctl"]  # `how` of tls_run: the fast entry point, forked bare (tests/_forked_cli.py)
 
 
 def tls_run(server, d: Path, work: Path, how: list[str] | ForkedCli, prefix: str, *args: str,
             cert: str = "root") -> subprocess.CompletedProcess:
-    """`how`: FAST (a cold `python -X importtime -m fleetctl`), or the full CLI's fork server
-    (the reference: a process per run, the imports done once)."""
+    """`how`: FAST (`python -X importtime -m fleetctl` forked from a bare interpreter:
+    tests/_forked_cli.py's ForkedFastPath), or the full CLI's fork server (the reference: a
+    process per run, the imports done once)."""
     argv = ["--driver=etcd", f"--endpoint={server.endpoint}", f"--etcd-key-prefix={prefix}", f"--ca-file={d / 'ca.crt'}",
             f"--cert-file={d / f'{cert}.crt'}", f"--key-file={d / f'{cert}.key'}", *args]
     if isinstance(how, ForkedCli):
         return how.run(argv, timeout=120, cwd=work, env=_env())
-    return subprocess.run([sys.executable, "-X", "importtime", *how, *argv],
-                          capture_output=True, text=True, timeout=120, cwd=work, env=_env())
+    assert how == FAST
+    return shared_fast_path().run(argv, timeout=120, cwd=work, env=_env())
 
 
 def test_tls_with_client_certificates_then_with_etcd_auth(tls_etcd, full_cli, tmp_path):

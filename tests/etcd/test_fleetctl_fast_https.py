@@ -8,12 +8,12 @@ certificate, another CA) is left to the full CLI, which reports it in its own wo
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from _fast_cli_common import env_without_fleetctl_settings, imported, without_importtime, write_units
+from _forked_cli import shared_fast_path
 from test_api import NEW_KEY, make_pki
 from test_fleetctl_fast_units import serving_clusters, waited
 
@@ -45,8 +45,9 @@ def tls_clusters(etcd_server, tmp_path_factory):
 
 
 def both(tls_clusters, work, *args, tls=("ca", "client"), cold=True):
-    """`fleetctl ARGS` on https: the fast entry point (a cold process; with `cold=False`, for a
-    run it hands over to the full CLI, forked: tests/_forked_cli.py, entry "fast") on one
+    """`fleetctl ARGS` on https: the fast entry point (forked from a bare interpreter:
+    tests/_forked_cli.py's ForkedFastPath; with `cold=False`, for a run it hands over to the
+    full CLI, forked from the full CLI's server: entry "fast") on one
     cluster, the full CLI on the other; `tls`: the CA and the client certificate given (by
     flags, as the environment would: both paths read them alike)."""
     (fast_srv, full_srv), pki, cli = tls_clusters
@@ -60,8 +61,8 @@ def both(tls_clusters, work, *args, tls=("ca", "client"), cold=True):
         return "--endpoint=https://" + srv.harness.server.tcp_addresses[0]
 
     if cold:
-        quick = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", endpoint(fast_srv), *flags, *args],
-                               capture_output=True, text=True, timeout=120, cwd=work, env=env_without_fleetctl_settings())
+        quick = shared_fast_path().run([endpoint(fast_srv), *flags, *args], timeout=120, cwd=work,
+                                       env=env_without_fleetctl_settings())
     else:
         quick = cli.run([endpoint(fast_srv), *flags, *args], timeout=120, cwd=work, env=env_without_fleetctl_settings(),
                         entry="fast")

@@ -25,7 +25,7 @@ from _api_server import ThreadedApiServer
 from _fast_cli_common import (MID, PLAIN, env_without_fleetctl_settings as _env, imported,
                               no_block_load_then_start_by_name_and_submit,
                               stand_in, timeout_and_destroy_messages, without_importtime, write_units)
-from _forked_cli import ForkedCli, shared
+from _forked_cli import ForkedCli, shared, shared_fast_path
 
 REPO = Path(__file__).resolve().parents[2]
 NEVER_ON_THE_FAST_PATH = ("click", "fleetd", "fleetctl.cli", "fleetctl.commands", "fleetctl.api_client",
@@ -88,17 +88,17 @@ def work(tmp_path):
 
 def both(clusters, work: Path, *args: str, endpoint: str = "unix", cold: bool = True) -> tuple:
     """Run `fleetctl ARGS` with the fast entry point on one cluster and the full CLI on the other
-    (cwd `work`); returns both CompletedProcesses. The fast entry point's run is a cold
-    `python -X importtime -m fleetctl`, or with `cold=False` (a run it hands over to the full
-    CLI) forked from the fork server (tests/_forked_cli.py, entry "fast")."""
+    (cwd `work`); returns both CompletedProcesses. The fast entry point's run is
+    `python -X importtime -m fleetctl` forked from a bare interpreter (tests/_forked_cli.py's
+    ForkedFastPath: its imports all its own, logged), or with `cold=False` (a run it hands over
+    to the full CLI) forked from the full CLI's fork server (entry "fast")."""
     fast_srv, full_srv = clusters
 
     def where(srv):
         return srv.unix_endpoint if endpoint == "unix" else srv.tcp_endpoint
 
     if cold:
-        quick = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", f"--endpoint={where(fast_srv)}",
-                                *args], capture_output=True, text=True, timeout=120, cwd=work, env=_env())
+        quick = shared_fast_path().run([f"--endpoint={where(fast_srv)}", *args], timeout=120, cwd=work, env=_env())
     else:
         quick = clusters.cli.run([f"--endpoint={where(fast_srv)}", *args], timeout=120, cwd=work, env=_env(),
                                  entry="fast")

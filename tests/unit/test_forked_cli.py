@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 
-from _forked_cli import shared
+from _fast_cli_common import imported, without_importtime
+from _forked_cli import shared, shared_fast_path
 
 COLD = [sys.executable, "-c", "import sys; from fleetctl.cli import main; sys.argv[0] = 'fleetctl'; main()"]
 
@@ -73,3 +74,26 @@ def test_the_shared_server_is_started_once_and_again_when_it_ended(tmp_path):
     cli.proc.wait()
     again = shared()
     assert again is not cli and again.run(["--version"], cwd=tmp_path, env=dict(os.environ), timeout=60).returncode == 0
+
+
+def test_a_bare_forked_fast_path_run_is_what_a_cold_python_m_fleetctl_does(tmp_path):
+    """tests/_forked_cli.py's ForkedFastPath, for the fast-path runs whose imports the fast-path
+    modules check: the same exit code and output as a cold `python -X importtime -m fleetctl`,
+    and the same modules imported, but for what the bare server had before it forked: the
+    interpreter's start-up and `select`, nothing the checks look for."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
+    bare = shared_fast_path()
+    assert bare.preloaded == {"select"}
+    start_up = imported(subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True,
+                                       text=True, timeout=60).stderr)
+    for args in ([f"--endpoint=unix://{tmp_path}/nothing.sock", "list-units"],  # the fast path's own error
+                 [f"--endpoint=unix://{tmp_path}/nothing.sock", "list-machines", "--full"],
+                 ["list-units", "--no-such-flag"]):  # handed over: the full CLI's imports too
+        forked = bare.run(args, cwd=tmp_path, env=env, timeout=60)
+        cold = subprocess.run([sys.executable, "-X", "importtime", "-m", "fleetctl", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert (forked.returncode, forked.stdout, without_importtime(forked.stderr)) == (
+            cold.returncode, cold.stdout, without_importtime(cold.stderr)), args
+        own, cold_set = imported(forked.stderr), imported(cold.stderr)
+        assert "fleetctl.fast" in own and own <= cold_set and cold_set - own <= start_up | bare.preloaded, args
+    assert forked.returncode == 2 and "click" in own and "fleetctl.cli" in own
