@@ -201,21 +201,25 @@ class ForkedCli:
 #: what the shared server imports besides PRELOAD: the etcd driver (aetcd, gRPC; no channel or
 #: thread is created by importing them, so forking after it is safe)
 SHARED_PRELOAD = ("fleetd.registry.registry", "fleetctl.etcd_client")
-_shared: list[ForkedCli] = []
+_shared: dict[tuple, ForkedCli] = {}
 
 
-def shared() -> ForkedCli:
-    """The pytest process's full-CLI fork server, started on first use (a new one if it ended)."""
-    if not _shared or _shared[0].proc.poll() is not None:
-        close_shared()
-        _shared.append(ForkedCli(preload=SHARED_PRELOAD))
-    return _shared[0]
+def shared(preload: tuple[str, ...] = SHARED_PRELOAD, cli: bool = True) -> ForkedCli:
+    """The pytest process's fork server for these arguments (ForkedCli's), started on first use
+    (a new one if it ended): by default the full CLI's; test_launcher's modules share theirs
+    (`shared(("fleetd.launcher.cli",), cli=False)`)."""
+    key = (tuple(preload), cli)
+    if key not in _shared or _shared[key].proc.poll() is not None:
+        if key in _shared:
+            _shared.pop(key).close()
+        _shared[key] = ForkedCli(preload=preload, cli=cli)
+    return _shared[key]
 
 
 def close_shared() -> None:
-    """Close the shared servers (both kinds): each is reaped here, its CPU the worker's."""
+    """Close the shared servers (all kinds): each is reaped here, its CPU the worker's."""
     while _shared:
-        _shared.pop().close()
+        _shared.popitem()[1].close()
     while _shared_bare:
         _shared_bare.pop().close()
 

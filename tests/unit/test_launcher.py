@@ -22,7 +22,7 @@ from fleetd.images import ImageStore, build_busybox_image
 from fleetd.launcher.spec import DEFAULT_STATE_ROOT
 from fleetd.launcher.idrange import userns_base
 
-from _forked_cli import ForkedCli
+from _forked_cli import ForkedCli, shared
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fleet-run needs root")
 
@@ -53,7 +53,7 @@ def name() -> str:
     assert mounts == [], f"mounts left on the host: {mounts}"
 
 
-_forked: list[ForkedCli] = []  # the module's fork server of `python -m fleetd.launcher` (below)
+_forked: list[ForkedCli] = []  # the fork server of `python -m fleetd.launcher` (below)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,14 +61,14 @@ def launcher_server():
     """fleet_run's runs: `python -m fleetd.launcher` forked from one process that imported the
     launcher once (tests/_forked_cli.py; each run still a process of its own: its argv,
     environment, exit code, stdout and stderr), not ~0.12 CPU-s of start-up each. The runs the
-    tests signal or watch while they run (`start`) are cold processes."""
-    server = ForkedCli(preload=("fleetd.launcher.cli",), cli=False)
+    tests signal or watch while they run (`start`) are cold processes. The server is the pytest
+    process's (tests/_forked_cli.py `shared`: test_launcher_handover and _hardening share it)."""
+    server = shared(("fleetd.launcher.cli",), cli=False)
     _forked.append(server)
     try:
         yield server
     finally:
         _forked.remove(server)
-        server.close()
 
 
 def fleet_run(images_dir: Path, *args: str, timeout: float = 60,
