@@ -116,17 +116,25 @@ def test_compose_unit_keeps_percent_literal():
 
 def test_container_commands_are_imported_only_when_needed():
     """`fleetctl start` does not import the container commands; `run`, abbreviations and --help
-    still find them (fresh processes: this test module imported fleetctl.containers already)."""
+    still find them (processes of their own: this test module imported fleetctl.containers
+    already). The runs fork from the worker's full-CLI server (tests/_forked_cli.py), which
+    imported what the cold probe imports: so they too start without the container commands."""
+    import os
     import subprocess
     import sys
 
-    def fleetctl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", "from fleetctl.cli import main; main()", *args],
-                              capture_output=True, text=True, timeout=30)
+    from _forked_cli import PRELOAD, SHARED_PRELOAD, shared
 
-    probe = subprocess.run([sys.executable, "-c", "import sys, fleetctl.cli; "
-                            "print('fleetctl.containers' in sys.modules)"], capture_output=True, text=True)
-    assert probe.stdout.strip() == "False"
+    def fleetctl(*args: str) -> subprocess.CompletedProcess:
+        return shared().run(list(args), cwd=os.getcwd(), env=dict(os.environ), timeout=30)
+
+    probe = subprocess.run([sys.executable, "-c", "import importlib, sys\n"
+                            "for name in sys.argv[1:]: importlib.import_module(name)\n"
+                            "print(sorted({'fleetctl.containers', 'fleetctl.commands.containers'} & set(sys.modules)))",
+                            *PRELOAD, *SHARED_PRELOAD],
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == "[]", probe.stderr
+    assert "fleetctl.cli" in PRELOAD
     assert fleetctl("run", "--help").stdout.startswith("Usage: fleetctl run [OPTIONS]")
     assert fleetctl("run-p", "--help").stdout.startswith("Usage: fleetctl run-pod [OPTIONS]")
     assert "run-pod" in fleetctl("--help").stdout
