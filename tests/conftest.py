@@ -109,16 +109,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return scheduler(config, log)  # with `-n`: a module at a time, the slowest first (tests/_schedule.py)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _close_the_forked_cli():
-    """tests/_forked_cli.py's shared fork server (started by the first module that uses it),
-    closed and reaped at the session's end; nothing is started here."""
-    yield
-    from _forked_cli import close_shared
-
-    close_shared()
-
-
 @pytest.fixture(scope="session")
 def etcd_server():
     if shutil.which("etcd") is None:
@@ -146,3 +136,13 @@ async def registry(etcd_settings):
         yield reg
     finally:
         await reg.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_the_forked_cli():
+    """tests/_forked_cli.py's shared fork servers (each started by the first module that uses it),
+    closed and reaped at the session's end; nothing is started here."""
+    yield
+    from _forked_cli import close_shared
+
+    close_shared()
