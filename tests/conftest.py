@@ -104,6 +104,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # a pytest-xdist worker has sent its results ("workerfinished", at sessionfinish, after the
+    # session fixtures' teardown): what is left is pytest's cleanup (a gc.collect() of a large
+    # heap) and the interpreter freeing it, ~1 CPU-s a worker while the controller waits for the
+    # last of them to exit. Nothing of it reaches the controller, so the worker ends here.
+    if hasattr(config, "workerinput") and os.environ.get("FLEET_TEST_WORKER_EXIT") != "slow":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return scheduler(config, log)  # with `-n`: a module at a time, the slowest first (tests/_schedule.py)
