@@ -54,6 +54,10 @@ FOLDER_MARKERS = {"etcd": ("etcd",), "lab": ("lab",), "functional": ("lab",), "v
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("FLEET_TEST_TIMELINE"):  # where the loop's time goes (tests/_timeline.py)
+        from _timeline import Recorder
+
+        config.pluginmanager.register(Recorder(os.environ["FLEET_TEST_TIMELINE"]), "fleet-timeline")
     chosen = os.environ.get("FLEET_TEST_DEPTH") or depth_for(config.option.markexpr or "")
     os.environ["FLEET_TEST_DEPTH"] = chosen  # read by tests/_depth.py when test modules are imported
     if chosen == "fast" and os.access("/dev/shm", os.W_OK):
