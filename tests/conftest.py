@@ -35,6 +35,7 @@ os.environ.setdefault("HYPOTHESIS_NO_PLUGINS", "1")
 from hypothesis import settings  # noqa: E402  (after the line above)
 
 from _depth import depth_for
+from _folders import FOLDER_MARKERS, TESTS, deselected_folder
 from _schedule import scheduler, slowest_modules_first
 from fleetd.config import EtcdSettings
 from fleetlab.testing.etcd import DATA_PARENT_ENV, EtcdServer
@@ -49,8 +50,6 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 if os.access("/dev/shm", os.W_OK):
     os.environ.setdefault(DATA_PARENT_ENV, "/dev/shm")
 
-TESTS = Path(__file__).resolve().parent
-FOLDER_MARKERS = {"etcd": ("etcd",), "lab": ("lab",), "functional": ("lab",), "vm": ("vm", "lab")}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,6 +76,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"test depth: {os.environ.get('FLEET_TEST_DEPTH')} (tests/_depth.py)"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # a folder whose every test `-m` deselects is not imported at all (tests/_folders.py)
+    return True if deselected_folder(collection_path, config.option.markexpr or "") else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
