@@ -22,7 +22,6 @@ import gc
 import os
 import shutil
 import sys
-import threading
 import uuid
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import pytest
 os.environ.setdefault("HYPOTHESIS_NO_PLUGINS", "1")
 from hypothesis import settings  # noqa: E402  (after the line above)
 
+import _early_etcd as early_etcd
 from _depth import depth_for
 from _folders import FOLDER_MARKERS, TESTS, deselected_folder
 from _schedule import scheduler, slowest_modules_first
@@ -130,53 +130,25 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return scheduler(config, log)  # with `-n`: a module at a time, the slowest first (tests/_schedule.py)
 
 
-class _EarlyEtcd:
-    """The worker's etcd, started in a thread while the worker collects (0.3-0.6 s of wall a
-    worker otherwise waits at its first etcd test, the cores then busy with the others'
-    collection anyway)."""
-
-    def __init__(self) -> None:
-        self.server = EtcdServer()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._start, name="early-etcd", daemon=True)
-        self.thread.start()
-
-    def _start(self) -> None:
-        try:
-            self.server.start()
-        except BaseException as exc:  # re-raised by the fixture, in the test that asks for it
-            self.error = exc
-
-    def take(self) -> EtcdServer:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.server
-
-
-_early_etcd: list[_EarlyEtcd] = []
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
-    # a pytest-xdist worker of a run whose tests may use etcd: its etcd starts before collection
-    # (a run without -n starts it at the first etcd test, as the fixture did before)
+    # a pytest-xdist worker of a run whose tests may use etcd: its etcd, and a spare for the first
+    # test with an etcd of its own, start while it collects (tests/_early_etcd.py); a run without
+    # -n starts them when a test asks, as before
     config = session.config
     if (hasattr(config, "workerinput") and "not etcd" not in (config.option.markexpr or "")
             and shutil.which("etcd") is not None):
-        _early_etcd.append(_EarlyEtcd())
+        early_etcd.start("session")
+        early_etcd.start("own")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    while _early_etcd:  # started early, never asked for (no etcd test on this worker)
-        early = _early_etcd.pop()
-        early.thread.join()
-        early.server.stop()
+    early_etcd.stop_untaken()  # started early, never asked for
 
 
 @pytest.fixture(scope="session")
 def etcd_server():
-    if _early_etcd:
-        server = _early_etcd.pop().take()
+    server = early_etcd.take("session")
+    if server is not None:
         try:
             yield server
         finally:
