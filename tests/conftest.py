@@ -18,6 +18,7 @@ runs everything at full depth. With pytest-xdist, `-n 4` spreads the fast loop o
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import shutil
@@ -119,7 +120,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # session fixtures' teardown): what is left is pytest's cleanup (a gc.collect() of a large
     # heap) and the interpreter freeing it, ~1 CPU-s a worker while the controller waits for the
     # last of them to exit. Nothing of it reaches the controller, so the worker ends here.
+    # atexit's handlers still run first: the lab plugin's last-resort clean-up is one of them.
     if hasattr(config, "workerinput") and os.environ.get("FLEET_TEST_WORKER_EXIT") != "slow":
+        atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
