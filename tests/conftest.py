@@ -18,6 +18,7 @@ runs everything at full depth. With pytest-xdist, `-n 4` spreads the fast loop o
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import shutil
@@ -33,7 +34,9 @@ import pytest
 os.environ.setdefault("HYPOTHESIS_NO_PLUGINS", "1")
 from hypothesis import settings  # noqa: E402  (after the line above)
 
+import _early_etcd as early_etcd
 from _depth import depth_for
+from _folders import FOLDER_MARKERS, TESTS, deselected_folder
 from _schedule import scheduler, slowest_modules_first
 from fleetd.config import EtcdSettings
 from fleetlab.testing.etcd import DATA_PARENT_ENV, EtcdServer
@@ -48,11 +51,13 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 if os.access("/dev/shm", os.W_OK):
     os.environ.setdefault(DATA_PARENT_ENV, "/dev/shm")
 
-TESTS = Path(__file__).resolve().parent
-FOLDER_MARKERS = {"etcd": ("etcd",), "lab": ("lab",), "functional": ("lab",), "vm": ("vm", "lab")}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("FLEET_TEST_TIMELINE"):  # where the loop's time goes (tests/_timeline.py)
+        from _timeline import Recorder
+
+        config.pluginmanager.register(Recorder(os.environ["FLEET_TEST_TIMELINE"]), "fleet-timeline")
     chosen = os.environ.get("FLEET_TEST_DEPTH") or depth_for(config.option.markexpr or "")
     os.environ["FLEET_TEST_DEPTH"] = chosen  # read by tests/_depth.py when test modules are imported
     if chosen == "fast" and os.access("/dev/shm", os.W_OK):
@@ -72,6 +77,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"test depth: {os.environ.get('FLEET_TEST_DEPTH')} (tests/_depth.py)"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # a folder whose every test `-m` deselects is not imported at all (tests/_folders.py)
+    return True if deselected_folder(collection_path, config.option.markexpr or "") else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -104,13 +114,49 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # a pytest-xdist worker has sent its results ("workerfinished", at sessionfinish, after the
+    # session fixtures' teardown): what is left is pytest's cleanup (a gc.collect() of a large
+    # heap) and the interpreter freeing it, ~1 CPU-s a worker while the controller waits for the
+    # last of them to exit. Nothing of it reaches the controller, so the worker ends here.
+    # atexit's handlers still run first: the lab plugin's last-resort clean-up is one of them.
+    if hasattr(config, "workerinput") and os.environ.get("FLEET_TEST_WORKER_EXIT") != "slow":
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return scheduler(config, log)  # with `-n`: a module at a time, the slowest first (tests/_schedule.py)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # a pytest-xdist worker of a run whose tests may use etcd: its etcd, and a spare for the first
+    # test with an etcd of its own, start while it collects (tests/_early_etcd.py); a run without
+    # -n starts them when a test asks, as before
+    config = session.config
+    if (hasattr(config, "workerinput") and "not etcd" not in (config.option.markexpr or "")
+            and shutil.which("etcd") is not None):
+        early_etcd.start("session")
+        early_etcd.start("own")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    early_etcd.stop_untaken()  # started early, never asked for
+
+
 @pytest.fixture(scope="session")
 def etcd_server():
+    server = early_etcd.take("session")
+    if server is not None:
+        try:
+            yield server
+        finally:
+            server.stop()
+        return
     if shutil.which("etcd") is None:
         pytest.fail("etcd binary not found: run the README's test command (it installs etcd-server)")
     with EtcdServer() as server:

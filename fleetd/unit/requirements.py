@@ -154,25 +154,22 @@ def _words(values, keys: tuple[str, ...] | str) -> list[str]:
     return out
 
 
-def _last_service_value(unit: UnitFile, key: str) -> str | None:
-    """systemd semantics: the last assignment wins, an empty assignment resets."""
-    found = unit.values("Service", key)
-    if not found:
-        return None
-    last = go_trim_space(found[-1])
-    return last or None
+def _last_value(unit: UnitFile, section: str, key: str) -> str | None:
+    """systemd semantics: the last assignment wins, an empty assignment resets.
 
-
-def _last_container_value(unit: UnitFile, key: str) -> str | None:
-    """[X-Container] Memory=/CPUs= (a container unit's limits are also its reservation)."""
-    found = unit.values("X-Container", key)
+    [X-Container] Memory=/CPUs= are read the same way (a container unit's limits are also its
+    reservation)."""
+    found = unit.values(section, key)
     return (go_trim_space(found[-1]) or None) if found else None
 
 
-#: Options other than [X-Fleet] ones that requirements_of() reads: a unit with none of these
-#: and no [X-Fleet] option requires nothing (`NO_REQUIREMENTS`).
-_RESOURCE_OPTIONS = {"CPUQuota": "Service", "MemoryMax": "Service", "MemoryLimit": "Service",
-                     "CPUs": "X-Container", "Memory": "X-Container"}
+#: Where a unit's CPU and memory come from when no Reserve* option overrides them, in order of
+#: precedence: (section, option[, parser]). The first one set is used.
+_CPU_SOURCES = (("Service", "CPUQuota", parse_cpu_quota), ("X-Container", "CPUs", parse_cores))
+_MEMORY_SOURCES = (("Service", "MemoryMax"), ("Service", "MemoryLimit"), ("X-Container", "Memory"))
+#: Options other than [X-Fleet] ones that requirements_of() reads, option -> section: a unit with
+#: none of these and no [X-Fleet] option requires nothing (`NO_REQUIREMENTS`).
+_RESOURCE_OPTIONS = {source[1]: source[0] for source in _CPU_SOURCES + _MEMORY_SOURCES}
 NO_REQUIREMENTS = Requirements()
 
 
@@ -209,11 +206,10 @@ def _requirements_of(unit: UnitFile, name: str) -> Requirements:
     is_global = bool(global_values) and is_truthy(global_values[-1])
 
     cpu = 0.0
-    quota = _last_service_value(unit, "CPUQuota")
-    if quota is not None:
-        cpu = parse_cpu_quota(quota) or 0.0
-    elif (cores := _last_container_value(unit, "CPUs")) is not None:
-        cpu = parse_cores(cores) or 0.0
+    for section, key, parse in _CPU_SOURCES:
+        if (value := _last_value(unit, section, key)) is not None:
+            cpu = parse(value) or 0.0
+            break
     reserve_cpu = _words(values, RESERVE_CPU_KEY)
     if reserve_cpu:
         parsed = parse_cores(reserve_cpu[-1])
@@ -221,13 +217,10 @@ def _requirements_of(unit: UnitFile, name: str) -> Requirements:
             cpu = parsed
 
     memory = 0
-    mem = _last_service_value(unit, "MemoryMax")
-    if mem is None:
-        mem = _last_service_value(unit, "MemoryLimit")
-    if mem is None:
-        mem = _last_container_value(unit, "Memory")
-    if mem is not None:
-        memory = parse_size(mem) or 0
+    for section, key in _MEMORY_SOURCES:
+        if (value := _last_value(unit, section, key)) is not None:
+            memory = parse_size(value) or 0
+            break
     reserve_mem = _words(values, RESERVE_MEMORY_KEY)
     if reserve_mem:
         parsed_mem = parse_size(reserve_mem[-1])

@@ -22,15 +22,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("fleetd", "fleetctl", "fleetlab")
 
-#: Contracts written but not enforced yet: the fleetctl half of issue 11 (the fleetctl split,
-#: a client interface that no longer needs fleetd.api/fleetd.registry) lands on another
-#: branch. EMPTY THIS once that is merged.
-PENDING_CONTRACTS: frozenset[str] = frozenset()
-
-#: Import cycles known and being removed on another branch (fleetctl/cli.py <-> containers.py).
-#: EMPTY THIS once the fleetctl split is merged.
-PENDING_CYCLES: frozenset[frozenset[str]] = frozenset()
-
 
 @pytest.fixture(scope="module", autouse=True)
 def _forget_the_parses():
@@ -64,10 +55,9 @@ def _lint_imports() -> str:
     return found
 
 
-def test_every_contract_has_an_id_and_pending_ones_exist():
+def test_every_contract_has_a_unique_id():
     ids = _contract_ids()
     assert len(ids) == len(set(ids)) >= 5
-    assert PENDING_CONTRACTS <= set(ids)
 
 
 @functools.cache
@@ -89,7 +79,7 @@ def _contracts_kept() -> dict[str, bool]:
     return {names[contract.name]: check.kept for contract, check in report.get_contracts_and_checks()}
 
 
-@pytest.mark.parametrize("contract", [c for c in _contract_ids() if c not in PENDING_CONTRACTS])
+@pytest.mark.parametrize("contract", _contract_ids())
 def test_import_contract_kept(contract):
     if _contracts_kept()[contract]:
         return
@@ -185,7 +175,7 @@ def test_strongly_connected_finds_cycles():
 def test_no_import_cycle_among_project_modules():
     graph = _graph()
     edges = {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
-    cycles = [c for c in strongly_connected(edges) if frozenset(c) not in PENDING_CYCLES]
+    cycles = strongly_connected(edges)
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in cycles)
 
 
@@ -260,9 +250,6 @@ def test_private_uses_detects():
 #: Modules allowed to use other code's private names: the one module that adapts aetcd's
 #: internals (its names are checked by tests/unit/test_aetcd_compat.py).
 PRIVATE_ALLOWED = {"fleetd/registry/_aetcd_compat.py"}
-#: Files being rewritten on another branch (the fleetctl split of issue 11).
-#: EMPTY THIS once that is merged.
-PENDING_PRIVATE: set[str] = set()
 
 
 def test_no_module_uses_another_modules_private_names():
@@ -270,7 +257,7 @@ def test_no_module_uses_another_modules_private_names():
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            if rel in PRIVATE_ALLOWED | PENDING_PRIVATE:
+            if rel in PRIVATE_ALLOWED:
                 continue
             found += private_uses(path.read_text(), rel)
     assert not found, "private names used across modules:\n" + "\n".join(found)
