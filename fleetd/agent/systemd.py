@@ -278,6 +278,18 @@ class SystemdManager:
         the bus while at least one watch has them. The rule is on when this returns, so a job
         queued or a state read after it is never missed. Should the bus refuse a rule (its
         per-connection quota), every unit's signals are matched from then on."""
+        new, old = self._count_rules(added, gone)
+        if new:
+            added_ok = await asyncio.gather(*self._rule_calls(new), return_exceptions=True)
+            if await self._refused(added_ok):
+                return
+        if old:
+            await asyncio.gather(*(self._call("RemoveMatch", "s", [r], destination="org.freedesktop.DBus",
+                                              path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
+                                   for n in old for r in unit_match_rules(n)), return_exceptions=True)
+
+    def _count_rules(self, added: Iterable[str], gone: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Count the watches of each unit; the units whose rules must go on and off the bus."""
         new = []
         for name in added:
             self._unit_rules[name] = self._unit_rules.get(name, 0) + 1
@@ -291,19 +303,22 @@ class SystemdManager:
             elif self._unit_rules.pop(name, None) is not None:
                 old.append(name)
         if self._all_units or self._closed:
-            return
-        if new:
-            added_ok = await asyncio.gather(*(self._add_match(r) for n in new for r in unit_match_rules(n)),
-                                            return_exceptions=True)
-            if any(isinstance(r, BaseException) for r in added_ok):
-                for rule in unit_match_rules(None):
-                    await self._add_match(rule)
-                self._all_units = True
-                return
-        if old:
-            await asyncio.gather(*(self._call("RemoveMatch", "s", [r], destination="org.freedesktop.DBus",
-                                              path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
-                                   for n in old for r in unit_match_rules(n)), return_exceptions=True)
+            return [], []
+        return new, old
+
+    def _rule_calls(self, names: Iterable[str]) -> list:
+        return [self._add_match(r) for n in names for r in unit_match_rules(n)]
+
+    async def _refused(self, outcomes: Iterable) -> bool:
+        """After a unit's rule was refused (the bus's per-connection quota): every unit's
+        signals are matched from then on. True if that happened."""
+        if not any(isinstance(r, BaseException) for r in outcomes):
+            return False
+        if not self._all_units:
+            for rule in unit_match_rules(None):
+                await self._add_match(rule)
+            self._all_units = True
+        return True
 
     # --- low level ----------------------------------------------------------------------------
 
@@ -419,7 +434,16 @@ class SystemdManager:
         if watch is None:
             failures = await self._run_jobs("StartUnit", names, timeout)
         else:
-            await self.track_units([n for n in names if n not in watch.units])  # before the jobs
+            added = [n for n in names if n not in watch.units]
+            rules: list = []
+            if 2 * len(added) + len(names) <= MAX_PENDING_CALLS - self._calls_in_flight:
+                # the units' match rules go out with the jobs, not before them: the bus handles
+                # a connection's messages in order, so each rule is on before its unit's
+                # StartUnit reaches systemd (no signal of the job is missed); the calls are
+                # sent in the order their tasks are made (none waits for the semaphore here)
+                rules = self._rule_calls(self._count_rules(added, ())[0])
+            else:
+                await self.track_units(added)  # before the jobs
             watch.hold(names, known or {})
 
             async def one(name: str) -> str:
@@ -429,7 +453,10 @@ class SystemdManager:
                 return result
 
             try:
-                results = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
+                outcomes = await asyncio.gather(*rules, *(one(n) for n in names), return_exceptions=True)
+                results = outcomes[len(rules):]
+                if await self._refused(outcomes[:len(rules)]):
+                    watch.restale(names)  # signals may have been missed: read at release
             finally:
                 for name in names:  # together: one publication for the batch
                     watch.release(name)
@@ -566,9 +593,20 @@ class SystemdManager:
         except OSError as exc:
             raise SystemdError(f"cannot write unit file {exc.filename}: {exc.strerror}") from exc
         paths = [str(self.unit_path(n)) for n in units]
-        await self._call("LinkUnitFiles", "asbb", [paths, True, True])
-
         to_enable = [n for n, text in units.items() if has_install_section(text)]
+        # New units only, no [Install] links: the read in which systemd loads the linked files
+        # goes out with the link, not after its reply (systemd handles a connection's calls in
+        # order, so the read sees the links): one round trip to systemd, not two.
+        probe = not to_enable and all(st.load_state == "not-found" for st in known.values())
+        link = self._call("LinkUnitFiles", "asbb", [paths, True, True])
+        if probe:
+            linked, read = await asyncio.gather(link, self.states(units), return_exceptions=True)
+            for outcome in (linked, read):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        else:
+            await link
+
         failures: dict[str, str] = {}
         if to_enable:
             outcomes = await asyncio.gather(
@@ -582,10 +620,10 @@ class SystemdManager:
             for name in failures:
                 await self._forget_files([name])
         after = None
-        if to_enable or any(st.load_state != "not-found" for st in known.values()):
+        if not probe:
             await self.reload()
         else:
-            after = await self.states(units)
+            after = read
             if all(st.load_state == "loaded" for st in after.values()):
                 self.reloads_skipped += 1
             else:
@@ -777,6 +815,10 @@ class UnitWatch:
                 self._known[name] = state
             else:
                 self._stale.add(name)
+
+    def restale(self, names: Iterable[str]) -> None:
+        """Held units whose signals may have been missed: read at their release."""
+        self._stale.update(n for n in names if n in self._held)
 
     def release(self, name: str) -> None:
         """The unit's job has ended: deliver its state (systemd sends a unit's pending
