@@ -179,7 +179,7 @@ class Daemon:
                                       concurrency=max(1, cfg.check_concurrency))
         if not cfg.dns_listen:
             return (publisher,)
-        from fleetd.discovery.dns import REFUSE, DnsResponder, parse_address, system_upstreams  # dnslib: only here
+        from fleetd.discovery.dns import REFUSE, DnsResponder, parse_address, system_upstreams  # dnslib: by a packet
         from fleetd.discovery.feed import ViewFeed
 
         feed = ViewFeed(records, cfg.dns_domain)
