@@ -19,6 +19,7 @@ LAZY = {
     "jinja2": "a container unit rendered (fleetd/container/render.py)",
     "prometheus_client": "the first /metrics scrape (fleetd/api/metrics.py)",
     "dnslib": "the DNS responder's first packet that is no cache hit (fleetd/discovery/dns.py)",
+    "tarfile": "an image imported, exported or read from a tarball (fleetd/images/store.py, oci.py)",
 }
 
 
