@@ -14,7 +14,7 @@ from pathlib import Path
 from fleetd import __version__, sdnotify
 from fleetd.config import FleetConfig, load_config
 from fleetd.errors import ConfigError, FleetError
-from fleetd.gc_tuning import settle_after_startup
+from fleetd.gc_tuning import settle_fleetd
 
 log = logging.getLogger("fleetd")
 
@@ -105,7 +105,7 @@ class Daemon:
             if watchdog:
                 self.tasks.append(asyncio.create_task(self._watchdog(watchdog), name="watchdog"))
             sdnotify.notify(f"READY=1\nSTATUS=machine {machine.id[:8]} registered")
-            settle_after_startup()  # start-up done: its objects frozen, fewer young collections
+            settle_fleetd()  # start-up done: its objects frozen (fleetd/gc_tuning.py)
             log.info("fleetd %s started on machine %s", __version__, machine.id)
             await self._until_stopped()
             sdnotify.notify("STOPPING=1")
@@ -179,7 +179,7 @@ class Daemon:
                                       concurrency=max(1, cfg.check_concurrency))
         if not cfg.dns_listen:
             return (publisher,)
-        from fleetd.discovery.dns import REFUSE, DnsResponder, parse_address, system_upstreams  # dnslib: only here
+        from fleetd.discovery.dns import REFUSE, DnsResponder, parse_address, system_upstreams  # dnslib: by a packet
         from fleetd.discovery.feed import ViewFeed
 
         feed = ViewFeed(records, cfg.dns_domain)

@@ -13,8 +13,12 @@ Two settings, as many long-running Python servers use them (measured in docs/per
   again and promoted to the older generations, which are then walked too. Garbage that only a
   collection frees (reference cycles) waits a little longer: at most this many allocations.
 
-Called by fleetd's daemon after start-up, and by the benchmark's processes that stand for a
-fleetd's parts (fleetlab/bench/child.py), so that the simulation runs as fleetd does.
+fleetd's daemon freezes start-up but keeps Python's young threshold (`settle_fleetd`): with
+20,000, the cyclic garbage of a burst of work (a 100-unit start) was still there at idle, waiting
+for 20,000 more allocations that an idle fleetd does not make: +1.0 MB of idle RSS in
+`fleet-lab bench footprint` (docs/performance.md, "fleetd idle RSS, session 10"). The
+benchmark's processes that stand for a fleetd's parts at scale (fleetlab/bench/child.py) keep
+both settings (`settle_after_startup`), for their CPU.
 """
 
 from __future__ import annotations
@@ -24,10 +28,16 @@ import gc
 YOUNG_THRESHOLD = 20_000  # net container allocations between two young-generation collections
 
 
-def settle_after_startup(young: int = YOUNG_THRESHOLD) -> None:
-    """Collect what start-up left behind, freeze the rest, and raise the young generation's
-    threshold (the older generations' thresholds are kept)."""
+def settle_fleetd() -> None:
+    """fleetd's daemon, once started: collect what start-up left behind and freeze the rest;
+    the thresholds are kept (so that a burst's cyclic garbage does not outlive it at idle)."""
     gc.collect()
     gc.freeze()
+
+
+def settle_after_startup(young: int = YOUNG_THRESHOLD) -> None:
+    """The benchmark's stand-ins: `settle_fleetd`, and the young generation's threshold raised
+    (the older generations' thresholds are kept)."""
+    settle_fleetd()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(young, older, oldest)

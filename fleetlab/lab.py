@@ -29,6 +29,7 @@ from fleetd.pki import ClusterPKI
 from fleetd.config import DEFAULT_SKYDNS_PREFIX
 
 from . import boot, etcd, network
+from .bytecode import compile_checkout
 from .config import (
     DEFAULT_AGENT_TTL,
     DEFAULT_KEY_PREFIX,
@@ -278,6 +279,8 @@ class Lab:
                 self.names.state_dir.mkdir(parents=True)
                 claimed = True  # from here on, whatever exists of this lab is ours to remove
                 atexit.register(self._rollback)
+                if self.fleetd:
+                    compile_checkout(self.checkout)  # the nodes' fleetd cannot write its .pyc files
                 self._build()
             self.wait_etcd_healthy()
             if self.insecure:

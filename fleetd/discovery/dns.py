@@ -17,10 +17,7 @@ import struct
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dnslib import AAAA, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
-from dnslib.label import DNSBuffer
-
-from fleetd.discovery.view import ANSWER, FOREIGN, NXDOMAIN, ServiceView, resolve
+from fleetd.discovery.view import ServiceView
 
 log = logging.getLogger(__name__)
 
@@ -57,68 +54,18 @@ def system_upstreams(resolv_conf: Path = Path("/etc/resolv.conf"), exclude: Sequ
     return out
 
 
-def _rr(record, ttl: int) -> RR:
-    name = record.name + "."
-    if record.rtype == "A":
-        return RR(name, QTYPE.A, rdata=A(record.data), ttl=ttl)
-    if record.rtype == "AAAA":
-        return RR(name, QTYPE.AAAA, rdata=AAAA(record.data), ttl=ttl)
-    priority, weight, port, target = record.data
-    return RR(name, QTYPE.SRV, rdata=SRV(priority, weight, port, target + "."), ttl=ttl)
+def _wire():
+    """fleetd/discovery/dns_wire.py (dnslib's wire format), imported by the first packet that is
+    no cache hit: not at start-up (~0.3 MB of an idle fleetd's RSS, docs/performance.md,
+    "fleetd idle RSS, session 10")."""
+    from fleetd.discovery import dns_wire
+
+    return dns_wire
 
 
-def answer_local(request: DNSRecord, view: ServiceView, ttl: int, memo: dict | None = None) -> DNSRecord | None:
-    """The reply for a parsed request, or None when its question is outside the domain.
-
-    `memo` (a dict kept for one view) remembers each question's outcome as dnslib RRs, by the
-    lower-cased name and type, so that a repeated question costs no resolution and no RR
-    building; the reply still echoes the question exactly as asked (letter case included)."""
-    reply = request.reply()  # qr, aa, rd and ra set; the question echoed
-    reply.header.ra = 0
-    if request.header.opcode != 0 or len(request.questions) != 1:
-        reply.header.rcode = RCODE.NOTIMP if request.header.opcode != 0 else RCODE.FORMERR
-        reply.header.aa = 0
-        return reply
-    q = request.q
-    key = (tuple(label.lower() for label in q.qname.label), q.qtype)
-    outcome = memo.get(key) if memo is not None else None
-    if outcome is None:
-        result = resolve(view, str(q.qname), QTYPE.get(q.qtype, str(q.qtype)))
-        outcome = (result.kind, [_rr(r, ttl) for r in result.answers], [_rr(r, ttl) for r in result.additional])
-        if memo is not None:
-            memo[key] = outcome
-    kind, answers, additional = outcome
-    if kind == FOREIGN:
-        return None
-    if kind == NXDOMAIN:
-        reply.header.rcode = RCODE.NXDOMAIN
-        return reply
-    reply.rr = list(answers)
-    reply.ar = list(additional)
-    return reply
-
-
-def error_reply(data: bytes, rcode: int) -> bytes | None:
-    """A bare reply with `rcode` for a packet whose header at least parses (else None)."""
-    if len(data) < 12:
-        return None
-    try:
-        header = DNSHeader.parse(DNSBuffer(data[:12]))
-    except Exception:
-        return None
-    if header.qr:
-        return None  # never answer an answer
-    reply = DNSRecord(DNSHeader(id=header.id, qr=1, opcode=header.opcode, rd=header.rd, rcode=rcode))
-    return reply.pack()
-
-
-def truncate(reply: DNSRecord, limit: int) -> bytes:
-    packed = reply.pack()
-    if len(packed) <= limit:
-        return packed
-    short = DNSRecord(reply.header, questions=reply.questions)
-    short.header.tc = 1
-    return short.pack()
+def _servfail(data: bytes) -> bytes | None:
+    wire = _wire()
+    return wire.error_reply(data, wire.RCODE.SERVFAIL)
 
 
 class DnsResponder:
@@ -157,28 +104,29 @@ class DnsResponder:
         if cached is not None:
             self.cache_hits += 1
             return True, bytes(data[:2]) + cached
+        wire = _wire()
         try:
-            request = DNSRecord.parse(data)
+            request = wire.DNSRecord.parse(data)
         except Exception:
             self.errors += 1
-            return True, error_reply(data, RCODE.FORMERR)
+            return True, wire.error_reply(data, wire.RCODE.FORMERR)
         try:
             if request.header.qr:
                 return True, None
-            reply = answer_local(request, view, self.ttl, self._rrs)
+            reply = wire.answer_local(request, view, self.ttl, self._rrs)
             if reply is None:
                 if self.upstreams:
                     return False, None
                 refused = request.reply()
                 refused.header.aa = refused.header.ra = 0
-                refused.header.rcode = RCODE.REFUSED
+                refused.header.rcode = wire.RCODE.REFUSED
                 return True, refused.pack()
             limit = UDP_LIMIT
             if udp and request.ar:
                 for rr in request.ar:
-                    if rr.rtype == QTYPE.OPT:
+                    if rr.rtype == wire.QTYPE.OPT:
                         limit = max(UDP_LIMIT, min(int(rr.rclass), 4096))
-            packed = truncate(reply, limit) if udp else reply.pack()
+            packed = wire.truncate(reply, limit) if udp else reply.pack()
             if len(self._cache) >= self.MAX_CACHE:
                 self._cache = {}
                 self._rrs = {}
@@ -187,7 +135,7 @@ class DnsResponder:
         except Exception as exc:  # a bug or a packet dnslib cannot re-pack: answer, do not die
             self.errors += 1
             log.debug("dns: %s", exc)
-            return True, error_reply(data, RCODE.SERVFAIL)
+            return True, wire.error_reply(data, wire.RCODE.SERVFAIL)
 
     async def handle(self, data: bytes, *, udp: bool = True) -> bytes | None:
         """The reply to one packet (None: drop it). Never raises."""
@@ -195,11 +143,11 @@ class DnsResponder:
         if done:
             return reply
         try:
-            return await self.forward(data, udp=udp) or error_reply(data, RCODE.SERVFAIL)
+            return await self.forward(data, udp=udp) or _servfail(data)
         except Exception as exc:  # a bug or a packet dnslib cannot re-pack: answer, do not die
             self.errors += 1
             log.debug("dns: %s", exc)
-            return error_reply(data, RCODE.SERVFAIL)
+            return _servfail(data)
 
     async def forward(self, data: bytes, *, udp: bool) -> bytes | None:
         async with self._forwards:

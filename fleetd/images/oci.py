@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import re
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -112,10 +111,12 @@ class ArchiveSource:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._tar: tarfile.TarFile | None = None
-        self._members: dict[str, tarfile.TarInfo] = {}
+        self._tar: Any = None  # a tarball's tarfile.TarFile
+        self._members: dict[str, Any] = {}  # its tarfile.TarInfo by normalised name
         if path.is_dir():
             return
+        import tarfile  # by the first tarball read: not at fleetd's start-up (docs/performance.md)
+
         try:
             self._tar = tarfile.open(path, mode="r:*")
             for info in self._tar.getmembers():
@@ -151,6 +152,8 @@ class ArchiveSource:
         info = self._members.get(norm)
         if info is None:
             raise ImageError(f"{self.path}: archive has no member {rel!r}")
+        import tarfile
+
         try:
             f = self._tar.extractfile(info)
         except (KeyError, tarfile.TarError) as exc:

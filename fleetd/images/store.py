@@ -32,9 +32,7 @@ from typing import BinaryIO, Iterator
 
 from fleetd.errors import ImageError, ImageNotFound
 from fleetd.images import oci
-from fleetd.images.archive import apply_layer
 from fleetd.images.oci import ArchiveSource, ImageConfig
-from fleetd.images.tree import copy_tree_as_tar, tar_stream, tree_digest
 
 DEFAULT_ROOT = Path("/var/lib/fleet/images")
 
@@ -173,6 +171,8 @@ class ImageStore:
             validate_name(name)
         if not src_path.exists():
             raise ImageError(f"{src_path}: no such file or directory")
+        from fleetd.images.tree import copy_tree_as_tar  # tarfile: on this path only, not at start-up
+
         with ArchiveSource(src_path) as src:
             kind = oci.detect_kind(src)
             if kind == "rootfs":
@@ -208,6 +208,9 @@ class ImageStore:
 
     def _import(self, name: str | None, source: str, source_digest: str | None,
                 config: ImageConfig, layers: list, *, expected_digest: str | None = None) -> Image:
+        from fleetd.images.archive import apply_layer  # tarfile: on this path only, not at start-up
+        from fleetd.images.tree import tree_digest
+
         self._ensure()
         staging = Path(tempfile.mkdtemp(prefix="import-", dir=self._tmp_dir()))
         try:
@@ -289,11 +292,15 @@ class ImageStore:
 
         :meth:`import_stream` of this stream on another store yields the same digest.
         """
+        from fleetd.images.tree import tar_stream  # tarfile: on this path only, not at start-up
+
         image = self.get(name_or_digest)
         return tar_stream(image.rootfs)
 
     def export_to(self, name_or_digest: str, out: BinaryIO) -> str:
         """Write :meth:`export` to a binary file object; return the image digest."""
+        from fleetd.images.tree import tar_stream
+
         image = self.get(name_or_digest)
         for chunk in tar_stream(image.rootfs):
             out.write(chunk)

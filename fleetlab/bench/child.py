@@ -80,7 +80,7 @@ async def engine(config: dict, registry: Registry, counter: RequestCounter) -> N
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    settle_after_startup()  # as fleetd's daemon does once started
+    settle_after_startup()  # fleetd's daemon freezes too; the raised young threshold is the stand-ins' own
     emit("ready", counter)
     profiler = cProfile.Profile() if config.get("profile") else None
     if profiler:
@@ -166,7 +166,7 @@ async def agents(config: dict, registry: Registry, counter: RequestCounter) -> N
     try:
         await asyncio.gather(*(start(a) for a in sims))
         await asyncio.gather(*(a.synced.wait() for a in sims))
-        settle_after_startup()  # as fleetd's daemon does once started
+        settle_after_startup()  # fleetd's daemon freezes too; the raised young threshold is the stand-ins' own
         # an agent's watches are requested by a task of its own after its first read: the run
         # must not begin before every one went out (etcd's watcher count, which the parent
         # waits for, includes the engine's watches and so can be reached a few agents early)
