@@ -48,6 +48,24 @@ import time
 PRELOAD = ("fleetctl.cli", "fleetctl.fast", "fleetctl.fast_units", "fleetctl.fast_etcd", "fleetctl.api_client", "fleetctl.commands.common", "fleetctl.commands.units",
            "fleetctl.commands.unitops", "fleetctl.commands.machines")
 
+#: both fork servers' reading of a run: its stdout and stderr to their ends, then its exit
+#: status (only `os` and `select`, which both servers import before forking)
+_READ_RUN = r"""
+def read_run(pid, out_r, err_r):
+    chunks = {out_r: [], err_r: []}
+    open_fds = [out_r, err_r]
+    while open_fds:
+        for fd in select.select(open_fds, [], [])[0]:
+            data = os.read(fd, 65536)
+            if data:
+                chunks[fd].append(data)
+            else:
+                open_fds.remove(fd)
+                os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return b"".join(chunks[out_r]), b"".join(chunks[err_r]), status
+"""
+
 _SERVER = r"""
 import importlib, json, os, select, sys, traceback
 for name in sys.argv[1:]:
@@ -103,17 +121,7 @@ for line in requests:
     reply = {"pid": pid}
     replies.write(json.dumps(reply).encode() + b"\n")
     replies.flush()
-    chunks = {out_r: [], err_r: []}
-    open_fds = [out_r, err_r]
-    while open_fds:
-        for fd in select.select(open_fds, [], [])[0]:
-            data = os.read(fd, 65536)
-            if data:
-                chunks[fd].append(data)
-            else:
-                open_fds.remove(fd)
-                os.close(fd)
-    _, status = os.waitpid(pid, 0)
+    out, err, status = read_run(pid, out_r, err_r)
     os.set_blocking(hand_r, False)  # the child has ended: its byte is there or never comes
     try:
         handed_over = os.read(hand_r, 1) == b"1"
@@ -121,7 +129,7 @@ for line in requests:
         handed_over = False
     os.close(hand_r)
     reply = {"returncode": os.waitstatus_to_exitcode(status), "handed_over": handed_over,
-             "stdout": b"".join(chunks[out_r]).decode("latin-1"), "stderr": b"".join(chunks[err_r]).decode("latin-1")}
+             "stdout": out.decode("latin-1"), "stderr": err.decode("latin-1")}
     replies.write(json.dumps(reply).encode() + b"\n")
     replies.flush()
 """
@@ -140,7 +148,7 @@ class ForkedCli:
         """`preload`: modules imported before forking besides PRELOAD (importing gRPC creates no
         channel or thread: forking after it is safe, the runs create their own); `cli=False`:
         without PRELOAD (a server for `entry="module:..."` runs only)."""
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, *(PRELOAD if cli else ()), *preload],
+        self.proc = subprocess.Popen([sys.executable, "-c", _READ_RUN + _SERVER, *(PRELOAD if cli else ()), *preload],
                                      stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, bufsize=0, start_new_session=True)
         self.lock = threading.Lock()
@@ -293,19 +301,9 @@ while True:
             os._exit(code or 0)
     os.close(out_w), os.close(err_w)
     send({"pid": pid})
-    chunks = {out_r: [], err_r: []}
-    open_fds = [out_r, err_r]
-    while open_fds:
-        for fd in select.select(open_fds, [], [])[0]:
-            data = os.read(fd, 65536)
-            if data:
-                chunks[fd].append(data)
-            else:
-                open_fds.remove(fd)
-                os.close(fd)
-    _, status = os.waitpid(pid, 0)
+    out, err, status = read_run(pid, out_r, err_r)
     send({"returncode": os.waitstatus_to_exitcode(status),
-          "stdout": b"".join(chunks[out_r]), "stderr": b"".join(chunks[err_r])})
+          "stdout": out, "stderr": err})
 """
 
 
@@ -320,7 +318,7 @@ class ForkedFastPath:
     import set. What it saves is the interpreter's start-up (~20 ms of a cold run's ~55 ms)."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-X", "importtime", "-c", _BARE_SERVER],
+        self.proc = subprocess.Popen([sys.executable, "-X", "importtime", "-c", _READ_RUN + _BARE_SERVER],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      bufsize=0, start_new_session=True)
         self.lock = threading.Lock()

@@ -36,7 +36,7 @@ from hypothesis import settings  # noqa: E402  (after the line above)
 
 import _early_etcd as early_etcd
 from _depth import depth_for
-from _folders import FOLDER_MARKERS, TESTS, deselected_folder
+from _folders import FOLDER_MARKERS, TESTS, deselected_folder, deselects_all
 from _schedule import scheduler, slowest_modules_first
 from fleetd.config import EtcdSettings
 from fleetlab.testing.etcd import DATA_PARENT_ENV, EtcdServer
@@ -138,7 +138,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # test with an etcd of its own, start while it collects (tests/_early_etcd.py); a run without
     # -n starts them when a test asks, as before
     config = session.config
-    if (hasattr(config, "workerinput") and "not etcd" not in (config.option.markexpr or "")
+    if (hasattr(config, "workerinput") and not deselects_all(config.option.markexpr or "", FOLDER_MARKERS["etcd"])
             and shutil.which("etcd") is not None):
         early_etcd.start("session")
         early_etcd.start("own")
@@ -151,16 +151,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def etcd_server():
     server = early_etcd.take("session")
-    if server is not None:
-        try:
-            yield server
-        finally:
-            server.stop()
-        return
-    if shutil.which("etcd") is None:
-        pytest.fail("etcd binary not found: run the README's test command (it installs etcd-server)")
-    with EtcdServer() as server:
+    if server is None:
+        if shutil.which("etcd") is None:
+            pytest.fail("etcd binary not found: run the README's test command (it installs etcd-server)")
+        server = EtcdServer().start()
+    try:
         yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -124,14 +124,21 @@ async def started(bus: Bus, mgr: SystemdManager, names: list[str], first: int = 
         mgr._job_removed(f"/org/freedesktop/systemd1/job/{name}", "done")
 
 
-async def test_the_started_units_rules_go_out_with_their_jobs_rules_first(tmp_path):
+async def starting(tmp_path, names: list[str]):
+    """A manager starting `names` (loaded, inactive) with a watch: its bus, watch and start task,
+    the calls it sent before any reply."""
     bus = Bus()
     mgr = SystemdManager(bus, tmp_path)
     watch = UnitWatch(mgr)
-    names = ["a.service", "b.service"]
     loaded = {n: UnitSystemdState(n, "loaded", "inactive", "dead") for n in names}
     start = asyncio.ensure_future(mgr.start(names, watch=watch, known=loaded))
     await settle()
+    return bus, mgr, watch, start
+
+
+async def test_the_started_units_rules_go_out_with_their_jobs_rules_first(tmp_path):
+    names = ["a.service", "b.service"]
+    bus, mgr, watch, start = await starting(tmp_path, names)
     # two rules per unit, then the jobs, all before any reply
     assert bus.members() == ["AddMatch"] * 4 + ["StartUnit"] * 2
     assert f"path='{unit_object_path('a.service')}'" in bus.sent[0][1][0]
@@ -147,12 +154,7 @@ async def test_the_started_units_rules_go_out_with_their_jobs_rules_first(tmp_pa
 
 
 async def test_a_refused_rule_matches_every_unit_and_reads_the_units_at_release(tmp_path):
-    bus = Bus()
-    mgr = SystemdManager(bus, tmp_path)
-    watch = UnitWatch(mgr)
-    loaded = {"a.service": UnitSystemdState("a.service", "loaded", "inactive", "dead")}
-    start = asyncio.ensure_future(mgr.start(["a.service"], watch=watch, known=loaded))
-    await settle()
+    bus, mgr, watch, start = await starting(tmp_path, ["a.service"])
     assert bus.members() == ["AddMatch", "AddMatch", "StartUnit"]
     bus.answer(0, error="org.freedesktop.DBus.Error.LimitsExceeded")
     bus.answer(1)
@@ -176,13 +178,8 @@ async def test_too_many_for_the_pending_calls_rules_first_then_jobs(tmp_path, mo
     import fleetd.agent.systemd as sd
 
     monkeypatch.setattr(sd, "MAX_PENDING_CALLS", 4)
-    bus = Bus()
-    mgr = SystemdManager(bus, tmp_path)
-    watch = UnitWatch(mgr)
     names = ["a.service", "b.service"]
-    loaded = {n: UnitSystemdState(n, "loaded", "inactive", "dead") for n in names}
-    start = asyncio.ensure_future(mgr.start(names, watch=watch, known=loaded))
-    await settle()
+    bus, mgr, watch, start = await starting(tmp_path, names)
     assert bus.members() == ["AddMatch"] * 4  # the jobs wait for the rules' replies
     for i in range(4):
         bus.answer(i)
