@@ -140,6 +140,25 @@ def _text(data: bytes) -> str:
     return data.decode().replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _exchange(server, request: bytes, argv: list[str], timeout: float) -> dict:
+    """One run on a fork server (ForkedCli or ForkedFastPath): the request written, the run's
+    pid, then its reply; past `timeout` the run is killed and TimeoutExpired raised."""
+    with server.lock:
+        view = memoryview(request)
+        while view:
+            view = view[os.write(server.proc.stdin.fileno(), view):]
+        pid = server._reply(30)["pid"]
+        try:
+            return server._reply(timeout)
+        except TimeoutError:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:  # it ended just now
+                pass
+            server._reply(30)  # the killed run's reply: the next run's comes after it
+            raise subprocess.TimeoutExpired(argv, timeout) from None
+
+
 class ForkedCli:
     """`run(args, cwd=, env=, timeout=)` -> subprocess.CompletedProcess, as
     `subprocess.run([python, "-c", "...fleetctl.cli.main()", *args], capture_output=True, text=True)`."""
@@ -176,21 +195,8 @@ class ForkedCli:
         "module:NAME": `python -m NAME`."""
         assert entry in ("cli", "fast") or entry.startswith("module:")
         argv = [sys.executable, "-c", f"{entry} (forked)", *args]
-        with self.lock:
-            request = memoryview(json.dumps({"args": list(args), "cwd": str(cwd), "env": dict(env),
-                                             "entry": entry}).encode() + b"\n")
-            while request:
-                request = request[os.write(self.proc.stdin.fileno(), request):]
-            pid = self._reply(30)["pid"]
-            try:
-                done = self._reply(timeout)
-            except TimeoutError:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:  # it ended just now
-                    pass
-                self._reply(30)  # the killed run's reply: the next run's comes after it
-                raise subprocess.TimeoutExpired(argv, timeout) from None
+        done = _exchange(self, json.dumps({"args": list(args), "cwd": str(cwd), "env": dict(env),
+                                           "entry": entry}).encode() + b"\n", argv, timeout)
         result = subprocess.CompletedProcess(argv, done["returncode"], _text(done["stdout"].encode("latin-1")),
                                              _text(done["stderr"].encode("latin-1")))
         result.handed_over = done["handed_over"]
@@ -345,21 +351,8 @@ class ForkedFastPath:
         import marshal
 
         argv = [sys.executable, "-X", "importtime", "-m", "fleetctl (forked bare)", *args]
-        with self.lock:
-            data = marshal.dumps({"args": [str(a) for a in args], "cwd": str(cwd), "env": dict(env)})
-            request = memoryview(len(data).to_bytes(8, "little") + data)
-            while request:
-                request = request[os.write(self.proc.stdin.fileno(), request):]
-            pid = self._reply(30)["pid"]
-            try:
-                done = self._reply(timeout)
-            except TimeoutError:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
-                self._reply(30)
-                raise subprocess.TimeoutExpired(argv, timeout) from None
+        data = marshal.dumps({"args": [str(a) for a in args], "cwd": str(cwd), "env": dict(env)})
+        done = _exchange(self, len(data).to_bytes(8, "little") + data, argv, timeout)
         return subprocess.CompletedProcess(argv, done["returncode"], _text(done["stdout"]), _text(done["stderr"]))
 
     close = ForkedCli.close
